@@ -1,0 +1,287 @@
+//! `ClusterBuilder`: Node's `setupPrimary` options as a builder, validated before any worker
+//! starts so bad input gets an error naming the option.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::cluster::{Cluster, Shutdown};
+use super::event::Event;
+use super::options::{
+    Backoff, Balance, ClusterOptions, ListenSpec, Readiness, RestartPolicy, WorkerStdio,
+};
+use crate::error::{Error, Result};
+use crate::protocol::Mode;
+
+/// Builds a [`Cluster`]. By default it runs `workers = cores` copies of the current executable
+/// with the same arguments, restarting them with backoff.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    opts: ClusterOptions,
+    exec_set: bool,
+    args_set: bool,
+    expect_protocol: bool,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClusterBuilder {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self {
+            opts: ClusterOptions::default(),
+            exec_set: false,
+            args_set: false,
+            expect_protocol: true,
+        }
+    }
+
+    /// A builder starting from a full set of options (the CLI uses this).
+    pub fn from_options(opts: ClusterOptions) -> Self {
+        Self {
+            opts,
+            exec_set: true,
+            args_set: true,
+            expect_protocol: false,
+        }
+    }
+
+    /// Number of workers to start (default: available cores).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.opts.workers = n;
+        self
+    }
+
+    /// Program each worker runs (default: the current executable, captured once at start).
+    /// A bare name is looked up in `PATH`.
+    pub fn exec(mut self, program: impl Into<PathBuf>) -> Self {
+        self.opts.exec = program.into();
+        self.exec_set = true;
+        self
+    }
+
+    /// Arguments for the worker program (default: this process's arguments).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.opts.args = args.into_iter().map(Into::into).collect();
+        self.args_set = true;
+        self
+    }
+
+    /// Adds an environment variable for workers.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.opts.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Working directory for workers.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.opts.cwd = Some(dir.into());
+        self
+    }
+
+    /// What happens to worker stdout/stderr.
+    pub fn stdio(mut self, stdio: WorkerStdio) -> Self {
+        self.opts.stdio = stdio;
+        self
+    }
+
+    /// A name used in log prefixes (`[NAME:ID PID]`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.opts.name = Some(name.into());
+        self
+    }
+
+    /// Run workers as this user id.
+    pub fn uid(mut self, uid: u32) -> Self {
+        self.opts.uid = Some(uid);
+        self
+    }
+
+    /// Run workers as this group id.
+    pub fn gid(mut self, gid: u32) -> Self {
+        self.opts.gid = Some(gid);
+        self
+    }
+
+    /// Restart policy (default [`RestartPolicy::Always`]).
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.opts.restart = policy;
+        self
+    }
+
+    /// Restart backoff settings.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.opts.backoff = backoff;
+        self
+    }
+
+    /// Time workers get to finish after being asked to stop (default 30 s).
+    pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.graceful_timeout = timeout;
+        self
+    }
+
+    /// Whether the primary handles TERM/INT/QUIT/HUP/TTIN/TTOU (default true).
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.opts.handle_signals = on;
+        self
+    }
+
+    /// Default distribution mode for listeners (default: `FORKLINE_SCHED_POLICY`, else
+    /// round-robin).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.opts.mode = mode;
+        self
+    }
+
+    /// Balancing strategy for round-robin mode.
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.opts.balance = balance;
+        self
+    }
+
+    /// Unacknowledged handoffs allowed per worker (default 64).
+    pub fn credit_window(mut self, window: usize) -> Self {
+        self.opts.credit_window = window;
+        self
+    }
+
+    /// When a new worker counts as ready.
+    pub fn readiness(mut self, readiness: Readiness, timeout: Duration) -> Self {
+        self.opts.readiness = readiness;
+        self.opts.ready_timeout = timeout;
+        self
+    }
+
+    /// Binds `spec` up front and passes it to every worker by the systemd convention.
+    pub fn listen(mut self, spec: ListenSpec) -> Self {
+        self.opts.listeners.push(spec);
+        self
+    }
+
+    /// Whether workers are expected to speak the protocol (true for library workers). When
+    /// false, a worker is `online` as soon as it is started.
+    pub fn expect_protocol(mut self, on: bool) -> Self {
+        self.expect_protocol = on;
+        self
+    }
+
+    /// The options as they stand.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    /// Validates the options and starts the workers. Must be called inside a tokio runtime.
+    pub async fn start(self) -> Result<Cluster> {
+        let opts = self.validated()?;
+        Cluster::start(opts, self.expect_protocol).await
+    }
+
+    /// Starts the cluster on a new tokio runtime and calls `handler` for every event until it
+    /// has shut down — the shape of a Node primary (`cluster.on('exit', ...)`).
+    pub fn run_blocking<F>(self, handler: F) -> Result<Shutdown>
+    where
+        F: FnMut(&Cluster, &Event) + Send,
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let cluster = self.start().await?;
+            Ok(cluster.run(handler).await)
+        })
+    }
+
+    fn validated(&self) -> Result<ClusterOptions> {
+        let mut opts = self.opts.clone();
+        if opts.workers == 0 {
+            return Err(Error::InvalidOption {
+                field: "workers",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if !self.exec_set {
+            opts.exec = std::env::current_exe()?;
+        }
+        if !self.args_set {
+            opts.args = std::env::args_os().skip(1).collect();
+        }
+        opts.exec = resolve_program(&opts.exec, opts.cwd.as_deref())?;
+        if let Some(uid) = opts.uid {
+            if nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                return Err(Error::UnknownId { kind: "uid", id: uid });
+            }
+        }
+        if let Some(gid) = opts.gid {
+            if nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                return Err(Error::UnknownId { kind: "gid", id: gid });
+            }
+        }
+        if let Some(cwd) = &opts.cwd {
+            if !cwd.is_dir() {
+                return Err(Error::InvalidOption {
+                    field: "cwd",
+                    reason: format!("{} is not a directory", cwd.display()),
+                });
+            }
+        }
+        if opts.credit_window == 0 {
+            return Err(Error::InvalidOption {
+                field: "credit_window",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(opts)
+    }
+}
+
+/// Finds `program` (a path, or a bare name looked up in `PATH`) and checks it is an executable
+/// file, returning an absolute path.
+pub fn resolve_program(program: &Path, cwd: Option<&Path>) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.as_os_str().is_empty() {
+        return Err(Error::InvalidOption {
+            field: "exec",
+            reason: "empty program name".into(),
+        });
+    }
+    let candidates: Vec<PathBuf> = if program.components().count() > 1 || program.is_absolute() {
+        let base = cwd.map(Path::to_path_buf).unwrap_or_default();
+        vec![base.join(program)]
+    } else {
+        std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).collect())
+            .unwrap_or_default()
+    };
+    let mut found_not_executable = None;
+    for candidate in candidates {
+        let Ok(meta) = std::fs::metadata(&candidate) else {
+            continue;
+        };
+        if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+            return Ok(std::path::absolute(&candidate).unwrap_or(candidate));
+        }
+        found_not_executable.get_or_insert(candidate);
+    }
+    match found_not_executable {
+        Some(path) => Err(Error::ExecNotExecutable(path)),
+        None => Err(Error::ExecNotFound(program.to_path_buf())),
+    }
+}

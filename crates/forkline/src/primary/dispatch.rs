@@ -1,0 +1,418 @@
+//! Round-robin mode: the primary accepts connections and hands each fd to a worker over its IPC
+//! channel.
+//!
+//! Unlike Node, a worker may hold up to `credit_window` unacknowledged handoffs, and the primary
+//! keeps its own copy of every fd until the worker acknowledges it. A connection handed to a
+//! worker that dies before acknowledging is re-dispatched to another worker, never left hanging.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{watch, Notify};
+
+use super::handle::WorkerHandle;
+use super::options::Balance;
+use crate::protocol::channel::{encode, AsyncChannel};
+use crate::protocol::ToWorker;
+use crate::sys::MAX_FDS_PER_PACKET;
+
+/// Connections accepted per wake-up before they are handed out in one batch.
+const ACCEPT_BATCH: usize = 64;
+
+/// An accepted connection waiting for (or travelling to) a worker.
+#[derive(Debug)]
+struct Conn {
+    listener: u64,
+    fd: OwnedFd,
+    peer: Option<IpAddr>,
+}
+
+/// A worker that takes handoffs.
+struct Target {
+    handle: WorkerHandle,
+    channel: Arc<AsyncChannel>,
+    /// Listener ids this worker listens on.
+    listeners: Vec<u64>,
+    /// Handed off, not yet acknowledged, by sequence number.
+    inflight: HashMap<u64, Conn>,
+    /// Open connections the worker last reported (least-conn).
+    open: u64,
+    /// The socket buffer was full on the last send; skipped until the next ack.
+    full: bool,
+}
+
+impl Target {
+    fn load(&self) -> u64 {
+        self.open + self.inflight.len() as u64
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Keyed by the worker's unique id.
+    targets: BTreeMap<u64, Target>,
+    pending: VecDeque<Conn>,
+    cursor: usize,
+    next_seq: u64,
+}
+
+/// Hands accepted connections to workers. Shared by the accept loops and the IPC readers.
+pub(crate) struct Dispatcher {
+    state: Mutex<State>,
+    changed: Notify,
+    balance: Balance,
+    window: usize,
+}
+
+impl Dispatcher {
+    /// A dispatcher with a balancing strategy and a per-worker credit window.
+    pub fn new(balance: Balance, window: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            balance,
+            window: window.max(1),
+        }
+    }
+
+    /// Starts handing `listener`'s connections to `worker`.
+    pub fn add_target(&self, worker: &WorkerHandle, channel: &Arc<AsyncChannel>, listener: u64) {
+        let mut state = self.state.lock().unwrap();
+        let target = state
+            .targets
+            .entry(worker.unique_id())
+            .or_insert_with(|| Target {
+                handle: worker.clone(),
+                channel: channel.clone(),
+                listeners: Vec::new(),
+                inflight: HashMap::new(),
+                open: 0,
+                full: false,
+            });
+        if !target.listeners.contains(&listener) {
+            target.listeners.push(listener);
+        }
+        self.flush(&mut state);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// Stops handing new connections to `worker` (it is draining); what it holds unacknowledged
+    /// stays with it until it acks or goes away.
+    pub fn stop_new(&self, worker: &WorkerHandle) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
+            target.listeners.clear();
+        }
+    }
+
+    /// The worker is gone (channel closed or process exited): re-dispatch whatever it had not
+    /// acknowledged.
+    pub fn remove_target(&self, worker: &WorkerHandle) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(target) = state.targets.remove(&worker.unique_id()) {
+            let mut orphans: Vec<(u64, Conn)> = target.inflight.into_iter().collect();
+            orphans.sort_by_key(|(seq, _)| *seq);
+            if !orphans.is_empty() {
+                tracing::info!(
+                    worker = worker.id(),
+                    pid = worker.pid(),
+                    count = orphans.len(),
+                    "re-dispatching connections the worker never acknowledged"
+                );
+            }
+            for (_, conn) in orphans.into_iter().rev() {
+                state.pending.push_front(conn);
+            }
+            self.flush(&mut state);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// The worker now owns `seqs`; `open` is its reported open-connection count.
+    pub fn ack(&self, worker: &WorkerHandle, seqs: &[u64], open: Option<u64>) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
+            for seq in seqs {
+                // Dropping the primary's copy: the worker's fd is now the only one.
+                target.inflight.remove(seq);
+            }
+            if let Some(open) = open {
+                target.open = open;
+            }
+            target.full = false;
+        }
+        if !state.pending.is_empty() {
+            self.flush(&mut state);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// Records a worker's open-connection report.
+    pub fn report_load(&self, worker: &WorkerHandle, open: u64) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
+            target.open = open;
+        }
+    }
+
+    /// Drops connections still waiting for a worker (shutdown): their clients see the close.
+    pub fn drop_pending(&self) {
+        self.state.lock().unwrap().pending.clear();
+    }
+
+    /// Hands out `conns`; what no worker can take now waits in `pending`.
+    fn dispatch(&self, conns: Vec<Conn>) {
+        let mut state = self.state.lock().unwrap();
+        state.pending.extend(conns);
+        self.flush(&mut state);
+    }
+
+    /// True when a new connection for `listener` could be handed out now.
+    fn has_room(&self, listener: u64) -> bool {
+        let state = self.state.lock().unwrap();
+        state.pending.is_empty()
+            && state.targets.values().any(|t| {
+                !t.full && t.inflight.len() < self.window && t.listeners.contains(&listener)
+            })
+    }
+
+    /// Sends as much of `pending` as workers can take, one packet per worker.
+    fn flush(&self, state: &mut State) {
+        let mut rounds = 0;
+        while !state.pending.is_empty() && rounds < 8 {
+            rounds += 1;
+            let mut batches: BTreeMap<u64, Vec<Conn>> = BTreeMap::new();
+            let mut waiting = VecDeque::new();
+            let mut planned: HashMap<u64, usize> = HashMap::new();
+            while let Some(conn) = state.pending.pop_front() {
+                match self.pick(state, &conn, &planned) {
+                    Some(key) => {
+                        *planned.entry(key).or_default() += 1;
+                        batches.entry(key).or_default().push(conn);
+                    }
+                    None => waiting.push_back(conn),
+                }
+            }
+            state.pending = waiting;
+            if batches.is_empty() {
+                return;
+            }
+            for (key, conns) in batches {
+                let returned = self.send_batch(state, key, conns);
+                state.pending.extend(returned);
+            }
+        }
+    }
+
+    /// Chooses the worker for `conn` among those with room, by the balancing strategy.
+    fn pick(&self, state: &mut State, conn: &Conn, planned: &HashMap<u64, usize>) -> Option<u64> {
+        let window = self.window;
+        let eligible: Vec<u64> = state
+            .targets
+            .iter()
+            .filter(|(key, t)| {
+                !t.full
+                    && t.listeners.contains(&conn.listener)
+                    && t.inflight.len() + planned.get(key).copied().unwrap_or(0) < window
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        if eligible.is_empty() {
+            return None;
+        }
+        let chosen = match self.balance {
+            Balance::RoundRobin => {
+                state.cursor = state.cursor.wrapping_add(1);
+                eligible[state.cursor % eligible.len()]
+            }
+            Balance::LeastConn => *eligible
+                .iter()
+                .min_by_key(|key| {
+                    let t = &state.targets[key];
+                    (
+                        t.load() + planned.get(key).copied().unwrap_or(0) as u64,
+                        t.handle.connections_accepted(),
+                    )
+                })
+                .expect("eligible is not empty"),
+            Balance::IpHash => {
+                // Hash over every worker of the listener (not just those with room), ordered by
+                // slot, so a client keeps its worker while the set of workers is stable.
+                let mut all: Vec<(usize, u64)> = state
+                    .targets
+                    .iter()
+                    .filter(|(_, t)| t.listeners.contains(&conn.listener))
+                    .map(|(key, t)| (t.handle.id(), *key))
+                    .collect();
+                all.sort();
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                conn.peer.hash(&mut hasher);
+                let start = (hasher.finish() % all.len() as u64) as usize;
+                (0..all.len())
+                    .map(|i| all[(start + i) % all.len()].1)
+                    .find(|key| eligible.contains(key))
+                    .expect("an eligible worker is among all workers")
+            }
+        };
+        Some(chosen)
+    }
+
+    /// Sends one `conns` packet per listener to the worker `key`. Returns the connections that
+    /// could not be sent (buffer full or worker gone) so they can go elsewhere.
+    fn send_batch(&self, state: &mut State, key: u64, conns: Vec<Conn>) -> Vec<Conn> {
+        let mut by_listener: BTreeMap<u64, Vec<Conn>> = BTreeMap::new();
+        for conn in conns {
+            by_listener.entry(conn.listener).or_default().push(conn);
+        }
+        let mut returned = Vec::new();
+        for (listener, group) in by_listener {
+            for chunk in chunked(group, MAX_FDS_PER_PACKET) {
+                if returned.is_empty() {
+                    if let Err(back) = self.send_chunk(state, key, listener, chunk) {
+                        returned.extend(back);
+                    }
+                } else {
+                    returned.extend(chunk);
+                }
+            }
+        }
+        returned
+    }
+
+    fn send_chunk(
+        &self,
+        state: &mut State,
+        key: u64,
+        listener: u64,
+        chunk: Vec<Conn>,
+    ) -> Result<(), Vec<Conn>> {
+        let first = state.next_seq;
+        let seqs: Vec<u64> = (first..first + chunk.len() as u64).collect();
+        let packet = encode(&ToWorker::Conns {
+            listener,
+            seqs: seqs.clone(),
+        })
+        .expect("a conns packet always fits");
+        let fds: Vec<RawFd> = chunk.iter().map(|c| c.fd.as_raw_fd()).collect();
+        let Some(target) = state.targets.get_mut(&key) else {
+            return Err(chunk);
+        };
+        match target.channel.try_send(&packet, &fds) {
+            Ok(()) => {
+                target
+                    .handle
+                    .shared
+                    .accepted
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                for (seq, conn) in seqs.into_iter().zip(chunk) {
+                    target.inflight.insert(seq, conn);
+                }
+                state.next_seq = first + fds.len() as u64;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                target.full = true;
+                Err(chunk)
+            }
+            Err(e) => {
+                tracing::debug!(worker = target.handle.id(), error = %e, "handoff failed");
+                target.listeners.clear();
+                Err(chunk)
+            }
+        }
+    }
+
+    /// Accepts on `listener`'s socket until `stop` fires, handing connections out in batches.
+    /// Stops accepting (leaving connections in the kernel backlog) while no worker has room.
+    pub async fn accept_loop(
+        self: Arc<Self>,
+        listener: u64,
+        socket: Arc<OwnedFd>,
+        mut stop: watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        let dup = socket.try_clone()?;
+        set_nonblocking(&dup)?;
+        let async_fd = crate::sys::async_fd(dup, tokio::io::Interest::READABLE)?;
+        loop {
+            // Wait for room (a worker with credit), or stop.
+            loop {
+                let changed = self.changed.notified();
+                if self.has_room(listener) {
+                    break;
+                }
+                tokio::select! {
+                    _ = changed => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+            }
+            let mut guard = tokio::select! {
+                guard = async_fd.readable() => guard?,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
+            let mut batch = Vec::new();
+            while batch.len() < ACCEPT_BATCH {
+                match accept(async_fd.get_ref()) {
+                    Ok(Some((fd, peer))) => batch.push(Conn { listener, fd, peer }),
+                    Ok(None) => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        guard.clear_ready();
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.dispatch(batch);
+            }
+        }
+    }
+}
+
+/// Accepts one connection; `None` when none is waiting.
+fn accept(socket: &OwnedFd) -> io::Result<Option<(OwnedFd, Option<IpAddr>)>> {
+    let sock = socket2::SockRef::from(socket);
+    loop {
+        match sock.accept() {
+            Ok((conn, addr)) => {
+                let peer = addr.as_socket().map(|a| a.ip());
+                return Ok(Some((conn.into(), peer)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    socket2::SockRef::from(fd).set_nonblocking(true)
+}
+
+fn chunked(items: Vec<Conn>, size: usize) -> Vec<Vec<Conn>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    for item in items {
+        current.push(item);
+        if current.len() == size {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}

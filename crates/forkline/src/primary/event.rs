@@ -1,0 +1,143 @@
+//! The events a cluster reports, Node's `fork/online/listening/disconnect/exit/message` plus the
+//! supervision events Node leaves to user code, and the stream that delivers them.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::handle::WorkerHandle;
+
+/// Something that happened in the cluster.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A worker process was started.
+    Fork {
+        /// The new worker.
+        worker: WorkerHandle,
+    },
+    /// A worker completed the protocol handshake (or, for a program that does not speak the
+    /// protocol, was started).
+    Online {
+        /// The worker.
+        worker: WorkerHandle,
+    },
+    /// A worker is listening on `address` through the primary.
+    Listening {
+        /// The worker.
+        worker: WorkerHandle,
+        /// The bound address (`HOST:PORT` or a Unix path).
+        address: String,
+    },
+    /// A worker became ready (see [`super::Readiness`]).
+    Ready {
+        /// The worker.
+        worker: WorkerHandle,
+    },
+    /// A worker's IPC channel closed.
+    Disconnect {
+        /// The worker.
+        worker: WorkerHandle,
+    },
+    /// A worker process exited.
+    Exit {
+        /// The worker.
+        worker: WorkerHandle,
+        /// Exit code, if it exited normally.
+        code: Option<i32>,
+        /// Terminating signal number, if it was killed by one.
+        signal: Option<i32>,
+        /// True when the worker was disconnected or killed on purpose.
+        exited_after_disconnect: bool,
+    },
+    /// A worker sent a message.
+    Message {
+        /// The sender.
+        worker: WorkerHandle,
+        /// The message, as JSON.
+        payload: serde_json::Value,
+    },
+    /// A worker slot will be restarted after `delay`.
+    Restarting {
+        /// The slot id.
+        id: usize,
+        /// The backoff delay before the restart.
+        delay: Duration,
+        /// Consecutive deaths soon after starting.
+        failures: u32,
+        /// True when the slot counts as crash-looping.
+        crash_loop: bool,
+    },
+    /// A slot reached `max_restarts` and will not be restarted again.
+    GaveUp {
+        /// The slot id.
+        id: usize,
+        /// Consecutive deaths soon after starting.
+        failures: u32,
+    },
+    /// A worker broke the protocol or timed out and was killed.
+    WorkerError {
+        /// The worker.
+        worker: WorkerHandle,
+        /// What it did.
+        error: String,
+    },
+}
+
+impl Event {
+    /// Node's name for the event (`fork`, `online`, `listening`, `disconnect`, `exit`,
+    /// `message`), or forkline's for the others.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Fork { .. } => "fork",
+            Event::Online { .. } => "online",
+            Event::Listening { .. } => "listening",
+            Event::Ready { .. } => "ready",
+            Event::Disconnect { .. } => "disconnect",
+            Event::Exit { .. } => "exit",
+            Event::Message { .. } => "message",
+            Event::Restarting { .. } => "restarting",
+            Event::GaveUp { .. } => "gave-up",
+            Event::WorkerError { .. } => "worker-error",
+        }
+    }
+}
+
+/// An async stream of events; ends when the cluster has stopped.
+#[derive(Debug)]
+pub struct EventStream {
+    pub(crate) rx: mpsc::UnboundedReceiver<Event>,
+}
+
+impl EventStream {
+    /// The next event, or `None` once the cluster has stopped.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+/// Fans events out to every subscriber.
+#[derive(Debug, Default)]
+pub(crate) struct EventBus {
+    subscribers: std::sync::Mutex<Vec<mpsc::UnboundedSender<Event>>>,
+}
+
+impl EventBus {
+    /// A new subscriber that sees every event from now on.
+    pub fn subscribe(&self) -> EventStream {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribers.lock().unwrap().push(tx);
+        EventStream { rx }
+    }
+
+    /// Delivers `event` to every live subscriber.
+    pub fn emit(&self, event: Event) {
+        tracing::debug!(event = event.name(), "cluster event");
+        let mut subs = self.subscribers.lock().unwrap();
+        subs.retain(|tx| tx.send(event.clone()).is_ok());
+    }
+
+    /// Ends every stream.
+    pub fn close(&self) {
+        self.subscribers.lock().unwrap().clear();
+    }
+}

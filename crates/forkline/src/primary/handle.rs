@@ -1,0 +1,216 @@
+//! `WorkerHandle`: the primary's view of one worker process (Node's `Worker` object).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::protocol::channel::encode;
+use crate::protocol::ToWorker;
+use crate::sys;
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Process started, handshake not done yet.
+    Starting,
+    /// Handshake done (or a plain program that was started).
+    Online,
+    /// Ready to serve (see `Readiness`).
+    Ready,
+    /// Asked to stop; finishing its work.
+    Draining,
+    /// The process has exited.
+    Exited,
+}
+
+impl WorkerState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => WorkerState::Starting,
+            1 => WorkerState::Online,
+            2 => WorkerState::Ready,
+            3 => WorkerState::Draining,
+            _ => WorkerState::Exited,
+        }
+    }
+}
+
+/// A packet queued for a worker: encoded bytes, sent in order by the worker's writer task.
+pub(crate) type Outgoing = Vec<u8>;
+
+pub(crate) struct WorkerShared {
+    pub id: usize,
+    pub seq: u64,
+    pub started: Instant,
+    pub pid: AtomicU32,
+    pub state: AtomicU8,
+    pub connected: AtomicBool,
+    pub dead: AtomicBool,
+    pub exited_after_disconnect: AtomicBool,
+    pub speaks_protocol: AtomicBool,
+    pub accepted: AtomicU64,
+    pub outbox: OnceLock<mpsc::UnboundedSender<Outgoing>>,
+}
+
+/// A handle to one worker. Cheap to clone; stays valid (reporting `is_dead`) after the worker
+/// exits.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    pub(crate) shared: Arc<WorkerShared>,
+}
+
+impl fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("id", &self.id())
+            .field("pid", &self.pid())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl PartialEq for WorkerHandle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl WorkerHandle {
+    pub(crate) fn new(id: usize, seq: u64) -> Self {
+        Self {
+            shared: Arc::new(WorkerShared {
+                id,
+                seq,
+                started: Instant::now(),
+                pid: AtomicU32::new(0),
+                state: AtomicU8::new(WorkerState::Starting as u8),
+                connected: AtomicBool::new(false),
+                dead: AtomicBool::new(false),
+                exited_after_disconnect: AtomicBool::new(false),
+                speaks_protocol: AtomicBool::new(false),
+                accepted: AtomicU64::new(0),
+                outbox: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The worker's stable slot id (0..N-1); a replacement gets the same id.
+    pub fn id(&self) -> usize {
+        self.shared.id
+    }
+
+    /// A number unique to this worker process among all workers of the cluster.
+    pub fn unique_id(&self) -> u64 {
+        self.shared.seq
+    }
+
+    /// The worker's process id (0 until it has been started).
+    pub fn pid(&self) -> u32 {
+        self.shared.pid.load(Ordering::Acquire)
+    }
+
+    /// Where the worker is in its life.
+    pub fn state(&self) -> WorkerState {
+        WorkerState::from_u8(self.shared.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_state(&self, state: WorkerState) {
+        self.shared.state.store(state as u8, Ordering::Release);
+    }
+
+    /// How long ago the worker was started.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.shared.started.elapsed()
+    }
+
+    /// Connections handed to this worker (round-robin and proxy modes).
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// True while the worker's IPC channel is open (Node's `isConnected()`).
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// True once the process has exited (Node's `isDead()`).
+    pub fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire)
+    }
+
+    /// True when the worker was disconnected or killed on purpose, so its exit is expected and
+    /// it is not restarted (Node's `exitedAfterDisconnect`).
+    pub fn exited_after_disconnect(&self) -> bool {
+        self.shared.exited_after_disconnect.load(Ordering::Acquire)
+    }
+
+    /// True once the worker completed the protocol handshake (a forkline-aware worker).
+    pub fn speaks_protocol(&self) -> bool {
+        self.shared.speaks_protocol.load(Ordering::Acquire)
+    }
+
+    /// Sends a message to the worker (any serde type, JSON on the wire). Fails at once if it is
+    /// too large for one packet or the worker is not connected.
+    pub fn send<T: Serialize>(&self, msg: &T) -> Result<()> {
+        let data = serde_json::to_value(msg).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.send_packet(&ToWorker::Message { data })
+    }
+
+    pub(crate) fn send_packet(&self, msg: &ToWorker) -> Result<()> {
+        let bytes = encode(msg)?;
+        if !self.is_connected() {
+            return Err(Error::NotConnected(self.id()));
+        }
+        let outbox = self.shared.outbox.get().ok_or(Error::NotConnected(self.id()))?;
+        outbox
+            .send(bytes)
+            .map_err(|_| Error::NotConnected(self.id()))
+    }
+
+    /// Asks the worker to stop gracefully: a forkline worker gets a `disconnect` message (it
+    /// stops accepting, finishes and exits); a program that does not speak the protocol gets
+    /// SIGTERM. The worker will not be restarted.
+    pub fn disconnect(&self) {
+        self.shared
+            .exited_after_disconnect
+            .store(true, Ordering::Release);
+        self.begin_stop();
+    }
+
+    /// Asks the worker to stop like [`disconnect`](Self::disconnect), but keeps the restart
+    /// policy in force (used for recycling and reloads, where the slot gets a replacement).
+    pub(crate) fn begin_stop(&self) {
+        if self.is_dead() {
+            return;
+        }
+        self.set_state(WorkerState::Draining);
+        if self.speaks_protocol() && self.send_packet(&ToWorker::Disconnect).is_ok() {
+            return;
+        }
+        let _ = self.signal(Signal::SIGTERM);
+    }
+
+    /// Sends `signal` to the worker process (Node's `kill()`); the worker is not restarted.
+    pub fn kill(&self, signal: Signal) -> Result<()> {
+        self.shared
+            .exited_after_disconnect
+            .store(true, Ordering::Release);
+        self.signal(signal)
+    }
+
+    /// Sends `signal` without changing the restart decision.
+    pub(crate) fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = self.pid();
+        if pid == 0 || self.is_dead() {
+            return Ok(());
+        }
+        sys::signal_pid(pid, signal).map_err(Error::Io)
+    }
+}

@@ -1,0 +1,240 @@
+//! The sockets the primary binds for its workers: each address once (keyed like Node: kind,
+//! address, mode, so `listen(0)` gives every worker the same port), plus one SO_REUSEPORT socket
+//! per worker slot in `reuseport` mode. Bind errors name the address.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::error::{Error, Result};
+use crate::protocol::{Mode, SocketKind};
+
+/// Backlog for every listening socket (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// What identifies one shared listener.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ListenKey {
+    pub kind: SocketKind,
+    pub address: String,
+    pub mode: Mode,
+}
+
+/// One bound address and the sockets behind it.
+#[derive(Debug)]
+pub(crate) struct BoundListener {
+    /// Id used in `listening` and `conns` messages.
+    pub id: u64,
+    pub kind: SocketKind,
+    pub mode: Mode,
+    /// The address as bound: the real port when 0 was asked for.
+    pub local: String,
+    /// The primary's socket: accepts in round-robin, is handed out in shared mode. `None` in
+    /// reuseport mode, where the primary keeps no socket of the group for itself (a socket
+    /// nobody accepts on would strand the connections the kernel hashes to it).
+    pub socket: Option<Arc<OwnedFd>>,
+    /// reuseport: the socket bound first (it fixed the port), waiting for its first worker.
+    spare: Mutex<Option<OwnedFd>>,
+    /// reuseport: the socket of each worker slot, kept across immediate restarts so a
+    /// replacement inherits the queue.
+    per_slot: Mutex<HashMap<usize, Arc<OwnedFd>>>,
+}
+
+impl BoundListener {
+    /// The socket a worker in `slot` should accept on (shared and reuseport modes).
+    pub fn socket_for(&self, slot: usize) -> Result<Arc<OwnedFd>> {
+        if let Some(socket) = &self.socket {
+            return Ok(socket.clone());
+        }
+        let mut slots = self.per_slot.lock().unwrap();
+        if let Some(sock) = slots.get(&slot) {
+            return Ok(sock.clone());
+        }
+        let sock = match self.spare.lock().unwrap().take() {
+            Some(first) => Arc::new(first),
+            None => Arc::new(bind(self.kind, &self.local, true).map_err(|source| {
+                Error::Listen {
+                    address: self.local.clone(),
+                    source,
+                }
+            })?),
+        };
+        slots.insert(slot, sock.clone());
+        Ok(sock)
+    }
+
+    /// Forgets `slot`'s reuseport socket (its worker is gone and no immediate replacement
+    /// follows). With `net.ipv4.tcp_migrate_req=1` the kernel moves its queued connections to
+    /// the other sockets of the group.
+    pub fn release_slot(&self, slot: usize) {
+        self.per_slot.lock().unwrap().remove(&slot);
+    }
+}
+
+/// All listeners of a cluster.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerTable {
+    by_key: Mutex<HashMap<ListenKey, Arc<BoundListener>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl ListenerTable {
+    /// The listener for `key`, binding it on first use. The bool is true when it was just bound.
+    pub fn get_or_bind(&self, key: ListenKey) -> Result<(Arc<BoundListener>, bool)> {
+        let mut table = self.by_key.lock().unwrap();
+        if let Some(found) = table.get(&key) {
+            return Ok((found.clone(), false));
+        }
+        let socket =
+            bind(key.kind, &key.address, key.mode == Mode::Reuseport).map_err(|source| {
+                Error::Listen {
+                    address: key.address.clone(),
+                    source,
+                }
+            })?;
+        let listener = self.insert(&mut table, key, socket)?;
+        Ok((listener, true))
+    }
+
+    /// Registers an already-bound socket (socket activation) under `key`.
+    pub fn adopt(&self, key: ListenKey, socket: OwnedFd) -> Result<Arc<BoundListener>> {
+        let mut table = self.by_key.lock().unwrap();
+        self.insert(&mut table, key, socket)
+    }
+
+    fn insert(
+        &self,
+        table: &mut HashMap<ListenKey, Arc<BoundListener>>,
+        key: ListenKey,
+        socket: OwnedFd,
+    ) -> Result<Arc<BoundListener>> {
+        let local = local_address(&socket, key.kind).map_err(|source| Error::Listen {
+            address: key.address.clone(),
+            source,
+        })?;
+        let reuseport = key.mode == Mode::Reuseport;
+        let (socket, spare) = if reuseport {
+            (None, Some(socket))
+        } else {
+            (Some(Arc::new(socket)), None)
+        };
+        let listener = Arc::new(BoundListener {
+            id: self
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            kind: key.kind,
+            mode: key.mode,
+            local,
+            socket,
+            spare: Mutex::new(spare),
+            per_slot: Mutex::new(HashMap::new()),
+        });
+        table.insert(key, listener.clone());
+        Ok(listener)
+    }
+
+    /// Every listener.
+    pub fn all(&self) -> Vec<Arc<BoundListener>> {
+        self.by_key.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Drops every socket we own and removes Unix socket files we created.
+    pub fn close_all(&self) {
+        let mut table = self.by_key.lock().unwrap();
+        for (key, listener) in table.drain() {
+            if key.kind == SocketKind::Unix {
+                let _ = std::fs::remove_file(&listener.local);
+            }
+        }
+    }
+}
+
+/// Resolves `HOST:PORT` (names allowed) to the first address.
+pub(crate) fn resolve(address: &str) -> io::Result<SocketAddr> {
+    address
+        .to_socket_addrs()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("bad address: {e}")))?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing"))
+}
+
+/// Binds a socket of `kind` at `address` (CLOEXEC, blocking), listening for stream kinds.
+pub(crate) fn bind(kind: SocketKind, address: &str, reuseport: bool) -> io::Result<OwnedFd> {
+    let socket = match kind {
+        SocketKind::Tcp => {
+            let addr = resolve(address)?;
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            if reuseport {
+                socket.set_reuse_port(true)?;
+            }
+            socket.bind(&addr.into())?;
+            socket.listen(BACKLOG)?;
+            socket
+        }
+        SocketKind::Udp => {
+            let addr = resolve(address)?;
+            let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            socket.set_reuse_address(true)?;
+            if reuseport {
+                socket.set_reuse_port(true)?;
+            }
+            socket.bind(&addr.into())?;
+            socket
+        }
+        SocketKind::Unix => {
+            let path = Path::new(address);
+            remove_stale_unix_socket(path)?;
+            let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            socket.bind(&SockAddr::unix(path)?)?;
+            socket.listen(BACKLOG)?;
+            socket
+        }
+    };
+    Ok(socket.into())
+}
+
+/// Removes a Unix socket file left by a dead server; refuses to touch a live one or a file that
+/// is not a socket.
+fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "path exists and is not a socket",
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another server is listening on this socket",
+        )),
+        Err(_) => std::fs::remove_file(path),
+    }
+}
+
+/// The address a socket is bound to, as `HOST:PORT` or a path.
+pub(crate) fn local_address(socket: &OwnedFd, kind: SocketKind) -> io::Result<String> {
+    let sock = socket2::SockRef::from(socket);
+    let addr = sock.local_addr()?;
+    Ok(match kind {
+        SocketKind::Unix => addr
+            .as_pathname()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        _ => addr
+            .as_socket()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    })
+}

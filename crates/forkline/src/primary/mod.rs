@@ -1,0 +1,21 @@
+//! The primary side: the `Cluster` handle and builder, worker handles, events, and the
+//! machinery behind them (spawning, supervision, listeners, round-robin dispatch, output).
+
+mod builder;
+mod cluster;
+mod dispatch;
+mod event;
+mod handle;
+mod listeners;
+mod options;
+mod output;
+mod spawner;
+mod supervisor;
+
+pub use builder::{resolve_program, ClusterBuilder};
+pub use cluster::{Cluster, Shutdown, SlotStatus};
+pub use event::{Event, EventStream};
+pub use handle::{WorkerHandle, WorkerState};
+pub use options::{
+    Backoff, Balance, ClusterOptions, ListenSpec, Readiness, RestartPolicy, WorkerStdio,
+};

@@ -1,0 +1,221 @@
+//! Every setting of a cluster, with its default, as plain data. The builder fills it in and
+//! validates it; the rest of the primary only reads it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::{Mode, SocketKind};
+
+/// What happens to a worker's stdout and stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerStdio {
+    /// The worker writes straight to the primary's stdout/stderr.
+    #[default]
+    Inherit,
+    /// Each line is prefixed with `[worker ID pid PID]` (or `[NAME:ID PID]` when a name is set)
+    /// and written whole, never interleaved mid-line.
+    Prefixed,
+    /// Discarded.
+    Null,
+}
+
+/// When a worker that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Always restart a worker that exits unless it was stopped on purpose.
+    #[default]
+    Always,
+    /// Restart only after a non-zero exit code or a signal.
+    OnFailure,
+    /// Never restart (Node's behaviour): user code may `fork()` from its `exit` handler.
+    Never,
+}
+
+/// Exponential backoff between restarts of a worker that keeps dying young.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay before the first restart of a worker that died young.
+    pub initial: Duration,
+    /// Upper bound of the delay.
+    pub max: Duration,
+    /// A worker that lived at least this long counts as stable: its slot's backoff resets and
+    /// it is restarted at once.
+    pub min_uptime: Duration,
+    /// After this many consecutive young deaths the slot is reported as crash-looping.
+    pub crash_loop_after: u32,
+    /// Give up on a slot after this many consecutive young deaths (`None`: never give up).
+    pub max_restarts: Option<u32>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(15),
+            min_uptime: Duration::from_secs(5),
+            crash_loop_after: 5,
+            max_restarts: None,
+        }
+    }
+}
+
+/// How connections are balanced across workers when the primary picks (round-robin and proxy
+/// modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Balance {
+    /// Each worker in turn.
+    #[default]
+    RoundRobin,
+    /// The worker with the fewest open connections (the first idle worker).
+    LeastConn,
+    /// Sticky: the same client address always reaches the same worker while it is up.
+    IpHash,
+}
+
+impl Balance {
+    /// Parses `round-robin`, `least-conn` or `ip-hash`.
+    pub fn parse(s: &str) -> Option<Balance> {
+        match s {
+            "round-robin" | "rr" => Some(Balance::RoundRobin),
+            "least-conn" => Some(Balance::LeastConn),
+            "ip-hash" => Some(Balance::IpHash),
+            _ => None,
+        }
+    }
+
+    /// The canonical name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+            Balance::IpHash => "ip-hash",
+        }
+    }
+}
+
+/// When a newly started worker counts as ready (gates rolling reloads and the primary's own
+/// `READY=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Readiness {
+    /// Ready once online (a library worker's handshake) — or at once for a program that does
+    /// not speak the protocol.
+    #[default]
+    Online,
+    /// Ready once it listens (library worker) or once its `PORT` accepts (proxy mode).
+    Listen,
+    /// Ready when it sends `READY=1` on `NOTIFY_SOCKET`.
+    Notify,
+    /// Ready after a fixed delay.
+    Delay(Duration),
+    /// Ready as soon as it is started.
+    None,
+}
+
+/// A listener the primary binds before starting workers and hands to each at spawn time, by the
+/// systemd convention (`LISTEN_FDS`, fds from 3). Used by the CLI for programs that do not speak
+/// the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSpec {
+    /// Socket kind.
+    pub kind: SocketKind,
+    /// `HOST:PORT` or a Unix socket path.
+    pub address: String,
+}
+
+/// All settings of a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Number of workers started at once.
+    pub workers: usize,
+    /// The program each worker runs.
+    pub exec: PathBuf,
+    /// Its arguments (not including argv\[0\]).
+    pub args: Vec<OsString>,
+    /// Extra environment variables for workers.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory of workers.
+    pub cwd: Option<PathBuf>,
+    /// What happens to worker output.
+    pub stdio: WorkerStdio,
+    /// A name for log prefixes and status (`[NAME:ID PID]`).
+    pub name: Option<String>,
+    /// Run workers as this user id.
+    pub uid: Option<u32>,
+    /// Run workers as this group id.
+    pub gid: Option<u32>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Restart backoff.
+    pub backoff: Backoff,
+    /// How long workers get to finish after being asked to stop, before SIGKILL.
+    pub graceful_timeout: Duration,
+    /// Whether the primary handles SIGTERM/SIGINT/SIGQUIT/SIGHUP/SIGTTIN/SIGTTOU itself.
+    pub handle_signals: bool,
+    /// Default distribution mode for listeners.
+    pub mode: Mode,
+    /// Balancing strategy when the primary picks the worker.
+    pub balance: Balance,
+    /// Connections handed to one worker and not yet acknowledged, at most.
+    pub credit_window: usize,
+    /// Listeners bound up front and passed to every worker by the systemd convention.
+    pub listeners: Vec<ListenSpec>,
+    /// Already-bound sockets to use instead of binding `listeners` (socket activation): same
+    /// order as `listeners`.
+    pub inherited: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// When a new worker counts as ready.
+    pub readiness: Readiness,
+    /// How long a new worker may take to become ready.
+    pub ready_timeout: Duration,
+    /// Recycle a worker after it accepted this many connections (round-robin/proxy counting).
+    pub max_requests: Option<u64>,
+    /// Random extra added to `max_requests` per worker, so they do not all recycle at once.
+    pub max_requests_jitter: u64,
+    /// Recycle a worker whose resident memory stays above this many bytes.
+    pub max_memory: Option<u64>,
+    /// Kill and replace a worker that sent `WATCHDOG=1` once and then stays silent this long.
+    pub worker_timeout: Option<Duration>,
+    /// Serve a `NOTIFY_SOCKET` to workers.
+    pub notify_socket: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            exec: PathBuf::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            stdio: WorkerStdio::default(),
+            name: None,
+            uid: None,
+            gid: None,
+            restart: RestartPolicy::default(),
+            backoff: Backoff::default(),
+            graceful_timeout: Duration::from_secs(30),
+            handle_signals: true,
+            mode: mode_from_env().unwrap_or_default(),
+            balance: Balance::default(),
+            credit_window: 64,
+            listeners: Vec::new(),
+            inherited: Vec::new(),
+            readiness: Readiness::default(),
+            ready_timeout: Duration::from_secs(30),
+            max_requests: None,
+            max_requests_jitter: 0,
+            max_memory: None,
+            worker_timeout: None,
+            notify_socket: false,
+        }
+    }
+}
+
+/// The mode named by `FORKLINE_SCHED_POLICY` (`rr`, `none`, or a mode name), if set and valid.
+pub fn mode_from_env() -> Option<Mode> {
+    std::env::var(crate::protocol::wire::ENV_SCHED_POLICY)
+        .ok()
+        .and_then(|v| Mode::parse(&v))
+}

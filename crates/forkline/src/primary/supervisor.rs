@@ -1,0 +1,601 @@
+//! The life of a worker, read top to bottom: spawn it, serve its IPC channel, notice its exit,
+//! and decide whether and when its slot restarts (exponential backoff, crash-loop detection).
+//! Also the primary's signal handling (gunicorn's conventions).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+
+use super::cluster::Cluster;
+use super::event::Event;
+use super::handle::{WorkerHandle, WorkerState};
+use super::listeners::ListenKey;
+use super::options::{Readiness, RestartPolicy, WorkerStdio};
+use super::{output, spawner};
+use crate::error::{Error, Result};
+use crate::protocol::channel::{encode, AsyncChannel, Packet};
+use crate::protocol::wire::{ENV_IPC_FD, ENV_WORKER_ID};
+use crate::protocol::{FromWorker, Mode, SocketKind, ToWorker, MAX_PACKET, PROTOCOL_VERSION};
+use crate::sys;
+
+/// First fd number given to a worker (after stdin/stdout/stderr), as in systemd.
+const FIRST_FD: RawFd = 3;
+
+/// Registers a new worker in `slot` and starts its life task. Returns at once.
+pub(crate) fn start_worker(cluster: &Cluster, slot: usize) -> Result<WorkerHandle> {
+    let handle = {
+        let mut state = cluster.inner.state.lock().unwrap();
+        if state.stopping {
+            return Err(Error::ShutDown);
+        }
+        state.next_seq += 1;
+        let handle = WorkerHandle::new(slot, state.next_seq);
+        let entry = state.slots.entry(slot).or_default();
+        entry.current = Some(handle.clone());
+        entry.restart_at = None;
+        state.live.insert(handle.unique_id(), handle.clone());
+        handle
+    };
+    let cluster = cluster.clone();
+    let worker = handle.clone();
+    tokio::spawn(async move { live(cluster, worker).await });
+    Ok(handle)
+}
+
+/// The whole life of one worker process.
+async fn live(cluster: Cluster, worker: WorkerHandle) {
+    let (status, was_connected) = match spawn(&cluster, &worker).await {
+        Ok((child, channel)) => serve(&cluster, &worker, child, channel).await,
+        Err(e) => {
+            tracing::error!(worker = worker.id(), error = %e, "could not start worker");
+            (ExitInfo { code: Some(127), signal: None }, false)
+        }
+    };
+    finish(&cluster, &worker, status, was_connected);
+    schedule_restart(&cluster, &worker, status).await;
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ExitInfo {
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+/// Starts the process with its IPC channel and listeners in place.
+async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<(Child, Arc<AsyncChannel>)> {
+    let opts = &cluster.inner.opts;
+    let (primary_end, worker_end) = sys::seqpacket_pair()?;
+    let mut placed: Vec<(OwnedFd, RawFd)> = Vec::new();
+    let mut names = Vec::new();
+    for listener in &cluster.inner.prebound {
+        let socket = listener.socket_for(worker.id())?;
+        placed.push((sys::dup_cloexec(socket.as_fd())?, FIRST_FD + placed.len() as RawFd));
+        names.push(listener.local.clone());
+    }
+    let ipc_fd = FIRST_FD + placed.len() as RawFd;
+    placed.push((worker_end, ipc_fd));
+
+    let mut command = std::process::Command::new(&opts.exec);
+    command.args(&opts.args);
+    command.env(ENV_WORKER_ID, worker.id().to_string());
+    command.env(ENV_IPC_FD, ipc_fd.to_string());
+    if !names.is_empty() {
+        command.env("LISTEN_FDS", names.len().to_string());
+        command.env("LISTEN_FDNAMES", names.join(":"));
+        if let Some(port) = names.first().and_then(|a| a.rsplit(':').next()) {
+            if port.parse::<u16>().is_ok() {
+                command.env("PORT", port);
+            }
+        }
+    }
+    for (key, value) in &opts.env {
+        command.env(key, value);
+    }
+    if let Some(cwd) = &opts.cwd {
+        command.current_dir(cwd);
+    }
+    if let Some(uid) = opts.uid {
+        command.uid(uid);
+    }
+    if let Some(gid) = opts.gid {
+        command.gid(gid);
+    }
+    command.stdin(Stdio::null());
+    match opts.stdio {
+        WorkerStdio::Inherit => {}
+        WorkerStdio::Null => {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        WorkerStdio::Prefixed => {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+    }
+    sys::prepare_child(&mut command, placed);
+    let mut child = spawner::spawn(command).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::ExecNotFound(opts.exec.clone()),
+        std::io::ErrorKind::PermissionDenied => Error::ExecNotExecutable(opts.exec.clone()),
+        _ => Error::Io(e),
+    })?;
+    let pid = child.id().unwrap_or(0);
+    worker.shared.pid.store(pid, Ordering::Release);
+    if opts.stdio == WorkerStdio::Prefixed {
+        let prefix = output::prefix(opts.name.as_deref(), worker.id(), pid);
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(output::pump(out, prefix.clone(), output::Sink::Stdout));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(output::pump(err, prefix, output::Sink::Stderr));
+        }
+    }
+    let channel = Arc::new(AsyncChannel::new(primary_end)?);
+    let (outbox, queue) = mpsc::unbounded_channel();
+    let _ = worker.shared.outbox.set(outbox);
+    tokio::spawn(write_queue(channel.clone(), queue));
+    worker.shared.connected.store(true, Ordering::Release);
+    tracing::info!(worker = worker.id(), pid, "worker started");
+    cluster.inner.events.emit(Event::Fork {
+        worker: worker.clone(),
+    });
+    if !cluster.inner.expect_protocol {
+        set_online(cluster, worker);
+    }
+    if let Readiness::Delay(delay) = opts.readiness {
+        let (cluster, worker) = (cluster.clone(), worker.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            set_ready(&cluster, &worker);
+        });
+    }
+    if opts.readiness == Readiness::None {
+        set_ready(cluster, worker);
+    }
+    Ok((child, channel))
+}
+
+/// Sends queued packets in order.
+async fn write_queue(channel: Arc<AsyncChannel>, mut queue: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(packet) = queue.recv().await {
+        if channel.send(&packet, &[]).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Serves the worker's channel until the process exits. Returns its exit and whether the
+/// channel was still open at exit.
+async fn serve(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    mut child: Child,
+    channel: Arc<AsyncChannel>,
+) -> (ExitInfo, bool) {
+    let mut channel_open = true;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            packet = channel.recv(), if channel_open => match packet {
+                Ok(Some(packet)) => {
+                    if let Err(e) = handle_packet(cluster, worker, &channel, packet).await {
+                        worker_error(cluster, worker, e.to_string());
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    channel_open = false;
+                    disconnected(cluster, worker);
+                }
+            },
+        }
+    };
+    let info = match status {
+        Ok(status) => ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+        },
+        Err(e) => {
+            tracing::error!(worker = worker.id(), error = %e, "waiting for worker failed");
+            ExitInfo {
+                code: None,
+                signal: None,
+            }
+        }
+    };
+    channel.shutdown();
+    (info, channel_open)
+}
+
+/// A worker broke the protocol: log it, report it, kill it (the restart policy replaces it).
+fn worker_error(cluster: &Cluster, worker: &WorkerHandle, error: String) {
+    tracing::error!(
+        worker = worker.id(),
+        pid = worker.pid(),
+        %error,
+        "worker broke the protocol; killing it"
+    );
+    cluster.inner.events.emit(Event::WorkerError {
+        worker: worker.clone(),
+        error,
+    });
+    let _ = worker.signal(Signal::SIGKILL);
+}
+
+fn disconnected(cluster: &Cluster, worker: &WorkerHandle) {
+    worker.shared.connected.store(false, Ordering::Release);
+    cluster.inner.dispatcher.remove_target(worker);
+    cluster.inner.events.emit(Event::Disconnect {
+        worker: worker.clone(),
+    });
+}
+
+async fn handle_packet(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    channel: &Arc<AsyncChannel>,
+    packet: Packet,
+) -> Result<()> {
+    if !packet.fds.is_empty() {
+        return Err(Error::Protocol("workers may not send fds".into()));
+    }
+    let message: FromWorker = packet.decode()?;
+    if !worker.speaks_protocol() && !matches!(message, FromWorker::Hello { .. }) {
+        return Err(Error::Protocol("first packet must be hello".into()));
+    }
+    match message {
+        FromWorker::Hello { version, .. } => {
+            if version != PROTOCOL_VERSION {
+                let error = format!(
+                    "unsupported protocol version {version}; this primary speaks {PROTOCOL_VERSION}"
+                );
+                let reply = encode(&ToWorker::Error {
+                    error: error.clone(),
+                })?;
+                let _ = channel.send(&reply, &[]).await;
+                return Err(Error::Protocol(error));
+            }
+            let reply = encode(&ToWorker::Welcome {
+                version: PROTOCOL_VERSION,
+                id: worker.id(),
+                max_packet: MAX_PACKET,
+            })?;
+            channel.send(&reply, &[]).await?;
+            worker.shared.speaks_protocol.store(true, Ordering::Release);
+            if cluster.inner.expect_protocol {
+                set_online(cluster, worker);
+            }
+        }
+        FromWorker::Listen {
+            req,
+            kind,
+            address,
+            mode,
+        } => listen(cluster, worker, channel, req, kind, address, mode).await?,
+        FromWorker::Ack { seqs, open } => cluster.inner.dispatcher.ack(worker, &seqs, open),
+        FromWorker::Load { open } => cluster.inner.dispatcher.report_load(worker, open),
+        FromWorker::Message { data } => cluster.inner.events.emit(Event::Message {
+            worker: worker.clone(),
+            payload: data,
+        }),
+        FromWorker::Disconnecting => {
+            worker
+                .shared
+                .exited_after_disconnect
+                .store(true, Ordering::Release);
+            cluster.inner.dispatcher.stop_new(worker);
+        }
+    }
+    Ok(())
+}
+
+/// Answers a `listen` request: binds (once per key), then hands out the socket (shared,
+/// reuseport) or registers the worker for handoffs (round-robin).
+async fn listen(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    channel: &Arc<AsyncChannel>,
+    req: u64,
+    kind: SocketKind,
+    address: String,
+    mode: Option<Mode>,
+) -> Result<()> {
+    let mode = effective_mode(kind, mode.unwrap_or(cluster.inner.opts.mode));
+    let key = ListenKey {
+        kind,
+        address: address.clone(),
+        mode,
+    };
+    let bound = cluster.inner.listeners.get_or_bind(key).and_then(|(listener, fresh)| {
+        let socket = if mode == Mode::RoundRobin {
+            None
+        } else {
+            Some(listener.socket_for(worker.id())?)
+        };
+        Ok((listener, fresh, socket))
+    });
+    let (listener, fresh, socket) = match bound {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(worker = worker.id(), %address, error = %e, "listen failed");
+            let error = match e {
+                Error::Listen { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            let reply = encode(&ToWorker::ListenError { req, error })?;
+            channel.send(&reply, &[]).await?;
+            return Ok(());
+        }
+    };
+    if fresh {
+        tracing::info!(address = %listener.local, mode = mode.name(), "listening");
+    }
+    let reply = encode(&ToWorker::Listening {
+        req,
+        listener: listener.id,
+        mode,
+        address: listener.local.clone(),
+        report_load: cluster.inner.opts.balance == super::options::Balance::LeastConn,
+    })?;
+    match &socket {
+        Some(socket) => channel.send(&reply, &[socket.as_raw_fd()]).await?,
+        None => channel.send(&reply, &[]).await?,
+    }
+    if mode == Mode::RoundRobin {
+        cluster.inner.dispatcher.add_target(worker, channel, listener.id);
+        if fresh {
+            if let Some(socket) = listener.socket.clone() {
+                let dispatcher = cluster.inner.dispatcher.clone();
+                let stop = cluster.inner.stop_accepting.subscribe();
+                let id = listener.id;
+                tokio::spawn(async move {
+                    if let Err(e) = dispatcher.accept_loop(id, socket, stop).await {
+                        tracing::error!(error = %e, "accept loop failed");
+                    }
+                });
+            }
+        }
+    }
+    cluster.inner.events.emit(Event::Listening {
+        worker: worker.clone(),
+        address: listener.local.clone(),
+    });
+    if cluster.inner.opts.readiness == Readiness::Listen {
+        set_ready(cluster, worker);
+    }
+    Ok(())
+}
+
+/// The mode a listener of `kind` really gets: UDP cannot be handed off per connection, and
+/// SO_REUSEPORT means nothing for Unix sockets.
+fn effective_mode(kind: SocketKind, wanted: Mode) -> Mode {
+    match (kind, wanted) {
+        (SocketKind::Udp, Mode::Reuseport) => Mode::Reuseport,
+        (SocketKind::Udp, _) => Mode::Shared,
+        (SocketKind::Unix, Mode::Reuseport) => Mode::Shared,
+        (_, Mode::Proxy) => Mode::RoundRobin,
+        (_, mode) => mode,
+    }
+}
+
+pub(crate) fn set_online(cluster: &Cluster, worker: &WorkerHandle) {
+    if worker.state() != WorkerState::Starting {
+        return;
+    }
+    worker.set_state(WorkerState::Online);
+    cluster.inner.events.emit(Event::Online {
+        worker: worker.clone(),
+    });
+    cluster.inner.changed.notify_waiters();
+    if cluster.inner.opts.readiness == Readiness::Online {
+        set_ready(cluster, worker);
+    }
+}
+
+/// Marks `worker` ready (once).
+pub(crate) fn set_ready(cluster: &Cluster, worker: &WorkerHandle) {
+    match worker.state() {
+        WorkerState::Starting | WorkerState::Online => {}
+        _ => return,
+    }
+    worker.set_state(WorkerState::Ready);
+    cluster.inner.events.emit(Event::Ready {
+        worker: worker.clone(),
+    });
+    cluster.inner.changed.notify_waiters();
+}
+
+/// Records the exit: Node's `disconnect` (if the channel was still open) then `exit`.
+fn finish(cluster: &Cluster, worker: &WorkerHandle, info: ExitInfo, was_connected: bool) {
+    worker.shared.dead.store(true, Ordering::Release);
+    worker.set_state(WorkerState::Exited);
+    if was_connected {
+        disconnected(cluster, worker);
+    }
+    cluster.inner.dispatcher.remove_target(worker);
+    let planned = worker.exited_after_disconnect();
+    let log_level_error = !planned && (info.code != Some(0) || info.signal.is_some());
+    if log_level_error {
+        tracing::warn!(worker = worker.id(), pid = worker.pid(), code = ?info.code, signal = ?info.signal, "worker died");
+    } else {
+        tracing::info!(worker = worker.id(), pid = worker.pid(), code = ?info.code, signal = ?info.signal, "worker exited");
+    }
+    cluster.inner.state.lock().unwrap().live.remove(&worker.unique_id());
+    cluster.inner.events.emit(Event::Exit {
+        worker: worker.clone(),
+        code: info.code,
+        signal: info.signal,
+        exited_after_disconnect: planned,
+    });
+    cluster.inner.changed.notify_waiters();
+}
+
+/// Decides whether the slot restarts and after what delay, then restarts it.
+async fn schedule_restart(cluster: &Cluster, worker: &WorkerHandle, info: ExitInfo) {
+    let opts = &cluster.inner.opts;
+    let failed = info.code != Some(0) || info.signal.is_some();
+    let wanted = match opts.restart {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => failed,
+        RestartPolicy::Never => false,
+    };
+    let slot_id = worker.id();
+    let delay = {
+        let mut state = cluster.inner.state.lock().unwrap();
+        let still_current = state
+            .slots
+            .get(&slot_id)
+            .and_then(|s| s.current.as_ref())
+            .is_some_and(|w| w == worker);
+        if state.stopping || !still_current || worker.exited_after_disconnect() || !wanted {
+            drop(state);
+            if still_current {
+                release_slot_sockets(cluster, slot_id);
+            }
+            return;
+        }
+        let backoff = opts.backoff;
+        let slot = state.slots.entry(slot_id).or_default();
+        if worker.uptime() >= backoff.min_uptime {
+            slot.failures = 0;
+            slot.crash_loop = false;
+        } else {
+            slot.failures += 1;
+        }
+        if backoff.max_restarts.is_some_and(|max| slot.failures > max) {
+            slot.gave_up = true;
+            let failures = slot.failures;
+            drop(state);
+            tracing::error!(slot = slot_id, failures, "worker keeps dying; giving up on this slot");
+            release_slot_sockets(cluster, slot_id);
+            cluster.inner.events.emit(Event::GaveUp {
+                id: slot_id,
+                failures,
+            });
+            return;
+        }
+        let delay = backoff_delay(slot.failures, backoff.initial, backoff.max);
+        slot.crash_loop = slot.failures >= backoff.crash_loop_after;
+        slot.restarts += 1;
+        slot.restart_at = Some(Instant::now() + delay);
+        let (failures, crash_loop) = (slot.failures, slot.crash_loop);
+        drop(state);
+        if crash_loop {
+            tracing::error!(slot = slot_id, failures, ?delay, "worker is crash-looping");
+        }
+        cluster.inner.events.emit(Event::Restarting {
+            id: slot_id,
+            delay,
+            failures,
+            crash_loop,
+        });
+        delay
+    };
+    if !delay.is_zero() {
+        // The slot's reuseport socket must not hold connections nobody will accept for a while.
+        release_slot_sockets(cluster, slot_id);
+        let mut stop = cluster.inner.stop_accepting.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+    let still_wanted = {
+        let state = cluster.inner.state.lock().unwrap();
+        !state.stopping
+            && state
+                .slots
+                .get(&slot_id)
+                .is_some_and(|s| s.restart_at.is_some())
+    };
+    if still_wanted {
+        if let Err(e) = start_worker(cluster, slot_id) {
+            tracing::error!(slot = slot_id, error = %e, "restart failed");
+        }
+    }
+}
+
+/// `initial * 2^(failures-1)`, capped at `max`; zero for a worker that was stable.
+pub(crate) fn backoff_delay(failures: u32, initial: Duration, max: Duration) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(31));
+    initial.saturating_mul(factor).min(max)
+}
+
+/// Forgets the reuseport sockets of `slot` (no immediate replacement will accept on them).
+pub(crate) fn release_slot_sockets(cluster: &Cluster, slot: usize) {
+    for listener in cluster.inner.listeners.all() {
+        if listener.mode == Mode::Reuseport {
+            listener.release_slot(slot);
+        }
+    }
+}
+
+/// Handles the primary's signals like gunicorn: TERM/INT graceful stop, QUIT quick stop, HUP
+/// rolling reload, TTIN/TTOU one worker more/less.
+pub(crate) fn handle_signals(cluster: Cluster) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut ttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
+    let mut ttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => cluster.shutdown(),
+                _ = int.recv() => cluster.shutdown(),
+                _ = quit.recv() => cluster.shutdown_now(),
+                _ = hup.recv() => {
+                    let cluster = cluster.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = cluster.reload().await {
+                            tracing::error!(error = %e, "reload failed");
+                        }
+                    });
+                }
+                _ = ttin.recv() => {
+                    let n = cluster.inner.state.lock().unwrap().target + 1;
+                    let _ = cluster.scale(n);
+                }
+                _ = ttou.recv() => {
+                    let n = cluster.inner.state.lock().unwrap().target;
+                    if n > 1 {
+                        let _ = cluster.scale(n - 1);
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let ms = Duration::from_millis;
+        let cap = Duration::from_secs(15);
+        assert_eq!(backoff_delay(0, ms(100), cap), Duration::ZERO);
+        assert_eq!(backoff_delay(1, ms(100), cap), ms(100));
+        assert_eq!(backoff_delay(2, ms(100), cap), ms(200));
+        assert_eq!(backoff_delay(4, ms(100), cap), ms(800));
+        assert_eq!(backoff_delay(40, ms(100), cap), cap);
+    }
+
+    #[test]
+    fn udp_and_unix_fall_back_to_modes_that_work() {
+        assert_eq!(effective_mode(SocketKind::Udp, Mode::RoundRobin), Mode::Shared);
+        assert_eq!(effective_mode(SocketKind::Udp, Mode::Reuseport), Mode::Reuseport);
+        assert_eq!(effective_mode(SocketKind::Unix, Mode::Reuseport), Mode::Shared);
+        assert_eq!(effective_mode(SocketKind::Tcp, Mode::Shared), Mode::Shared);
+    }
+}

@@ -1,0 +1,160 @@
+//! The IPC channel over a SOCK_SEQPACKET socket: an async end for the primary (tokio `AsyncFd`)
+//! and a blocking end for workers (driven by the worker's reader thread).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::wire::MAX_PACKET;
+use crate::error::Error;
+use crate::sys;
+
+/// One received packet: its bytes and the fds that rode along.
+#[derive(Debug)]
+pub struct Packet {
+    /// The packet's payload (JSON text).
+    pub data: Vec<u8>,
+    /// Passed fds, in order, owned and CLOEXEC.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Packet {
+    /// Decodes the payload as a message of type `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.data).map_err(|e| {
+            let shown = String::from_utf8_lossy(&self.data[..self.data.len().min(80)]).into_owned();
+            Error::Protocol(format!("undecodable packet {shown:?}: {e}"))
+        })
+    }
+}
+
+/// Serializes `msg` to JSON, enforcing [`MAX_PACKET`].
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, Error> {
+    let bytes = serde_json::to_vec(msg).map_err(|e| Error::Protocol(e.to_string()))?;
+    if bytes.len() > MAX_PACKET {
+        return Err(Error::MessageTooLarge {
+            size: bytes.len(),
+            limit: MAX_PACKET,
+        });
+    }
+    Ok(bytes)
+}
+
+/// The primary's end of a worker's channel: non-blocking, driven by tokio.
+#[derive(Debug)]
+pub struct AsyncChannel {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl AsyncChannel {
+    /// Wraps a connected SEQPACKET socket, switching it to non-blocking mode.
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        let flags = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+        let mut flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+        flags.insert(nix::fcntl::OFlag::O_NONBLOCK);
+        nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok(Self {
+            fd: sys::async_fd(fd, Interest::READABLE | Interest::WRITABLE)?,
+        })
+    }
+
+    /// Tries to send one packet now; `WouldBlock` when the socket buffer is full.
+    pub fn try_send(&self, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        sys::send_packet(self.fd.get_ref().as_fd(), data, fds, true)
+    }
+
+    /// Sends one packet, waiting for buffer space if needed.
+    pub async fn send(&self, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|inner| sys::send_packet(inner.get_ref().as_fd(), data, fds, true)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Receives one packet; `None` when the worker closed its end.
+    pub async fn recv(&self) -> io::Result<Option<Packet>> {
+        let mut buf = vec![0u8; MAX_PACKET + 1];
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut fds = Vec::new();
+            match guard.try_io(|inner| {
+                sys::recv_packet(inner.get_ref().as_fd(), &mut buf, &mut fds, true)
+            }) {
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(n)) => {
+                    buf.truncate(n);
+                    return Ok(Some(Packet { data: buf, fds }));
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Shuts both directions down, so the worker sees EOF even while fds are shared.
+    pub fn shutdown(&self) {
+        let _ = nix::sys::socket::shutdown(
+            self.fd.get_ref().as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
+    }
+}
+
+/// A worker's end of the channel: blocking calls, safe to share between threads (each packet is
+/// sent atomically by the kernel).
+#[derive(Debug)]
+pub struct BlockingChannel {
+    fd: OwnedFd,
+}
+
+impl BlockingChannel {
+    /// Wraps the worker's end of the socket.
+    pub fn new(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+
+    /// Sends one packet, blocking while the socket buffer is full.
+    pub fn send(&self, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        loop {
+            match sys::send_packet(self.fd.as_fd(), data, fds, false) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Encodes and sends a message.
+    pub fn send_msg<T: Serialize>(&self, msg: &T) -> Result<(), Error> {
+        let bytes = encode(msg)?;
+        self.send(&bytes, &[]).map_err(Error::Io)
+    }
+
+    /// Receives one packet, blocking; `None` when the primary closed its end.
+    pub fn recv(&self) -> io::Result<Option<Packet>> {
+        let mut buf = vec![0u8; MAX_PACKET + 1];
+        loop {
+            let mut fds = Vec::new();
+            match sys::recv_packet(self.fd.as_fd(), &mut buf, &mut fds, false) {
+                Ok(0) => return Ok(None),
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(Some(Packet { data: buf, fds }));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Shuts both directions down: the reader thread sees EOF and the primary sees the worker go.
+    pub fn shutdown(&self) {
+        let _ = nix::sys::socket::shutdown(self.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+}

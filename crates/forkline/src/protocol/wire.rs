@@ -1,0 +1,167 @@
+//! The worker protocol's messages: one JSON object per SOCK_SEQPACKET packet, tagged by `type`.
+//! `docs/PROTOCOL.md` is the language-neutral description of exactly these types.
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version spoken by this build; a worker sends it in `hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest packet either side sends or accepts, in bytes (the JSON text).
+pub const MAX_PACKET: usize = 64 * 1024;
+
+/// Environment variable holding the worker's stable slot number.
+pub const ENV_WORKER_ID: &str = "FORKLINE_WORKER_ID";
+/// Environment variable holding the fd number of the worker's IPC socket.
+pub const ENV_IPC_FD: &str = "FORKLINE_IPC_FD";
+/// Environment variable with Node-style scheduling policy (`rr`, `none`) or a forkline mode name.
+pub const ENV_SCHED_POLICY: &str = "FORKLINE_SCHED_POLICY";
+
+/// The kind of socket a `listen` request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketKind {
+    /// A TCP stream listener (IPv4 or IPv6).
+    Tcp,
+    /// A Unix stream listener at a filesystem path.
+    Unix,
+    /// A UDP socket (shared or reuseport only).
+    Udp,
+}
+
+/// How connections on one listener reach workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// The primary accepts and passes each connection to a worker (Node's SCHED_RR).
+    #[default]
+    RoundRobin,
+    /// Every worker accepts on one inherited socket (Node's SCHED_NONE).
+    Shared,
+    /// Every worker accepts on its own SO_REUSEPORT socket.
+    Reuseport,
+    /// Every worker listens on its own loopback port; the primary relays bytes (CLI only).
+    Proxy,
+}
+
+impl Mode {
+    /// Parses a mode name, also accepting Node's `rr` and `none`.
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "rr" | "round-robin" => Some(Mode::RoundRobin),
+            "none" | "shared" => Some(Mode::Shared),
+            "reuseport" => Some(Mode::Reuseport),
+            "proxy" => Some(Mode::Proxy),
+            _ => None,
+        }
+    }
+
+    /// The canonical name, as accepted by [`Mode::parse`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::RoundRobin => "round-robin",
+            Mode::Shared => "shared",
+            Mode::Reuseport => "reuseport",
+            Mode::Proxy => "proxy",
+        }
+    }
+}
+
+/// A message from a worker to the primary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromWorker {
+    /// First packet: the worker's protocol version and pid.
+    Hello {
+        /// Protocol version the worker speaks.
+        version: u32,
+        /// The worker's process id.
+        pid: u32,
+    },
+    /// Ask for a listener on `address`.
+    Listen {
+        /// Request id, echoed in the answer.
+        req: u64,
+        /// Socket kind.
+        kind: SocketKind,
+        /// `HOST:PORT` (TCP/UDP) or a path (Unix).
+        address: String,
+        /// Mode wanted for this listener; `None` means the cluster's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<Mode>,
+    },
+    /// Acknowledges handed-off connections: the worker now owns them.
+    Ack {
+        /// Sequence numbers from `conns` packets.
+        seqs: Vec<u64>,
+        /// Connections the worker has open now (for least-conn), if it tracks them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        open: Option<u64>,
+    },
+    /// The number of connections the worker has open (sent when it changes, for least-conn).
+    Load {
+        /// Open connections.
+        open: u64,
+    },
+    /// A user message.
+    Message {
+        /// Any JSON value.
+        data: serde_json::Value,
+    },
+    /// The worker is disconnecting on purpose and will close the channel.
+    Disconnecting,
+}
+
+/// A message from the primary to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// Answer to `hello`.
+    Welcome {
+        /// Protocol version the primary speaks.
+        version: u32,
+        /// The worker's slot id.
+        id: usize,
+        /// Largest packet the primary accepts.
+        max_packet: usize,
+    },
+    /// Fatal protocol error; the primary will stop the worker.
+    Error {
+        /// What went wrong.
+        error: String,
+    },
+    /// Answer to `listen`. For `shared` and `reuseport`, the socket rides along as SCM_RIGHTS.
+    Listening {
+        /// Request id from `listen`.
+        req: u64,
+        /// The primary's id for this listener (used in `conns`).
+        listener: u64,
+        /// Mode in effect.
+        mode: Mode,
+        /// The bound address (the real port when 0 was asked for).
+        address: String,
+        /// Whether the primary wants `load` reports (least-conn balancing).
+        #[serde(default)]
+        report_load: bool,
+    },
+    /// Answer to `listen` when binding failed.
+    ListenError {
+        /// Request id from `listen`.
+        req: u64,
+        /// The error, naming the address.
+        error: String,
+    },
+    /// Handed-off connections for a round-robin listener; one fd per seq, in order.
+    Conns {
+        /// Listener id from `listening`.
+        listener: u64,
+        /// One sequence number per fd, to be acknowledged.
+        seqs: Vec<u64>,
+    },
+    /// A user message.
+    Message {
+        /// Any JSON value.
+        data: serde_json::Value,
+    },
+    /// Stop accepting, finish current work and exit.
+    Disconnect,
+}

@@ -1,0 +1,371 @@
+//! Listeners obtained through the primary, blocking and tokio flavours, TCP and Unix. A listener
+//! either receives handed-off connections (round-robin) or accepts on a socket the primary
+//! passed (shared, reuseport). Either way `accept` returns `Ok(None)` once the primary asked the
+//! worker to disconnect, after the connections already handed over have been taken.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+use super::connection::Connection;
+use super::{ListenReply, Worker};
+use crate::error::{Error, Result};
+use crate::protocol::Mode;
+
+/// Where a listener's connections come from (blocking flavour).
+#[derive(Debug)]
+enum BlockingSource {
+    Handoff(Mutex<mpsc::UnboundedReceiver<OwnedFd>>),
+    Socket(OwnedFd),
+}
+
+/// Where a listener's connections come from (tokio flavour).
+#[derive(Debug)]
+enum AsyncSource {
+    Handoff(tokio::sync::Mutex<mpsc::UnboundedReceiver<OwnedFd>>),
+    Socket(AsyncFd<OwnedFd>),
+}
+
+fn source_parts(reply: ListenReply, address: &str) -> Result<Option<OwnedFd>> {
+    match reply.mode {
+        Mode::RoundRobin => Ok(None),
+        _ => {
+            let socket = reply.socket.ok_or_else(|| Error::Listen {
+                address: address.to_string(),
+                source: io::Error::other("the primary passed no socket"),
+            })?;
+            // All forkline workers accept with poll + non-blocking accept, so the shared flag is
+            // safe to set.
+            socket2::SockRef::from(&socket).set_nonblocking(true)?;
+            Ok(Some(socket))
+        }
+    }
+}
+
+fn blocking_source(worker: &Worker, reply: ListenReply, address: &str) -> Result<BlockingSource> {
+    let listener = reply.listener;
+    Ok(match source_parts(reply, address)? {
+        None => BlockingSource::Handoff(Mutex::new(worker.handoff_queue(listener))),
+        Some(socket) => BlockingSource::Socket(socket),
+    })
+}
+
+fn async_source(worker: &Worker, reply: ListenReply, address: &str) -> Result<AsyncSource> {
+    let listener = reply.listener;
+    Ok(match source_parts(reply, address)? {
+        None => AsyncSource::Handoff(tokio::sync::Mutex::new(worker.handoff_queue(listener))),
+        Some(socket) => AsyncSource::Socket(crate::sys::async_fd(
+            socket,
+            tokio::io::Interest::READABLE,
+        )?),
+    })
+}
+
+/// Accepts one connection from a socket without blocking; `None` if none is waiting.
+fn try_accept(socket: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    loop {
+        match socket2::SockRef::from(socket).accept() {
+            Ok((conn, _)) => return Ok(Some(conn.into())),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl BlockingSource {
+    /// The next connection fd and whether it counts toward least-conn; `None` after disconnect.
+    fn accept(&self, worker: &Worker) -> io::Result<Option<(OwnedFd, bool)>> {
+        match self {
+            BlockingSource::Handoff(rx) => {
+                let fd = rx.lock().unwrap().blocking_recv();
+                if let Some(fd) = &fd {
+                    socket2::SockRef::from(fd).set_nonblocking(false)?;
+                }
+                Ok(fd.map(|fd| (fd, true)))
+            }
+            BlockingSource::Socket(socket) => loop {
+                if worker.is_disconnected() {
+                    return Ok(None);
+                }
+                let mut fds = [
+                    PollFd::new(socket.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(worker.shared.wake_read.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                if fds[1].any().unwrap_or(false) {
+                    return Ok(None);
+                }
+                if let Some(fd) = try_accept(socket)? {
+                    socket2::SockRef::from(&fd).set_nonblocking(false)?;
+                    return Ok(Some((fd, false)));
+                }
+            },
+        }
+    }
+}
+
+impl AsyncSource {
+    async fn accept(&self, worker: &Worker) -> io::Result<Option<(OwnedFd, bool)>> {
+        match self {
+            AsyncSource::Handoff(rx) => {
+                let fd = rx.lock().await.recv().await;
+                if let Some(fd) = &fd {
+                    socket2::SockRef::from(fd).set_nonblocking(true)?;
+                }
+                Ok(fd.map(|fd| (fd, true)))
+            }
+            AsyncSource::Socket(socket) => loop {
+                if worker.is_disconnected() {
+                    return Ok(None);
+                }
+                let mut guard = tokio::select! {
+                    guard = socket.readable() => guard?,
+                    _ = worker.disconnected() => return Ok(None),
+                };
+                match guard.try_io(|inner| match try_accept(inner.get_ref())? {
+                    Some(fd) => Ok(fd),
+                    None => Err(io::ErrorKind::WouldBlock.into()),
+                }) {
+                    Ok(result) => {
+                        let fd = result?;
+                        socket2::SockRef::from(&fd).set_nonblocking(true)?;
+                        return Ok(Some((fd, false)));
+                    }
+                    Err(_would_block) => continue,
+                }
+            },
+        }
+    }
+}
+
+fn counted(worker: &Worker, counts: bool) -> Option<std::sync::Arc<super::Shared>> {
+    counts.then(|| worker.shared.clone())
+}
+
+/// A TCP listener through the primary (blocking API).
+#[derive(Debug)]
+pub struct TcpListener {
+    worker: Worker,
+    source: BlockingSource,
+    local: SocketAddr,
+    mode: Mode,
+}
+
+impl TcpListener {
+    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
+        let local = parse_local(&reply.address, address)?;
+        let mode = reply.mode;
+        let source = blocking_source(&worker, reply, address)?;
+        Ok(Self {
+            worker,
+            source,
+            local,
+            mode,
+        })
+    }
+
+    /// The next connection and its peer address; `Ok(None)` once the worker is disconnected.
+    pub fn accept(&self) -> io::Result<Option<(Connection<std::net::TcpStream>, SocketAddr)>> {
+        while let Some((fd, counts)) = self.source.accept(&self.worker)? {
+            let stream = Connection::new(
+                std::net::TcpStream::from(fd),
+                counted(&self.worker, counts),
+            );
+            // A client that already reset has no peer address; skip it.
+            if let Ok(peer) = stream.peer_addr() {
+                return Ok(Some((stream, peer)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Connections until the worker is disconnected.
+    pub fn incoming(&self) -> impl Iterator<Item = io::Result<Connection<std::net::TcpStream>>> + '_ {
+        std::iter::from_fn(move || self.accept().transpose().map(|r| r.map(|(s, _)| s)))
+    }
+
+    /// The address the cluster listens on (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The distribution mode in effect.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+}
+
+/// A TCP listener through the primary (tokio API). Also usable with `axum::serve`.
+#[derive(Debug)]
+pub struct AsyncTcpListener {
+    worker: Worker,
+    source: AsyncSource,
+    local: SocketAddr,
+    mode: Mode,
+}
+
+impl AsyncTcpListener {
+    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
+        let local = parse_local(&reply.address, address)?;
+        let mode = reply.mode;
+        let source = async_source(&worker, reply, address)?;
+        Ok(Self {
+            worker,
+            source,
+            local,
+            mode,
+        })
+    }
+
+    /// The next connection and its peer address; `Ok(None)` once the worker is disconnected.
+    pub async fn accept(
+        &self,
+    ) -> io::Result<Option<(Connection<tokio::net::TcpStream>, SocketAddr)>> {
+        while let Some((fd, counts)) = self.source.accept(&self.worker).await? {
+            let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))?;
+            if let Ok(peer) = stream.peer_addr() {
+                return Ok(Some((
+                    Connection::new(stream, counted(&self.worker, counts)),
+                    peer,
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The address the cluster listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The distribution mode in effect.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The worker this listener belongs to.
+    pub fn worker(&self) -> &Worker {
+        &self.worker
+    }
+}
+
+/// A Unix stream listener through the primary (blocking API).
+#[derive(Debug)]
+pub struct UnixListener {
+    worker: Worker,
+    source: BlockingSource,
+    path: String,
+}
+
+impl UnixListener {
+    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
+        let path = reply.address.clone();
+        let source = blocking_source(&worker, reply, address)?;
+        Ok(Self {
+            worker,
+            source,
+            path,
+        })
+    }
+
+    /// The next connection; `Ok(None)` once the worker is disconnected.
+    pub fn accept(&self) -> io::Result<Option<Connection<std::os::unix::net::UnixStream>>> {
+        Ok(self.source.accept(&self.worker)?.map(|(fd, counts)| {
+            Connection::new(
+                std::os::unix::net::UnixStream::from(fd),
+                counted(&self.worker, counts),
+            )
+        }))
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// A Unix stream listener through the primary (tokio API).
+#[derive(Debug)]
+pub struct AsyncUnixListener {
+    worker: Worker,
+    source: AsyncSource,
+    path: String,
+}
+
+impl AsyncUnixListener {
+    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
+        let path = reply.address.clone();
+        let source = async_source(&worker, reply, address)?;
+        Ok(Self {
+            worker,
+            source,
+            path,
+        })
+    }
+
+    /// The next connection; `Ok(None)` once the worker is disconnected.
+    pub async fn accept(&self) -> io::Result<Option<Connection<tokio::net::UnixStream>>> {
+        match self.source.accept(&self.worker).await? {
+            Some((fd, counts)) => {
+                let stream =
+                    tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?;
+                Ok(Some(Connection::new(stream, counted(&self.worker, counts))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+fn parse_local(bound: &str, asked: &str) -> Result<SocketAddr> {
+    bound.parse().map_err(|_| Error::Listen {
+        address: asked.to_string(),
+        source: io::Error::other(format!("primary reported an unparsable address {bound:?}")),
+    })
+}
+
+#[cfg(feature = "axum")]
+impl axum::serve::Listener for AsyncTcpListener {
+    type Io = Connection<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match AsyncTcpListener::accept(self).await {
+                Ok(Some(conn)) => return conn,
+                // Disconnected: accept nothing more; axum's graceful shutdown (wired to
+                // `Worker::disconnected`) ends the server.
+                Ok(None) => std::future::pending::<()>().await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}

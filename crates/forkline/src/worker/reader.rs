@@ -1,0 +1,129 @@
+//! The worker's reader thread: the only reader of the IPC channel. It routes handed-off
+//! connections to their listener's queue (acknowledging them at once), answers pending `listen`
+//! requests, forwards messages, and exits the process when the primary is gone.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{ListenReply, Shared};
+use crate::error::Error;
+use crate::protocol::channel::Packet;
+use crate::protocol::{FromWorker, ToWorker};
+
+pub(crate) fn start(shared: Arc<Shared>, messages: mpsc::UnboundedSender<serde_json::Value>) {
+    std::thread::Builder::new()
+        .name("forkline-ipc".into())
+        .spawn(move || run(shared, messages))
+        .expect("failed to start the forkline IPC reader thread");
+}
+
+fn run(shared: Arc<Shared>, messages: mpsc::UnboundedSender<serde_json::Value>) {
+    let mut messages = Some(messages);
+    loop {
+        match shared.channel.recv() {
+            Ok(Some(packet)) => {
+                if let Err(e) = route(&shared, packet, &mut messages) {
+                    eprintln!("forkline worker {}: {e}", shared.id);
+                }
+            }
+            Ok(None) | Err(_) => {
+                if shared.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                // The primary is gone: a worker never outlives it.
+                eprintln!(
+                    "forkline worker {}: the primary closed the IPC channel; exiting",
+                    shared.id
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+fn route(
+    shared: &Shared,
+    packet: Packet,
+    messages: &mut Option<mpsc::UnboundedSender<serde_json::Value>>,
+) -> Result<(), Error> {
+    let message: ToWorker = packet.decode()?;
+    let mut fds = packet.fds.into_iter();
+    match message {
+        ToWorker::Conns { listener, seqs } => {
+            let queue = shared.queues.lock().unwrap().get(&listener).cloned();
+            let mut taken = 0u64;
+            for fd in fds.by_ref().take(seqs.len()) {
+                if let Some(queue) = &queue {
+                    if queue.send(fd).is_ok() {
+                        taken += 1;
+                    }
+                }
+            }
+            let open = if shared.report_load.load(Ordering::Relaxed) {
+                Some(shared.open.fetch_add(taken, Ordering::AcqRel) + taken)
+            } else {
+                None
+            };
+            shared
+                .channel
+                .send_msg(&crate::protocol::FromWorker::Ack { seqs, open })?;
+        }
+        ToWorker::Listening {
+            req,
+            listener,
+            mode,
+            address,
+            report_load,
+        } => {
+            if report_load {
+                shared.report_load.store(true, Ordering::Relaxed);
+            }
+            reply(
+                shared,
+                req,
+                Ok(ListenReply {
+                    listener,
+                    mode,
+                    address,
+                    socket: fds.next(),
+                }),
+            );
+        }
+        ToWorker::ListenError { req, error } => reply(
+            shared,
+            req,
+            Err(Error::Listen {
+                address: String::new(),
+                source: std::io::Error::other(error),
+            }),
+        ),
+        ToWorker::Message { data } => {
+            if let Some(tx) = messages {
+                let _ = tx.send(data);
+            }
+        }
+        ToWorker::Disconnect => {
+            shared.mark_disconnected();
+            *messages = None;
+        }
+        ToWorker::Error { error } => return Err(Error::Protocol(error)),
+        ToWorker::Welcome { .. } => return Err(Error::Protocol("unexpected welcome".into())),
+    }
+    Ok(())
+}
+
+fn reply(shared: &Shared, req: u64, answer: Result<ListenReply, Error>) {
+    if let Some(tx) = shared.replies.lock().unwrap().remove(&req) {
+        let _ = tx.send(answer);
+    }
+}
+
+/// Tells the primary how many connections are open (least-conn), if it asked.
+pub(crate) fn report_load(shared: &Shared) {
+    if shared.report_load.load(Ordering::Relaxed) {
+        let open = shared.open.load(Ordering::Acquire);
+        let _ = shared.channel.send_msg(&FromWorker::Load { open });
+    }
+}
