@@ -4,6 +4,8 @@
 //! Two binaries sit on top: `loadgen` (the client) and `limit-server` (the seed handler with
 //! nothing around it, used as "the physical limit" of this machine). See `bench/README.md`.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod driver;
 pub mod duration;

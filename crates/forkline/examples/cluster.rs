@@ -16,7 +16,10 @@ use tokio::io::AsyncWriteExt;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let addr = args.first().cloned().unwrap_or_else(|| "127.0.0.1:8989".into());
+    let addr = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:8989".into());
     let delay_ms: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     match role() {
         Role::Primary => {

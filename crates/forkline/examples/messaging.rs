@@ -32,9 +32,8 @@ fn main() -> forkline::Result<()> {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(2);
             let mut answered = BTreeSet::new();
-            let shutdown = Cluster::builder()
-                .workers(workers)
-                .run_blocking(move |cluster, event| match event {
+            let shutdown = Cluster::builder().workers(workers).run_blocking(
+                move |cluster, event| match event {
                     Event::Online { worker } => {
                         let hello = Greeting {
                             text: format!("hello worker {}", worker.id()),
@@ -55,7 +54,8 @@ fn main() -> forkline::Result<()> {
                         println!("[primary] worker {} exited with {code:?}", worker.id());
                     }
                     _ => {}
-                })?;
+                },
+            )?;
             std::process::exit(shutdown.exit_code());
         }
         Role::Worker(id) => {

@@ -28,7 +28,10 @@ impl Role {
 /// An unparsable id counts as primary, so a stray variable cannot turn a program into a worker
 /// that then fails to find its channel.
 pub fn role() -> Role {
-    match std::env::var(ENV_WORKER_ID).ok().and_then(|v| v.parse().ok()) {
+    match std::env::var(ENV_WORKER_ID)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         Some(id) => Role::Worker(id),
         None => Role::Primary,
     }

@@ -182,5 +182,9 @@ pub fn async_fd(
 ) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` is a valid open descriptor that it alone closes, and its `as_raw_fd`
     // always returns that same number, for as long as the `AsyncFd` owns it.
-    unsafe { Ok(tokio::io::unix::AsyncFd::register_with_interest(fd, interest)?) }
+    unsafe {
+        Ok(tokio::io::unix::AsyncFd::register_with_interest(
+            fd, interest,
+        )?)
+    }
 }

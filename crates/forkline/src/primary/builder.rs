@@ -222,7 +222,10 @@ impl ClusterBuilder {
                 .flatten()
                 .is_none()
             {
-                return Err(Error::UnknownId { kind: "uid", id: uid });
+                return Err(Error::UnknownId {
+                    kind: "uid",
+                    id: uid,
+                });
             }
         }
         if let Some(gid) = opts.gid {
@@ -231,7 +234,10 @@ impl ClusterBuilder {
                 .flatten()
                 .is_none()
             {
-                return Err(Error::UnknownId { kind: "gid", id: gid });
+                return Err(Error::UnknownId {
+                    kind: "gid",
+                    id: gid,
+                });
             }
         }
         if let Some(cwd) = &opts.cwd {
@@ -267,7 +273,11 @@ pub fn resolve_program(program: &Path, cwd: Option<&Path>) -> Result<PathBuf> {
         vec![base.join(program)]
     } else {
         std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).collect())
+            .map(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join(program))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let mut found_not_executable = None;

@@ -168,7 +168,11 @@ impl WorkerHandle {
         if !self.is_connected() {
             return Err(Error::NotConnected(self.id()));
         }
-        let outbox = self.shared.outbox.get().ok_or(Error::NotConnected(self.id()))?;
+        let outbox = self
+            .shared
+            .outbox
+            .get()
+            .ok_or(Error::NotConnected(self.id()))?;
         outbox
             .send(bytes)
             .map_err(|_| Error::NotConnected(self.id()))

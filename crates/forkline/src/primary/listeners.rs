@@ -55,15 +55,16 @@ impl BoundListener {
         if let Some(sock) = slots.get(&slot) {
             return Ok(sock.clone());
         }
-        let sock = match self.spare.lock().unwrap().take() {
-            Some(first) => Arc::new(first),
-            None => Arc::new(bind(self.kind, &self.local, true).map_err(|source| {
-                Error::Listen {
-                    address: self.local.clone(),
-                    source,
-                }
-            })?),
-        };
+        let sock =
+            match self.spare.lock().unwrap().take() {
+                Some(first) => Arc::new(first),
+                None => Arc::new(bind(self.kind, &self.local, true).map_err(|source| {
+                    Error::Listen {
+                        address: self.local.clone(),
+                        source,
+                    }
+                })?),
+            };
         slots.insert(slot, sock.clone());
         Ok(sock)
     }
@@ -232,9 +233,6 @@ pub(crate) fn local_address(socket: &OwnedFd, kind: SocketKind) -> io::Result<St
             .as_pathname()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
-        _ => addr
-            .as_socket()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
+        _ => addr.as_socket().map(|a| a.to_string()).unwrap_or_default(),
     })
 }

@@ -55,7 +55,13 @@ async fn live(cluster: Cluster, worker: WorkerHandle) {
         Ok((child, channel)) => serve(&cluster, &worker, child, channel).await,
         Err(e) => {
             tracing::error!(worker = worker.id(), error = %e, "could not start worker");
-            (ExitInfo { code: Some(127), signal: None }, false)
+            (
+                ExitInfo {
+                    code: Some(127),
+                    signal: None,
+                },
+                false,
+            )
         }
     };
     finish(&cluster, &worker, status, was_connected);
@@ -76,7 +82,10 @@ async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<(Child, Arc<A
     let mut names = Vec::new();
     for listener in &cluster.inner.prebound {
         let socket = listener.socket_for(worker.id())?;
-        placed.push((sys::dup_cloexec(socket.as_fd())?, FIRST_FD + placed.len() as RawFd));
+        placed.push((
+            sys::dup_cloexec(socket.as_fd())?,
+            FIRST_FD + placed.len() as RawFd,
+        ));
         names.push(listener.local.clone());
     }
     let ipc_fd = FIRST_FD + placed.len() as RawFd;
@@ -309,14 +318,18 @@ async fn listen(
         address: address.clone(),
         mode,
     };
-    let bound = cluster.inner.listeners.get_or_bind(key).and_then(|(listener, fresh)| {
-        let socket = if mode == Mode::RoundRobin {
-            None
-        } else {
-            Some(listener.socket_for(worker.id())?)
-        };
-        Ok((listener, fresh, socket))
-    });
+    let bound = cluster
+        .inner
+        .listeners
+        .get_or_bind(key)
+        .and_then(|(listener, fresh)| {
+            let socket = if mode == Mode::RoundRobin {
+                None
+            } else {
+                Some(listener.socket_for(worker.id())?)
+            };
+            Ok((listener, fresh, socket))
+        });
     let (listener, fresh, socket) = match bound {
         Ok(found) => found,
         Err(e) => {
@@ -345,7 +358,10 @@ async fn listen(
         None => channel.send(&reply, &[]).await?,
     }
     if mode == Mode::RoundRobin {
-        cluster.inner.dispatcher.add_target(worker, channel, listener.id);
+        cluster
+            .inner
+            .dispatcher
+            .add_target(worker, channel, listener.id);
         if fresh {
             if let Some(socket) = listener.socket.clone() {
                 let dispatcher = cluster.inner.dispatcher.clone();
@@ -423,7 +439,13 @@ fn finish(cluster: &Cluster, worker: &WorkerHandle, info: ExitInfo, was_connecte
     } else {
         tracing::info!(worker = worker.id(), pid = worker.pid(), code = ?info.code, signal = ?info.signal, "worker exited");
     }
-    cluster.inner.state.lock().unwrap().live.remove(&worker.unique_id());
+    cluster
+        .inner
+        .state
+        .lock()
+        .unwrap()
+        .live
+        .remove(&worker.unique_id());
     cluster.inner.events.emit(Event::Exit {
         worker: worker.clone(),
         code: info.code,
@@ -469,7 +491,11 @@ async fn schedule_restart(cluster: &Cluster, worker: &WorkerHandle, info: ExitIn
             slot.gave_up = true;
             let failures = slot.failures;
             drop(state);
-            tracing::error!(slot = slot_id, failures, "worker keeps dying; giving up on this slot");
+            tracing::error!(
+                slot = slot_id,
+                failures,
+                "worker keeps dying; giving up on this slot"
+            );
             release_slot_sockets(cluster, slot_id);
             cluster.inner.events.emit(Event::GaveUp {
                 id: slot_id,
@@ -593,9 +619,18 @@ mod tests {
 
     #[test]
     fn udp_and_unix_fall_back_to_modes_that_work() {
-        assert_eq!(effective_mode(SocketKind::Udp, Mode::RoundRobin), Mode::Shared);
-        assert_eq!(effective_mode(SocketKind::Udp, Mode::Reuseport), Mode::Reuseport);
-        assert_eq!(effective_mode(SocketKind::Unix, Mode::Reuseport), Mode::Shared);
+        assert_eq!(
+            effective_mode(SocketKind::Udp, Mode::RoundRobin),
+            Mode::Shared
+        );
+        assert_eq!(
+            effective_mode(SocketKind::Udp, Mode::Reuseport),
+            Mode::Reuseport
+        );
+        assert_eq!(
+            effective_mode(SocketKind::Unix, Mode::Reuseport),
+            Mode::Shared
+        );
         assert_eq!(effective_mode(SocketKind::Tcp, Mode::Shared), Mode::Shared);
     }
 }

@@ -84,9 +84,9 @@ impl AsyncChannel {
         loop {
             let mut guard = self.fd.readable().await?;
             let mut fds = Vec::new();
-            match guard.try_io(|inner| {
-                sys::recv_packet(inner.get_ref().as_fd(), &mut buf, &mut fds, true)
-            }) {
+            match guard
+                .try_io(|inner| sys::recv_packet(inner.get_ref().as_fd(), &mut buf, &mut fds, true))
+            {
                 Ok(Ok(0)) => return Ok(None),
                 Ok(Ok(n)) => {
                     buf.truncate(n);

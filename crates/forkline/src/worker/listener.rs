@@ -59,10 +59,9 @@ fn async_source(worker: &Worker, reply: ListenReply, address: &str) -> Result<As
     let listener = reply.listener;
     Ok(match source_parts(reply, address)? {
         None => AsyncSource::Handoff(tokio::sync::Mutex::new(worker.handoff_queue(listener))),
-        Some(socket) => AsyncSource::Socket(crate::sys::async_fd(
-            socket,
-            tokio::io::Interest::READABLE,
-        )?),
+        Some(socket) => {
+            AsyncSource::Socket(crate::sys::async_fd(socket, tokio::io::Interest::READABLE)?)
+        }
     })
 }
 
@@ -184,10 +183,8 @@ impl TcpListener {
     /// The next connection and its peer address; `Ok(None)` once the worker is disconnected.
     pub fn accept(&self) -> io::Result<Option<(Connection<std::net::TcpStream>, SocketAddr)>> {
         while let Some((fd, counts)) = self.source.accept(&self.worker)? {
-            let stream = Connection::new(
-                std::net::TcpStream::from(fd),
-                counted(&self.worker, counts),
-            );
+            let stream =
+                Connection::new(std::net::TcpStream::from(fd), counted(&self.worker, counts));
             // A client that already reset has no peer address; skip it.
             if let Ok(peer) = stream.peer_addr() {
                 return Ok(Some((stream, peer)));
@@ -197,7 +194,9 @@ impl TcpListener {
     }
 
     /// Connections until the worker is disconnected.
-    pub fn incoming(&self) -> impl Iterator<Item = io::Result<Connection<std::net::TcpStream>>> + '_ {
+    pub fn incoming(
+        &self,
+    ) -> impl Iterator<Item = io::Result<Connection<std::net::TcpStream>>> + '_ {
         std::iter::from_fn(move || self.accept().transpose().map(|r| r.map(|(s, _)| s)))
     }
 

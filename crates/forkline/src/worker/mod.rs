@@ -92,15 +92,12 @@ impl Worker {
             Some(packet) => match packet.decode::<ToWorker>()? {
                 ToWorker::Welcome { .. } => {}
                 ToWorker::Error { error } => return Err(Error::Protocol(error)),
-                other => {
-                    return Err(Error::Protocol(format!(
-                        "expected welcome, got {other:?}"
-                    )))
-                }
+                other => return Err(Error::Protocol(format!("expected welcome, got {other:?}"))),
             },
             None => return Err(Error::Protocol("primary closed the channel".into())),
         }
-        let (wake_read, wake_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+        let (wake_read, wake_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
         let (msg_tx, msg_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             id,
@@ -191,7 +188,9 @@ impl Worker {
         address: &str,
         mode: Option<Mode>,
     ) -> Result<AsyncTcpListener> {
-        let reply = self.request_listen_async(SocketKind::Tcp, address, mode).await?;
+        let reply = self
+            .request_listen_async(SocketKind::Tcp, address, mode)
+            .await?;
         AsyncTcpListener::new(self.clone(), reply, address)
     }
 

@@ -1,1 +1,332 @@
-fn main() {}
+//! Test fixture for the integration tests: a primary driven by stdin commands that prints every
+//! event as a JSON line, and workers whose behaviour (serve, crash, ignore disconnect, write
+//! garbage on the IPC socket, ...) is chosen by environment variables.
+//!
+//! Primary settings: `TB_WORKERS`, `TB_RESTART` (always|on-failure|never), `TB_GRACE_MS`,
+//! `TB_MIN_UPTIME_MS`, `TB_BACKOFF_MS`, `TB_MODE`, `TB_BALANCE`, `TB_EXEC`, `TB_UID`,
+//! `TB_READY` (online|listen). Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
+//! `TB_LISTEN`, `TB_KIND` (tcp|unix|udp), `TB_DELAY_MS`.
+//!
+//! Commands on stdin: `send ID JSON`, `fork`, `kill ID SIGNUM`, `disconnect ID`, `scale N`,
+//! `reload`, `shutdown`, `status`.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use forkline::{
+    role, Backoff, Balance, Cluster, Event, Mode, Readiness, RestartPolicy, Role, WorkerStdio,
+};
+use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn env_ms(name: &str) -> Option<Duration> {
+    env(name)
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+}
+
+fn main() {
+    match role() {
+        Role::Primary => primary(),
+        Role::Worker(id) => worker(id),
+    }
+}
+
+fn emit(start: Instant, mut value: Value) {
+    value["ms"] = json!(start.elapsed().as_millis() as u64);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+#[tokio::main]
+async fn primary() {
+    let start = Instant::now();
+    let mut builder = Cluster::builder().stdio(WorkerStdio::Inherit);
+    if let Some(n) = env("TB_WORKERS") {
+        builder = builder.workers(n.parse().expect("TB_WORKERS"));
+    }
+    builder = builder.restart(match env("TB_RESTART").as_deref() {
+        Some("never") => RestartPolicy::Never,
+        Some("on-failure") => RestartPolicy::OnFailure,
+        _ => RestartPolicy::Always,
+    });
+    if let Some(grace) = env_ms("TB_GRACE_MS") {
+        builder = builder.graceful_timeout(grace);
+    }
+    let mut backoff = Backoff::default();
+    if let Some(d) = env_ms("TB_MIN_UPTIME_MS") {
+        backoff.min_uptime = d;
+    }
+    if let Some(d) = env_ms("TB_BACKOFF_MS") {
+        backoff.initial = d;
+    }
+    builder = builder.backoff(backoff);
+    if let Some(mode) = env("TB_MODE") {
+        builder = builder.mode(Mode::parse(&mode).expect("TB_MODE"));
+    }
+    if let Some(balance) = env("TB_BALANCE") {
+        builder = builder.balance(Balance::parse(&balance).expect("TB_BALANCE"));
+    }
+    if let Some(exec) = env("TB_EXEC") {
+        builder = builder.exec(exec);
+    }
+    if let Some(uid) = env("TB_UID") {
+        builder = builder.uid(uid.parse().expect("TB_UID"));
+    }
+    if env("TB_READY").as_deref() == Some("listen") {
+        builder = builder.readiness(Readiness::Listen, Duration::from_secs(10));
+    }
+    let cluster = match builder.start().await {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            emit(start, json!({"event": "error", "error": e.to_string()}));
+            std::process::exit(2);
+        }
+    };
+    let commands = cluster.clone();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            command(&commands, start, line.trim()).await;
+        }
+    });
+    let shutdown = cluster.run(|_, event| emit(start, describe(event))).await;
+    emit(
+        start,
+        json!({"event": "stopped", "clean": shutdown.clean, "killed": shutdown.killed}),
+    );
+    std::process::exit(shutdown.exit_code());
+}
+
+async fn command(cluster: &Cluster, start: Instant, line: &str) {
+    let mut parts = line.splitn(3, ' ');
+    let verb = parts.next().unwrap_or_default();
+    let result: Result<Value, String> = match verb {
+        "send" => {
+            let id: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let payload: Value =
+                serde_json::from_str(parts.next().unwrap_or("null")).unwrap_or(Value::Null);
+            match cluster.worker(id) {
+                Some(w) => w
+                    .send(&payload)
+                    .map(|_| json!({}))
+                    .map_err(|e| e.to_string()),
+                None => Err(format!("no worker {id}")),
+            }
+        }
+        "fork" => cluster
+            .fork()
+            .map(|w| json!({"id": w.id()}))
+            .map_err(|e| e.to_string()),
+        "kill" => {
+            let id: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let sig: i32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(9);
+            let signal = nix::sys::signal::Signal::try_from(sig).expect("signal number");
+            match cluster.worker(id) {
+                Some(w) => w.kill(signal).map(|_| json!({})).map_err(|e| e.to_string()),
+                None => Err(format!("no worker {id}")),
+            }
+        }
+        "disconnect" => {
+            let id: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            match cluster.worker(id) {
+                Some(w) => {
+                    w.disconnect();
+                    Ok(json!({}))
+                }
+                None => Err(format!("no worker {id}")),
+            }
+        }
+        "scale" => {
+            let n: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+            cluster
+                .scale(n)
+                .map(|_| json!({}))
+                .map_err(|e| e.to_string())
+        }
+        "reload" => cluster
+            .reload()
+            .await
+            .map(|_| json!({}))
+            .map_err(|e| e.to_string()),
+        "shutdown" => {
+            cluster.shutdown();
+            Ok(json!({}))
+        }
+        "status" => Ok(json!({"slots": serde_json::to_value(cluster.status()).unwrap()})),
+        other => Err(format!("unknown command {other:?}")),
+    };
+    match result {
+        Ok(mut value) => {
+            value["event"] = json!("reply");
+            value["command"] = json!(verb);
+            emit(start, value);
+        }
+        Err(error) => emit(
+            start,
+            json!({"event": "reply", "command": verb, "error": error}),
+        ),
+    }
+}
+
+fn describe(event: &Event) -> Value {
+    let mut value = json!({"event": event.name()});
+    match event {
+        Event::Fork { worker }
+        | Event::Online { worker }
+        | Event::Ready { worker }
+        | Event::Disconnect { worker } => {
+            value["id"] = json!(worker.id());
+            value["pid"] = json!(worker.pid());
+        }
+        Event::Listening { worker, address } => {
+            value["id"] = json!(worker.id());
+            value["pid"] = json!(worker.pid());
+            value["address"] = json!(address);
+        }
+        Event::Exit {
+            worker,
+            code,
+            signal,
+            exited_after_disconnect,
+        } => {
+            value["id"] = json!(worker.id());
+            value["pid"] = json!(worker.pid());
+            value["code"] = json!(code);
+            value["signal"] = json!(signal);
+            value["exited_after_disconnect"] = json!(exited_after_disconnect);
+        }
+        Event::Message { worker, payload } => {
+            value["id"] = json!(worker.id());
+            value["pid"] = json!(worker.pid());
+            value["payload"] = payload.clone();
+        }
+        Event::Restarting {
+            id,
+            delay,
+            failures,
+            crash_loop,
+        } => {
+            value["id"] = json!(id);
+            value["delay_ms"] = json!(delay.as_millis() as u64);
+            value["failures"] = json!(failures);
+            value["crash_loop"] = json!(crash_loop);
+        }
+        Event::GaveUp { id, failures } => {
+            value["id"] = json!(id);
+            value["failures"] = json!(failures);
+        }
+        Event::WorkerError { worker, error } => {
+            value["id"] = json!(worker.id());
+            value["pid"] = json!(worker.pid());
+            value["error"] = json!(error);
+        }
+    }
+    value
+}
+
+fn worker(id: usize) {
+    let behavior = env(&format!("TB_BEHAVIOR_{id}"))
+        .or_else(|| env("TB_BEHAVIOR"))
+        .unwrap_or_else(|| "echo".into());
+    match behavior.as_str() {
+        "crash" => std::process::exit(3),
+        "garbage" => {
+            // Not JSON, not hello: the primary must kill and replace this worker.
+            let fd: i32 = env("FORKLINE_IPC_FD").unwrap().parse().unwrap();
+            let _ = nix::sys::socket::send(
+                fd,
+                b"\x00\x01 this is not json",
+                nix::sys::socket::MsgFlags::empty(),
+            );
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        _ => {}
+    }
+    let worker = forkline::worker::connect().expect("connect to primary");
+    if behavior == "ignore-disconnect" {
+        std::thread::sleep(Duration::from_secs(600));
+    }
+    let server = env("TB_LISTEN").map(|address| {
+        let worker = worker.clone();
+        std::thread::spawn(move || serve(worker, id, &address))
+    });
+    let mut messages = worker.messages().expect("messages");
+    while let Some(payload) = messages.blocking_recv() {
+        match payload.get("cmd").and_then(Value::as_str) {
+            Some("exit") => {
+                let code = payload.get("code").and_then(Value::as_i64).unwrap_or(0);
+                std::process::exit(code as i32);
+            }
+            Some("oversize") => {
+                let big = "x".repeat(100 * 1024);
+                let error = worker
+                    .send(&json!({ "big": big }))
+                    .err()
+                    .map(|e| e.to_string());
+                worker
+                    .send(&json!({"oversize_error": error}))
+                    .expect("small send");
+            }
+            Some("disconnect") => worker.disconnect(),
+            _ => worker
+                .send(&json!({"echo": payload, "id": id, "pid": std::process::id()}))
+                .expect("send"),
+        }
+    }
+    if let Some(server) = server {
+        let _ = server.join();
+    }
+}
+
+fn serve(worker: forkline::Worker, id: usize, address: &str) {
+    let delay = env_ms("TB_DELAY_MS").unwrap_or_default();
+    let reply = format!("worker {id} {}\n", std::process::id());
+    match env("TB_KIND").as_deref() {
+        Some("unix") => {
+            let listener = worker.listen_unix(address).expect("listen unix");
+            while let Ok(Some(mut conn)) = listener.accept() {
+                let reply = reply.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let _ = conn.write_all(reply.as_bytes());
+                });
+            }
+        }
+        Some("udp") => {
+            let socket = worker.bind_udp(address).expect("bind udp");
+            let mut buf = [0u8; 1500];
+            while let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(reply.as_bytes(), peer);
+            }
+        }
+        _ => {
+            let listener = match worker.listen(address) {
+                Ok(listener) => listener,
+                Err(e) => {
+                    let _ = worker.send(&json!({"listen_error": e.to_string()}));
+                    return;
+                }
+            };
+            let _ = worker.send(&json!({"listening": listener.local_addr().to_string(), "mode": listener.mode().name()}));
+            while let Ok(Some((mut conn, _))) = listener.accept() {
+                let reply = reply.clone();
+                std::thread::spawn(move || {
+                    // "hold" clients: keep the connection until the client sends something.
+                    if env("TB_HOLD").is_some() {
+                        let mut buf = [0u8; 1];
+                        let _ = conn.read(&mut buf);
+                    } else {
+                        std::thread::sleep(delay);
+                    }
+                    let _ = conn.write_all(reply.as_bytes());
+                });
+            }
+        }
+    }
+}

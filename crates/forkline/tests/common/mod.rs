@@ -1,0 +1,216 @@
+//! Shared helpers for the integration tests: start the testbed primary, read its JSON events
+//! with deadlines, send it commands, find free ports, and clean up every process by pid.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Generous deadline for anything that should happen "soon" on a loaded 2-core CI machine.
+pub const SOON: Duration = Duration::from_secs(15);
+
+/// A running testbed primary.
+pub struct Testbed {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    events: mpsc::Receiver<Value>,
+    /// Every event seen so far, in order.
+    pub seen: Vec<Value>,
+    pids: HashSet<u32>,
+}
+
+impl Testbed {
+    /// Starts the testbed primary with `env` settings.
+    pub fn start(env: &[(&str, &str)]) -> Testbed {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_forkline-testbed"));
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env_remove("FORKLINE_WORKER_ID")
+            .env_remove("FORKLINE_SCHED_POLICY");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start testbed");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => eprintln!("testbed: {line}"),
+                }
+            }
+        });
+        Testbed {
+            stdin: child.stdin.take(),
+            child,
+            events: rx,
+            seen: Vec::new(),
+            pids: HashSet::new(),
+        }
+    }
+
+    /// The primary's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the next event matching `pred`, failing the test after `timeout`.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.try_wait_for(timeout, pred)
+            .unwrap_or_else(|| panic!("timed out waiting for {what}; seen: {:#?}", self.seen))
+    }
+
+    /// Like [`wait_for`], but returns `None` on timeout.
+    pub fn try_wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    if let Some(pid) = event.get("pid").and_then(Value::as_u64) {
+                        if pid > 0 {
+                            self.pids.insert(pid as u32);
+                        }
+                    }
+                    self.seen.push(event.clone());
+                    if pred(&event) {
+                        return Some(event);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits for event `name` (optionally for worker `id`).
+    pub fn wait_event(&mut self, name: &str, id: Option<u64>) -> Value {
+        self.wait_for(&format!("{name} (id {id:?})"), SOON, |e| {
+            e["event"] == name && id.is_none_or(|id| e["id"] == id)
+        })
+    }
+
+    /// Waits until `n` distinct workers are online; returns their (id, pid) pairs.
+    pub fn wait_online(&mut self, n: usize) -> Vec<(u64, u32)> {
+        let mut online = Vec::new();
+        while online.len() < n {
+            let e = self.wait_event("online", None);
+            online.push((e["id"].as_u64().unwrap(), e["pid"].as_u64().unwrap() as u32));
+        }
+        online.sort();
+        online
+    }
+
+    /// Sends a command line on stdin.
+    pub fn command(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write command");
+        stdin.flush().unwrap();
+    }
+
+    /// Sends `signal` to the primary.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+
+    /// Waits for the primary to exit; its exit code, or `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Every worker pid seen in events.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.pids.iter().copied().collect()
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in &self.pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// True while a process with `pid` exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Connects to `addr`, reads the reply to EOF with a deadline, and returns it.
+pub fn fetch(addr: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let sockaddr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut stream = std::net::TcpStream::connect_timeout(&sockaddr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Which worker answered: the `ID` of a `worker ID PID` reply.
+pub fn answered_by(reply: &str) -> Option<u64> {
+    reply.split_whitespace().nth(1)?.parse().ok()
+}
