@@ -31,9 +31,15 @@ enum AsyncSource {
     Socket(AsyncFd<OwnedFd>),
 }
 
-fn source_parts(reply: ListenReply, address: &str) -> Result<Option<OwnedFd>> {
+/// The passed socket (shared, reuseport) or the handoff queue (round-robin).
+type Parts = std::result::Result<OwnedFd, mpsc::UnboundedReceiver<OwnedFd>>;
+
+fn source_parts(reply: ListenReply, address: &str) -> Result<Parts> {
     match reply.mode {
-        Mode::RoundRobin => Ok(None),
+        Mode::RoundRobin => reply.queue.map(Err).ok_or_else(|| Error::Listen {
+            address: address.to_string(),
+            source: io::Error::other("no handoff queue for a round-robin listener"),
+        }),
         _ => {
             let socket = reply.socket.ok_or_else(|| Error::Listen {
                 address: address.to_string(),
@@ -42,24 +48,22 @@ fn source_parts(reply: ListenReply, address: &str) -> Result<Option<OwnedFd>> {
             // All forkline workers accept with poll + non-blocking accept, so the shared flag is
             // safe to set.
             socket2::SockRef::from(&socket).set_nonblocking(true)?;
-            Ok(Some(socket))
+            Ok(Ok(socket))
         }
     }
 }
 
-fn blocking_source(worker: &Worker, reply: ListenReply, address: &str) -> Result<BlockingSource> {
-    let listener = reply.listener;
+fn blocking_source(reply: ListenReply, address: &str) -> Result<BlockingSource> {
     Ok(match source_parts(reply, address)? {
-        None => BlockingSource::Handoff(Mutex::new(worker.handoff_queue(listener))),
-        Some(socket) => BlockingSource::Socket(socket),
+        Err(queue) => BlockingSource::Handoff(Mutex::new(queue)),
+        Ok(socket) => BlockingSource::Socket(socket),
     })
 }
 
-fn async_source(worker: &Worker, reply: ListenReply, address: &str) -> Result<AsyncSource> {
-    let listener = reply.listener;
+fn async_source(reply: ListenReply, address: &str) -> Result<AsyncSource> {
     Ok(match source_parts(reply, address)? {
-        None => AsyncSource::Handoff(tokio::sync::Mutex::new(worker.handoff_queue(listener))),
-        Some(socket) => {
+        Err(queue) => AsyncSource::Handoff(tokio::sync::Mutex::new(queue)),
+        Ok(socket) => {
             AsyncSource::Socket(crate::sys::async_fd(socket, tokio::io::Interest::READABLE)?)
         }
     })
@@ -171,7 +175,7 @@ impl TcpListener {
     pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
         let local = parse_local(&reply.address, address)?;
         let mode = reply.mode;
-        let source = blocking_source(&worker, reply, address)?;
+        let source = blocking_source(reply, address)?;
         Ok(Self {
             worker,
             source,
@@ -224,7 +228,7 @@ impl AsyncTcpListener {
     pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
         let local = parse_local(&reply.address, address)?;
         let mode = reply.mode;
-        let source = async_source(&worker, reply, address)?;
+        let source = async_source(reply, address)?;
         Ok(Self {
             worker,
             source,
@@ -276,7 +280,7 @@ pub struct UnixListener {
 impl UnixListener {
     pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
         let path = reply.address.clone();
-        let source = blocking_source(&worker, reply, address)?;
+        let source = blocking_source(reply, address)?;
         Ok(Self {
             worker,
             source,
@@ -311,7 +315,7 @@ pub struct AsyncUnixListener {
 impl AsyncUnixListener {
     pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
         let path = reply.address.clone();
-        let source = async_source(&worker, reply, address)?;
+        let source = async_source(reply, address)?;
         Ok(Self {
             worker,
             source,

@@ -27,10 +27,12 @@ use crate::sys;
 /// The answer to a `listen` request.
 #[derive(Debug)]
 pub(crate) struct ListenReply {
-    pub listener: u64,
     pub mode: Mode,
     pub address: String,
     pub socket: Option<OwnedFd>,
+    /// Round-robin: the queue of handed-off connections, registered by the reader thread
+    /// before it reads the next packet, so no connection arrives before its queue exists.
+    pub queue: Option<mpsc::UnboundedReceiver<OwnedFd>>,
 }
 
 pub(crate) struct Shared {
@@ -254,15 +256,6 @@ impl Worker {
             mode,
         })?;
         Ok(rx)
-    }
-
-    /// Registers the queue for a round-robin listener's handed-off connections.
-    pub(crate) fn handoff_queue(&self, listener: u64) -> mpsc::UnboundedReceiver<OwnedFd> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        if !self.is_disconnected() {
-            self.shared.queues.lock().unwrap().insert(listener, tx);
-        }
-        rx
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::{ListenReply, Shared};
 use crate::error::Error;
 use crate::protocol::channel::Packet;
-use crate::protocol::{FromWorker, ToWorker};
+use crate::protocol::{FromWorker, Mode, ToWorker};
 
 pub(crate) fn start(shared: Arc<Shared>, messages: mpsc::UnboundedSender<serde_json::Value>) {
     std::thread::Builder::new()
@@ -80,14 +80,21 @@ fn route(
             if report_load {
                 shared.report_load.store(true, Ordering::Relaxed);
             }
+            let queue = (mode == Mode::RoundRobin).then(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                if !*shared.disconnected.borrow() {
+                    shared.queues.lock().unwrap().insert(listener, tx);
+                }
+                rx
+            });
             reply(
                 shared,
                 req,
                 Ok(ListenReply {
-                    listener,
                     mode,
                     address,
                     socket: fds.next(),
+                    queue,
                 }),
             );
         }

@@ -5,7 +5,8 @@
 //! Primary settings: `TB_WORKERS`, `TB_RESTART` (always|on-failure|never), `TB_GRACE_MS`,
 //! `TB_MIN_UPTIME_MS`, `TB_BACKOFF_MS`, `TB_MODE`, `TB_BALANCE`, `TB_EXEC`, `TB_UID`,
 //! `TB_READY` (online|listen). Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
-//! `TB_LISTEN`, `TB_KIND` (tcp|unix|udp), `TB_DELAY_MS`.
+//! `TB_LISTEN`, `TB_KIND` (tcp|unix|udp), `TB_DELAY_MS` (or `TB_DELAY_MS_<id>`), `TB_HOLD`
+//! (or `TB_HOLD_<id>`: answer only after the client sends a byte).
 //!
 //! Commands on stdin: `send ID JSON`, `fork`, `kill ID SIGNUM`, `disconnect ID`, `scale N`,
 //! `reload`, `shutdown`, `status`.
@@ -231,9 +232,7 @@ fn describe(event: &Event) -> Value {
 }
 
 fn worker(id: usize) {
-    let behavior = env(&format!("TB_BEHAVIOR_{id}"))
-        .or_else(|| env("TB_BEHAVIOR"))
-        .unwrap_or_else(|| "echo".into());
+    let behavior = slot_env("TB_BEHAVIOR", id).unwrap_or_else(|| "echo".into());
     match behavior.as_str() {
         "crash" => std::process::exit(3),
         "garbage" => {
@@ -284,19 +283,33 @@ fn worker(id: usize) {
     }
 }
 
+/// A worker setting: `NAME_<id>` if set, else `NAME`.
+fn slot_env(name: &str, id: usize) -> Option<String> {
+    env(&format!("{name}_{id}")).or_else(|| env(name))
+}
+
 fn serve(worker: forkline::Worker, id: usize, address: &str) {
-    let delay = env_ms("TB_DELAY_MS").unwrap_or_default();
+    let delay = slot_env("TB_DELAY_MS", id)
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_default();
+    let hold = slot_env("TB_HOLD", id).is_some();
     let reply = format!("worker {id} {}\n", std::process::id());
     match env("TB_KIND").as_deref() {
         Some("unix") => {
             let listener = worker.listen_unix(address).expect("listen unix");
+            let mut in_flight = Vec::new();
             while let Ok(Some(mut conn)) = listener.accept() {
                 let reply = reply.clone();
-                std::thread::spawn(move || {
+                in_flight.push(std::thread::spawn(move || {
                     std::thread::sleep(delay);
                     let _ = conn.write_all(reply.as_bytes());
-                });
+                }));
+                in_flight.retain(|t| !t.is_finished());
             }
+            in_flight.into_iter().for_each(|t| {
+                let _ = t.join();
+            });
         }
         Some("udp") => {
             let socket = worker.bind_udp(address).expect("bind udp");
@@ -314,19 +327,25 @@ fn serve(worker: forkline::Worker, id: usize, address: &str) {
                 }
             };
             let _ = worker.send(&json!({"listening": listener.local_addr().to_string(), "mode": listener.mode().name()}));
+            let mut in_flight = Vec::new();
             while let Ok(Some((mut conn, _))) = listener.accept() {
                 let reply = reply.clone();
-                std::thread::spawn(move || {
+                in_flight.retain(|t: &std::thread::JoinHandle<()>| !t.is_finished());
+                in_flight.push(std::thread::spawn(move || {
                     // "hold" clients: keep the connection until the client sends something.
-                    if env("TB_HOLD").is_some() {
+                    if hold {
                         let mut buf = [0u8; 1];
                         let _ = conn.read(&mut buf);
                     } else {
                         std::thread::sleep(delay);
                     }
                     let _ = conn.write_all(reply.as_bytes());
-                });
+                }));
             }
+            // Disconnected: finish what was accepted.
+            in_flight.into_iter().for_each(|t| {
+                let _ = t.join();
+            });
         }
     }
 }

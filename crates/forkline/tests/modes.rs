@@ -1,0 +1,407 @@
+//! Port sharing with real processes on loopback: every distribution mode, the balancing
+//! strategies, re-dispatch when a worker dies under load, IPv6, Unix and UDP listeners, and bind
+//! errors.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{answered_by, fetch, free_port, Testbed, SOON};
+
+/// Starts `workers` testbed workers listening on `address` and waits until all listen.
+fn serving(workers: usize, address: &str, extra: &[(&str, &str)]) -> Testbed {
+    let n = workers.to_string();
+    let mut env = vec![("TB_WORKERS", n.as_str()), ("TB_LISTEN", address)];
+    env.extend_from_slice(extra);
+    let mut tb = Testbed::start(&env);
+    for _ in 0..workers {
+        tb.wait_event("listening", None);
+    }
+    tb
+}
+
+/// Fetches until every worker id in `0..workers` has answered, or `max` attempts.
+fn ids_answering(addr: &str, workers: u64, max: usize) -> HashSet<u64> {
+    let mut seen = HashSet::new();
+    for _ in 0..max {
+        let reply = fetch(addr).expect("fetch");
+        let id = answered_by(&reply).unwrap_or_else(|| panic!("not a worker reply: {reply:?}"));
+        seen.insert(id);
+        if seen.len() as u64 == workers {
+            break;
+        }
+    }
+    seen
+}
+
+#[test]
+fn every_mode_serves_connections_from_all_workers() {
+    for mode in ["round-robin", "shared", "reuseport"] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let _tb = serving(2, &addr, &[("TB_MODE", mode)]);
+        // Concurrent clients, so the kernel has reason to wake both workers in shared mode.
+        let seen = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| ids_answering(&addr, 2, 400)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect::<HashSet<u64>>()
+        });
+        assert_eq!(seen, HashSet::from([0, 1]), "mode {mode}");
+        eprintln!("mode {mode}: ok");
+    }
+}
+
+#[test]
+fn round_robin_spreads_2000_connections_over_4_workers_within_5_percent() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _tb = serving(4, &addr, &[("TB_MODE", "round-robin")]);
+    let counts = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut counts = BTreeMap::new();
+                    for _ in 0..250 {
+                        let reply = fetch(&addr).expect("fetch");
+                        *counts.entry(answered_by(&reply).unwrap()).or_insert(0u32) += 1;
+                    }
+                    counts
+                })
+            })
+            .collect();
+        let mut total = BTreeMap::new();
+        for h in handles {
+            for (id, n) in h.join().unwrap() {
+                *total.entry(id).or_insert(0u32) += n;
+            }
+        }
+        total
+    });
+    assert_eq!(counts.values().sum::<u32>(), 2000);
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    for (id, n) in &counts {
+        assert!(
+            (475..=525).contains(n),
+            "worker {id} got {n} of 2000: {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn least_conn_steers_new_connections_away_from_a_busy_worker() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Worker 0 holds every connection until the client speaks; worker 1 answers at once.
+    let _tb = serving(
+        2,
+        &addr,
+        &[("TB_BALANCE", "least-conn"), ("TB_HOLD_0", "1")],
+    );
+    let mut held = Vec::new();
+    let mut on_fast = 0;
+    for _ in 0..40 {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut reply = String::new();
+        match stream.read_to_string(&mut reply) {
+            Ok(_) => {
+                assert_eq!(answered_by(&reply), Some(1), "reply {reply:?}");
+                on_fast += 1;
+            }
+            // No answer yet: most likely on the slow worker (checked below).
+            Err(_) if reply.is_empty() => held.push(stream),
+            // A slow answer from the fast worker on a loaded machine.
+            Err(_) => on_fast += 1,
+        }
+    }
+    // Release the held connections and check who had them.
+    let mut on_busy = 0;
+    for stream in held.iter_mut() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(b"x").unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        match answered_by(&reply) {
+            Some(0) => on_busy += 1,
+            _ => on_fast += 1,
+        }
+    }
+    assert_eq!(on_fast + on_busy, 40);
+    assert!(
+        on_busy <= 4,
+        "least-conn sent {on_busy} of 40 connections to the busy worker (round-robin would send 20)"
+    );
+}
+
+#[test]
+fn ip_hash_keeps_a_client_on_one_worker() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _tb = serving(4, &addr, &[("TB_BALANCE", "ip-hash")]);
+    let mut owners = BTreeMap::new();
+    for source in [
+        "127.0.0.1",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+    ] {
+        let mut seen = HashSet::new();
+        for _ in 0..20 {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            let local: SocketAddr = format!("{source}:0").parse().unwrap();
+            socket.bind(&local.into()).unwrap();
+            let remote: SocketAddr = addr.parse().unwrap();
+            socket.connect(&remote.into()).unwrap();
+            let mut stream: TcpStream = socket.into();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).unwrap();
+            seen.insert(answered_by(&reply).unwrap());
+        }
+        assert_eq!(
+            seen.len(),
+            1,
+            "client {source} moved between workers: {seen:?}"
+        );
+        owners.insert(source, seen.into_iter().next().unwrap());
+    }
+    eprintln!("ip-hash owners: {owners:?}");
+}
+
+#[test]
+fn killing_workers_under_load_leaves_no_connection_hanging() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut tb = serving(
+        4,
+        &addr,
+        &[("TB_DELAY_MS", "20"), ("TB_MIN_UPTIME_MS", "0")],
+    );
+    let stop_at = Instant::now() + Duration::from_secs(3);
+    let (ok, errors, hung) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    let (mut ok, mut errors, mut hung) = (0u32, 0u32, 0u32);
+                    while Instant::now() < stop_at {
+                        let started = Instant::now();
+                        match fetch(&addr) {
+                            Ok(reply) if answered_by(&reply).is_some() => ok += 1,
+                            // EOF or reset from a killed worker: a prompt error is fine.
+                            Ok(_) => errors += 1,
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut =>
+                            {
+                                hung += 1
+                            }
+                            Err(_) => errors += 1,
+                        }
+                        assert!(started.elapsed() < Duration::from_secs(10));
+                    }
+                    (ok, errors, hung)
+                })
+            })
+            .collect();
+        // Kill a worker three times while the clients run; each time wait for its replacement.
+        let originals: Vec<u64> = tb
+            .seen
+            .iter()
+            .filter(|e| e["event"] == "listening")
+            .map(|e| e["pid"].as_u64().unwrap())
+            .collect();
+        for pid in originals.into_iter().take(3) {
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            tb.wait_event("listening", None);
+        }
+        clients
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    });
+    eprintln!("ok {ok}, prompt errors {errors}, hung {hung}");
+    assert_eq!(hung, 0, "connections hung after workers died");
+    assert!(ok > 100, "too few successful requests: {ok}");
+    assert!(
+        errors * 10 <= ok,
+        "too many errors: {errors} for {ok} successes"
+    );
+}
+
+#[test]
+fn ipv6_listener_works() {
+    let addr = format!("[::1]:{}", free_port());
+    let _tb = serving(2, &addr, &[]);
+    let seen = ids_answering(&addr, 2, 50);
+    assert_eq!(seen, HashSet::from([0, 1]));
+}
+
+#[test]
+fn port_zero_gives_every_worker_the_same_port() {
+    let mut tb = Testbed::start(&[("TB_WORKERS", "3"), ("TB_LISTEN", "127.0.0.1:0")]);
+    let mut addresses = HashSet::new();
+    for _ in 0..3 {
+        let e = tb.wait_event("listening", None);
+        addresses.insert(e["address"].as_str().unwrap().to_string());
+    }
+    assert_eq!(addresses.len(), 1, "{addresses:?}");
+    let addr = addresses.into_iter().next().unwrap();
+    assert!(!addr.ends_with(":0"));
+    assert!(answered_by(&fetch(&addr).unwrap()).is_some());
+}
+
+#[test]
+fn unix_socket_listener_works_and_replaces_a_stale_file() {
+    let dir = std::env::temp_dir().join(format!("forkline-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("server.sock");
+    // A stale socket file left by a dead server.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let path_str = path.to_str().unwrap().to_string();
+    let _tb = serving(2, &path_str, &[("TB_KIND", "unix")]);
+    let mut seen = HashSet::new();
+    for _ in 0..50 {
+        let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        seen.insert(answered_by(&reply).unwrap());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen, HashSet::from([0, 1]));
+    drop(_tb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn udp_listener_is_shared_by_workers() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_LISTEN", addr.as_str()),
+        ("TB_KIND", "udp"),
+    ]);
+    tb.wait_event("listening", None);
+    tb.wait_event("listening", None);
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut answered = 0;
+    let deadline = Instant::now() + SOON;
+    while answered < 5 && Instant::now() < deadline {
+        client.send_to(b"ping", &addr).unwrap();
+        let mut buf = [0u8; 128];
+        if let Ok((n, _)) = client.recv_from(&mut buf) {
+            let reply = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(answered_by(&reply).is_some(), "{reply}");
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 5);
+}
+
+#[test]
+fn bind_errors_reach_the_worker_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut tb = Testbed::start(&[("TB_WORKERS", "1"), ("TB_LISTEN", addr.as_str())]);
+    let e = tb.wait_for("listen error", SOON, |e| {
+        e["event"] == "message" && e["payload"].get("listen_error").is_some()
+    });
+    let msg = e["payload"]["listen_error"].as_str().unwrap();
+    assert!(msg.contains(&addr), "{msg}");
+    assert!(msg.to_lowercase().contains("in use"), "{msg}");
+
+    let mut tb = Testbed::start(&[("TB_WORKERS", "1"), ("TB_LISTEN", "999.1.2.3:80")]);
+    let e = tb.wait_for("listen error", SOON, |e| {
+        e["event"] == "message" && e["payload"].get("listen_error").is_some()
+    });
+    let msg = e["payload"]["listen_error"].as_str().unwrap();
+    assert!(msg.contains("999.1.2.3:80"), "{msg}");
+}
+
+#[test]
+fn rolling_reload_replaces_every_worker_without_dropping_connections() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut tb = serving(2, &addr, &[("TB_DELAY_MS", "5"), ("TB_READY", "listen")]);
+    let before: HashSet<u64> = tb
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "listening")
+        .map(|e| e["pid"].as_u64().unwrap())
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ok, failed) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let (mut ok, mut failed) = (0u32, 0u32);
+                    let give_up = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && Instant::now() < give_up
+                    {
+                        match fetch(&addr) {
+                            Ok(reply) if answered_by(&reply).is_some() => ok += 1,
+                            other => {
+                                eprintln!("reload: failed fetch {other:?}");
+                                failed += 1
+                            }
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        tb.command("reload");
+        let reply = tb.wait_for("reload reply", Duration::from_secs(30), |e| {
+            e["command"] == "reload"
+        });
+        assert!(reply.get("error").is_none(), "{reply}");
+        // Both old workers exit after the reload.
+        while tb.seen.iter().filter(|e| e["event"] == "exit").count() < 2 {
+            tb.wait_for("old worker exit", SOON, |e| e["event"] == "exit");
+        }
+        // Keep the load on for a moment with the new workers alone.
+        while started.elapsed() < Duration::from_millis(1500) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        clients
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    let after: HashSet<u64> = tb
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "listening")
+        .map(|e| e["pid"].as_u64().unwrap())
+        .filter(|pid| !before.contains(pid))
+        .collect();
+    assert_eq!(after.len(), 2, "two new workers");
+    assert!(ok > 20, "{ok}");
+    assert_eq!(failed, 0, "connections dropped during the reload");
+}
