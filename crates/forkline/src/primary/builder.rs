@@ -191,8 +191,9 @@ impl ClusterBuilder {
     where
         F: FnMut(&Cluster, &Event) + Send,
     {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        // One thread: the primary's work is short non-blocking steps (accept, hand off, relay),
+        // and a single thread avoids cross-thread wake-ups and lock contention on that path.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         runtime.block_on(async move {

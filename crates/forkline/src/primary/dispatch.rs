@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::io;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,7 @@ const ACCEPT_BATCH: usize = 64;
 struct Conn {
     listener: u64,
     fd: OwnedFd,
-    peer: Option<IpAddr>,
+    peer: Option<SocketAddr>,
 }
 
 /// A worker that takes handoffs.
@@ -254,7 +254,7 @@ impl Dispatcher {
                     .collect();
                 all.sort();
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                conn.peer.hash(&mut hasher);
+                conn.peer.map(|p| p.ip()).hash(&mut hasher);
                 let start = (hasher.finish() % all.len() as u64) as usize;
                 (0..all.len())
                     .map(|i| all[(start + i) % all.len()].1)
@@ -296,9 +296,14 @@ impl Dispatcher {
     ) -> Result<(), Vec<Conn>> {
         let first = state.next_seq;
         let seqs: Vec<u64> = (first..first + chunk.len() as u64).collect();
+        let peers = chunk
+            .iter()
+            .filter_map(|c| c.peer.map(|p| p.to_string()))
+            .collect();
         let packet = encode(&ToWorker::Conns {
             listener,
             seqs: seqs.clone(),
+            peers,
         })
         .expect("a conns packet always fits");
         let fds: Vec<RawFd> = chunk.iter().map(|c| c.fd.as_raw_fd()).collect();
@@ -382,12 +387,15 @@ impl Dispatcher {
 }
 
 /// Accepts one connection; `None` when none is waiting.
-fn accept(socket: &OwnedFd) -> io::Result<Option<(OwnedFd, Option<IpAddr>)>> {
+///
+/// Connections are accepted non-blocking (most workers run an event loop; the blocking worker
+/// API switches them back).
+fn accept(socket: &OwnedFd) -> io::Result<Option<(OwnedFd, Option<SocketAddr>)>> {
     let sock = socket2::SockRef::from(socket);
     loop {
-        match sock.accept() {
+        match sock.accept4(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) {
             Ok((conn, addr)) => {
-                let peer = addr.as_socket().map(|a| a.ip());
+                let peer = addr.as_socket();
                 return Ok(Some((conn.into(), peer)));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),

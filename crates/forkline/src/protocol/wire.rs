@@ -156,6 +156,10 @@ pub enum ToWorker {
         listener: u64,
         /// One sequence number per fd, to be acknowledged.
         seqs: Vec<u64>,
+        /// The client address of each connection (`HOST:PORT`), in the same order, so the
+        /// worker need not ask the kernel. Empty for Unix sockets.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        peers: Vec<String>,
     },
     /// A user message.
     Message {

@@ -13,26 +13,26 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::connection::Connection;
-use super::{ListenReply, Worker};
+use super::{Handed, ListenReply, Worker};
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
 
 /// Where a listener's connections come from (blocking flavour).
 #[derive(Debug)]
 enum BlockingSource {
-    Handoff(Mutex<mpsc::UnboundedReceiver<OwnedFd>>),
+    Handoff(Mutex<mpsc::UnboundedReceiver<Handed>>),
     Socket(OwnedFd),
 }
 
 /// Where a listener's connections come from (tokio flavour).
 #[derive(Debug)]
 enum AsyncSource {
-    Handoff(tokio::sync::Mutex<mpsc::UnboundedReceiver<OwnedFd>>),
+    Handoff(tokio::sync::Mutex<mpsc::UnboundedReceiver<Handed>>),
     Socket(AsyncFd<OwnedFd>),
 }
 
 /// The passed socket (shared, reuseport) or the handoff queue (round-robin).
-type Parts = std::result::Result<OwnedFd, mpsc::UnboundedReceiver<OwnedFd>>;
+type Parts = std::result::Result<OwnedFd, mpsc::UnboundedReceiver<Handed>>;
 
 fn source_parts(reply: ListenReply, address: &str) -> Result<Parts> {
     match reply.mode {
@@ -69,6 +69,9 @@ fn async_source(reply: ListenReply, address: &str) -> Result<AsyncSource> {
     })
 }
 
+/// An accepted fd, whether it counts toward least-conn, and the client address if known.
+type Accepted = (OwnedFd, bool, Option<SocketAddr>);
+
 /// Accepts one connection from a socket without blocking; `None` if none is waiting.
 fn try_accept(socket: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     loop {
@@ -89,15 +92,16 @@ fn try_accept(socket: &OwnedFd) -> io::Result<Option<OwnedFd>> {
 }
 
 impl BlockingSource {
-    /// The next connection fd and whether it counts toward least-conn; `None` after disconnect.
-    fn accept(&self, worker: &Worker) -> io::Result<Option<(OwnedFd, bool)>> {
+    /// The next connection fd, whether it counts toward least-conn, and the client address if
+    /// known; `None` after disconnect.
+    fn accept(&self, worker: &Worker) -> io::Result<Option<Accepted>> {
         match self {
             BlockingSource::Handoff(rx) => {
-                let fd = rx.lock().unwrap().blocking_recv();
-                if let Some(fd) = &fd {
+                let handed = rx.lock().unwrap().blocking_recv();
+                if let Some((fd, _)) = &handed {
                     socket2::SockRef::from(fd).set_nonblocking(false)?;
                 }
-                Ok(fd.map(|fd| (fd, true)))
+                Ok(handed.map(|(fd, peer)| (fd, true, peer)))
             }
             BlockingSource::Socket(socket) => loop {
                 if worker.is_disconnected() {
@@ -117,7 +121,7 @@ impl BlockingSource {
                 }
                 if let Some(fd) = try_accept(socket)? {
                     socket2::SockRef::from(&fd).set_nonblocking(false)?;
-                    return Ok(Some((fd, false)));
+                    return Ok(Some((fd, false, None)));
                 }
             },
         }
@@ -125,15 +129,15 @@ impl BlockingSource {
 }
 
 impl AsyncSource {
-    async fn accept(&self, worker: &Worker) -> io::Result<Option<(OwnedFd, bool)>> {
+    async fn accept(&self, worker: &Worker) -> io::Result<Option<Accepted>> {
         match self {
-            AsyncSource::Handoff(rx) => {
-                let fd = rx.lock().await.recv().await;
-                if let Some(fd) = &fd {
-                    socket2::SockRef::from(fd).set_nonblocking(true)?;
-                }
-                Ok(fd.map(|fd| (fd, true)))
-            }
+            // Handed-off connections arrive non-blocking already.
+            AsyncSource::Handoff(rx) => Ok(rx
+                .lock()
+                .await
+                .recv()
+                .await
+                .map(|(fd, peer)| (fd, true, peer))),
             AsyncSource::Socket(socket) => loop {
                 if worker.is_disconnected() {
                     return Ok(None);
@@ -149,7 +153,7 @@ impl AsyncSource {
                     Ok(result) => {
                         let fd = result?;
                         socket2::SockRef::from(&fd).set_nonblocking(true)?;
-                        return Ok(Some((fd, false)));
+                        return Ok(Some((fd, false, None)));
                     }
                     Err(_would_block) => continue,
                 }
@@ -186,11 +190,11 @@ impl TcpListener {
 
     /// The next connection and its peer address; `Ok(None)` once the worker is disconnected.
     pub fn accept(&self) -> io::Result<Option<(Connection<std::net::TcpStream>, SocketAddr)>> {
-        while let Some((fd, counts)) = self.source.accept(&self.worker)? {
+        while let Some((fd, counts, peer)) = self.source.accept(&self.worker)? {
             let stream =
                 Connection::new(std::net::TcpStream::from(fd), counted(&self.worker, counts));
             // A client that already reset has no peer address; skip it.
-            if let Ok(peer) = stream.peer_addr() {
+            if let Some(peer) = peer.or_else(|| stream.peer_addr().ok()) {
                 return Ok(Some((stream, peer)));
             }
         }
@@ -241,9 +245,9 @@ impl AsyncTcpListener {
     pub async fn accept(
         &self,
     ) -> io::Result<Option<(Connection<tokio::net::TcpStream>, SocketAddr)>> {
-        while let Some((fd, counts)) = self.source.accept(&self.worker).await? {
+        while let Some((fd, counts, peer)) = self.source.accept(&self.worker).await? {
             let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))?;
-            if let Ok(peer) = stream.peer_addr() {
+            if let Some(peer) = peer.or_else(|| stream.peer_addr().ok()) {
                 return Ok(Some((
                     Connection::new(stream, counted(&self.worker, counts)),
                     peer,
@@ -290,7 +294,7 @@ impl UnixListener {
 
     /// The next connection; `Ok(None)` once the worker is disconnected.
     pub fn accept(&self) -> io::Result<Option<Connection<std::os::unix::net::UnixStream>>> {
-        Ok(self.source.accept(&self.worker)?.map(|(fd, counts)| {
+        Ok(self.source.accept(&self.worker)?.map(|(fd, counts, _)| {
             Connection::new(
                 std::os::unix::net::UnixStream::from(fd),
                 counted(&self.worker, counts),
@@ -326,7 +330,7 @@ impl AsyncUnixListener {
     /// The next connection; `Ok(None)` once the worker is disconnected.
     pub async fn accept(&self) -> io::Result<Option<Connection<tokio::net::UnixStream>>> {
         match self.source.accept(&self.worker).await? {
-            Some((fd, counts)) => {
+            Some((fd, counts, _)) => {
                 let stream =
                     tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?;
                 Ok(Some(Connection::new(stream, counted(&self.worker, counts))))

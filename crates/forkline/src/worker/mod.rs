@@ -24,6 +24,9 @@ use crate::protocol::wire::{ENV_IPC_FD, ENV_WORKER_ID};
 use crate::protocol::{FromWorker, Mode, SocketKind, ToWorker, PROTOCOL_VERSION};
 use crate::sys;
 
+/// A handed-off connection and, when the primary knew it, the client's address.
+pub(crate) type Handed = (OwnedFd, Option<std::net::SocketAddr>);
+
 /// The answer to a `listen` request.
 #[derive(Debug)]
 pub(crate) struct ListenReply {
@@ -32,7 +35,7 @@ pub(crate) struct ListenReply {
     pub socket: Option<OwnedFd>,
     /// Round-robin: the queue of handed-off connections, registered by the reader thread
     /// before it reads the next packet, so no connection arrives before its queue exists.
-    pub queue: Option<mpsc::UnboundedReceiver<OwnedFd>>,
+    pub queue: Option<mpsc::UnboundedReceiver<Handed>>,
 }
 
 pub(crate) struct Shared {
@@ -41,7 +44,7 @@ pub(crate) struct Shared {
     pub next_req: AtomicU64,
     pub replies: Mutex<HashMap<u64, oneshot::Sender<Result<ListenReply>>>>,
     /// Handed-off connections per round-robin listener.
-    pub queues: Mutex<HashMap<u64, mpsc::UnboundedSender<OwnedFd>>>,
+    pub queues: Mutex<HashMap<u64, mpsc::UnboundedSender<Handed>>>,
     pub messages: Mutex<Option<mpsc::UnboundedReceiver<serde_json::Value>>>,
     pub disconnected: watch::Sender<bool>,
     /// Set when this worker closes the channel itself, so EOF is not "primary gone".

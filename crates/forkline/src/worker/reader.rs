@@ -51,12 +51,18 @@ fn route(
     let message: ToWorker = packet.decode()?;
     let mut fds = packet.fds.into_iter();
     match message {
-        ToWorker::Conns { listener, seqs } => {
+        ToWorker::Conns {
+            listener,
+            seqs,
+            peers,
+        } => {
             let queue = shared.queues.lock().unwrap().get(&listener).cloned();
             let mut taken = 0u64;
+            let mut peers = peers.iter().map(|p| p.parse().ok());
             for fd in fds.by_ref().take(seqs.len()) {
+                let peer = peers.next().flatten();
                 if let Some(queue) = &queue {
-                    if queue.send(fd).is_ok() {
+                    if queue.send((fd, peer)).is_ok() {
                         taken += 1;
                     }
                 }
