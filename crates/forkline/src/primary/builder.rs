@@ -161,6 +161,33 @@ impl ClusterBuilder {
         self
     }
 
+    /// Recycles a worker after it was handed `n` connections (round-robin and proxy modes),
+    /// plus a per-worker random share of `jitter` so workers do not all recycle at once.
+    pub fn max_requests(mut self, n: u64, jitter: u64) -> Self {
+        self.opts.max_requests = Some(n);
+        self.opts.max_requests_jitter = jitter;
+        self
+    }
+
+    /// Recycles a worker whose resident memory stays above `bytes` (three samples, 1 s apart).
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.opts.max_memory = Some(bytes);
+        self
+    }
+
+    /// Serves each worker a `NOTIFY_SOCKET` (systemd's notify protocol).
+    pub fn notify_socket(mut self, on: bool) -> Self {
+        self.opts.notify_socket = on;
+        self
+    }
+
+    /// Kills and replaces a worker that goes `timeout` without sending `WATCHDOG=1` on its
+    /// notify socket (sets `WATCHDOG_USEC` for it; needs [`notify_socket`](Self::notify_socket)).
+    pub fn worker_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.worker_timeout = Some(timeout);
+        self
+    }
+
     /// Binds `spec` up front and passes it to every worker by the systemd convention.
     pub fn listen(mut self, spec: ListenSpec) -> Self {
         self.opts.listeners.push(spec);
@@ -248,6 +275,9 @@ impl ClusterBuilder {
                     reason: format!("{} is not a directory", cwd.display()),
                 });
             }
+        }
+        if opts.readiness == Readiness::Notify || opts.worker_timeout.is_some() {
+            opts.notify_socket = true;
         }
         if opts.credit_window == 0 {
             return Err(Error::InvalidOption {

@@ -14,9 +14,12 @@ use super::dispatch::Dispatcher;
 use super::event::{Event, EventBus, EventStream};
 use super::handle::{WorkerHandle, WorkerState};
 use super::listeners::{BoundListener, ListenKey, ListenerTable};
+use super::notify::NotifyDir;
 use super::options::ClusterOptions;
+use super::proxy::ProxyTable;
 use super::supervisor;
 use crate::error::{Error, Result};
+use crate::protocol::Mode;
 
 /// How the cluster ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +96,11 @@ pub(crate) struct Inner {
     /// Listeners bound up front, in `LISTEN_FDS` order.
     pub prebound: Vec<Arc<BoundListener>>,
     pub dispatcher: Arc<Dispatcher>,
+    pub proxy: Arc<ProxyTable>,
+    /// Woken when a worker reaches `max_requests`.
+    pub limit_reached: Arc<Notify>,
+    /// Per-worker `NOTIFY_SOCKET`s live here (when enabled).
+    pub notify_dir: Option<NotifyDir>,
     pub stop_accepting: watch::Sender<bool>,
     /// Notified whenever a worker changes state or exits.
     pub changed: Notify,
@@ -135,10 +143,18 @@ impl Cluster {
             };
             prebound.push(listener);
         }
+        let notify_dir = if opts.notify_socket {
+            Some(NotifyDir::create()?)
+        } else {
+            None
+        };
         let events = EventBus::default();
         let initial = events.subscribe();
         let inner = Arc::new(Inner {
             dispatcher: Arc::new(Dispatcher::new(opts.balance, opts.credit_window)),
+            proxy: Arc::new(ProxyTable::default()),
+            limit_reached: Arc::new(Notify::new()),
+            notify_dir,
             expect_protocol,
             events,
             initial_events: Mutex::new(Some(initial)),
@@ -157,6 +173,16 @@ impl Cluster {
         let cluster = Cluster { inner };
         if cluster.inner.opts.handle_signals {
             supervisor::handle_signals(cluster.clone())?;
+        }
+        for listener in &cluster.inner.prebound {
+            match cluster.inner.opts.mode {
+                Mode::RoundRobin => supervisor::start_round_robin(&cluster, listener),
+                Mode::Proxy => supervisor::start_proxy(&cluster, listener),
+                Mode::Shared | Mode::Reuseport => {}
+            }
+        }
+        if cluster.inner.opts.max_requests.is_some() || cluster.inner.opts.max_memory.is_some() {
+            tokio::spawn(super::recycle::watch(cluster.clone()));
         }
         for slot in 0..cluster.inner.opts.workers {
             supervisor::start_worker(&cluster, slot)?;
@@ -352,6 +378,10 @@ impl Cluster {
             }
             if let Some(old) = old {
                 self.inner.dispatcher.stop_new(&old);
+                self.inner
+                    .proxy
+                    .retire(&old, self.inner.opts.graceful_timeout)
+                    .await;
                 old.disconnect();
             }
         }

@@ -10,7 +10,6 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{watch, Notify};
@@ -312,11 +311,7 @@ impl Dispatcher {
         };
         match target.channel.try_send(&packet, &fds) {
             Ok(()) => {
-                target
-                    .handle
-                    .shared
-                    .accepted
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                target.handle.count_connections(chunk.len() as u64);
                 for (seq, conn) in seqs.into_iter().zip(chunk) {
                     target.inflight.insert(seq, conn);
                 }

@@ -56,6 +56,12 @@ pub(crate) struct WorkerShared {
     pub exited_after_disconnect: AtomicBool,
     pub speaks_protocol: AtomicBool,
     pub accepted: AtomicU64,
+    /// Connections after which the worker is recycled (`u64::MAX`: never).
+    pub request_limit: AtomicU64,
+    /// Set once the recycler has picked this worker for replacement.
+    pub recycling: AtomicBool,
+    /// Woken when `accepted` reaches `request_limit`.
+    pub limit_reached: OnceLock<Arc<tokio::sync::Notify>>,
     pub outbox: OnceLock<mpsc::UnboundedSender<Outgoing>>,
 }
 
@@ -96,6 +102,9 @@ impl WorkerHandle {
                 exited_after_disconnect: AtomicBool::new(false),
                 speaks_protocol: AtomicBool::new(false),
                 accepted: AtomicU64::new(0),
+                request_limit: AtomicU64::new(u64::MAX),
+                recycling: AtomicBool::new(false),
+                limit_reached: OnceLock::new(),
                 outbox: OnceLock::new(),
             }),
         }
@@ -133,6 +142,17 @@ impl WorkerHandle {
     /// Connections handed to this worker (round-robin and proxy modes).
     pub fn connections_accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` more connections handed to this worker, waking the recycler at the limit.
+    pub(crate) fn count_connections(&self, n: u64) {
+        let before = self.shared.accepted.fetch_add(n, Ordering::Relaxed);
+        let limit = self.shared.request_limit.load(Ordering::Relaxed);
+        if before < limit && before + n >= limit {
+            if let Some(notify) = self.shared.limit_reached.get() {
+                notify.notify_one();
+            }
+        }
     }
 
     /// True while the worker's IPC channel is open (Node's `isConnected()`).

@@ -7,8 +7,11 @@ mod dispatch;
 mod event;
 mod handle;
 mod listeners;
+mod notify;
 mod options;
 mod output;
+mod proxy;
+mod recycle;
 mod spawner;
 mod supervisor;
 

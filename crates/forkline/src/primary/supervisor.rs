@@ -17,8 +17,9 @@ use super::cluster::Cluster;
 use super::event::Event;
 use super::handle::{WorkerHandle, WorkerState};
 use super::listeners::ListenKey;
+use super::notify::{self, Notice};
 use super::options::{Readiness, RestartPolicy, WorkerStdio};
-use super::{output, spawner};
+use super::{output, proxy, spawner};
 use crate::error::{Error, Result};
 use crate::protocol::channel::{encode, AsyncChannel, Packet};
 use crate::protocol::wire::{ENV_IPC_FD, ENV_WORKER_ID};
@@ -78,32 +79,33 @@ struct ExitInfo {
 async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<(Child, Arc<AsyncChannel>)> {
     let opts = &cluster.inner.opts;
     let (primary_end, worker_end) = sys::seqpacket_pair()?;
-    let mut placed: Vec<(OwnedFd, RawFd)> = Vec::new();
-    let mut names = Vec::new();
-    for listener in &cluster.inner.prebound {
-        let socket = listener.socket_for(worker.id())?;
-        placed.push((
-            sys::dup_cloexec(socket.as_fd())?,
-            FIRST_FD + placed.len() as RawFd,
-        ));
-        names.push(listener.local.clone());
-    }
-    let ipc_fd = FIRST_FD + placed.len() as RawFd;
-    placed.push((worker_end, ipc_fd));
-
     let mut command = std::process::Command::new(&opts.exec);
     command.args(&opts.args);
+    // What the primary itself inherited from systemd is not the worker's.
+    for inherited in [
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "LISTEN_PID",
+        "NOTIFY_SOCKET",
+    ] {
+        command.env_remove(inherited);
+    }
+    let mut placed = prebound_sockets(cluster, worker, &mut command)?;
+    let ipc_fd = FIRST_FD + placed.len() as RawFd;
+    placed.push((worker_end, ipc_fd));
     command.env(ENV_WORKER_ID, worker.id().to_string());
     command.env(ENV_IPC_FD, ipc_fd.to_string());
-    if !names.is_empty() {
-        command.env("LISTEN_FDS", names.len().to_string());
-        command.env("LISTEN_FDNAMES", names.join(":"));
-        if let Some(port) = names.first().and_then(|a| a.rsplit(':').next()) {
-            if port.parse::<u16>().is_ok() {
-                command.env("PORT", port);
+    let notify = match &cluster.inner.notify_dir {
+        Some(dir) => {
+            let (socket, path) = dir.bind(worker.unique_id())?;
+            command.env("NOTIFY_SOCKET", &path);
+            if let Some(timeout) = opts.worker_timeout {
+                command.env("WATCHDOG_USEC", timeout.as_micros().to_string());
             }
+            Some(socket)
         }
-    }
+        None => None,
+    };
     for (key, value) in &opts.env {
         command.env(key, value);
     }
@@ -134,6 +136,14 @@ async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<(Child, Arc<A
     })?;
     let pid = child.id().unwrap_or(0);
     worker.shared.pid.store(pid, Ordering::Release);
+    if let Some(max) = opts.max_requests {
+        let limit = super::recycle::request_limit(max, opts.max_requests_jitter, worker);
+        worker.shared.request_limit.store(limit, Ordering::Relaxed);
+        let _ = worker
+            .shared
+            .limit_reached
+            .set(cluster.inner.limit_reached.clone());
+    }
     if opts.stdio == WorkerStdio::Prefixed {
         let prefix = output::prefix(opts.name.as_deref(), worker.id(), pid);
         if let Some(out) = child.stdout.take() {
@@ -142,6 +152,22 @@ async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<(Child, Arc<A
         if let Some(err) = child.stderr.take() {
             tokio::spawn(output::pump(err, prefix, output::Sink::Stderr));
         }
+    }
+    if let Some(socket) = notify {
+        tokio::spawn(serve_notify(cluster.clone(), worker.clone(), socket));
+    }
+    if opts.mode == Mode::Proxy && !cluster.inner.prebound.is_empty() {
+        let port = cluster.inner.proxy.port_for(worker)?;
+        cluster.inner.proxy.add(worker, port);
+        let (cluster, worker) = (cluster.clone(), worker.clone());
+        tokio::spawn(async move {
+            if proxy::wait_port(port, &worker).await {
+                cluster.inner.proxy.set_up(&worker);
+                if cluster.inner.opts.readiness == Readiness::Listen {
+                    set_ready(&cluster, &worker);
+                }
+            }
+        });
     }
     let channel = Arc::new(AsyncChannel::new(primary_end)?);
     let (outbox, queue) = mpsc::unbounded_channel();
@@ -154,6 +180,12 @@ async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<(Child, Arc<A
     });
     if !cluster.inner.expect_protocol {
         set_online(cluster, worker);
+        // A socket passed at spawn is listening already.
+        let passed_socket = matches!(opts.mode, Mode::Shared | Mode::Reuseport)
+            && !cluster.inner.prebound.is_empty();
+        if opts.readiness == Readiness::Listen && passed_socket {
+            set_ready(cluster, worker);
+        }
     }
     if let Readiness::Delay(delay) = opts.readiness {
         let (cluster, worker) = (cluster.clone(), worker.clone());
@@ -166,6 +198,101 @@ async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<(Child, Arc<A
         set_ready(cluster, worker);
     }
     Ok((child, channel))
+}
+
+/// Places the listeners bound up front, by the mode:
+/// - `shared` / `reuseport`: the sockets as fds 3.. with `LISTEN_FDS`, `LISTEN_FDNAMES`, `PORT`;
+/// - `round-robin`: no fds (the primary accepts); `FORKLINE_LISTEN` names the addresses for a
+///   library worker to `listen` on, and `PORT` the first port;
+/// - `proxy`: no fds; `PORT` is the worker's own loopback port.
+fn prebound_sockets(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    command: &mut std::process::Command,
+) -> Result<Vec<(OwnedFd, RawFd)>> {
+    let inner = &cluster.inner;
+    let mut placed = Vec::new();
+    if inner.prebound.is_empty() {
+        return Ok(placed);
+    }
+    let first_port = inner.prebound[0].local.rsplit(':').next().unwrap_or("");
+    match inner.opts.mode {
+        Mode::Proxy => {
+            command.env("PORT", inner.proxy.port_for(worker)?.to_string());
+        }
+        Mode::RoundRobin => {
+            let addresses: Vec<&str> = inner
+                .opts
+                .listeners
+                .iter()
+                .map(|l| l.address.as_str())
+                .collect();
+            command.env("FORKLINE_LISTEN", addresses.join(","));
+            if first_port.parse::<u16>().is_ok() {
+                command.env("PORT", first_port);
+            }
+        }
+        Mode::Shared | Mode::Reuseport => {
+            let mut names = Vec::new();
+            for listener in &inner.prebound {
+                let socket = listener.socket_for(worker.id())?;
+                placed.push((
+                    sys::dup_cloexec(socket.as_fd())?,
+                    FIRST_FD + placed.len() as RawFd,
+                ));
+                names.push(listener.local.clone());
+            }
+            command.env("LISTEN_FDS", names.len().to_string());
+            command.env("LISTEN_FDNAMES", names.join(":"));
+            if first_port.parse::<u16>().is_ok() {
+                command.env("PORT", first_port);
+            }
+        }
+    }
+    Ok(placed)
+}
+
+/// Serves a worker's notify socket: readiness, watchdog pings, status.
+async fn serve_notify(cluster: Cluster, worker: WorkerHandle, socket: tokio::net::UnixDatagram) {
+    let timeout = cluster.inner.opts.worker_timeout;
+    let mut last_ping = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let tick = timeout.map_or(Duration::from_millis(500), |t| {
+        (t / 4).max(Duration::from_millis(10))
+    });
+    while !worker.is_dead() {
+        match tokio::time::timeout(tick, socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                for notice in notify::parse(&buf[..n]) {
+                    match notice {
+                        Notice::Ready => set_ready(&cluster, &worker),
+                        Notice::Watchdog => last_ping = std::time::Instant::now(),
+                        Notice::Status(status) => {
+                            tracing::info!(worker = worker.id(), pid = worker.pid(), %status, "worker status");
+                        }
+                        Notice::Stopping => worker.set_state(WorkerState::Draining),
+                    }
+                }
+            }
+            Ok(Err(_)) => break,
+            Err(_elapsed) => {}
+        }
+        if let Some(timeout) = timeout {
+            if last_ping.elapsed() > timeout && !worker.is_dead() {
+                worker_error(
+                    &cluster,
+                    &worker,
+                    format!("watchdog: no WATCHDOG=1 for {timeout:?}"),
+                );
+                break;
+            }
+        }
+    }
+    if let Ok(addr) = socket.local_addr() {
+        if let Some(path) = addr.as_pathname() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// Sends queued packets in order.
@@ -363,16 +490,7 @@ async fn listen(
             .dispatcher
             .add_target(worker, channel, listener.id);
         if fresh {
-            if let Some(socket) = listener.socket.clone() {
-                let dispatcher = cluster.inner.dispatcher.clone();
-                let stop = cluster.inner.stop_accepting.subscribe();
-                let id = listener.id;
-                tokio::spawn(async move {
-                    if let Err(e) = dispatcher.accept_loop(id, socket, stop).await {
-                        tracing::error!(error = %e, "accept loop failed");
-                    }
-                });
-            }
+            start_round_robin(cluster, &listener);
         }
     }
     cluster.inner.events.emit(Event::Listening {
@@ -383,6 +501,35 @@ async fn listen(
         set_ready(cluster, worker);
     }
     Ok(())
+}
+
+/// Starts the primary's accept loop for a round-robin listener.
+pub(crate) fn start_round_robin(cluster: &Cluster, listener: &super::listeners::BoundListener) {
+    if let Some(socket) = listener.socket.clone() {
+        let dispatcher = cluster.inner.dispatcher.clone();
+        let stop = cluster.inner.stop_accepting.subscribe();
+        let id = listener.id;
+        tokio::spawn(async move {
+            if let Err(e) = dispatcher.accept_loop(id, socket, stop).await {
+                tracing::error!(error = %e, "accept loop failed");
+            }
+        });
+    }
+}
+
+/// Starts the proxy's accept loop for a listener bound up front.
+pub(crate) fn start_proxy(cluster: &Cluster, listener: &super::listeners::BoundListener) {
+    if let Some(socket) = listener.socket.clone() {
+        let table = cluster.inner.proxy.clone();
+        let balance = cluster.inner.opts.balance;
+        let stop = cluster.inner.stop_accepting.subscribe();
+        let kind = listener.kind;
+        tokio::spawn(async move {
+            if let Err(e) = proxy::accept_loop(table, balance, kind, socket, stop).await {
+                tracing::error!(error = %e, "proxy accept loop failed");
+            }
+        });
+    }
 }
 
 /// The mode a listener of `kind` really gets: UDP cannot be handed off per connection, and
@@ -432,6 +579,7 @@ fn finish(cluster: &Cluster, worker: &WorkerHandle, info: ExitInfo, was_connecte
         disconnected(cluster, worker);
     }
     cluster.inner.dispatcher.remove_target(worker);
+    cluster.inner.proxy.remove(worker);
     let planned = worker.exited_after_disconnect();
     let log_level_error = !planned && (info.code != Some(0) || info.signal.is_some());
     if log_level_error {

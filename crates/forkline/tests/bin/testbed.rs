@@ -4,7 +4,10 @@
 //!
 //! Primary settings: `TB_WORKERS`, `TB_RESTART` (always|on-failure|never), `TB_GRACE_MS`,
 //! `TB_MIN_UPTIME_MS`, `TB_BACKOFF_MS`, `TB_MODE`, `TB_BALANCE`, `TB_EXEC`, `TB_UID`,
-//! `TB_READY` (online|listen). Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
+//! `TB_READY` (online|listen), `TB_ARGS` (worker arguments separated by \x1f), `TB_PLAIN`
+//! (workers do not speak the protocol), `TB_PREBIND` (a TCP listener bound up front),
+//! `TB_MAX_REQUESTS`, `TB_NOTIFY` (serve NOTIFY_SOCKET, readiness by READY=1) and
+//! `TB_WATCHDOG_MS`. Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
 //! `TB_LISTEN`, `TB_KIND` (tcp|unix|udp), `TB_DELAY_MS` (or `TB_DELAY_MS_<id>`), `TB_HOLD`
 //! (or `TB_HOLD_<id>`: answer only after the client sends a byte).
 //!
@@ -75,6 +78,29 @@ async fn primary() {
     }
     if let Some(exec) = env("TB_EXEC") {
         builder = builder.exec(exec);
+    }
+    if let Some(args) = env("TB_ARGS") {
+        builder = builder.args(args.split('\u{1f}').map(str::to_string));
+    }
+    if env("TB_PLAIN").is_some() {
+        builder = builder.expect_protocol(false);
+    }
+    if let Some(address) = env("TB_PREBIND") {
+        builder = builder.listen(forkline::ListenSpec {
+            kind: forkline::SocketKind::Tcp,
+            address,
+        });
+    }
+    if let Some(n) = env("TB_MAX_REQUESTS") {
+        builder = builder.max_requests(n.parse().expect("TB_MAX_REQUESTS"), 0);
+    }
+    if env("TB_NOTIFY").is_some() {
+        builder = builder
+            .notify_socket(true)
+            .readiness(Readiness::Notify, Duration::from_secs(10));
+        if let Some(timeout) = env_ms("TB_WATCHDOG_MS") {
+            builder = builder.worker_timeout(timeout);
+        }
     }
     if let Some(uid) = env("TB_UID") {
         builder = builder.uid(uid.parse().expect("TB_UID"));

@@ -1,0 +1,89 @@
+//! The systemd notify protocol served to workers: each worker gets its own datagram socket in
+//! `NOTIFY_SOCKET` (so no credentials are needed to tell workers apart) and may send `READY=1`,
+//! `WATCHDOG=1`, `STATUS=...` and `STOPPING=1`, one assignment per line.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tokio::net::UnixDatagram;
+
+/// What a worker said on its notify socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    Ready,
+    Watchdog,
+    Status(String),
+    Stopping,
+}
+
+/// Parses one datagram (newline-separated `KEY=VALUE` assignments).
+pub(crate) fn parse(datagram: &[u8]) -> Vec<Notice> {
+    String::from_utf8_lossy(datagram)
+        .lines()
+        .filter_map(|line| match line.split_once('=') {
+            Some(("READY", "1")) => Some(Notice::Ready),
+            Some(("WATCHDOG", "1")) => Some(Notice::Watchdog),
+            Some(("STOPPING", "1")) => Some(Notice::Stopping),
+            Some(("STATUS", status)) => Some(Notice::Status(status.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The directory holding a cluster's notify sockets, removed on drop.
+#[derive(Debug)]
+pub(crate) struct NotifyDir {
+    path: PathBuf,
+}
+
+impl NotifyDir {
+    /// Creates a private directory under the runtime or temp dir.
+    pub fn create() -> std::io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let nanos = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
+        let path = base.join(format!("forkline-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        // Workers may run as another user (--user): they must reach their socket by name.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711))?;
+        Ok(Self { path })
+    }
+
+    /// Binds the notify socket of worker `seq`.
+    pub fn bind(&self, seq: u64) -> std::io::Result<(UnixDatagram, PathBuf)> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.path.join(format!("notify-{seq}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        Ok((socket, path))
+    }
+}
+
+impl Drop for NotifyDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_systemd_assignments() {
+        assert_eq!(
+            parse(b"READY=1\nSTATUS=warming up\nWATCHDOG=1\nMAINPID=3\nSTOPPING=1"),
+            vec![
+                Notice::Ready,
+                Notice::Status("warming up".into()),
+                Notice::Watchdog,
+                Notice::Stopping
+            ]
+        );
+        assert!(parse(b"READY=0").is_empty());
+    }
+}

@@ -1,0 +1,256 @@
+//! Proxy mode: every worker listens on its own loopback port (given in `PORT`); the primary
+//! accepts on the public address and relays bytes to a worker that is up. Works with programs
+//! that know nothing of fds. A worker is up once its port accepts; new connections skip workers
+//! that are down, and a worker that refuses is skipped for the next one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::handle::{WorkerHandle, WorkerState};
+use super::options::Balance;
+use crate::protocol::SocketKind;
+
+/// How long a connect to a worker's port may take before trying another worker.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client waits for some worker to be up before it is closed.
+const NO_WORKER_WAIT: Duration = Duration::from_secs(5);
+/// Relay buffer per direction.
+const RELAY_BUFFER: usize = 64 * 1024;
+
+struct Backend {
+    handle: WorkerHandle,
+    port: u16,
+    up: bool,
+    active: Arc<AtomicUsize>,
+}
+
+/// The workers the proxy relays to, and the port of each slot.
+#[derive(Default)]
+pub(crate) struct ProxyTable {
+    backends: Mutex<BTreeMap<u64, Backend>>,
+    /// The port of each worker process (by unique id). A replacement gets a new port, since
+    /// during a reload or recycle the old worker still listens on its own.
+    ports: Mutex<HashMap<u64, u16>>,
+    cursor: AtomicUsize,
+}
+
+impl ProxyTable {
+    /// The loopback port for `worker`, chosen once (a port that was free a moment ago).
+    pub fn port_for(&self, worker: &WorkerHandle) -> io::Result<u16> {
+        let mut ports = self.ports.lock().unwrap();
+        if let Some(port) = ports.get(&worker.unique_id()) {
+            return Ok(*port);
+        }
+        let probe = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = probe.local_addr()?.port();
+        ports.insert(worker.unique_id(), port);
+        Ok(port)
+    }
+
+    /// Registers a freshly started worker (down until its port accepts).
+    pub fn add(&self, worker: &WorkerHandle, port: u16) {
+        self.backends.lock().unwrap().insert(
+            worker.unique_id(),
+            Backend {
+                handle: worker.clone(),
+                port,
+                up: false,
+                active: Arc::new(AtomicUsize::new(0)),
+            },
+        );
+    }
+
+    /// Marks the worker up: it receives new connections.
+    pub fn set_up(&self, worker: &WorkerHandle) {
+        if let Some(b) = self.backends.lock().unwrap().get_mut(&worker.unique_id()) {
+            b.up = true;
+        }
+    }
+
+    /// Stops sending new connections to the worker.
+    pub fn remove(&self, worker: &WorkerHandle) {
+        self.backends.lock().unwrap().remove(&worker.unique_id());
+        if worker.is_dead() {
+            self.ports.lock().unwrap().remove(&worker.unique_id());
+        }
+    }
+
+    /// Stops sending new connections to the worker and waits (up to `grace`) until the
+    /// connections it is serving have finished, so stopping it drops none.
+    pub async fn retire(&self, worker: &WorkerHandle, grace: Duration) {
+        let active = {
+            let mut backends = self.backends.lock().unwrap();
+            match backends.get_mut(&worker.unique_id()) {
+                Some(backend) => {
+                    backend.up = false;
+                    backend.active.clone()
+                }
+                None => return,
+            }
+        };
+        let deadline = tokio::time::Instant::now() + grace;
+        while active.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.remove(worker);
+    }
+
+    /// Candidates for a client, best first, by the balancing strategy.
+    fn candidates(
+        &self,
+        balance: Balance,
+        client: Option<IpAddr>,
+    ) -> Vec<(u16, WorkerHandle, Arc<AtomicUsize>)> {
+        let backends = self.backends.lock().unwrap();
+        let mut up: Vec<&Backend> = backends
+            .values()
+            .filter(|b| b.up && !b.handle.is_dead() && b.handle.state() != WorkerState::Draining)
+            .collect();
+        if up.is_empty() {
+            return Vec::new();
+        }
+        up.sort_by_key(|b| b.handle.id());
+        let start = match balance {
+            Balance::RoundRobin => self.cursor.fetch_add(1, Ordering::Relaxed) % up.len(),
+            Balance::IpHash => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                client.hash(&mut hasher);
+                (hasher.finish() % up.len() as u64) as usize
+            }
+            Balance::LeastConn => {
+                let least = up
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, b)| b.active.load(Ordering::Relaxed))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                least
+            }
+        };
+        (0..up.len())
+            .map(|i| {
+                let b = up[(start + i) % up.len()];
+                (b.port, b.handle.clone(), b.active.clone())
+            })
+            .collect()
+    }
+}
+
+/// Waits until `port` on loopback accepts, or `stop` fires; true once it accepts.
+pub(crate) async fn wait_port(port: u16, worker: &WorkerHandle) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    loop {
+        if worker.is_dead() {
+            return false;
+        }
+        if TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Accepts on the public socket until `stop`, relaying each connection to a worker.
+pub(crate) async fn accept_loop(
+    table: Arc<ProxyTable>,
+    balance: Balance,
+    kind: SocketKind,
+    socket: Arc<OwnedFd>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let dup = socket.try_clone()?;
+    socket2::SockRef::from(&dup).set_nonblocking(true)?;
+    match kind {
+        SocketKind::Tcp => {
+            let listener = tokio::net::TcpListener::from_std(std::net::TcpListener::from(dup))?;
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                };
+                match accepted {
+                    Ok((client, peer)) => {
+                        let _ = client.set_nodelay(true);
+                        tokio::spawn(relay(table.clone(), balance, client, Some(peer.ip())));
+                    }
+                    Err(e) => accept_error(e).await,
+                }
+            }
+        }
+        SocketKind::Unix => {
+            let listener =
+                tokio::net::UnixListener::from_std(std::os::unix::net::UnixListener::from(dup))?;
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                };
+                match accepted {
+                    Ok((client, _)) => {
+                        tokio::spawn(relay(table.clone(), balance, client, None));
+                    }
+                    Err(e) => accept_error(e).await,
+                }
+            }
+        }
+        SocketKind::Udp => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "proxy mode relays TCP and Unix stream listeners, not UDP",
+        )),
+    }
+}
+
+async fn accept_error(e: io::Error) {
+    tracing::warn!(error = %e, "proxy accept failed");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Connects `client` to a worker (trying the next on refusal) and copies bytes both ways.
+async fn relay<C>(table: Arc<ProxyTable>, balance: Balance, mut client: C, peer: Option<IpAddr>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    // While no worker is up (all restarting at once), hold the client briefly instead of
+    // dropping it.
+    let deadline = tokio::time::Instant::now() + NO_WORKER_WAIT;
+    let mut candidates = table.candidates(balance, peer);
+    while candidates.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        candidates = table.candidates(balance, peer);
+    }
+    for (port, handle, active) in candidates {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        // Counted before connecting, so a worker being retired waits for this connection.
+        active.fetch_add(1, Ordering::AcqRel);
+        let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(upstream)) => upstream,
+            _ => {
+                active.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        handle.count_connections(1);
+        let mut upstream = upstream;
+        let _ = tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut upstream,
+            RELAY_BUFFER,
+            RELAY_BUFFER,
+        )
+        .await;
+        active.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    tracing::warn!("proxy: no worker is up; closing the connection");
+}

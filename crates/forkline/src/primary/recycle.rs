@@ -1,0 +1,107 @@
+//! Recycling: a worker that handled `max_requests` connections (plus its jitter) or whose
+//! resident memory stays above `max_memory` is replaced — the new worker first, then the old one
+//! drains — like gunicorn's `max_requests` and PM2's `max_memory_restart`.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::cluster::Cluster;
+use super::handle::{WorkerHandle, WorkerState};
+
+/// How often limits are checked.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
+/// Memory is sampled this often; a worker must be over the limit this many samples in a row.
+const MEMORY_EVERY: Duration = Duration::from_secs(1);
+const MEMORY_STRIKES: u32 = 3;
+
+/// The connection limit of one worker: `max_requests` plus a per-worker share of the jitter.
+pub(crate) fn request_limit(max_requests: u64, jitter: u64, worker: &WorkerHandle) -> u64 {
+    if jitter == 0 {
+        return max_requests;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (worker.unique_id(), worker.pid()).hash(&mut hasher);
+    max_requests + hasher.finish() % (jitter + 1)
+}
+
+/// Resident memory of `pid` in bytes, from `/proc/PID/statm`.
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    Some(pages * page)
+}
+
+/// Watches the limits until the cluster stops.
+pub(crate) async fn watch(cluster: Cluster) {
+    let opts = cluster.options().clone();
+    let mut strikes: HashMap<u64, u32> = HashMap::new();
+    let mut last_memory = Instant::now();
+    let mut stop = cluster.inner.stop_accepting.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+            _ = cluster.inner.limit_reached.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let sample_memory = last_memory.elapsed() >= MEMORY_EVERY;
+        if sample_memory {
+            last_memory = Instant::now();
+        }
+        for worker in cluster.workers() {
+            if worker.state() != WorkerState::Ready
+                || worker.shared.recycling.load(Ordering::Acquire)
+            {
+                continue;
+            }
+            if opts.max_requests.is_some() {
+                let limit = worker.shared.request_limit.load(Ordering::Relaxed);
+                if worker.connections_accepted() >= limit {
+                    recycle(&cluster, worker, format!("handled {limit} connections"));
+                    continue;
+                }
+            }
+            if let (Some(max), true) = (opts.max_memory, sample_memory) {
+                let over = resident_bytes(worker.pid()).is_some_and(|rss| rss > max);
+                let count = strikes.entry(worker.unique_id()).or_default();
+                *count = if over { *count + 1 } else { 0 };
+                if *count >= MEMORY_STRIKES {
+                    strikes.remove(&worker.unique_id());
+                    recycle(
+                        &cluster,
+                        worker,
+                        format!("resident memory above {max} bytes"),
+                    );
+                }
+            }
+        }
+        if sample_memory {
+            let live: Vec<u64> = cluster.workers().iter().map(|w| w.unique_id()).collect();
+            strikes.retain(|seq, _| live.contains(seq));
+        }
+    }
+}
+
+/// Replaces `old`: starts a new worker in its slot, waits until it is ready (bounded), then
+/// drains the old one.
+pub(crate) fn recycle(cluster: &Cluster, old: WorkerHandle, why: String) {
+    tracing::info!(worker = old.id(), pid = old.pid(), %why, "recycling worker");
+    // It keeps serving until its replacement is ready; just never pick it twice.
+    old.shared.recycling.store(true, Ordering::Release);
+    let cluster = cluster.clone();
+    tokio::spawn(async move {
+        if let Ok(fresh) = super::supervisor::start_worker(&cluster, old.id()) {
+            let deadline = Instant::now() + cluster.options().ready_timeout;
+            cluster.wait_ready(&fresh, deadline).await;
+        }
+        cluster.inner.dispatcher.stop_new(&old);
+        let grace = cluster.options().graceful_timeout;
+        cluster.inner.proxy.retire(&old, grace).await;
+        old.disconnect();
+    });
+}

@@ -1,0 +1,204 @@
+//! Programs that do not speak the protocol (here small Python servers): proxy mode, sockets by
+//! the systemd convention, sd_notify readiness and watchdog, and recycling after N connections.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{answered_by, fetch, free_port, Testbed, SOON};
+
+/// A Python server on `$PORT` answering `worker ID PID`.
+const PORT_SERVER: &str = r#"
+import os, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen(128)
+while True:
+    c, _ = s.accept()
+    c.sendall(f"worker {os.environ['FORKLINE_WORKER_ID']} {os.getpid()}\n".encode())
+    c.close()
+"#;
+
+/// A Python server accepting on the inherited fd 3 (`LISTEN_FDS`).
+const FD3_SERVER: &str = r#"
+import os, socket
+assert os.environ["LISTEN_FDS"] == "1"
+s = socket.socket(fileno=3)
+while True:
+    c, _ = s.accept()
+    c.sendall(f"worker {os.environ['FORKLINE_WORKER_ID']} {os.getpid()}\n".encode())
+    c.close()
+"#;
+
+/// Says READY=1 after 300 ms, then pings the watchdog only if asked.
+const NOTIFY_PROGRAM: &str = r#"
+import os, socket, time
+time.sleep(0.3)
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.connect(os.environ["NOTIFY_SOCKET"])
+n.send(b"STATUS=warmed up\nREADY=1")
+while True:
+    time.sleep(0.05)
+    if os.environ.get("PING"):
+        n.send(b"WATCHDOG=1")
+"#;
+
+fn python(script: &str) -> String {
+    format!("-c\u{1f}{script}")
+}
+
+fn ids_answering(addr: &str, max: usize) -> HashSet<u64> {
+    let mut seen = HashSet::new();
+    for _ in 0..max {
+        if let Ok(reply) = fetch(addr) {
+            if let Some(id) = answered_by(&reply) {
+                seen.insert(id);
+            }
+        }
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    seen
+}
+
+#[test]
+fn proxy_mode_relays_to_programs_listening_on_their_own_port() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args = python(PORT_SERVER);
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_PLAIN", "1"),
+        ("TB_MODE", "proxy"),
+        ("TB_READY", "listen"),
+        ("TB_PREBIND", &addr),
+        ("TB_EXEC", "python3"),
+        ("TB_ARGS", &args),
+    ]);
+    tb.wait_event("ready", None);
+    tb.wait_event("ready", None);
+    assert_eq!(ids_answering(&addr, 50), HashSet::from([0, 1]));
+}
+
+#[test]
+fn shared_mode_passes_the_socket_as_fd_3() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args = python(FD3_SERVER);
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_PLAIN", "1"),
+        ("TB_MODE", "shared"),
+        ("TB_PREBIND", &addr),
+        ("TB_EXEC", "python3"),
+        ("TB_ARGS", &args),
+    ]);
+    tb.wait_online(2);
+    let seen = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| ids_answering(&addr, 300)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect::<HashSet<u64>>()
+    });
+    assert_eq!(seen, HashSet::from([0, 1]));
+}
+
+#[test]
+fn max_requests_recycles_workers_without_failing_clients() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args = python(PORT_SERVER);
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_PLAIN", "1"),
+        ("TB_MODE", "proxy"),
+        ("TB_READY", "listen"),
+        ("TB_PREBIND", &addr),
+        ("TB_EXEC", "python3"),
+        ("TB_ARGS", &args),
+        ("TB_MAX_REQUESTS", "5"),
+    ]);
+    tb.wait_event("ready", None);
+    tb.wait_event("ready", None);
+    // Old workers keep serving until their replacements are ready, so keep the clients coming
+    // until a second generation answers; no request may fail meanwhile.
+    let mut pids = HashSet::new();
+    let deadline = std::time::Instant::now() + SOON;
+    while pids.len() < 4 && std::time::Instant::now() < deadline {
+        let reply = fetch(&addr).expect("fetch");
+        assert!(answered_by(&reply).is_some(), "bad reply {reply:?}");
+        pids.insert(reply.split_whitespace().nth(2).unwrap().to_string());
+    }
+    assert!(
+        pids.len() >= 4,
+        "only {} workers answered: {pids:?}",
+        pids.len()
+    );
+    let exit = tb.wait_event("exit", None);
+    assert_eq!(exit["exited_after_disconnect"], true, "{exit}");
+}
+
+#[test]
+fn notify_readiness_gates_ready() {
+    let args = python(NOTIFY_PROGRAM);
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_PLAIN", "1"),
+        ("TB_NOTIFY", "1"),
+        ("TB_EXEC", "python3"),
+        ("TB_ARGS", &args),
+    ]);
+    let fork = tb.wait_event("fork", Some(0));
+    let ready = tb.wait_event("ready", Some(0));
+    let waited = ready["ms"].as_u64().unwrap() - fork["ms"].as_u64().unwrap();
+    assert!(
+        waited >= 250,
+        "ready {waited} ms after fork, before READY=1 was sent"
+    );
+}
+
+#[test]
+fn watchdog_kills_and_replaces_a_silent_worker() {
+    let args = python(NOTIFY_PROGRAM);
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_PLAIN", "1"),
+        ("TB_NOTIFY", "1"),
+        ("TB_WATCHDOG_MS", "600"),
+        ("TB_MIN_UPTIME_MS", "0"),
+        ("TB_EXEC", "python3"),
+        ("TB_ARGS", &args),
+    ]);
+    let error = tb.wait_event("worker-error", Some(0));
+    assert!(
+        error["error"].as_str().unwrap().contains("watchdog"),
+        "{error}"
+    );
+    let exit = tb.wait_event("exit", Some(0));
+    assert_eq!(exit["signal"], 9);
+    tb.wait_for("replacement", SOON, |e| {
+        e["event"] == "fork" && e["id"] == 0
+    });
+}
+
+#[test]
+fn watchdog_spares_a_worker_that_pings() {
+    let args = python(NOTIFY_PROGRAM);
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_PLAIN", "1"),
+        ("TB_NOTIFY", "1"),
+        ("TB_WATCHDOG_MS", "600"),
+        ("TB_EXEC", "python3"),
+        ("TB_ARGS", &args),
+        ("PING", "1"),
+    ]);
+    tb.wait_event("ready", Some(0));
+    let trouble = tb.try_wait_for(Duration::from_millis(2000), |e| {
+        e["event"] == "worker-error" || e["event"] == "exit"
+    });
+    assert!(trouble.is_none(), "{trouble:?}");
+}
