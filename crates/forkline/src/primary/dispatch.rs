@@ -1,11 +1,15 @@
 //! Round-robin mode: the primary accepts connections and hands each fd to a worker over its IPC
 //! channel.
 //!
-//! Unlike Node, a worker may hold up to `credit_window` unacknowledged handoffs, and the primary
-//! keeps its own copy of every fd until the worker acknowledges it. A connection handed to a
-//! worker that dies before acknowledging is re-dispatched to another worker, never left hanging.
+//! Unlike Node, a worker may hold up to `credit_window` unacknowledged handoffs (acks come in
+//! batches), and a connection handed to a worker that dies before taking it is re-dispatched to
+//! another worker, never left hanging: the primary keeps a copy of the *worker's* end of the IPC
+//! socket, so when the worker dies the packets it never read are still there, and the primary
+//! reads them back and hands their fds to other workers. The primary closes its copy of each
+//! connection fd as soon as it is sent, so the worker's close is the last one and the TCP
+//! teardown costs the worker, not the primary — as when a worker accepts by itself.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
@@ -37,8 +41,8 @@ struct Target {
     channel: Arc<AsyncChannel>,
     /// Listener ids this worker listens on.
     listeners: Vec<u64>,
-    /// Handed off, not yet acknowledged, by sequence number.
-    inflight: HashMap<u64, Conn>,
+    /// Handed off, not yet acknowledged (sequence numbers): the credit in use.
+    inflight: HashSet<u64>,
     /// Open connections the worker last reported (least-conn).
     open: u64,
     /// The socket buffer was full on the last send; skipped until the next ack.
@@ -89,7 +93,7 @@ impl Dispatcher {
                 handle: worker.clone(),
                 channel: channel.clone(),
                 listeners: Vec::new(),
-                inflight: HashMap::new(),
+                inflight: HashSet::new(),
                 open: 0,
                 full: false,
             });
@@ -110,26 +114,24 @@ impl Dispatcher {
         }
     }
 
-    /// The worker is gone (channel closed or process exited): re-dispatch whatever it had not
-    /// acknowledged.
-    pub fn remove_target(&self, worker: &WorkerHandle) {
-        let mut state = self.state.lock().unwrap();
-        if let Some(target) = state.targets.remove(&worker.unique_id()) {
-            let mut orphans: Vec<(u64, Conn)> = target.inflight.into_iter().collect();
-            orphans.sort_by_key(|(seq, _)| *seq);
-            if !orphans.is_empty() {
-                tracing::info!(
-                    worker = worker.id(),
-                    pid = worker.pid(),
-                    count = orphans.len(),
-                    "re-dispatching connections the worker never acknowledged"
-                );
-            }
-            for (_, conn) in orphans.into_iter().rev() {
-                state.pending.push_front(conn);
-            }
-            self.flush(&mut state);
+    /// The worker process has exited. `leftover` is the primary's copy of the worker's end of
+    /// the IPC socket: the connections in packets it never read are re-dispatched.
+    pub fn remove_target(&self, worker: &WorkerHandle, leftover: Option<&OwnedFd>) {
+        let orphans = leftover.map(unread_connections).unwrap_or_default();
+        if !orphans.is_empty() {
+            tracing::info!(
+                worker = worker.id(),
+                pid = worker.pid(),
+                count = orphans.len(),
+                "re-dispatching connections the worker never took"
+            );
         }
+        let mut state = self.state.lock().unwrap();
+        state.targets.remove(&worker.unique_id());
+        for conn in orphans.into_iter().rev() {
+            state.pending.push_front(conn);
+        }
+        self.flush(&mut state);
         drop(state);
         self.changed.notify_waiters();
     }
@@ -312,9 +314,8 @@ impl Dispatcher {
         match target.channel.try_send(&packet, &fds) {
             Ok(()) => {
                 target.handle.count_connections(chunk.len() as u64);
-                for (seq, conn) in seqs.into_iter().zip(chunk) {
-                    target.inflight.insert(seq, conn);
-                }
+                // The fds are in the worker's socket now; dropping `chunk` closes our copies.
+                target.inflight.extend(seqs);
                 state.next_seq = first + fds.len() as u64;
                 Ok(())
             }
@@ -379,6 +380,33 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Reads back the `conns` packets a dead worker never read from its end of the IPC socket.
+fn unread_connections(worker_end: &OwnedFd) -> Vec<Conn> {
+    use std::os::fd::AsFd;
+    let mut orphans = Vec::new();
+    let mut buf = vec![0u8; crate::protocol::MAX_PACKET + 1];
+    loop {
+        let mut fds = Vec::new();
+        match crate::sys::recv_packet(worker_end.as_fd(), &mut buf, &mut fds, true) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let Ok(ToWorker::Conns {
+                    listener, peers, ..
+                }) = serde_json::from_slice::<ToWorker>(&buf[..n])
+                else {
+                    continue;
+                };
+                let mut peers = peers.iter().map(|p| p.parse().ok());
+                for fd in fds {
+                    let peer = peers.next().flatten();
+                    orphans.push(Conn { listener, fd, peer });
+                }
+            }
+        }
+    }
+    orphans
 }
 
 /// Accepts one connection; `None` when none is waiting.

@@ -52,20 +52,21 @@ pub(crate) fn start_worker(cluster: &Cluster, slot: usize) -> Result<WorkerHandl
 
 /// The whole life of one worker process.
 async fn live(cluster: Cluster, worker: WorkerHandle) {
-    let (status, was_connected) = match spawn(&cluster, &worker).await {
-        Ok((child, channel)) => serve(&cluster, &worker, child, channel).await,
+    let (status, was_connected, worker_end) = match spawn(&cluster, &worker).await {
+        Ok((child, channel, worker_end)) => {
+            let (status, connected) = serve(&cluster, &worker, child, channel).await;
+            (status, connected, Some(worker_end))
+        }
         Err(e) => {
             tracing::error!(worker = worker.id(), error = %e, "could not start worker");
-            (
-                ExitInfo {
-                    code: Some(127),
-                    signal: None,
-                },
-                false,
-            )
+            let status = ExitInfo {
+                code: Some(127),
+                signal: None,
+            };
+            (status, false, None)
         }
     };
-    finish(&cluster, &worker, status, was_connected);
+    finish(&cluster, &worker, status, was_connected, worker_end);
     schedule_restart(&cluster, &worker, status).await;
 }
 
@@ -75,8 +76,12 @@ struct ExitInfo {
     signal: Option<i32>,
 }
 
-/// Starts the process with its IPC channel and listeners in place.
-async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<(Child, Arc<AsyncChannel>)> {
+/// Starts the process with its IPC channel and listeners in place. Also returns the primary's
+/// copy of the worker's end of the channel, read back when the worker dies (see `dispatch`).
+async fn spawn(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+) -> Result<(Child, Arc<AsyncChannel>, OwnedFd)> {
     let opts = &cluster.inner.opts;
     let (primary_end, worker_end) = sys::seqpacket_pair()?;
     let mut command = std::process::Command::new(&opts.exec);
@@ -92,6 +97,7 @@ async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<(Child, Arc<A
     }
     let mut placed = prebound_sockets(cluster, worker, &mut command)?;
     let ipc_fd = FIRST_FD + placed.len() as RawFd;
+    let worker_end_copy = sys::dup_cloexec(worker_end.as_fd())?;
     placed.push((worker_end, ipc_fd));
     command.env(ENV_WORKER_ID, worker.id().to_string());
     command.env(ENV_IPC_FD, ipc_fd.to_string());
@@ -197,7 +203,7 @@ async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<(Child, Arc<A
     if opts.readiness == Readiness::None {
         set_ready(cluster, worker);
     }
-    Ok((child, channel))
+    Ok((child, channel, worker_end_copy))
 }
 
 /// Places the listeners bound up front, by the mode:
@@ -363,7 +369,7 @@ fn worker_error(cluster: &Cluster, worker: &WorkerHandle, error: String) {
 
 fn disconnected(cluster: &Cluster, worker: &WorkerHandle) {
     worker.shared.connected.store(false, Ordering::Release);
-    cluster.inner.dispatcher.remove_target(worker);
+    cluster.inner.dispatcher.stop_new(worker);
     cluster.inner.events.emit(Event::Disconnect {
         worker: worker.clone(),
     });
@@ -572,13 +578,22 @@ pub(crate) fn set_ready(cluster: &Cluster, worker: &WorkerHandle) {
 }
 
 /// Records the exit: Node's `disconnect` (if the channel was still open) then `exit`.
-fn finish(cluster: &Cluster, worker: &WorkerHandle, info: ExitInfo, was_connected: bool) {
+fn finish(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    info: ExitInfo,
+    was_connected: bool,
+    worker_end: Option<OwnedFd>,
+) {
     worker.shared.dead.store(true, Ordering::Release);
     worker.set_state(WorkerState::Exited);
     if was_connected {
         disconnected(cluster, worker);
     }
-    cluster.inner.dispatcher.remove_target(worker);
+    cluster
+        .inner
+        .dispatcher
+        .remove_target(worker, worker_end.as_ref());
     cluster.inner.proxy.remove(worker);
     let planned = worker.exited_after_disconnect();
     let log_level_error = !planned && (info.code != Some(0) || info.signal.is_some());
