@@ -13,6 +13,7 @@ mod output;
 mod proxy;
 mod recycle;
 mod spawner;
+mod splice;
 mod supervisor;
 
 pub use builder::{resolve_program, ClusterBuilder};

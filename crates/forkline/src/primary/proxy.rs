@@ -181,7 +181,7 @@ pub(crate) async fn accept_loop(
                 match accepted {
                     Ok((client, peer)) => {
                         let _ = client.set_nodelay(true);
-                        tokio::spawn(relay(table.clone(), balance, client, Some(peer.ip())));
+                        tokio::spawn(relay_tcp(table.clone(), balance, client, peer.ip()));
                     }
                     Err(e) => accept_error(e).await,
                 }
@@ -197,7 +197,7 @@ pub(crate) async fn accept_loop(
                 };
                 match accepted {
                     Ok((client, _)) => {
-                        tokio::spawn(relay(table.clone(), balance, client, None));
+                        tokio::spawn(relay_copy(table.clone(), balance, client));
                     }
                     Err(e) => accept_error(e).await,
                 }
@@ -215,13 +215,14 @@ async fn accept_error(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
-/// Connects `client` to a worker (trying the next on refusal) and copies bytes both ways.
-async fn relay<C>(table: Arc<ProxyTable>, balance: Balance, mut client: C, peer: Option<IpAddr>)
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    // While no worker is up (all restarting at once), hold the client briefly instead of
-    // dropping it.
+/// Picks a worker for a client and connects to its port, trying the next one on refusal.
+/// Holds the client briefly while no worker is up (all restarting at once). Returns the upstream
+/// connection and the worker's active-connection counter, already incremented.
+async fn connect_upstream(
+    table: &ProxyTable,
+    balance: Balance,
+    peer: Option<IpAddr>,
+) -> Option<(TcpStream, Arc<AtomicUsize>)> {
     let deadline = tokio::time::Instant::now() + NO_WORKER_WAIT;
     let mut candidates = table.candidates(balance, peer);
     while candidates.is_empty() && tokio::time::Instant::now() < deadline {
@@ -232,16 +233,35 @@ where
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         // Counted before connecting, so a worker being retired waits for this connection.
         active.fetch_add(1, Ordering::AcqRel);
-        let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(upstream)) => upstream,
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(upstream)) => {
+                let _ = upstream.set_nodelay(true);
+                handle.count_connections(1);
+                return Some((upstream, active));
+            }
             _ => {
                 active.fetch_sub(1, Ordering::AcqRel);
-                continue;
             }
-        };
-        let _ = upstream.set_nodelay(true);
-        handle.count_connections(1);
-        let mut upstream = upstream;
+        }
+    }
+    tracing::warn!("proxy: no worker is up; closing the connection");
+    None
+}
+
+/// Relays a TCP client with splice (zero-copy).
+async fn relay_tcp(table: Arc<ProxyTable>, balance: Balance, client: TcpStream, peer: IpAddr) {
+    if let Some((upstream, active)) = connect_upstream(&table, balance, Some(peer)).await {
+        let _ = super::splice::relay(&client, &upstream).await;
+        active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Relays a Unix-socket client by copying.
+async fn relay_copy<C>(table: Arc<ProxyTable>, balance: Balance, mut client: C)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some((mut upstream, active)) = connect_upstream(&table, balance, None).await {
         let _ = tokio::io::copy_bidirectional_with_sizes(
             &mut client,
             &mut upstream,
@@ -250,7 +270,5 @@ where
         )
         .await;
         active.fetch_sub(1, Ordering::AcqRel);
-        return;
     }
-    tracing::warn!("proxy: no worker is up; closing the connection");
 }
