@@ -274,7 +274,16 @@ fn unix_socket_listener_works_and_replaces_a_stale_file() {
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
     let path_str = path.to_str().unwrap().to_string();
-    let _tb = serving(2, &path_str, &[("TB_KIND", "unix")]);
+    let _tb = serving(
+        2,
+        &path_str,
+        &[("TB_KIND", "unix"), ("TB_UNIX_MODE", "660")],
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660, "socket file permissions");
+    }
     let mut seen = HashSet::new();
     for _ in 0..50 {
         let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();

@@ -188,6 +188,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Permissions for the Unix socket files the primary creates, e.g. `0o660` (default: what
+    /// the umask leaves).
+    pub fn unix_socket_mode(mut self, mode: u32) -> Self {
+        self.opts.unix_mode = Some(mode);
+        self
+    }
+
     /// Binds `spec` up front and passes it to every worker by the systemd convention.
     pub fn listen(mut self, spec: ListenSpec) -> Self {
         self.opts.listeners.push(spec);

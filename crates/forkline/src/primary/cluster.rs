@@ -129,7 +129,7 @@ impl Cluster {
     }
 
     pub(crate) async fn start(opts: ClusterOptions, expect_protocol: bool) -> Result<Cluster> {
-        let listeners = ListenerTable::default();
+        let listeners = ListenerTable::new(opts.unix_mode);
         let mut prebound = Vec::new();
         for (index, spec) in opts.listeners.iter().enumerate() {
             let key = ListenKey {

@@ -80,23 +80,38 @@ impl BoundListener {
 /// All listeners of a cluster.
 #[derive(Debug, Default)]
 pub(crate) struct ListenerTable {
+    /// Permissions given to Unix socket files we create (`None`: as the umask leaves them).
+    pub unix_mode: Option<u32>,
     by_key: Mutex<HashMap<ListenKey, Arc<BoundListener>>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
 impl ListenerTable {
+    /// An empty table; Unix socket files get `unix_mode` permissions.
+    pub fn new(unix_mode: Option<u32>) -> Self {
+        Self {
+            unix_mode,
+            ..Self::default()
+        }
+    }
+
     /// The listener for `key`, binding it on first use. The bool is true when it was just bound.
     pub fn get_or_bind(&self, key: ListenKey) -> Result<(Arc<BoundListener>, bool)> {
         let mut table = self.by_key.lock().unwrap();
         if let Some(found) = table.get(&key) {
             return Ok((found.clone(), false));
         }
-        let socket =
-            bind(key.kind, &key.address, key.mode == Mode::Reuseport).map_err(|source| {
-                Error::Listen {
-                    address: key.address.clone(),
-                    source,
+        let socket = bind(key.kind, &key.address, key.mode == Mode::Reuseport)
+            .and_then(|socket| {
+                if let (SocketKind::Unix, Some(mode)) = (key.kind, self.unix_mode) {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&key.address, std::fs::Permissions::from_mode(mode))?;
                 }
+                Ok(socket)
+            })
+            .map_err(|source| Error::Listen {
+                address: key.address.clone(),
+                source,
             })?;
         let listener = self.insert(&mut table, key, socket)?;
         Ok((listener, true))

@@ -177,6 +177,8 @@ pub struct ClusterOptions {
     pub worker_timeout: Option<Duration>,
     /// Serve a `NOTIFY_SOCKET` to workers.
     pub notify_socket: bool,
+    /// Permissions for Unix socket files the primary creates (e.g. `0o660`).
+    pub unix_mode: Option<u32>,
 }
 
 impl Default for ClusterOptions {
@@ -209,6 +211,7 @@ impl Default for ClusterOptions {
             max_memory: None,
             worker_timeout: None,
             notify_socket: false,
+            unix_mode: None,
         }
     }
 }

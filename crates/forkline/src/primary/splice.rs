@@ -21,10 +21,9 @@ pub(crate) async fn relay(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)
 /// Moves bytes from `from` to `to` through a private pipe until `from` reaches EOF, then shuts
 /// down `to`'s write side.
 async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
-    let (pipe_read, pipe_write) = nix::unistd::pipe2(
-        nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK,
-    )
-    .map_err(io::Error::from)?;
+    let (pipe_read, pipe_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(io::Error::from)?;
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let mut total = 0u64;
     loop {

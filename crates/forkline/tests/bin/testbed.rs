@@ -91,6 +91,9 @@ async fn primary() {
             address,
         });
     }
+    if let Some(mode) = env("TB_UNIX_MODE") {
+        builder = builder.unix_socket_mode(u32::from_str_radix(&mode, 8).expect("TB_UNIX_MODE"));
+    }
     if let Some(n) = env("TB_MAX_REQUESTS") {
         builder = builder.max_requests(n.parse().expect("TB_MAX_REQUESTS"), 0);
     }
