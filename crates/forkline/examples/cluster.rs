@@ -87,7 +87,7 @@ fn signal_name(signal: i32) -> String {
 
 #[tokio::main(flavor = "current_thread")]
 async fn worker(addr: &str, delay: Duration) -> forkline::Result<()> {
-    let worker = forkline::worker::connect()?;
+    let worker = forkline::worker::connect_async().await?;
     let listener = worker.listen_async(addr).await?;
     let reply = format!("Request handled by worker-{}\n", std::process::id());
     let mut in_flight = tokio::task::JoinSet::new();

@@ -39,7 +39,7 @@ fn main() -> forkline::Result<()> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn serve(addr: &str, id: usize) -> forkline::Result<()> {
-    let worker = forkline::worker::connect()?;
+    let worker = forkline::worker::connect_async().await?;
     let listener = worker.listen_async(addr).await?;
     let pid = std::process::id();
     let app = Router::new().route(

@@ -144,6 +144,24 @@ impl BlockingChannel {
         self.send(&bytes, &[]).map_err(Error::Io)
     }
 
+    /// Receives one packet without blocking (`WouldBlock` when none is waiting).
+    pub fn try_recv(&self) -> io::Result<Option<Packet>> {
+        let mut buf = self.recv_buf.lock().unwrap();
+        let mut fds = Vec::new();
+        match sys::recv_packet(self.fd.as_fd(), &mut buf, &mut fds, true)? {
+            0 => Ok(None),
+            n => Ok(Some(Packet {
+                data: buf[..n].to_vec(),
+                fds,
+            })),
+        }
+    }
+
+    /// A second descriptor for the same socket (to watch it for readiness).
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
     /// Receives one packet, blocking; `None` when the primary closed its end.
     pub fn recv(&self) -> io::Result<Option<Packet>> {
         let mut buf = self.recv_buf.lock().unwrap();

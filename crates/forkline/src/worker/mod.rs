@@ -76,13 +76,30 @@ static WORKER: OnceLock<Result<Worker, String>> = OnceLock::new();
 /// Fails with [`Error::NotAWorker`] when this process was not started by a forkline primary.
 pub fn connect() -> Result<Worker> {
     WORKER
-        .get_or_init(|| Worker::handshake().map_err(|e| e.to_string()))
+        .get_or_init(|| Worker::handshake(ReaderKind::Thread).map_err(|e| e.to_string()))
         .clone()
         .map_err(Error::NotAWorker)
 }
 
+/// Like [`connect`], but serves the IPC channel from a task on the current tokio runtime
+/// instead of a thread: handed-off connections reach the accept loop without a cross-thread
+/// wake-up. The runtime must outlive the worker's use of forkline (it normally runs `main`).
+pub async fn connect_async() -> Result<Worker> {
+    WORKER
+        .get_or_init(|| Worker::handshake(ReaderKind::Task).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(Error::NotAWorker)
+}
+
+/// Where the IPC reader runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReaderKind {
+    Thread,
+    Task,
+}
+
 impl Worker {
-    fn handshake() -> Result<Worker> {
+    fn handshake(reader: ReaderKind) -> Result<Worker> {
         let id: usize = read_env(ENV_WORKER_ID)?;
         let fd: i32 = read_env(ENV_IPC_FD)?;
         let channel = BlockingChannel::new(
@@ -118,7 +135,10 @@ impl Worker {
             wake_read,
             wake_write: Mutex::new(Some(wake_write)),
         });
-        reader::start(shared.clone(), msg_tx);
+        match reader {
+            ReaderKind::Thread => reader::start(shared.clone(), msg_tx),
+            ReaderKind::Task => reader::start_async(shared.clone(), msg_tx)?,
+        }
         Ok(Worker { shared })
     }
 

@@ -1,6 +1,8 @@
-//! The worker's reader thread: the only reader of the IPC channel. It routes handed-off
-//! connections to their listener's queue (acknowledging them at once), answers pending `listen`
-//! requests, forwards messages, and exits the process when the primary is gone.
+//! The worker's reader: the only reader of the IPC channel. It routes handed-off connections to
+//! their listener's queue (acknowledging them at once), answers pending `listen` requests,
+//! forwards messages, and exits the process when the primary is gone. It runs as a thread
+//! (`connect`) or, to save a thread hop per batch of connections, as a task on the caller's
+//! tokio runtime (`connect_async`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,26 +21,61 @@ pub(crate) fn start(shared: Arc<Shared>, messages: mpsc::UnboundedSender<serde_j
         .expect("failed to start the forkline IPC reader thread");
 }
 
+/// Starts the reader as a task on the current tokio runtime.
+pub(crate) fn start_async(
+    shared: Arc<Shared>,
+    messages: mpsc::UnboundedSender<serde_json::Value>,
+) -> std::io::Result<()> {
+    let readiness = crate::sys::async_fd(
+        shared.channel.try_clone_fd()?,
+        tokio::io::Interest::READABLE,
+    )?;
+    tokio::spawn(async move {
+        let mut messages = Some(messages);
+        loop {
+            let received = match readiness.readable().await {
+                Ok(mut guard) => match guard.try_io(|_| shared.channel.try_recv()) {
+                    Ok(received) => received,
+                    Err(_would_block) => continue,
+                },
+                Err(e) => Err(e),
+            };
+            if !handle(&shared, received, &mut messages) {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
 fn run(shared: Arc<Shared>, messages: mpsc::UnboundedSender<serde_json::Value>) {
     let mut messages = Some(messages);
-    loop {
-        match shared.channel.recv() {
-            Ok(Some(packet)) => {
-                if let Err(e) = route(&shared, packet, &mut messages) {
-                    eprintln!("forkline worker {}: {e}", shared.id);
-                }
+    while handle(&shared, shared.channel.recv(), &mut messages) {}
+}
+
+/// Handles one receive result; false when the reader should stop.
+fn handle(
+    shared: &Shared,
+    received: std::io::Result<Option<Packet>>,
+    messages: &mut Option<mpsc::UnboundedSender<serde_json::Value>>,
+) -> bool {
+    match received {
+        Ok(Some(packet)) => {
+            if let Err(e) = route(shared, packet, messages) {
+                eprintln!("forkline worker {}: {e}", shared.id);
             }
-            Ok(None) | Err(_) => {
-                if shared.closing.load(Ordering::Acquire) {
-                    return;
-                }
-                // The primary is gone: a worker never outlives it.
-                eprintln!(
-                    "forkline worker {}: the primary closed the IPC channel; exiting",
-                    shared.id
-                );
-                std::process::exit(1);
+            true
+        }
+        Ok(None) | Err(_) => {
+            if shared.closing.load(Ordering::Acquire) {
+                return false;
             }
+            // The primary is gone: a worker never outlives it.
+            eprintln!(
+                "forkline worker {}: the primary closed the IPC channel; exiting",
+                shared.id
+            );
+            std::process::exit(1);
         }
     }
 }
