@@ -255,3 +255,53 @@ fn worker_writing_garbage_is_killed_and_replaced() {
     let reply = tb.wait_for("echo", SOON, |e| e["event"] == "message" && e["id"] == 0);
     assert_eq!(reply["payload"]["echo"]["still"], Value::from("here"));
 }
+
+#[test]
+fn scaling_at_runtime_by_command_and_by_signal() {
+    let mut tb = Testbed::start(&[("TB_WORKERS", "2")]);
+    tb.wait_online(2);
+    tb.command("scale 3");
+    let online = tb.wait_event("online", None);
+    assert_eq!(online["id"], 2);
+    tb.signal(Signal::SIGTTIN);
+    let online = tb.wait_event("online", None);
+    assert_eq!(online["id"], 3, "SIGTTIN adds slot 3");
+    tb.command("scale 1");
+    let mut stopped = std::collections::BTreeSet::new();
+    while stopped.len() < 3 {
+        let exit = tb.wait_event("exit", None);
+        assert_eq!(exit["exited_after_disconnect"], true);
+        stopped.insert(exit["id"].as_u64().unwrap());
+    }
+    assert_eq!(stopped, [1, 2, 3].into_iter().collect());
+    tb.command("status");
+    let status = tb.wait_for("status", SOON, |e| e["command"] == "status");
+    let slots = status["slots"].as_array().unwrap();
+    assert_eq!(slots.len(), 1, "{status}");
+    assert_eq!(slots[0]["id"], 0);
+    // SIGTTOU never goes below one worker.
+    tb.signal(Signal::SIGTTOU);
+    let exit = tb.try_wait_for(Duration::from_millis(500), |e| e["event"] == "exit");
+    assert!(exit.is_none(), "{exit:?}");
+}
+
+#[test]
+fn sighup_reloads_every_worker() {
+    let mut tb = Testbed::start(&[("TB_WORKERS", "2")]);
+    let before = tb.wait_online(2);
+    tb.signal(Signal::SIGHUP);
+    let mut exited = std::collections::BTreeSet::new();
+    while exited.len() < 2 {
+        let exit = tb.wait_event("exit", None);
+        exited.insert(exit["pid"].as_u64().unwrap() as u32);
+    }
+    let old: std::collections::BTreeSet<u32> = before.iter().map(|(_, pid)| *pid).collect();
+    assert_eq!(exited, old, "the old workers were replaced");
+    let online: Vec<u64> = tb
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "online")
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(online.len(), 4, "two new workers came online");
+}
