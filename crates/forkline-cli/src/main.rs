@@ -1,12 +1,105 @@
 //! The `forkline` command: cluster any server program over every core.
+//!
+//! `main` parses the command line and turns every failure into one line on stderr and an exit
+//! code: 2 for usage errors (flags, values, config file, command), 1 for runtime errors.
 
-use clap::Parser;
+mod activation;
+mod cli;
+mod config;
+mod error;
+mod logging;
+mod parse;
+mod settings;
+mod systemd;
 
-/// Run a server on every core.
-#[derive(Debug, Parser)]
-#[command(name = "forkline", version, about)]
-struct Cli {}
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches};
+
+use cli::{Cli, Command};
+use error::CliError;
 
 fn main() {
-    let _cli = Cli::parse();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => usage_error(e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
+    let sub = matches
+        .subcommand()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
+    let result = match cli.command {
+        Command::Exec(args) => std::process::exit(cli::exec::exec(args)),
+        Command::Run(args) => cli::run::run(args, &sub),
+        Command::CheckConfig(args) => cli::check_config::check_config(args, &sub).map(|()| 0),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("forkline: error: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}
+
+/// Help and version go out as clap prints them; any other parse error becomes one line.
+fn usage_error(e: clap::Error) -> ! {
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            let hint = match env_origin(&e) {
+                Some(var) => format!("from environment variable {var}"),
+                None => "see forkline --help".into(),
+            };
+            let error = CliError::Usage(format!("{message} ({hint})"));
+            eprintln!("forkline: error: {error}");
+            std::process::exit(error.exit_code());
+        }
+    }
+}
+
+/// The environment variable a bad value came from, when it did not come from a flag.
+fn env_origin(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let arg = text(ContextKind::InvalidArg)?;
+    let value = text(ContextKind::InvalidValue)?;
+    let long = arg
+        .split([' ', '='])
+        .next()?
+        .trim_start_matches('-')
+        .to_string();
+    let given: Vec<String> = std::env::args().skip(1).collect();
+    let command = Cli::command();
+    let found = command
+        .get_subcommands()
+        .flat_map(|sub| sub.get_arguments())
+        .find(|a| a.get_long() == Some(long.as_str()))?;
+    let on_command_line = given.iter().any(|word| {
+        word == &format!("--{long}")
+            || word.starts_with(&format!("--{long}="))
+            || found
+                .get_short()
+                .is_some_and(|c| word.starts_with(&format!("-{c}")))
+    });
+    if on_command_line {
+        return None;
+    }
+    let var = found.get_env()?.to_string_lossy().into_owned();
+    let set = std::env::var(&var).ok()?;
+    (set == value || set.split(',').any(|part| part == value)).then_some(var)
 }

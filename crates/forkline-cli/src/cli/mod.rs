@@ -1,0 +1,36 @@
+//! The command line: the top-level `forkline` parser and one module per subcommand
+//! (`run`, `check-config`, and the hidden `__exec` shim that starts each worker).
+
+pub mod check_config;
+pub mod exec;
+pub mod run;
+
+use clap::{Parser, Subcommand};
+
+/// Run a server on every core: forkline clusters any program — Node, Python, Rust, Go — over
+/// a shared listening socket, restarts workers that die and stops them gracefully.
+#[derive(Debug, Parser)]
+#[command(
+    name = "forkline",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = "See docs/CLI.md for the config file, the environment variables and systemd use."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run COMMAND as a cluster of workers
+    Run(run::RunArgs),
+    /// Check a config file and print the effective settings
+    CheckConfig(check_config::CheckConfigArgs),
+    /// (internal) Start one worker: set LISTEN_PID to our own pid, then exec COMMAND
+    #[command(name = "__exec", hide = true)]
+    Exec(exec::ExecArgs),
+}

@@ -1,0 +1,389 @@
+//! `forkline run [OPTIONS] -- COMMAND [ARGS...]`: validate everything that can be validated
+//! before a process starts (settings, command, user, sockets), start the cluster, then follow
+//! its events until it stops — reporting readiness to systemd and stopping by itself when no
+//! worker is left to run.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use clap::{ArgMatches, Args};
+use forkline::{Cluster, ClusterBuilder, ClusterOptions, Event, ListenSpec, Mode};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
+
+use crate::error::{self, CliError};
+use crate::parse::ListenAddr;
+use crate::settings::{Settings, SettingsArgs, Source, Sourced};
+use crate::systemd::Notifier;
+use crate::{activation, logging, systemd};
+
+/// How long "no worker left and none to restart" must hold before the primary stops.
+const NOTHING_LEFT_GRACE: Duration = Duration::from_millis(250);
+
+const EXAMPLES: &str = "\
+Examples:
+  forkline run -w 4 -l 0.0.0.0:8080 -- node server.js            # server.listen({fd: 3})
+  forkline run -l 127.0.0.1:8000 --mode proxy --ready listen -- \\
+      sh -c 'exec python3 -m http.server \"$PORT\" --bind 127.0.0.1'
+  forkline run -l 127.0.0.1:3000 --mode round-robin -- ./target/release/my-forkline-worker
+  forkline run --config /etc/forkline.toml
+
+Each worker gets its sockets as fds 3.. (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID), PORT,
+FORKLINE_WORKER_ID and a NOTIFY_SOCKET for sd_notify (READY=1, WATCHDOG=1).
+Flags override environment variables, which override the config file.
+Signals: TERM/INT graceful stop, QUIT immediate stop, HUP rolling restart, TTIN/TTOU +1/-1 worker.";
+
+/// Arguments of `forkline run`.
+#[derive(Debug, Args)]
+#[command(
+    override_usage = "forkline run [OPTIONS] [--] COMMAND [ARGS]...",
+    after_long_help = EXAMPLES
+)]
+pub struct RunArgs {
+    /// Settings (each also readable from an environment variable or the config file).
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+
+    /// The program each worker runs, and its arguments [default: the config file's `command`]
+    #[arg(value_name = "COMMAND", trailing_var_arg = true)]
+    pub command: Vec<OsString>,
+}
+
+/// Runs the cluster until it stops; returns the exit code.
+pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
+    let mut settings = Settings::resolve(&args.settings, matches, args.command, None)?;
+    let Some(command) = settings.command.value.first().cloned() else {
+        return Err(CliError::Usage(
+            "no command to run: forkline run [OPTIONS] -- COMMAND [ARGS...]".into(),
+        ));
+    };
+    if let Some(cwd) = &settings.cwd.value {
+        if !cwd.is_dir() {
+            return Err(CliError::Usage(format!(
+                "--cwd {}: not a directory",
+                cwd.display()
+            )));
+        }
+    }
+    let program =
+        forkline::primary::resolve_program(Path::new(&command), settings.cwd.value.as_deref())
+            .map_err(error::from_library)?;
+    let (uid, gid) = user_and_group(
+        settings.user.value.as_deref(),
+        settings.group.value.as_deref(),
+    )?;
+
+    // Both take variables out of the environment: they must run before any thread exists.
+    let activation = activation::take()?;
+    let notifier = systemd::take()
+        .map_err(|e| CliError::Runtime(format!("NOTIFY_SOCKET: cannot use it: {e}")))?;
+
+    let asked_for = settings.listen.value.clone();
+    if !activation.listeners.is_empty() {
+        settings.listen = Sourced {
+            value: activation.addresses(),
+            source: Source::Env("LISTEN_FDS"),
+        };
+        if settings.mode.value == Mode::Reuseport
+            && !activation
+                .sockets
+                .iter()
+                .all(|s| activation::has_reuseport(s))
+        {
+            return Err(CliError::Usage(
+                "--mode reuseport with socket activation needs ReusePort=yes in the .socket unit"
+                    .into(),
+            ));
+        }
+    }
+    settings.check()?;
+
+    logging::init();
+    if let Some(why) = &activation.ignored {
+        tracing::warn!("{why}");
+    }
+    if settings.max_requests.value.is_some()
+        && matches!(settings.mode.value, Mode::Shared | Mode::Reuseport)
+    {
+        tracing::warn!(
+            "--max-requests counts connections only in proxy and round-robin modes, where the \
+             primary accepts; in {} mode workers accept on their own and are not recycled by count",
+            settings.mode.value.name()
+        );
+    }
+    if !activation.listeners.is_empty() {
+        let addresses: Vec<String> = settings
+            .listen
+            .value
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        tracing::info!(
+            sockets = %addresses.join(", "),
+            names = %activation.names.join(":"),
+            "socket activation: serving on the sockets passed by the service manager"
+        );
+        if !asked_for.is_empty() && asked_for != settings.listen.value {
+            tracing::info!("socket activation: --listen addresses are not bound");
+        }
+    }
+
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Runtime(format!("cannot find the forkline executable: {e}")))?;
+    let mut opts = settings.cluster_options(exe, &program, uid, gid);
+    opts.inherited = activation.sockets;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(supervise(opts, &settings, notifier))
+}
+
+/// Looks up `--user` and `--group`. Without `--group`, workers get the user's primary group.
+fn user_and_group(
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<(Option<u32>, Option<u32>), CliError> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let user_entry = match user {
+        None => None,
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(id) => User::from_uid(Uid::from_raw(id)),
+                Err(_) => User::from_name(name),
+            };
+            match found {
+                Ok(Some(entry)) => Some(entry),
+                _ => return Err(CliError::Usage(format!("--user: unknown user `{name}`"))),
+            }
+        }
+    };
+    let gid = match group {
+        None => user_entry.as_ref().map(|u| u.gid.as_raw()),
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(id) => Group::from_gid(Gid::from_raw(id)),
+                Err(_) => Group::from_name(name),
+            };
+            match found {
+                Ok(Some(entry)) => Some(entry.gid.as_raw()),
+                _ => return Err(CliError::Usage(format!("--group: unknown group `{name}`"))),
+            }
+        }
+    };
+    let uid = user_entry.map(|u| u.uid.as_raw());
+    let me = Uid::effective();
+    let switching_user = uid.is_some_and(|u| u != me.as_raw());
+    let switching_group = gid.is_some_and(|g| g != Gid::effective().as_raw());
+    if !me.is_root() && (switching_user || switching_group) {
+        return Err(CliError::Usage(format!(
+            "--user/--group: only root can run workers as another user or group (forkline runs as uid {me})"
+        )));
+    }
+    Ok((uid, gid))
+}
+
+/// A start error, naming a listen address the way the user wrote it.
+fn start_error(e: forkline::Error, specs: &[ListenSpec]) -> CliError {
+    if let forkline::Error::Listen { address, source } = &e {
+        if let Some(spec) = specs.iter().find(|s| &s.address == address) {
+            let shown = ListenAddr {
+                kind: spec.kind,
+                address: spec.address.clone(),
+            };
+            return CliError::Runtime(format!("cannot listen on {shown}: {source}"));
+        }
+    }
+    error::from_library(e)
+}
+
+/// Starts the cluster and follows it until it stops.
+async fn supervise(
+    opts: ClusterOptions,
+    settings: &Settings,
+    notifier: Option<Notifier>,
+) -> Result<i32, CliError> {
+    let specs = opts.listeners.clone();
+    let watchdog_every = notifier.as_ref().and_then(|n| n.watchdog_every);
+    let cluster = ClusterBuilder::from_options(opts)
+        .start()
+        .await
+        .map_err(|e| start_error(e, &specs))?;
+    let command: Vec<String> = settings
+        .command
+        .value
+        .iter()
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect();
+    tracing::info!(
+        workers = settings.workers.value,
+        mode = settings.mode.value.name(),
+        command = %command.join(" "),
+        "forkline started"
+    );
+    let addresses = cluster.listen_addresses();
+    if !addresses.is_empty() {
+        tracing::info!(
+            "listening on {} ({})",
+            addresses.join(", "),
+            settings.mode.value.name()
+        );
+    }
+
+    let signal_error = |e: std::io::Error| CliError::Runtime(format!("signal handling: {e}"));
+    let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut quit = signal(SignalKind::quit()).map_err(signal_error)?;
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    let mut monitor = Monitor::new(cluster.clone(), settings.workers.value, notifier);
+    let mut events = cluster.events();
+    let mut confirm_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(event) => {
+                    monitor.on_event(&event);
+                    if confirm_at.is_none() && monitor.nothing_left() {
+                        confirm_at = Some(Instant::now() + NOTHING_LEFT_GRACE);
+                    }
+                }
+                None => break,
+            },
+            _ = term.recv() => monitor.stopping(),
+            _ = int.recv() => monitor.stopping(),
+            _ = quit.recv() => monitor.stopping(),
+            _ = tokio::time::sleep_until(confirm_at.unwrap_or_else(Instant::now)),
+                if confirm_at.is_some() =>
+            {
+                confirm_at = None;
+                if monitor.nothing_left() {
+                    tracing::info!("no worker is running and none will be restarted; stopping");
+                    monitor.stopped_by_us = true;
+                    monitor.stopping();
+                    cluster.shutdown();
+                }
+            }
+            _ = watchdog.tick(), if watchdog_every.is_some() => monitor.notify("WATCHDOG=1"),
+        }
+    }
+    let shutdown = cluster.wait().await;
+    monitor.stopping();
+    let mut code = shutdown.exit_code();
+    if monitor.stopped_by_us && monitor.failed() {
+        code = code.max(1);
+    }
+    tracing::info!(exit_code = code, "forkline stopped");
+    Ok(code)
+}
+
+/// Follows the cluster's events: which workers run and are ready, systemd notifications, and
+/// whether anything is left to run.
+struct Monitor {
+    cluster: Cluster,
+    /// Workers to wait for before `READY=1`.
+    initial: usize,
+    notifier: Option<Notifier>,
+    live: HashSet<u64>,
+    ready: HashSet<u64>,
+    ready_sent: bool,
+    stopping_sent: bool,
+    last_status: String,
+    /// Per slot: whether its last unplanned exit was a failure.
+    last_exit_failed: BTreeMap<usize, bool>,
+    gave_up: bool,
+    /// True when the primary stopped because no worker was left to run.
+    stopped_by_us: bool,
+}
+
+impl Monitor {
+    fn new(cluster: Cluster, initial: usize, notifier: Option<Notifier>) -> Self {
+        Self {
+            cluster,
+            initial,
+            notifier,
+            live: HashSet::new(),
+            ready: HashSet::new(),
+            ready_sent: false,
+            stopping_sent: false,
+            last_status: String::new(),
+            last_exit_failed: BTreeMap::new(),
+            gave_up: false,
+            stopped_by_us: false,
+        }
+    }
+
+    fn on_event(&mut self, event: &Event) {
+        match event {
+            Event::Fork { worker } => {
+                self.live.insert(worker.unique_id());
+                self.last_exit_failed.remove(&worker.id());
+            }
+            Event::Ready { worker } => {
+                self.ready.insert(worker.unique_id());
+                if !self.ready_sent && self.ready.len() >= self.initial {
+                    self.ready_sent = true;
+                    tracing::info!(workers = self.ready.len(), "all workers ready");
+                    self.notify("READY=1");
+                }
+            }
+            Event::Exit {
+                worker,
+                code,
+                signal,
+                exited_after_disconnect,
+            } => {
+                self.live.remove(&worker.unique_id());
+                self.ready.remove(&worker.unique_id());
+                if !exited_after_disconnect {
+                    let failed = *code != Some(0) || signal.is_some();
+                    self.last_exit_failed.insert(worker.id(), failed);
+                }
+            }
+            Event::GaveUp { .. } => self.gave_up = true,
+            _ => {}
+        }
+        self.update_status();
+    }
+
+    /// True when no worker runs and no restart is due: the cluster has nothing left to do.
+    fn nothing_left(&self) -> bool {
+        !self.cluster.is_stopping()
+            && self.cluster.workers().is_empty()
+            && self
+                .cluster
+                .status()
+                .iter()
+                .all(|slot| slot.restart_at.is_none())
+    }
+
+    /// Whether the workers' own exits amount to a failure.
+    fn failed(&self) -> bool {
+        self.gave_up || self.last_exit_failed.values().any(|&failed| failed)
+    }
+
+    fn update_status(&mut self) {
+        if self.notifier.is_none() || self.stopping_sent {
+            return;
+        }
+        let status = format!("{} of {} workers ready", self.ready.len(), self.live.len());
+        if status != self.last_status {
+            self.notify(&format!("STATUS={status}"));
+            self.last_status = status;
+        }
+    }
+
+    fn stopping(&mut self) {
+        if !self.stopping_sent {
+            self.stopping_sent = true;
+            self.notify("STOPPING=1\nSTATUS=stopping");
+        }
+    }
+
+    fn notify(&self, state: &str) {
+        if let Some(notifier) = &self.notifier {
+            notifier.notify(state);
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Bad input: every mistake ends `forkline` with exit code 2 (usage) or 1 (runtime) and one
+//! line on stderr, `forkline: error: ...`, naming the problem — before any worker starts.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Runs `forkline ARGS` and checks the exit code and the one error line.
+fn fails(command: Command, code: i32, mentions: &[&str]) {
+    let finished = run_to_end(command, Duration::from_secs(30));
+    let lines: Vec<&str> = finished
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr, got:\n{}",
+        finished.stderr
+    );
+    let line = lines[0];
+    assert!(line.starts_with("forkline: error: "), "{line}");
+    for word in mentions {
+        assert!(line.contains(word), "`{line}` does not mention `{word}`");
+    }
+    assert_eq!(finished.code, Some(code), "{line}");
+    assert!(finished.stdout.is_empty(), "{}", finished.stdout);
+}
+
+fn run(args: &[&str]) -> Command {
+    let mut command = forkline();
+    command.arg("run").args(args);
+    command
+}
+
+#[test]
+fn unknown_flag() {
+    fails(run(&["--bogus", "--", "true"]), 2, &["--bogus"]);
+    fails(run(&["-Z", "--", "true"]), 2, &["-Z"]);
+    let mut no_subcommand = forkline();
+    no_subcommand.arg("fly");
+    fails(no_subcommand, 2, &["fly"]);
+}
+
+#[test]
+fn malformed_addresses() {
+    for bad in [
+        "127.0.0.1",
+        "127.0.0.1:99999",
+        "::1:80",
+        "[::1]80",
+        "ftp://127.0.0.1:21",
+        "unix:",
+        "no such host:80",
+    ] {
+        fails(run(&["-l", bad, "--", "true"]), 2, &["--listen", bad]);
+    }
+}
+
+#[test]
+fn zero_workers() {
+    fails(
+        run(&["--workers", "0", "--", "true"]),
+        2,
+        &["--workers", "at least 1"],
+    );
+    let mut from_env = run(&["--", "true"]);
+    from_env.env("WEB_CONCURRENCY", "0");
+    fails(from_env, 2, &["WEB_CONCURRENCY", "at least 1"]);
+}
+
+#[test]
+fn bad_values() {
+    fails(
+        run(&["--mode", "fast", "--", "true"]),
+        2,
+        &["--mode", "fast"],
+    );
+    fails(
+        run(&["--balance", "random", "--", "true"]),
+        2,
+        &["--balance"],
+    );
+    fails(
+        run(&["--restart", "sometimes", "--", "true"]),
+        2,
+        &["--restart"],
+    );
+    fails(run(&["--ready", "soon", "--", "true"]), 2, &["--ready"]);
+    fails(
+        run(&["--graceful-timeout", "a while", "--", "true"]),
+        2,
+        &["--graceful-timeout"],
+    );
+    fails(
+        run(&["--max-memory", "12Q", "--", "true"]),
+        2,
+        &["--max-memory", "12Q"],
+    );
+    fails(
+        run(&["--max-requests", "0", "--", "true"]),
+        2,
+        &["--max-requests"],
+    );
+    fails(
+        run(&["--env", "NOVALUE", "--", "true"]),
+        2,
+        &["--env", "KEY=VALUE"],
+    );
+    fails(
+        run(&["--mode", "proxy", "--", "true"]),
+        2,
+        &["proxy", "--listen"],
+    );
+    fails(
+        run(&["--cwd", "/no/such/dir", "--", "true"]),
+        2,
+        &["--cwd", "/no/such/dir"],
+    );
+    fails(
+        run(&["--user", "no-such-user-x", "--", "true"]),
+        2,
+        &["no-such-user-x"],
+    );
+    fails(run(&[]), 2, &["no command"]);
+    let mut from_env = run(&["--", "true"]);
+    from_env.env("FORKLINE_MAX_MEMORY", "lots");
+    fails(from_env, 2, &["FORKLINE_MAX_MEMORY"]);
+}
+
+#[test]
+fn bad_config_files() {
+    let dir = TempDir::new("bad-config");
+    let cases = [
+        (
+            "unknown.toml",
+            "workers = 2\n\ngracefull-timeout = \"5s\"\n",
+            ":3:",
+            "gracefull-timeout",
+        ),
+        (
+            "value.toml",
+            "workers = 2\nmode = \"fast\"\n",
+            ":2:",
+            "mode",
+        ),
+        ("type.toml", "# comment\nworkers = true\n", ":2:", "workers"),
+        ("zero.toml", "workers = 0\n", ":1:", "workers"),
+        ("syntax.toml", "name = \"web\nworkers = 2\n", ":1:", "name"),
+        (
+            "address.toml",
+            "listen = [\"127.0.0.1:8080\", \"nowhere\"]\n",
+            ":1:",
+            "listen",
+        ),
+        ("env.toml", "[env]\nA = \"1\"\nB = [2]\n", ":3:", "env.B"),
+    ];
+    for (name, text, line, key) in cases {
+        let path = dir.write(name, text);
+        let mut command = forkline();
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .args(["--", "true"]);
+        fails(command, 2, &[name, line, key]);
+        let mut check = forkline();
+        check.arg("check-config").arg(&path);
+        fails(check, 2, &[name, line, key]);
+    }
+    let mut missing = forkline();
+    missing.args(["run", "--config", "/no/such/forkline.toml", "--", "true"]);
+    fails(missing, 2, &["/no/such/forkline.toml"]);
+}
+
+#[test]
+fn command_missing_or_not_executable() {
+    fails(
+        run(&["--", "no-such-command-xyz"]),
+        2,
+        &["not found", "no-such-command-xyz"],
+    );
+    let dir = TempDir::new("not-executable");
+    let script = dir.write("server.sh", "#!/bin/sh\necho hi\n");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut command = forkline();
+    command.arg("run").arg("--").arg(&script);
+    fails(
+        command,
+        2,
+        &["not executable", &script.display().to_string()],
+    );
+    let mut in_cwd = forkline();
+    in_cwd
+        .arg("run")
+        .arg("--cwd")
+        .arg(dir.path())
+        .args(["--", "./missing.sh"]);
+    fails(in_cwd, 2, &["not found", "missing.sh"]);
+}
+
+#[test]
+fn port_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    fails(
+        run(&["-l", &address, "--", "true"]),
+        1,
+        &[&address, "in use"],
+    );
+}
+
+#[test]
+fn unix_socket_path_not_writable() {
+    fails(
+        run(&["-l", "unix:/no/such/dir/app.sock", "--", "true"]),
+        1,
+        &["unix:/no/such/dir/app.sock"],
+    );
+    // A directory the user may not write to. Root may write anywhere, so as root the check
+    // runs forkline as `nobody` on a root-owned 0755 directory.
+    let dir = TempDir::new("read-only");
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let address = format!("unix:{}/app.sock", locked.display());
+    let mut command = run(&["-l", &address, "--cwd", "/", "--", "true"]);
+    if nix::unistd::Uid::effective().is_root() {
+        let nobody = nix::unistd::User::from_name("nobody")
+            .unwrap()
+            .expect("user nobody");
+        command.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+    }
+    fails(command, 1, &[&address, "Permission denied"]);
+}

@@ -1,0 +1,137 @@
+//! The config file and the precedence of settings — flags over environment variables over the
+//! file over defaults — as `check-config` reports them and as `run` applies them.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+
+const FILE: &str = r#"
+command = ["sh", "-c", "echo \"$GREETING from $FORKLINE_WORKER_ID\""]
+workers = 3
+listen = ["127.0.0.1:8080"]
+mode = "reuseport"
+graceful-timeout = "10s"
+restart = "never"
+max-memory = "1G"
+name = "from-file"
+
+[env]
+GREETING = "hello"
+"#;
+
+/// The value and the source comment of `key` in `check-config` output.
+fn setting(output: &str, key: &str) -> (String, String) {
+    let line = output
+        .lines()
+        .find(|l| l.starts_with(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("no `{key}` in\n{output}"));
+    let (assignment, source) = line.split_once(" # ").unwrap();
+    let value = assignment.split_once(" = ").unwrap().1.trim().to_string();
+    (value, source.trim().to_string())
+}
+
+#[test]
+fn flags_override_env_which_overrides_the_file() {
+    let dir = TempDir::new("precedence");
+    let path = dir.write("forkline.toml", FILE);
+    let mut command = forkline();
+    command.env("WEB_CONCURRENCY", "5");
+    command.env("FORKLINE_MODE", "proxy");
+    command.env("FORKLINE_GRACEFUL_TIMEOUT", "20s");
+    command.arg("check-config").arg(&path);
+    command.args(["--graceful-timeout", "45s", "--ready", "delay:500ms"]);
+    let finished = run_to_end(command, Duration::from_secs(30));
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+    let out = &finished.stdout;
+    assert!(
+        out.starts_with(&format!("# {}: OK", path.display())),
+        "{out}"
+    );
+    let expect = |key: &str, value: &str, source: &str| {
+        assert_eq!(
+            setting(out, key),
+            (value.to_string(), source.to_string()),
+            "{key}"
+        )
+    };
+    expect("graceful-timeout", "\"45s\"", "flag");
+    expect("ready", "\"delay:500ms\"", "flag");
+    expect("workers", "5", "env WEB_CONCURRENCY");
+    expect("mode", "\"proxy\"", "env FORKLINE_MODE");
+    expect("max-memory", "\"1G\"", "config file");
+    expect("restart", "\"never\"", "config file");
+    expect("name", "\"from-file\"", "config file");
+    expect("min-uptime", "\"5s\"", "default");
+    assert!(out.ends_with("\n[env]\nGREETING = \"hello\""), "{out}");
+}
+
+/// The printed settings are a config file that reads back to the same settings.
+#[test]
+fn check_config_output_reads_back() {
+    let dir = TempDir::new("roundtrip");
+    let path = dir.write("forkline.toml", FILE);
+    let mut first = forkline();
+    first.arg("check-config").arg(&path);
+    let first = run_to_end(first, Duration::from_secs(30));
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let again = dir.write("again.toml", &first.stdout);
+    let mut second = forkline();
+    second.arg("check-config").arg(&again);
+    let second = run_to_end(second, Duration::from_secs(30));
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    let settings = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip(1)
+            .map(|l| l.split(" # ").next().unwrap().trim().to_string())
+            .collect()
+    };
+    assert_eq!(settings(&first.stdout), settings(&second.stdout));
+}
+
+/// `run --config` takes everything, the command included, from the file; flags still win.
+#[test]
+fn run_takes_its_settings_from_the_file() {
+    let dir = TempDir::new("run-config");
+    let path = dir.write("forkline.toml", FILE);
+    let mut command = forkline();
+    command.arg("run").arg("--config").arg(&path);
+    command.args(["-w", "2", "--mode", "shared"]);
+    command
+        .arg("-l")
+        .arg(format!("unix:{}", dir.path().join("app.sock").display()));
+    let finished = run_to_end(command, Duration::from_secs(30));
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+    let mut lines: Vec<String> = finished
+        .stdout
+        .lines()
+        .map(|l| l.split_once("] ").unwrap().1.to_string())
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["hello from 0", "hello from 1"],
+        "{}",
+        finished.stdout
+    );
+    assert!(
+        finished
+            .stdout
+            .lines()
+            .all(|l| l.starts_with("[from-file:")),
+        "{}",
+        finished.stdout
+    );
+}
+
+/// The example config shipped in docs/ is valid.
+#[test]
+fn the_documented_example_is_valid() {
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/forkline.toml");
+    let mut command = forkline();
+    command.arg("check-config").arg(&example);
+    let finished = run_to_end(command, Duration::from_secs(30));
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+}

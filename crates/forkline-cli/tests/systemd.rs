@@ -1,0 +1,255 @@
+//! Systemd in and out: workers that speak sd_notify (readiness gates the primary's own
+//! `READY=1`; the watchdog replaces a hung worker), the primary's `READY=1` / `STATUS=` /
+//! `STOPPING=1` to its own `NOTIFY_SOCKET`, and socket activation with Debian's
+//! `systemd-socket-activate`.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A program that prints who it is, waits `argv[1]` seconds, sends each further argument
+/// (default `READY=1`) as one datagram to `NOTIFY_SOCKET`, then hangs.
+const NOTIFY_PROGRAM: &str = r#"
+import os, socket, sys, time
+env = os.environ
+print(f"started pid={os.getpid()} id={env['FORKLINE_WORKER_ID']} "
+      f"notify={env.get('NOTIFY_SOCKET')} watchdog_usec={env.get('WATCHDOG_USEC')}", flush=True)
+time.sleep(float(sys.argv[1]))
+address = env["NOTIFY_SOCKET"]
+if address.startswith("@"):
+    address = "\0" + address[1:]
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+for message in sys.argv[2:] or ["READY=1"]:
+    sock.sendto(message.encode(), address)
+print("notified", flush=True)
+while True:
+    time.sleep(3600)
+"#;
+
+/// Our stand-in for systemd's notify socket.
+struct NotifyListener {
+    socket: UnixDatagram,
+    path: PathBuf,
+    received: Vec<(Instant, String)>,
+}
+
+impl NotifyListener {
+    fn new(dir: &TempDir) -> NotifyListener {
+        let path = dir.path().join("systemd-notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        NotifyListener {
+            socket,
+            path,
+            received: Vec::new(),
+        }
+    }
+
+    /// Receives until a datagram has a line equal to `line`; returns when it arrived.
+    fn wait_for(&mut self, line: &str, timeout: Duration) -> Option<Instant> {
+        let seen = |received: &[(Instant, String)]| {
+            received
+                .iter()
+                .find(|(_, m)| m.lines().any(|l| l == line))
+                .map(|(at, _)| *at)
+        };
+        until(timeout, || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = self.socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.received.push((Instant::now(), message));
+            }
+            seen(&self.received)
+        })
+    }
+
+    fn messages(&self) -> Vec<String> {
+        self.received.iter().map(|(_, m)| m.clone()).collect()
+    }
+}
+
+/// Workers on `--ready notify` are ready only once they send `READY=1`; the primary reports
+/// its own `READY=1` to systemd only when all of them did, keeps `STATUS=` up to date, and
+/// sends `STOPPING=1` on SIGTERM. Workers get their own `NOTIFY_SOCKET`, not the primary's.
+#[test]
+fn sd_notify_readiness_gates_ready() {
+    require("python3");
+    let dir = TempDir::new("notify");
+    let program = dir.write("notify.py", NOTIFY_PROGRAM);
+    let mut systemd = NotifyListener::new(&dir);
+    let delay = Duration::from_secs(2);
+    let mut command = forkline();
+    command.env("NOTIFY_SOCKET", &systemd.path);
+    command.args([
+        "run",
+        "-w",
+        "2",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "30s",
+    ]);
+    command.args(["--name", "notify", "--", "python3"]);
+    command.arg(&program).arg(delay.as_secs().to_string());
+    let started = Instant::now();
+    let mut cluster = Running::spawn(command);
+    let ready_at = systemd.wait_for("READY=1", Duration::from_secs(30));
+    let ready_at = ready_at.unwrap_or_else(|| {
+        panic!(
+            "no READY=1; got {:?}\n{}",
+            systemd.messages(),
+            cluster.output()
+        )
+    });
+    assert!(
+        ready_at.duration_since(started) >= delay,
+        "READY=1 after {:?}, before the workers said READY=1",
+        ready_at.duration_since(started)
+    );
+    assert!(
+        systemd
+            .wait_for("STATUS=2 of 2 workers ready", Duration::from_secs(5))
+            .is_some(),
+        "{:?}",
+        systemd.messages()
+    );
+    let ours = systemd.path.display().to_string();
+    let worker_lines: Vec<String> = cluster
+        .stdout
+        .all()
+        .into_iter()
+        .filter(|l| l.contains("started pid="))
+        .collect();
+    assert_eq!(worker_lines.len(), 2, "{}", cluster.output());
+    for line in &worker_lines {
+        let notify = field(line, "notify").unwrap();
+        assert!(notify != "None" && notify != ours, "{line}");
+    }
+    cluster.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        systemd
+            .wait_for("STOPPING=1", Duration::from_secs(10))
+            .is_some(),
+        "{:?}",
+        systemd.messages()
+    );
+    let status = cluster.wait_exit(Duration::from_secs(20)).expect("stops");
+    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+}
+
+/// A worker that sent `WATCHDOG=1` once and then hangs is killed and replaced after
+/// `--worker-timeout`; workers learn the interval from `WATCHDOG_USEC`.
+#[test]
+fn watchdog_replaces_a_hung_worker() {
+    require("python3");
+    let dir = TempDir::new("watchdog");
+    let program = dir.write("notify.py", NOTIFY_PROGRAM);
+    let mut command = forkline();
+    command.args([
+        "run",
+        "-w",
+        "1",
+        "--ready",
+        "notify",
+        "--worker-timeout",
+        "1s",
+    ]);
+    command.args(["--name", "hung", "--", "python3"]);
+    command.arg(&program).args(["0", "READY=1\nWATCHDOG=1"]);
+    let mut cluster = Running::spawn(command);
+    let first = cluster
+        .stdout
+        .wait_for(Duration::from_secs(30), |l| l.contains("started pid="))
+        .unwrap_or_else(|| panic!("{}", cluster.output()));
+    assert_eq!(field(&first, "watchdog_usec"), Some("1000000"), "{first}");
+    let first_pid = field(&first, "pid").unwrap().to_string();
+    let replacement = cluster.stdout.wait_until(Duration::from_secs(30), |lines| {
+        lines
+            .iter()
+            .filter_map(|l| field(l, "pid"))
+            .find(|pid| *pid != first_pid)
+            .map(str::to_string)
+    });
+    assert!(
+        replacement.is_some(),
+        "the hung worker was not replaced\n{}",
+        cluster.output()
+    );
+    assert!(
+        !alive(first_pid.parse().unwrap()),
+        "the hung worker still runs"
+    );
+    let status = cluster.stop(Duration::from_secs(20)).expect("stops");
+    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+}
+
+/// `systemd-socket-activate` binds the port and starts forkline with `LISTEN_FDS`: forkline
+/// serves on that socket (it binds nothing of its own, not even its `--listen` address), the
+/// workers get it as fd 3 with their own `LISTEN_PID`, and the primary reports `READY=1`.
+#[test]
+fn socket_activation_with_systemd_socket_activate() {
+    require("systemd-socket-activate");
+    require("node");
+    let dir = TempDir::new("activation");
+    let server = dir.write("server.js", NODE_SERVER);
+    let mut systemd = NotifyListener::new(&dir);
+    let port = free_port();
+    let unused = free_port();
+    let mut command = std::process::Command::new("systemd-socket-activate");
+    command
+        .env("NOTIFY_SOCKET", &systemd.path)
+        .env("RUST_LOG", "info");
+    command.arg("-l").arg(format!("127.0.0.1:{port}"));
+    command.args([
+        "--fdname=web",
+        "-E",
+        "PATH",
+        "-E",
+        "RUST_LOG",
+        "-E",
+        "NOTIFY_SOCKET",
+    ]);
+    command.arg(env!("CARGO_BIN_EXE_forkline"));
+    command.args(["run", "-w", "2", "--mode", "shared", "-l"]);
+    command.arg(format!("127.0.0.1:{unused}"));
+    command.arg("--").arg("node").arg(&server);
+    // systemd-socket-activate execs forkline on the first connection: same pid.
+    let mut cluster = Running::spawn(command);
+    let bodies = answers_from_workers(port, 2, Duration::from_secs(30));
+    for body in &bodies {
+        assert_eq!(field(body, "listen_pid"), field(body, "pid"), "{body}");
+        assert_eq!(field(body, "listen_fds"), Some("1"), "{body}");
+        assert_eq!(
+            field(body, "port"),
+            Some(port.to_string().as_str()),
+            "{body}"
+        );
+    }
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", unused)).is_err(),
+        "forkline bound its --listen address despite socket activation"
+    );
+    assert!(
+        systemd
+            .wait_for("READY=1", Duration::from_secs(10))
+            .is_some(),
+        "{:?}\n{}",
+        systemd.messages(),
+        cluster.output()
+    );
+    let status = cluster.stop(Duration::from_secs(20)).expect("stops");
+    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+    assert!(
+        systemd
+            .wait_for("STOPPING=1", Duration::from_secs(5))
+            .is_some(),
+        "{:?}",
+        systemd.messages()
+    );
+}
