@@ -37,16 +37,20 @@ pub(crate) struct NotifyDir {
 }
 
 impl NotifyDir {
-    /// Creates a private directory under the runtime or temp dir.
+    /// Creates a private directory under the runtime or temp dir (first removing those left by
+    /// primaries that were killed before they could clean up).
     pub fn create() -> std::io::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        remove_stale(&base);
         let nanos = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
         let path = base.join(format!("forkline-{}-{nanos:x}", std::process::id()));
         std::fs::create_dir_all(&path)?;
+        // Marks the directory as ours, so stale-directory cleanup never touches anything else.
+        std::fs::write(path.join(".forkline-notify"), b"")?;
         // Workers may run as another user (--user): they must reach their socket by name.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711))?;
         Ok(Self { path })
@@ -60,6 +64,28 @@ impl NotifyDir {
         let socket = UnixDatagram::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
         Ok((socket, path))
+    }
+}
+
+/// Removes `forkline-PID-*` directories whose primary is no longer running.
+fn remove_stale(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("forkline-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && entry.path().join(".forkline-notify").exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

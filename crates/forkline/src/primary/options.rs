@@ -173,7 +173,8 @@ pub struct ClusterOptions {
     pub max_requests_jitter: u64,
     /// Recycle a worker whose resident memory stays above this many bytes.
     pub max_memory: Option<u64>,
-    /// Kill and replace a worker that sent `WATCHDOG=1` once and then stays silent this long.
+    /// Kill and replace a worker that goes this long without sending `WATCHDOG=1` on its notify
+    /// socket (counted from its start, then from each ping).
     pub worker_timeout: Option<Duration>,
     /// Serve a `NOTIFY_SOCKET` to workers.
     pub notify_socket: bool,
