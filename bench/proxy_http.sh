@@ -44,8 +44,9 @@ for round in $(seq 1 "$ROUNDS"); do
   p=$(wrk -t2 -c32 -d"${SECS}s" "http://127.0.0.1:$port/" | rps)
   a=$(mktemp); b=$(mktemp)
   wrk -t1 -c16 -d"${SECS}s" "http://127.0.0.1:${worker_ports[0]}/" >"$a" &
+  first=$!
   wrk -t1 -c16 -d"${SECS}s" "http://127.0.0.1:${worker_ports[1]}/" >"$b"
-  wait
+  wait "$first"
   d=$(awk -v x="$(rps <"$a")" -v y="$(rps <"$b")" 'BEGIN{print x+y}')
   rm -f "$a" "$b"
   rows+=("| $round | $p | $d | $(awk -v p="$p" -v d="$d" 'BEGIN{printf "%.2f", p/d}') |")

@@ -199,7 +199,7 @@ expected_lines() {
     *) echo 0 ;;
   esac
 }
-up_lines() { grep -oE 'Create worker-|listening on' "$1" 2>/dev/null | wc -l; }
+up_lines() { grep -oE 'Create worker-|listening on|serving http' "$1" 2>/dev/null | wc -l; }
 
 seed_probe() { "$LOADGEN" --addr "127.0.0.1:$1" -c 1 -n 1 -d 2s --timeout 1s --json >/dev/null 2>&1; }
 http_probe() {
@@ -245,8 +245,9 @@ run_seed() {
     2>>"$logf" || true)
   rss=$(rss_kib "$PRIMARY")
   echo "$json" >>"$LOGS/loadgen.jsonl"
-  stop_group "$CURRENT_PGID"; CURRENT_PGID=""
+  # Worker deaths during the measurement (counted before the shutdown's own exits).
   exits=$(grep -c 'died with code' "$logf" 2>/dev/null || true)
+  stop_group "$CURRENT_PGID"; CURRENT_PGID=
   rps=$(json_num rps "$json"); cv=$(json_num cv "$json"); errors=$(json_num errors "$json")
   if [ -z "$rps" ]; then
     printf '%s\t%s\t%s\t\t\t\t\t\t%s\n' "$round" "$cfg" "$delay" "loadgen failed" >>"$RAW"

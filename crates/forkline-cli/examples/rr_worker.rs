@@ -29,9 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     // Ends when the primary asks this worker to disconnect.
     for conn in listener.incoming() {
+        // The blocking API hands connections over in blocking mode.
         let mut conn = conn?;
-        // Handed-over connections arrive non-blocking; this worker writes blocking.
-        conn.set_nonblocking(false)?;
         let _ = writeln!(conn, "worker {} {}", worker.id(), std::process::id());
     }
     Ok(())
