@@ -202,3 +202,58 @@ fn watchdog_spares_a_worker_that_pings() {
     });
     assert!(trouble.is_none(), "{trouble:?}");
 }
+
+/// A Python echo server on `$PORT`: reads until the client half-closes, then sends it all back.
+const ECHO_SERVER: &str = r#"
+import os, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen(128)
+while True:
+    c, _ = s.accept()
+    data = bytearray()
+    while True:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    c.sendall(data)
+    c.close()
+"#;
+
+#[test]
+fn proxy_mode_relays_bulk_data_both_ways_with_half_close() {
+    use std::io::{Read, Write};
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args = python(ECHO_SERVER);
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_PLAIN", "1"),
+        ("TB_MODE", "proxy"),
+        ("TB_READY", "listen"),
+        ("TB_PREBIND", &addr),
+        ("TB_EXEC", "python3"),
+        ("TB_ARGS", &args),
+    ]);
+    tb.wait_event("ready", None);
+    // 1 MiB of non-repeating bytes: large enough for the relay to switch to splice.
+    let sent: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            stream.write_all(&sent).unwrap();
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    let mut received = Vec::new();
+    stream.read_to_end(&mut received).unwrap();
+    writer.join().unwrap();
+    assert_eq!(received.len(), sent.len());
+    assert!(received == sent, "echoed bytes differ");
+}
