@@ -45,8 +45,17 @@ while True:
         n.send(b"WATCHDOG=1")
 "#;
 
-fn python(script: &str) -> String {
-    format!("-c\u{1f}{script}")
+/// Starts the testbed primary with Python workers running `script` (they do not speak the
+/// protocol) and the given settings.
+fn python_cluster(script: &str, settings: &[(&str, &str)]) -> Testbed {
+    let args = format!("-c\u{1f}{script}");
+    let mut env = vec![
+        ("TB_PLAIN", "1"),
+        ("TB_EXEC", "python3"),
+        ("TB_ARGS", args.as_str()),
+    ];
+    env.extend_from_slice(settings);
+    Testbed::start(&env)
 }
 
 fn ids_answering(addr: &str, max: usize) -> HashSet<u64> {
@@ -67,16 +76,15 @@ fn ids_answering(addr: &str, max: usize) -> HashSet<u64> {
 #[test]
 fn proxy_mode_relays_to_programs_listening_on_their_own_port() {
     let addr = format!("127.0.0.1:{}", free_port());
-    let args = python(PORT_SERVER);
-    let mut tb = Testbed::start(&[
-        ("TB_WORKERS", "2"),
-        ("TB_PLAIN", "1"),
-        ("TB_MODE", "proxy"),
-        ("TB_READY", "listen"),
-        ("TB_PREBIND", &addr),
-        ("TB_EXEC", "python3"),
-        ("TB_ARGS", &args),
-    ]);
+    let mut tb = python_cluster(
+        PORT_SERVER,
+        &[
+            ("TB_WORKERS", "2"),
+            ("TB_MODE", "proxy"),
+            ("TB_READY", "listen"),
+            ("TB_PREBIND", &addr),
+        ],
+    );
     tb.wait_event("ready", None);
     tb.wait_event("ready", None);
     assert_eq!(ids_answering(&addr, 50), HashSet::from([0, 1]));
@@ -85,15 +93,14 @@ fn proxy_mode_relays_to_programs_listening_on_their_own_port() {
 #[test]
 fn shared_mode_passes_the_socket_as_fd_3() {
     let addr = format!("127.0.0.1:{}", free_port());
-    let args = python(FD3_SERVER);
-    let mut tb = Testbed::start(&[
-        ("TB_WORKERS", "2"),
-        ("TB_PLAIN", "1"),
-        ("TB_MODE", "shared"),
-        ("TB_PREBIND", &addr),
-        ("TB_EXEC", "python3"),
-        ("TB_ARGS", &args),
-    ]);
+    let mut tb = python_cluster(
+        FD3_SERVER,
+        &[
+            ("TB_WORKERS", "2"),
+            ("TB_MODE", "shared"),
+            ("TB_PREBIND", &addr),
+        ],
+    );
     tb.wait_online(2);
     let seen = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
@@ -110,17 +117,16 @@ fn shared_mode_passes_the_socket_as_fd_3() {
 #[test]
 fn max_requests_recycles_workers_without_failing_clients() {
     let addr = format!("127.0.0.1:{}", free_port());
-    let args = python(PORT_SERVER);
-    let mut tb = Testbed::start(&[
-        ("TB_WORKERS", "2"),
-        ("TB_PLAIN", "1"),
-        ("TB_MODE", "proxy"),
-        ("TB_READY", "listen"),
-        ("TB_PREBIND", &addr),
-        ("TB_EXEC", "python3"),
-        ("TB_ARGS", &args),
-        ("TB_MAX_REQUESTS", "5"),
-    ]);
+    let mut tb = python_cluster(
+        PORT_SERVER,
+        &[
+            ("TB_WORKERS", "2"),
+            ("TB_MODE", "proxy"),
+            ("TB_READY", "listen"),
+            ("TB_PREBIND", &addr),
+            ("TB_MAX_REQUESTS", "5"),
+        ],
+    );
     tb.wait_event("ready", None);
     tb.wait_event("ready", None);
     // Old workers keep serving until their replacements are ready, so keep the clients coming
@@ -143,14 +149,7 @@ fn max_requests_recycles_workers_without_failing_clients() {
 
 #[test]
 fn notify_readiness_gates_ready() {
-    let args = python(NOTIFY_PROGRAM);
-    let mut tb = Testbed::start(&[
-        ("TB_WORKERS", "1"),
-        ("TB_PLAIN", "1"),
-        ("TB_NOTIFY", "1"),
-        ("TB_EXEC", "python3"),
-        ("TB_ARGS", &args),
-    ]);
+    let mut tb = python_cluster(NOTIFY_PROGRAM, &[("TB_WORKERS", "1"), ("TB_NOTIFY", "1")]);
     let fork = tb.wait_event("fork", Some(0));
     let ready = tb.wait_event("ready", Some(0));
     let waited = ready["ms"].as_u64().unwrap() - fork["ms"].as_u64().unwrap();
@@ -162,16 +161,15 @@ fn notify_readiness_gates_ready() {
 
 #[test]
 fn watchdog_kills_and_replaces_a_silent_worker() {
-    let args = python(NOTIFY_PROGRAM);
-    let mut tb = Testbed::start(&[
-        ("TB_WORKERS", "1"),
-        ("TB_PLAIN", "1"),
-        ("TB_NOTIFY", "1"),
-        ("TB_WATCHDOG_MS", "600"),
-        ("TB_MIN_UPTIME_MS", "0"),
-        ("TB_EXEC", "python3"),
-        ("TB_ARGS", &args),
-    ]);
+    let mut tb = python_cluster(
+        NOTIFY_PROGRAM,
+        &[
+            ("TB_WORKERS", "1"),
+            ("TB_NOTIFY", "1"),
+            ("TB_WATCHDOG_MS", "600"),
+            ("TB_MIN_UPTIME_MS", "0"),
+        ],
+    );
     let error = tb.wait_event("worker-error", Some(0));
     assert!(
         error["error"].as_str().unwrap().contains("watchdog"),
@@ -186,16 +184,15 @@ fn watchdog_kills_and_replaces_a_silent_worker() {
 
 #[test]
 fn watchdog_spares_a_worker_that_pings() {
-    let args = python(NOTIFY_PROGRAM);
-    let mut tb = Testbed::start(&[
-        ("TB_WORKERS", "1"),
-        ("TB_PLAIN", "1"),
-        ("TB_NOTIFY", "1"),
-        ("TB_WATCHDOG_MS", "600"),
-        ("TB_EXEC", "python3"),
-        ("TB_ARGS", &args),
-        ("PING", "1"),
-    ]);
+    let mut tb = python_cluster(
+        NOTIFY_PROGRAM,
+        &[
+            ("TB_WORKERS", "1"),
+            ("TB_NOTIFY", "1"),
+            ("TB_WATCHDOG_MS", "600"),
+            ("PING", "1"),
+        ],
+    );
     tb.wait_event("ready", Some(0));
     let trouble = tb.try_wait_for(Duration::from_millis(2000), |e| {
         e["event"] == "worker-error" || e["event"] == "exit"
@@ -226,16 +223,15 @@ while True:
 fn proxy_mode_relays_bulk_data_both_ways_with_half_close() {
     use std::io::{Read, Write};
     let addr = format!("127.0.0.1:{}", free_port());
-    let args = python(ECHO_SERVER);
-    let mut tb = Testbed::start(&[
-        ("TB_WORKERS", "1"),
-        ("TB_PLAIN", "1"),
-        ("TB_MODE", "proxy"),
-        ("TB_READY", "listen"),
-        ("TB_PREBIND", &addr),
-        ("TB_EXEC", "python3"),
-        ("TB_ARGS", &args),
-    ]);
+    let mut tb = python_cluster(
+        ECHO_SERVER,
+        &[
+            ("TB_WORKERS", "1"),
+            ("TB_MODE", "proxy"),
+            ("TB_READY", "listen"),
+            ("TB_PREBIND", &addr),
+        ],
+    );
     tb.wait_event("ready", None);
     // 1 MiB of non-repeating bytes: large enough for the relay to switch to splice.
     let sent: Vec<u8> = (0..1024 * 1024u32)
