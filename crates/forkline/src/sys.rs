@@ -12,6 +12,9 @@ use nix::sys::socket::{
     SockFlag, SockType, UnixAddr,
 };
 
+/// Most fds placed in one child (listeners plus the IPC socket); `pre_exec` cannot allocate.
+const MAX_PLACED_FDS: usize = 64;
+
 /// Most fds the kernel accepts in one SCM_RIGHTS message (SCM_MAX_FD).
 pub const MAX_FDS_PER_PACKET: usize = 253;
 
@@ -126,7 +129,19 @@ pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
 /// - start with an empty signal mask.
 ///
 /// The spawning thread must live as long as the child should (see `primary::spawner`).
-pub fn prepare_child(cmd: &mut std::process::Command, fds: Vec<(OwnedFd, RawFd)>) {
+pub fn prepare_child(
+    cmd: &mut std::process::Command,
+    fds: Vec<(OwnedFd, RawFd)>,
+) -> io::Result<()> {
+    if fds.len() > MAX_PLACED_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} fds to place in a worker (max {MAX_PLACED_FDS})",
+                fds.len()
+            ),
+        ));
+    }
     let parent = nix::unistd::getpid().as_raw();
     let placements: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
     // The highest target; sources at or below it are first moved above it so that placing one
@@ -139,16 +154,15 @@ pub fn prepare_child(cmd: &mut std::process::Command, fds: Vec<(OwnedFd, RawFd)>
     unsafe {
         cmd.pre_exec(move || {
             let _ = &keep_alive;
-            let mut moved = [0 as RawFd; 64];
-            let n = placements.len().min(moved.len());
-            for (i, (src, _)) in placements.iter().take(n).enumerate() {
+            let mut moved = [0 as RawFd; MAX_PLACED_FDS];
+            for (i, (src, _)) in placements.iter().enumerate() {
                 let high = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, ceiling + 1);
                 if high < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 moved[i] = high;
             }
-            for (i, (_, target)) in placements.iter().take(n).enumerate() {
+            for (i, (_, target)) in placements.iter().enumerate() {
                 if libc::dup2(moved[i], *target) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -165,6 +179,7 @@ pub fn prepare_child(cmd: &mut std::process::Command, fds: Vec<(OwnedFd, RawFd)>
             Ok(())
         });
     }
+    Ok(())
 }
 
 /// Sends `signal` to process `pid`; `ESRCH` (already gone) is not an error.

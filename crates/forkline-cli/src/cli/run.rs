@@ -3,13 +3,13 @@
 //! its events until it stops — reporting readiness to systemd and stopping by itself when no
 //! worker is left to run.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
 use clap::{ArgMatches, Args};
-use forkline::{Cluster, ClusterBuilder, ClusterOptions, Event, ListenSpec, Mode};
+use forkline::{Cluster, ClusterBuilder, ClusterOptions, Event, ListenSpec, Mode, WorkerState};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
@@ -285,8 +285,6 @@ struct Monitor {
     /// Workers to wait for before `READY=1`.
     initial: usize,
     notifier: Option<Notifier>,
-    live: HashSet<u64>,
-    ready: HashSet<u64>,
     ready_sent: bool,
     stopping_sent: bool,
     last_status: String,
@@ -303,8 +301,6 @@ impl Monitor {
             cluster,
             initial,
             notifier,
-            live: HashSet::new(),
-            ready: HashSet::new(),
             ready_sent: false,
             stopping_sent: false,
             last_status: String::new(),
@@ -317,14 +313,13 @@ impl Monitor {
     fn on_event(&mut self, event: &Event) {
         match event {
             Event::Fork { worker } => {
-                self.live.insert(worker.unique_id());
                 self.last_exit_failed.remove(&worker.id());
             }
-            Event::Ready { worker } => {
-                self.ready.insert(worker.unique_id());
-                if !self.ready_sent && self.ready.len() >= self.initial {
+            Event::Ready { .. } => {
+                let (ready, _) = self.counts();
+                if !self.ready_sent && ready >= self.initial {
                     self.ready_sent = true;
-                    tracing::info!(workers = self.ready.len(), "all workers ready");
+                    tracing::info!(workers = ready, "all workers ready");
                     self.notify("READY=1");
                 }
             }
@@ -332,19 +327,25 @@ impl Monitor {
                 worker,
                 code,
                 signal,
-                exited_after_disconnect,
+                exited_after_disconnect: false,
             } => {
-                self.live.remove(&worker.unique_id());
-                self.ready.remove(&worker.unique_id());
-                if !exited_after_disconnect {
-                    let failed = *code != Some(0) || signal.is_some();
-                    self.last_exit_failed.insert(worker.id(), failed);
-                }
+                let failed = *code != Some(0) || signal.is_some();
+                self.last_exit_failed.insert(worker.id(), failed);
             }
             Event::GaveUp { .. } => self.gave_up = true,
             _ => {}
         }
         self.update_status();
+    }
+
+    /// Workers ready and workers running, as the cluster sees them now.
+    fn counts(&self) -> (usize, usize) {
+        let workers = self.cluster.workers();
+        let ready = workers
+            .iter()
+            .filter(|w| w.state() == WorkerState::Ready)
+            .count();
+        (ready, workers.len())
     }
 
     /// True when no worker runs and no restart is due: the cluster has nothing left to do.
@@ -367,7 +368,8 @@ impl Monitor {
         if self.notifier.is_none() || self.stopping_sent {
             return;
         }
-        let status = format!("{} of {} workers ready", self.ready.len(), self.live.len());
+        let (ready, running) = self.counts();
+        let status = format!("{ready} of {running} workers ready");
         if status != self.last_status {
             self.notify(&format!("STATUS={status}"));
             self.last_status = status;

@@ -9,8 +9,7 @@
 //! connection fd as soon as it is sent, so the worker's close is the last one and the TCP
 //! teardown costs the worker, not the primary — as when a worker accepts by itself.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -19,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
 
 use super::handle::WorkerHandle;
-use super::options::Balance;
+use super::options::{sticky_index, Balance};
 use crate::protocol::channel::{encode, AsyncChannel};
 use crate::protocol::ToWorker;
 use crate::sys::MAX_FDS_PER_PACKET;
@@ -41,8 +40,8 @@ struct Target {
     channel: Arc<AsyncChannel>,
     /// Listener ids this worker listens on.
     listeners: Vec<u64>,
-    /// Handed off, not yet acknowledged (sequence numbers): the credit in use.
-    inflight: HashSet<u64>,
+    /// Connections handed off and not yet acknowledged: the credit in use.
+    inflight: usize,
     /// Open connections the worker last reported (least-conn).
     open: u64,
     /// The socket buffer was full on the last send; skipped until the next ack.
@@ -51,7 +50,7 @@ struct Target {
 
 impl Target {
     fn load(&self) -> u64 {
-        self.open + self.inflight.len() as u64
+        self.open + self.inflight as u64
     }
 }
 
@@ -93,7 +92,7 @@ impl Dispatcher {
                 handle: worker.clone(),
                 channel: channel.clone(),
                 listeners: Vec::new(),
-                inflight: HashSet::new(),
+                inflight: 0,
                 open: 0,
                 full: false,
             });
@@ -140,10 +139,7 @@ impl Dispatcher {
     pub fn ack(&self, worker: &WorkerHandle, seqs: &[u64], open: Option<u64>) {
         let mut state = self.state.lock().unwrap();
         if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
-            for seq in seqs {
-                // Dropping the primary's copy: the worker's fd is now the only one.
-                target.inflight.remove(seq);
-            }
+            target.inflight = target.inflight.saturating_sub(seqs.len());
             if let Some(open) = open {
                 target.open = open;
             }
@@ -180,9 +176,10 @@ impl Dispatcher {
     fn has_room(&self, listener: u64) -> bool {
         let state = self.state.lock().unwrap();
         state.pending.is_empty()
-            && state.targets.values().any(|t| {
-                !t.full && t.inflight.len() < self.window && t.listeners.contains(&listener)
-            })
+            && state
+                .targets
+                .values()
+                .any(|t| !t.full && t.inflight < self.window && t.listeners.contains(&listener))
     }
 
     /// Sends as much of `pending` as workers can take, one packet per worker.
@@ -213,57 +210,54 @@ impl Dispatcher {
         }
     }
 
-    /// Chooses the worker for `conn` among those with room, by the balancing strategy.
+    /// Chooses the worker for `conn` among those with room, by the balancing strategy. Runs once
+    /// per connection, so it allocates only for ip-hash.
     fn pick(&self, state: &mut State, conn: &Conn, planned: &HashMap<u64, usize>) -> Option<u64> {
         let window = self.window;
-        let eligible: Vec<u64> = state
-            .targets
-            .iter()
-            .filter(|(key, t)| {
-                !t.full
-                    && t.listeners.contains(&conn.listener)
-                    && t.inflight.len() + planned.get(key).copied().unwrap_or(0) < window
-            })
-            .map(|(key, _)| *key)
-            .collect();
-        if eligible.is_empty() {
-            return None;
-        }
-        let chosen = match self.balance {
+        let serves = |t: &Target| t.listeners.contains(&conn.listener);
+        let has_room = |key: &u64, t: &Target| {
+            !t.full && serves(t) && t.inflight + planned.get(key).copied().unwrap_or(0) < window
+        };
+        match self.balance {
             Balance::RoundRobin => {
+                let n = state.targets.iter().filter(|(k, t)| has_room(k, t)).count();
+                if n == 0 {
+                    return None;
+                }
                 state.cursor = state.cursor.wrapping_add(1);
-                eligible[state.cursor % eligible.len()]
+                let nth = state.cursor % n;
+                state
+                    .targets
+                    .iter()
+                    .filter(|(k, t)| has_room(k, t))
+                    .nth(nth)
+                    .map(|(k, _)| *k)
             }
-            Balance::LeastConn => *eligible
+            Balance::LeastConn => state
+                .targets
                 .iter()
-                .min_by_key(|key| {
-                    let t = &state.targets[key];
-                    (
-                        t.load() + planned.get(key).copied().unwrap_or(0) as u64,
-                        t.handle.connections_accepted(),
-                    )
+                .filter(|(k, t)| has_room(k, t))
+                .min_by_key(|(k, t)| {
+                    let planned = planned.get(*k).copied().unwrap_or(0) as u64;
+                    (t.load() + planned, t.handle.connections_accepted())
                 })
-                .expect("eligible is not empty"),
+                .map(|(k, _)| *k),
             Balance::IpHash => {
                 // Hash over every worker of the listener (not just those with room), ordered by
                 // slot, so a client keeps its worker while the set of workers is stable.
                 let mut all: Vec<(usize, u64)> = state
                     .targets
                     .iter()
-                    .filter(|(_, t)| t.listeners.contains(&conn.listener))
+                    .filter(|(_, t)| serves(t))
                     .map(|(key, t)| (t.handle.id(), *key))
                     .collect();
                 all.sort();
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                conn.peer.map(|p| p.ip()).hash(&mut hasher);
-                let start = (hasher.finish() % all.len() as u64) as usize;
+                let start = sticky_index(conn.peer.map(|p| p.ip()), all.len());
                 (0..all.len())
                     .map(|i| all[(start + i) % all.len()].1)
-                    .find(|key| eligible.contains(key))
-                    .expect("an eligible worker is among all workers")
+                    .find(|key| has_room(key, &state.targets[key]))
             }
-        };
-        Some(chosen)
+        }
     }
 
     /// Sends one `conns` packet per listener to the worker `key`. Returns the connections that
@@ -303,7 +297,7 @@ impl Dispatcher {
             .collect();
         let packet = encode(&ToWorker::Conns {
             listener,
-            seqs: seqs.clone(),
+            seqs,
             peers,
         })
         .expect("a conns packet always fits");
@@ -315,7 +309,7 @@ impl Dispatcher {
             Ok(()) => {
                 target.handle.count_connections(chunk.len() as u64);
                 // The fds are in the worker's socket now; dropping `chunk` closes our copies.
-                target.inflight.extend(seqs);
+                target.inflight += fds.len();
                 state.next_seq = first + fds.len() as u64;
                 Ok(())
             }

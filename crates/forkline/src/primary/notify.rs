@@ -3,7 +3,6 @@
 //! `WATCHDOG=1`, `STATUS=...` and `STOPPING=1`, one assignment per line.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use tokio::net::UnixDatagram;
 
@@ -46,7 +45,9 @@ impl NotifyDir {
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
         remove_stale(&base);
-        let nanos = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
+        // Unique per cluster, even for several clusters in one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nanos = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = base.join(format!("forkline-{}-{nanos:x}", std::process::id()));
         std::fs::create_dir_all(&path)?;
         // Marks the directory as ours, so stale-directory cleanup never touches anything else.

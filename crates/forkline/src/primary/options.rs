@@ -94,6 +94,14 @@ impl Balance {
     }
 }
 
+/// ip-hash: the index, among `n` workers ordered by slot, that `client` sticks to.
+pub(crate) fn sticky_index(client: Option<std::net::IpAddr>, n: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    client.hash(&mut hasher);
+    (hasher.finish() % n.max(1) as u64) as usize
+}
+
 /// When a newly started worker counts as ready (gates rolling reloads and the primary's own
 /// `READY=1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

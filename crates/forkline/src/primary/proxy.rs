@@ -4,7 +4,6 @@
 //! that are down, and a worker that refuses is skipped for the next one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
@@ -17,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::handle::{WorkerHandle, WorkerState};
-use super::options::Balance;
+use super::options::{sticky_index, Balance};
 use crate::protocol::SocketKind;
 
 /// How long a connect to a worker's port may take before trying another worker.
@@ -122,20 +121,12 @@ impl ProxyTable {
         up.sort_by_key(|b| b.handle.id());
         let start = match balance {
             Balance::RoundRobin => self.cursor.fetch_add(1, Ordering::Relaxed) % up.len(),
-            Balance::IpHash => {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                client.hash(&mut hasher);
-                (hasher.finish() % up.len() as u64) as usize
-            }
-            Balance::LeastConn => {
-                let least = up
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, b)| b.active.load(Ordering::Relaxed))
-                    .map(|(i, _)| i)
-                    .unwrap_or(0);
-                least
-            }
+            Balance::IpHash => sticky_index(client, up.len()),
+            Balance::LeastConn => up
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, b)| b.active.load(Ordering::Relaxed))
+                .map_or(0, |(i, _)| i),
         };
         (0..up.len())
             .map(|i| {
@@ -146,7 +137,7 @@ impl ProxyTable {
     }
 }
 
-/// Waits until `port` on loopback accepts, or `stop` fires; true once it accepts.
+/// Waits until `port` on loopback accepts; false if the worker dies first.
 pub(crate) async fn wait_port(port: u16, worker: &WorkerHandle) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     loop {

@@ -134,7 +134,7 @@ async fn spawn(
             command.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
     }
-    sys::prepare_child(&mut command, placed);
+    sys::prepare_child(&mut command, placed)?;
     let mut child = spawner::spawn(command).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::ExecNotFound(opts.exec.clone()),
         std::io::ErrorKind::PermissionDenied => Error::ExecNotExecutable(opts.exec.clone()),

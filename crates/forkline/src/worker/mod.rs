@@ -244,10 +244,7 @@ impl Worker {
         mode: Option<Mode>,
     ) -> Result<ListenReply> {
         let answer = self.send_listen(kind, address, mode)?;
-        let reply = answer
-            .blocking_recv()
-            .map_err(|_| Error::Protocol("primary went away during listen".into()))?;
-        name_address(reply, address)
+        listen_answer(answer.blocking_recv(), address)
     }
 
     async fn request_listen_async(
@@ -257,10 +254,7 @@ impl Worker {
         mode: Option<Mode>,
     ) -> Result<ListenReply> {
         let answer = self.send_listen(kind, address, mode)?;
-        let reply = answer
-            .await
-            .map_err(|_| Error::Protocol("primary went away during listen".into()))?;
-        name_address(reply, address)
+        listen_answer(answer.await, address)
     }
 
     fn send_listen(
@@ -316,8 +310,12 @@ pub fn decode<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T> {
     serde_json::from_value(payload).map_err(|e| Error::Protocol(e.to_string()))
 }
 
-/// Puts the address asked for into a bind error reported by the primary.
-fn name_address(reply: Result<ListenReply>, address: &str) -> Result<ListenReply> {
+/// The primary's answer to `listen`, with the address asked for put into a bind error.
+fn listen_answer(
+    answer: std::result::Result<Result<ListenReply>, oneshot::error::RecvError>,
+    address: &str,
+) -> Result<ListenReply> {
+    let reply = answer.map_err(|_| Error::Protocol("primary went away during listen".into()))?;
     reply.map_err(|e| match e {
         Error::Listen { source, .. } => Error::Listen {
             address: address.to_string(),
