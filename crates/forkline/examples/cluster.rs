@@ -89,7 +89,8 @@ fn signal_name(signal: i32) -> String {
 async fn worker(addr: &str, delay: Duration) -> forkline::Result<()> {
     let worker = forkline::worker::connect_async().await?;
     let listener = worker.listen_async(addr).await?;
-    let reply = format!("Request handled by worker-{}\n", std::process::id());
+    let reply: std::sync::Arc<str> =
+        format!("Request handled by worker-{}\n", std::process::id()).into();
     let mut in_flight = tokio::task::JoinSet::new();
     while let Some((mut conn, _peer)) = listener.accept().await? {
         let reply = reply.clone();
@@ -97,8 +98,8 @@ async fn worker(addr: &str, delay: Duration) -> forkline::Result<()> {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            // Dropping the connection closes it, which sends the FIN (Node's `socket.end`).
             let _ = conn.write_all(reply.as_bytes()).await;
-            let _ = conn.shutdown().await;
         });
         // Reap finished tasks so the set does not grow.
         while in_flight.try_join_next().is_some() {}

@@ -72,11 +72,13 @@ fn async_source(reply: ListenReply, address: &str) -> Result<AsyncSource> {
 /// An accepted fd, whether it counts toward least-conn, and the client address if known.
 type Accepted = (OwnedFd, bool, Option<SocketAddr>);
 
-/// Accepts one connection from a socket without blocking; `None` if none is waiting.
-fn try_accept(socket: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+/// Accepts one connection from a socket without blocking; `None` if none is waiting. One
+/// `accept4` sets the flags and yields the peer address, so no `fcntl` or `getpeername` follows.
+fn try_accept(socket: &OwnedFd, nonblocking: bool) -> io::Result<Option<Accepted>> {
+    let flags = libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     loop {
-        match socket2::SockRef::from(socket).accept() {
-            Ok((conn, _)) => return Ok(Some(conn.into())),
+        match socket2::SockRef::from(socket).accept4(flags) {
+            Ok((conn, addr)) => return Ok(Some((conn.into(), false, addr.as_socket()))),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e)
                 if matches!(
@@ -119,9 +121,8 @@ impl BlockingSource {
                 if fds[1].any().unwrap_or(false) {
                     return Ok(None);
                 }
-                if let Some(fd) = try_accept(socket)? {
-                    socket2::SockRef::from(&fd).set_nonblocking(false)?;
-                    return Ok(Some((fd, false, None)));
+                if let Some(accepted) = try_accept(socket, false)? {
+                    return Ok(Some(accepted));
                 }
             },
         }
@@ -142,19 +143,18 @@ impl AsyncSource {
                 if worker.is_disconnected() {
                     return Ok(None);
                 }
+                // Biased: when the socket is ready (the common case under load) the disconnect
+                // future is never polled, so it costs nothing.
                 let mut guard = tokio::select! {
+                    biased;
                     guard = socket.readable() => guard?,
                     _ = worker.disconnected() => return Ok(None),
                 };
-                match guard.try_io(|inner| match try_accept(inner.get_ref())? {
-                    Some(fd) => Ok(fd),
+                match guard.try_io(|inner| match try_accept(inner.get_ref(), true)? {
+                    Some(accepted) => Ok(accepted),
                     None => Err(io::ErrorKind::WouldBlock.into()),
                 }) {
-                    Ok(result) => {
-                        let fd = result?;
-                        socket2::SockRef::from(&fd).set_nonblocking(true)?;
-                        return Ok(Some((fd, false, None)));
-                    }
+                    Ok(result) => return result.map(Some),
                     Err(_would_block) => continue,
                 }
             },
