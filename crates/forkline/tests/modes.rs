@@ -141,6 +141,59 @@ fn least_conn_steers_new_connections_away_from_a_busy_worker() {
     );
 }
 
+/// Sends one connection to `addr` and classifies it: `Ok(id)` when a worker answered within
+/// `wait`, `Err(stream)` when none did yet (the stream is kept to read later).
+fn answer_within(addr: &str, wait: Duration) -> Result<u64, TcpStream> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut reply = String::new();
+    match stream.read_to_string(&mut reply) {
+        Ok(_) => Ok(answered_by(&reply).unwrap_or_else(|| panic!("reply {reply:?}"))),
+        Err(_) => Err(stream),
+    }
+}
+
+#[test]
+fn a_stopped_worker_is_handed_no_more_than_its_credit_window() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Window 4: the primary asks workers to ack every 2 connections.
+    let tb = serving(2, &addr, &[("TB_CREDIT_WINDOW", "4")]);
+    let stopped = tb
+        .seen
+        .iter()
+        .find(|e| e["event"] == "listening" && e["id"] == 0);
+    let stopped = nix::unistd::Pid::from_raw(stopped.unwrap()["pid"].as_u64().unwrap() as i32);
+    // Warm up: both workers answer, so both have taken (and maybe not yet acked) handoffs.
+    assert_eq!(ids_answering(&addr, 2, 100), HashSet::from([0, 1]));
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut waiting = Vec::new();
+    let mut answered = BTreeMap::new();
+    for _ in 0..20 {
+        match answer_within(&addr, Duration::from_millis(300)) {
+            Ok(id) => *answered.entry(id).or_insert(0) += 1,
+            Err(stream) => waiting.push(stream),
+        }
+    }
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // Every connection is answered in the end; count who had the waiting ones.
+    let mut on_stopped = 0;
+    for mut stream in waiting {
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        let id = answered_by(&reply).unwrap_or_else(|| panic!("reply {reply:?}"));
+        *answered.entry(id).or_insert(0) += 1;
+        on_stopped += u32::from(id == 0);
+    }
+    assert_eq!(answered.values().sum::<u32>(), 20, "{answered:?}");
+    assert!(
+        on_stopped <= 4,
+        "the stopped worker was handed {on_stopped} connections, over its window of 4"
+    );
+    // Its held-back acks arrive once it runs again: both workers take connections.
+    assert_eq!(ids_answering(&addr, 2, 100), HashSet::from([0, 1]));
+}
+
 #[test]
 fn ip_hash_keeps_a_client_on_one_worker() {
     let port = free_port();

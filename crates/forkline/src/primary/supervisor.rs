@@ -479,12 +479,18 @@ async fn listen(
     if fresh {
         tracing::info!(address = %listener.local, mode = mode.name(), "listening");
     }
+    let least_conn = cluster.inner.opts.balance == super::options::Balance::LeastConn;
     let reply = encode(&ToWorker::Listening {
         req,
         listener: listener.id,
         mode,
         address: listener.local.clone(),
-        report_load: cluster.inner.opts.balance == super::options::Balance::LeastConn,
+        report_load: least_conn,
+        ack_every: if least_conn {
+            1
+        } else {
+            (cluster.inner.opts.credit_window as u64 / 2).max(1)
+        },
     })?;
     match &socket {
         Some(socket) => channel.send(&reply, &[socket.as_raw_fd()]).await?,

@@ -142,6 +142,11 @@ pub enum ToWorker {
         /// Whether the primary wants `load` reports (least-conn balancing).
         #[serde(default)]
         report_load: bool,
+        /// The worker may hold back its `ack`s until this many handed-off connections are
+        /// unacknowledged (1: ack every `conns` packet). The primary asks for 1 when it balances
+        /// by load, and for half its credit window otherwise, so acks cost little.
+        #[serde(default = "one")]
+        ack_every: u64,
     },
     /// Answer to `listen` when binding failed.
     ListenError {
@@ -168,4 +173,10 @@ pub enum ToWorker {
     },
     /// Stop accepting, finish current work and exit.
     Disconnect,
+}
+
+/// The default `ack_every`: acknowledge every `conns` packet (what a primary that does not send
+/// the field expects).
+fn one() -> u64 {
+    1
 }

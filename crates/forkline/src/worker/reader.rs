@@ -109,9 +109,11 @@ fn route(
             } else {
                 None
             };
-            shared
-                .channel
-                .send_msg(&crate::protocol::FromWorker::Ack { seqs, open })?;
+            let mut unacked = shared.unacked.lock().unwrap();
+            unacked.extend(seqs);
+            if open.is_some() || unacked.len() as u64 >= shared.ack_every.load(Ordering::Relaxed) {
+                send_ack(shared, &mut unacked, open)?;
+            }
         }
         ToWorker::Listening {
             req,
@@ -119,10 +121,12 @@ fn route(
             mode,
             address,
             report_load,
+            ack_every,
         } => {
             if report_load {
                 shared.report_load.store(true, Ordering::Relaxed);
             }
+            shared.ack_every.store(ack_every.max(1), Ordering::Relaxed);
             let queue = (mode == Mode::RoundRobin).then(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 if !*shared.disconnected.borrow() {
@@ -155,12 +159,24 @@ fn route(
             }
         }
         ToWorker::Disconnect => {
+            // Whatever was held back: the primary's count of this worker's credit stays true.
+            send_ack(shared, &mut shared.unacked.lock().unwrap(), None)?;
             shared.mark_disconnected();
             *messages = None;
         }
         ToWorker::Error { error } => return Err(Error::Protocol(error)),
         ToWorker::Welcome { .. } => return Err(Error::Protocol("unexpected welcome".into())),
     }
+    Ok(())
+}
+
+/// Acknowledges (and forgets) the held-back handoffs, if any.
+fn send_ack(shared: &Shared, unacked: &mut Vec<u64>, open: Option<u64>) -> Result<(), Error> {
+    if unacked.is_empty() && open.is_none() {
+        return Ok(());
+    }
+    let seqs = std::mem::take(unacked);
+    shared.channel.send_msg(&FromWorker::Ack { seqs, open })?;
     Ok(())
 }
 
