@@ -359,6 +359,12 @@ status_of() { # why a configuration has no numbers
   s=$(awk -F'\t' -v c="$1" -v d="$2" '$2 == c && $3 == d && $9 != "ok" {print $9; exit}' "$RAW")
   echo "${s:-not run}"
 }
+round_ratios() { # CONFIG DELAY BASE -> "min–max" of CONFIG/BASE taken within each round
+  awk -F'\t' -v c="$1" -v d="$2" -v b="$3" '$3 == d && $9 == "ok" && ($2 == c || $2 == b) {
+      if ($2 == c) x[$1] = $4; else y[$1] = $4 }
+    END { for (r in x) if (y[r] > 0) { q = x[r] / y[r]; if (n == 0 || q < lo) lo = q; if (n == 0 || q > hi) hi = q; n++ }
+      if (n) printf "%.2f–%.2f", lo, hi; else printf "-" }' "$RAW"
+}
 fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else printf "-" }'; }
 fmt_mib() { awk -v k="$1" 'BEGIN { if (k == "-" || k == "") printf "-"; else printf "%.1f", k/1024 }'; }
 
@@ -370,25 +376,27 @@ fmt_mib() { awk -v k="$1" 'BEGIN { if (k == "-" || k == "") printf "-"; else pri
   echo
   echo "Seed workload (connection per request, \`Request handled by worker-PID\`): $WORKERS workers," \
     "$CONC concurrent loadgen clients, ${SECS}s per measurement after ${WARMUP}s warm-up," \
-    "$ROUNDS round(s), values are means over rounds. Ratios are against the same delay's rows of this run."
+    "$ROUNDS round(s), values are means over rounds. Ratios are against the same delay's rows of this run;" \
+    "\"per round\" gives the lowest and highest ratio taken within one round (the rows of one round are measured within about a minute)."
   echo
-  echo "| config | delay ms | req/s | ratio to limit | ratio to node rr | CV % | errors | primary RSS MiB | notes |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+  echo "| config | delay ms | req/s | ratio to limit | per round | ratio to node rr | per round | CV % | errors | primary RSS MiB | notes |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
   for delay in $DELAYS; do
     limit_rps=$(aggregate limit "$delay" | cut -d' ' -f1)
     node_rps=$(aggregate node-rr "$delay" | cut -d' ' -f1)
     for cfg in $CONFIGS; do
       agg=$(aggregate "$cfg" "$delay")
       if [ -z "$agg" ]; then
-        echo "| $(label "$cfg") | $delay | - | - | - | - | - | - | $(status_of "$cfg" "$delay") |"
+        echo "| $(label "$cfg") | $delay | - | - | - | - | - | - | - | - | $(status_of "$cfg" "$delay") |"
         continue
       fi
       read -r rps cv errors rss exits n <<<"$agg"
       notes=""
       [ "$exits" -gt 0 ] && notes="$exits worker exit(s)"
       [ "$n" -lt "$ROUNDS" ] && notes="${notes:+$notes; }$n of $ROUNDS rounds"
-      printf '| %s | %s | %.0f | %s | %s | %.2f | %.0f | %s | %s |\n' "$(label "$cfg")" "$delay" "$rps" \
-        "$(fmt_ratio "$rps" "${limit_rps:-0}")" "$(fmt_ratio "$rps" "${node_rps:-0}")" \
+      printf '| %s | %s | %.0f | %s | %s | %s | %s | %.2f | %.0f | %s | %s |\n' "$(label "$cfg")" "$delay" "$rps" \
+        "$(fmt_ratio "$rps" "${limit_rps:-0}")" "$(round_ratios "$cfg" "$delay" limit)" \
+        "$(fmt_ratio "$rps" "${node_rps:-0}")" "$(round_ratios "$cfg" "$delay" node-rr)" \
         "$(awk -v c="$cv" 'BEGIN{print c*100}')" "$errors" "$(fmt_mib "$rss")" "$notes"
     done
   done
