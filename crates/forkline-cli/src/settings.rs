@@ -541,6 +541,7 @@ impl Settings {
                 })
                 .collect(),
             inherited: Vec::new(),
+            inherited_names: Vec::new(),
             readiness: self.ready.value,
             ready_timeout: self.ready_timeout.value,
             max_requests: self.max_requests.value,

@@ -225,6 +225,8 @@ fn socket_activation_with_systemd_socket_activate() {
     for body in &bodies {
         assert_eq!(field(body, "listen_pid"), field(body, "pid"), "{body}");
         assert_eq!(field(body, "listen_fds"), Some("1"), "{body}");
+        // The name systemd gave the socket (`FileDescriptorName=`) reaches the workers.
+        assert_eq!(field(body, "names"), Some("web"), "{body}");
         assert_eq!(
             field(body, "port"),
             Some(port.to_string().as_str()),

@@ -134,6 +134,7 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot find the forkline executable: {e}")))?;
     let mut opts = settings.cluster_options(exe, &program, uid, gid);
     opts.inherited = activation.sockets;
+    opts.inherited_names = activation.names;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

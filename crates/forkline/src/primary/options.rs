@@ -171,6 +171,9 @@ pub struct ClusterOptions {
     /// Already-bound sockets to use instead of binding `listeners` (socket activation): same
     /// order as `listeners`.
     pub inherited: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// The service manager's names for `inherited` (`LISTEN_FDNAMES`), same order, passed on to
+    /// workers; a socket with no name (or an empty one) is named by its address.
+    pub inherited_names: Vec<String>,
     /// When a new worker counts as ready.
     pub readiness: Readiness,
     /// How long a new worker may take to become ready.
@@ -213,6 +216,7 @@ impl Default for ClusterOptions {
             credit_window: 64,
             listeners: Vec::new(),
             inherited: Vec::new(),
+            inherited_names: Vec::new(),
             readiness: Readiness::default(),
             ready_timeout: Duration::from_secs(30),
             max_requests: None,

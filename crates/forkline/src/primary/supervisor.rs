@@ -240,13 +240,18 @@ fn prebound_sockets(
         }
         Mode::Shared | Mode::Reuseport => {
             let mut names = Vec::new();
-            for listener in &inner.prebound {
+            for (index, listener) in inner.prebound.iter().enumerate() {
                 let socket = listener.socket_for(worker.id())?;
                 placed.push((
                     sys::dup_cloexec(socket.as_fd())?,
                     FIRST_FD + placed.len() as RawFd,
                 ));
-                names.push(listener.local.clone());
+                let name = inner
+                    .opts
+                    .inherited_names
+                    .get(index)
+                    .filter(|n| !n.is_empty());
+                names.push(name.cloned().unwrap_or_else(|| listener.local.clone()));
             }
             command.env("LISTEN_FDS", names.len().to_string());
             command.env("LISTEN_FDNAMES", names.join(":"));
