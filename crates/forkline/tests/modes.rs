@@ -195,6 +195,43 @@ fn a_stopped_worker_is_handed_no_more_than_its_credit_window() {
 }
 
 #[test]
+fn a_worker_whose_channel_filled_up_is_handed_connections_again() {
+    // 1200 fills the channel several times over; leave room for the test's other fds.
+    let connections = 1200.min(common::raise_fd_limit().saturating_sub(200));
+    let addr = format!("127.0.0.1:{}", free_port());
+    // A window so large that only the IPC socket buffer limits what a stopped worker is handed.
+    let tb = serving(2, &addr, &[("TB_CREDIT_WINDOW", "1000000")]);
+    let stopped = tb
+        .seen
+        .iter()
+        .find(|e| e["event"] == "listening" && e["id"] == 0);
+    let stopped = nix::unistd::Pid::from_raw(stopped.unwrap()["pid"].as_u64().unwrap() as i32);
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // Enough connections, one at a time (so each travels in a packet of its own), to fill the
+    // stopped worker's channel. Each client waits briefly for an answer to pace the next one;
+    // those not answered yet are read after the worker resumes.
+    let held: Vec<TcpStream> = (0..connections)
+        .map(|_| {
+            let stream = TcpStream::connect(&addr).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_millis(2)))
+                .unwrap();
+            let _ = stream.peek(&mut [0u8; 1]);
+            stream
+        })
+        .collect();
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGCONT).unwrap();
+    for mut stream in held {
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        assert!(answered_by(&reply).is_some(), "reply {reply:?}");
+    }
+    // Having drained its channel, the worker acks and takes new connections again.
+    assert_eq!(ids_answering(&addr, 2, 200), HashSet::from([0, 1]));
+}
+
+#[test]
 fn ip_hash_keeps_a_client_on_one_worker() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");

@@ -26,6 +26,11 @@ use crate::protocol::wire::{ENV_IPC_FD, ENV_WORKER_ID};
 use crate::protocol::{FromWorker, Mode, SocketKind, ToWorker, MAX_PACKET, PROTOCOL_VERSION};
 use crate::sys;
 
+/// The most handoffs a worker may hold unacknowledged before it acks. A full IPC buffer pauses
+/// a worker until its next ack, so a full buffer must always hold more than this: with the
+/// default socket buffer (~200 KiB) it holds well over a hundred `conns` packets.
+const MAX_ACK_EVERY: u64 = 32;
+
 /// First fd number given to a worker (after stdin/stdout/stderr), as in systemd.
 const FIRST_FD: RawFd = 3;
 
@@ -494,7 +499,7 @@ async fn listen(
         ack_every: if least_conn {
             1
         } else {
-            (cluster.inner.opts.credit_window as u64 / 2).max(1)
+            (cluster.inner.opts.credit_window as u64 / 2).clamp(1, MAX_ACK_EVERY)
         },
     })?;
     match &socket {

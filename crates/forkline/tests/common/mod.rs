@@ -214,3 +214,12 @@ pub fn fetch(addr: &str) -> std::io::Result<String> {
 pub fn answered_by(reply: &str) -> Option<u64> {
     reply.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Raises this process's soft limit on open files to its hard limit (children started later
+/// inherit it), for tests that hold many connections at once. Returns the new limit.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    hard
+}
