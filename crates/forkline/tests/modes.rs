@@ -153,16 +153,22 @@ fn answer_within(addr: &str, wait: Duration) -> Result<u64, TcpStream> {
     }
 }
 
+/// The pid of worker `id`, from its `listening` event.
+fn listening_pid(tb: &Testbed, id: u64) -> nix::unistd::Pid {
+    let event = tb
+        .seen
+        .iter()
+        .find(|e| e["event"] == "listening" && e["id"] == id)
+        .unwrap_or_else(|| panic!("worker {id} has not listened"));
+    nix::unistd::Pid::from_raw(event["pid"].as_u64().unwrap() as i32)
+}
+
 #[test]
 fn a_stopped_worker_is_handed_no_more_than_its_credit_window() {
     let addr = format!("127.0.0.1:{}", free_port());
     // Window 4: the primary asks workers to ack every 2 connections.
     let tb = serving(2, &addr, &[("TB_CREDIT_WINDOW", "4")]);
-    let stopped = tb
-        .seen
-        .iter()
-        .find(|e| e["event"] == "listening" && e["id"] == 0);
-    let stopped = nix::unistd::Pid::from_raw(stopped.unwrap()["pid"].as_u64().unwrap() as i32);
+    let stopped = listening_pid(&tb, 0);
     // Warm up: both workers answer, so both have taken (and maybe not yet acked) handoffs.
     assert_eq!(ids_answering(&addr, 2, 100), HashSet::from([0, 1]));
     nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
@@ -201,11 +207,7 @@ fn a_worker_whose_channel_filled_up_is_handed_connections_again() {
     let addr = format!("127.0.0.1:{}", free_port());
     // A window so large that only the IPC socket buffer limits what a stopped worker is handed.
     let tb = serving(2, &addr, &[("TB_CREDIT_WINDOW", "1000000")]);
-    let stopped = tb
-        .seen
-        .iter()
-        .find(|e| e["event"] == "listening" && e["id"] == 0);
-    let stopped = nix::unistd::Pid::from_raw(stopped.unwrap()["pid"].as_u64().unwrap() as i32);
+    let stopped = listening_pid(&tb, 0);
     nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
     // Enough connections, one at a time (so each travels in a packet of its own), to fill the
     // stopped worker's channel. Each client waits briefly for an answer to pace the next one;
