@@ -215,6 +215,19 @@ pub struct Settings {
 
 /// Picks the first layer that has a value: flag or env (told apart by clap), then the file,
 /// then the default.
+/// Node's name for the mode variable, honoured after `--mode` and `FORKLINE_MODE`.
+const SCHED_POLICY: &str = "FORKLINE_SCHED_POLICY";
+
+/// The mode `FORKLINE_SCHED_POLICY` names (`rr`, `none`, or any `--mode` value), if it is set.
+fn sched_policy() -> Result<Option<Mode>, CliError> {
+    match std::env::var(SCHED_POLICY) {
+        Ok(value) => parse::mode(&value)
+            .map(Some)
+            .map_err(|e| CliError::Usage(format!("{SCHED_POLICY}: {e}"))),
+        Err(_) => Ok(None),
+    }
+}
+
 fn pick<T>(
     matches: &ArgMatches,
     id: &str,
@@ -337,14 +350,20 @@ impl Settings {
                 file.listen.clone(),
                 Vec::new(),
             ),
-            mode: pick(
-                m,
-                "mode",
-                Some("FORKLINE_MODE"),
-                args.mode,
-                file.mode,
-                Mode::Shared,
-            ),
+            mode: match (args.mode, sched_policy()?) {
+                (None, Some(mode)) => Sourced {
+                    value: mode,
+                    source: Source::Env(SCHED_POLICY),
+                },
+                (cli, _) => pick(
+                    m,
+                    "mode",
+                    Some("FORKLINE_MODE"),
+                    cli,
+                    file.mode,
+                    Mode::Shared,
+                ),
+            },
             balance: pick(
                 m,
                 "balance",

@@ -76,6 +76,13 @@ fn zero_workers() {
 }
 
 #[test]
+fn unknown_sched_policy() {
+    let mut command = run(&["--", "true"]);
+    command.env("FORKLINE_SCHED_POLICY", "fastest");
+    fails(command, 2, &["FORKLINE_SCHED_POLICY", "fastest"]);
+}
+
+#[test]
 fn bad_values() {
     fails(
         run(&["--mode", "fast", "--", "true"]),

@@ -68,6 +68,35 @@ fn flags_override_env_which_overrides_the_file() {
     assert!(out.ends_with("\n[env]\nGREETING = \"hello\""), "{out}");
 }
 
+/// Node's variable picks the mode when neither `--mode` nor `FORKLINE_MODE` does.
+#[test]
+fn sched_policy_variable_picks_the_mode_after_forkline_mode() {
+    let dir = TempDir::new("sched-policy");
+    let path = dir.write("forkline.toml", FILE);
+    let mode_with = |vars: &[(&str, &str)]| {
+        let mut command = forkline();
+        command.envs(vars.iter().copied());
+        command.arg("check-config").arg(&path);
+        let finished = run_to_end(command, Duration::from_secs(30));
+        assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+        setting(&finished.stdout, "mode")
+    };
+    assert_eq!(
+        mode_with(&[("FORKLINE_SCHED_POLICY", "rr")]),
+        (
+            "\"round-robin\"".to_string(),
+            "env FORKLINE_SCHED_POLICY".to_string()
+        )
+    );
+    assert_eq!(
+        mode_with(&[
+            ("FORKLINE_SCHED_POLICY", "none"),
+            ("FORKLINE_MODE", "proxy")
+        ]),
+        ("\"proxy\"".to_string(), "env FORKLINE_MODE".to_string())
+    );
+}
+
 /// The printed settings are a config file that reads back to the same settings.
 #[test]
 fn check_config_output_reads_back() {

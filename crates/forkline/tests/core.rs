@@ -175,6 +175,18 @@ fn zero_workers_is_a_clear_error() {
 }
 
 #[test]
+fn unknown_sched_policy_is_a_clear_error() {
+    let mut tb = Testbed::start(&[("FORKLINE_SCHED_POLICY", "round_robin")]);
+    let e = tb.wait_event("error", None);
+    let msg = e["error"].as_str().unwrap();
+    assert!(
+        msg.contains("FORKLINE_SCHED_POLICY") && msg.contains("round_robin"),
+        "{msg}"
+    );
+    assert_eq!(tb.wait_exit(SOON).unwrap().code(), Some(2));
+}
+
+#[test]
 fn missing_or_non_executable_program_is_a_clear_error() {
     let mut tb = Testbed::start(&[("TB_EXEC", "/nonexistent/forkline-worker")]);
     let e = tb.wait_event("error", None);

@@ -58,6 +58,26 @@ fn every_mode_serves_connections_from_all_workers() {
 }
 
 #[test]
+fn sched_policy_variable_chooses_the_mode_by_nodes_names() {
+    for (policy, mode) in [("none", "shared"), ("rr", "round-robin")] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut tb = Testbed::start(&[
+            ("TB_WORKERS", "1"),
+            ("TB_LISTEN", addr.as_str()),
+            ("FORKLINE_SCHED_POLICY", policy),
+        ]);
+        let said = tb.wait_for("the worker's listening message", SOON, |e| {
+            e["event"] == "message" && e["payload"]["listening"].is_string()
+        });
+        assert_eq!(
+            said["payload"]["mode"], mode,
+            "FORKLINE_SCHED_POLICY={policy}"
+        );
+        assert!(answered_by(&fetch(&addr).expect("fetch")).is_some());
+    }
+}
+
+#[test]
 fn round_robin_spreads_2000_connections_over_4_workers_within_5_percent() {
     let addr = format!("127.0.0.1:{}", free_port());
     let _tb = serving(4, &addr, &[("TB_MODE", "round-robin")]);

@@ -20,6 +20,8 @@ pub struct ClusterBuilder {
     opts: ClusterOptions,
     exec_set: bool,
     args_set: bool,
+    /// Set when the mode was chosen in code, so `FORKLINE_SCHED_POLICY` does not matter.
+    mode_set: bool,
     expect_protocol: bool,
 }
 
@@ -36,6 +38,7 @@ impl ClusterBuilder {
             opts: ClusterOptions::default(),
             exec_set: false,
             args_set: false,
+            mode_set: false,
             expect_protocol: true,
         }
     }
@@ -46,6 +49,7 @@ impl ClusterBuilder {
             opts,
             exec_set: true,
             args_set: true,
+            mode_set: true,
             expect_protocol: false,
         }
     }
@@ -139,6 +143,7 @@ impl ClusterBuilder {
     /// round-robin).
     pub fn mode(mut self, mode: Mode) -> Self {
         self.opts.mode = mode;
+        self.mode_set = true;
         self
     }
 
@@ -244,6 +249,9 @@ impl ClusterBuilder {
                 reason: "must be at least 1".into(),
             });
         }
+        if !self.mode_set {
+            check_sched_policy()?;
+        }
         if !self.exec_set {
             opts.exec = std::env::current_exe()?;
         }
@@ -293,6 +301,20 @@ impl ClusterBuilder {
             });
         }
         Ok(opts)
+    }
+}
+
+/// Refuses a `FORKLINE_SCHED_POLICY` that names no mode, rather than silently using the default.
+fn check_sched_policy() -> Result<()> {
+    use crate::protocol::wire::ENV_SCHED_POLICY;
+    match std::env::var(ENV_SCHED_POLICY) {
+        Ok(value) if Mode::parse(&value).is_none() => Err(Error::InvalidOption {
+            field: ENV_SCHED_POLICY,
+            reason: format!(
+                "unknown mode `{value}` (expected rr, none, round-robin, shared, reuseport or proxy)"
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
