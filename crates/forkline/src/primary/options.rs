@@ -193,6 +193,23 @@ pub struct ClusterOptions {
     pub unix_mode: Option<u32>,
 }
 
+/// The most handoffs a worker may hold unacknowledged before it acks. A full IPC buffer pauses
+/// a worker until its next ack, so a full buffer must always hold more than this: with the
+/// default socket buffer (~200 KiB) it holds well over a hundred `conns` packets.
+const MAX_ACK_EVERY: u64 = 32;
+
+impl ClusterOptions {
+    /// How many handed-off connections a worker may hold before it acks: 1 under least-conn
+    /// (the acks carry the load reports), otherwise half the credit window, at most 32.
+    pub(crate) fn ack_every(&self) -> u64 {
+        if self.balance == Balance::LeastConn {
+            1
+        } else {
+            (self.credit_window as u64 / 2).clamp(1, MAX_ACK_EVERY)
+        }
+    }
+}
+
 impl Default for ClusterOptions {
     fn default() -> Self {
         Self {

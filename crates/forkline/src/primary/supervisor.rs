@@ -26,11 +26,6 @@ use crate::protocol::wire::{ENV_IPC_FD, ENV_WORKER_ID};
 use crate::protocol::{FromWorker, Mode, SocketKind, ToWorker, MAX_PACKET, PROTOCOL_VERSION};
 use crate::sys;
 
-/// The most handoffs a worker may hold unacknowledged before it acks. A full IPC buffer pauses
-/// a worker until its next ack, so a full buffer must always hold more than this: with the
-/// default socket buffer (~200 KiB) it holds well over a hundred `conns` packets.
-const MAX_ACK_EVERY: u64 = 32;
-
 /// First fd number given to a worker (after stdin/stdout/stderr), as in systemd.
 const FIRST_FD: RawFd = 3;
 
@@ -489,18 +484,13 @@ async fn listen(
     if fresh {
         tracing::info!(address = %listener.local, mode = mode.name(), "listening");
     }
-    let least_conn = cluster.inner.opts.balance == super::options::Balance::LeastConn;
     let reply = encode(&ToWorker::Listening {
         req,
         listener: listener.id,
         mode,
         address: listener.local.clone(),
-        report_load: least_conn,
-        ack_every: if least_conn {
-            1
-        } else {
-            (cluster.inner.opts.credit_window as u64 / 2).clamp(1, MAX_ACK_EVERY)
-        },
+        report_load: cluster.inner.opts.balance == super::options::Balance::LeastConn,
+        ack_every: cluster.inner.opts.ack_every(),
     })?;
     match &socket {
         Some(socket) => channel.send(&reply, &[socket.as_raw_fd()]).await?,

@@ -144,7 +144,7 @@ pub enum ToWorker {
         report_load: bool,
         /// The worker may hold back its `ack`s until this many handed-off connections are
         /// unacknowledged (1: ack every `conns` packet). The primary asks for 1 when it balances
-        /// by load, and for half its credit window otherwise, so acks cost little.
+        /// by load, and for half its credit window (at most 32) otherwise, so acks cost little.
         #[serde(default = "one")]
         ack_every: u64,
     },
