@@ -1,8 +1,8 @@
 //! The worker's reader: the only reader of the IPC channel. It routes handed-off connections to
-//! their listener's queue (acknowledging them at once), answers pending `listen` requests,
-//! forwards messages, and exits the process when the primary is gone. It runs as a thread
-//! (`connect`) or, to save a thread hop per batch of connections, as a task on the caller's
-//! tokio runtime (`connect_async`).
+//! their listener's queue (acknowledging them in batches of the primary's `ack_every`), answers
+//! pending `listen` requests, forwards messages, and exits the process when the primary is
+//! gone. It runs as a thread (`connect`) or, to save a thread hop per batch of connections, as a
+//! task on the caller's tokio runtime (`connect_async`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
