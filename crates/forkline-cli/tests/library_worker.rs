@@ -65,8 +65,5 @@ fn library_worker_in_round_robin_mode() {
         (n == 2).then_some(())
     });
     assert!(listening.is_some(), "{}", cluster.output());
-    let status = cluster
-        .stop(Duration::from_secs(20))
-        .expect("graceful stop");
-    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+    cluster.stop_cleanly();
 }

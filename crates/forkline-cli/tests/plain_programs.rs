@@ -43,10 +43,7 @@ fn node_on_fd3(mode: &str) {
     }
     let ids: BTreeSet<&str> = bodies.iter().filter_map(|b| field(b, "id")).collect();
     assert_eq!(ids, BTreeSet::from(["0", "1"]));
-    let status = cluster
-        .stop(Duration::from_secs(20))
-        .expect("graceful stop");
-    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+    cluster.stop_cleanly();
 }
 
 #[test]
@@ -110,10 +107,7 @@ fn python_http_server_in_proxy_mode() {
         .collect();
     assert_eq!(ports.len(), 2, "{}", cluster.output());
     assert!(!ports.contains(&port.to_string()), "{ports:?}");
-    let status = cluster
-        .stop(Duration::from_secs(20))
-        .expect("graceful stop");
-    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+    cluster.stop_cleanly();
 }
 
 /// A worker killed with SIGKILL is replaced in the same slot (same FORKLINE_WORKER_ID, new pid)
@@ -151,10 +145,7 @@ fn a_worker_killed_with_sigkill_is_replaced() {
         "no replacement for worker {victim_id}\n{}",
         cluster.output()
     );
-    let status = cluster
-        .stop(Duration::from_secs(20))
-        .expect("graceful stop");
-    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+    cluster.stop_cleanly();
 }
 
 /// `--max-requests 3` recycles each worker after about three connections: new pids keep
@@ -197,10 +188,7 @@ fn max_requests_recycles_workers() {
         "recycled workers did not exit\n{}",
         cluster.output()
     );
-    let status = cluster
-        .stop(Duration::from_secs(20))
-        .expect("graceful stop");
-    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+    cluster.stop_cleanly();
 }
 
 /// Each line of worker output is prefixed `[NAME:ID PID]` and written whole: long lines from

@@ -185,8 +185,7 @@ fn watchdog_replaces_a_hung_worker() {
         !alive(first_pid.parse().unwrap()),
         "the hung worker still runs"
     );
-    let status = cluster.stop(Duration::from_secs(20)).expect("stops");
-    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+    cluster.stop_cleanly();
 }
 
 /// `systemd-socket-activate` binds the port and starts forkline with `LISTEN_FDS`: forkline
@@ -245,8 +244,7 @@ fn socket_activation_with_systemd_socket_activate() {
         systemd.messages(),
         cluster.output()
     );
-    let status = cluster.stop(Duration::from_secs(20)).expect("stops");
-    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+    cluster.stop_cleanly();
     assert!(
         systemd
             .wait_for("STOPPING=1", Duration::from_secs(5))

@@ -210,6 +210,12 @@ impl Running {
         self.wait_exit(timeout)
     }
 
+    /// SIGTERM, then asserts the primary exits 0 within 20 s (a graceful stop).
+    pub fn stop_cleanly(&mut self) {
+        let status = self.stop(Duration::from_secs(20)).expect("graceful stop");
+        assert_eq!(status.code(), Some(0), "{}", self.output());
+    }
+
     /// Both streams, for assertion messages.
     pub fn output(&self) -> String {
         format!(
