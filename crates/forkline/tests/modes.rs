@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{answered_by, fetch, free_port, Testbed, SOON};
+use common::{answered_by, fetch, free_port, worker_of, Testbed, SOON};
 
 /// Starts `workers` testbed workers listening on `address` and waits until all listen.
 fn serving(workers: usize, address: &str, extra: &[(&str, &str)]) -> Testbed {
@@ -204,10 +204,7 @@ fn a_stopped_worker_is_handed_no_more_than_its_credit_window() {
     // Every connection is answered in the end; count who had the waiting ones.
     let mut on_stopped = 0;
     for mut stream in waiting {
-        stream.set_read_timeout(Some(SOON)).unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        let id = answered_by(&reply).unwrap_or_else(|| panic!("reply {reply:?}"));
+        let id = worker_of(&mut stream);
         *answered.entry(id).or_insert(0) += 1;
         on_stopped += u32::from(id == 0);
     }
@@ -244,10 +241,7 @@ fn a_worker_whose_channel_filled_up_is_handed_connections_again() {
         .collect();
     nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGCONT).unwrap();
     for mut stream in held {
-        stream.set_read_timeout(Some(SOON)).unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        assert!(answered_by(&reply).is_some(), "reply {reply:?}");
+        worker_of(&mut stream);
     }
     // Having drained its channel, the worker acks and takes new connections again.
     assert_eq!(ids_answering(&addr, 2, 200), HashSet::from([0, 1]));
@@ -274,13 +268,7 @@ fn ip_hash_keeps_a_client_on_one_worker() {
             socket.bind(&local.into()).unwrap();
             let remote: SocketAddr = addr.parse().unwrap();
             socket.connect(&remote.into()).unwrap();
-            let mut stream: TcpStream = socket.into();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut reply = String::new();
-            stream.read_to_string(&mut reply).unwrap();
-            seen.insert(answered_by(&reply).unwrap());
+            seen.insert(worker_of(&mut socket.into()));
         }
         assert_eq!(
             seen.len(),

@@ -250,7 +250,8 @@ impl ClusterBuilder {
             });
         }
         if !self.mode_set {
-            check_sched_policy()?;
+            // Refuse a value that names no mode rather than silently use the default.
+            super::options::mode_from_env()?;
         }
         if !self.exec_set {
             opts.exec = std::env::current_exe()?;
@@ -301,20 +302,6 @@ impl ClusterBuilder {
             });
         }
         Ok(opts)
-    }
-}
-
-/// Refuses a `FORKLINE_SCHED_POLICY` that names no mode, rather than silently using the default.
-fn check_sched_policy() -> Result<()> {
-    use crate::protocol::wire::ENV_SCHED_POLICY;
-    match std::env::var(ENV_SCHED_POLICY) {
-        Ok(value) if Mode::parse(&value).is_none() => Err(Error::InvalidOption {
-            field: ENV_SCHED_POLICY,
-            reason: format!(
-                "unknown mode `{value}` (expected rr, none, round-robin, shared, reuseport or proxy)"
-            ),
-        }),
-        _ => Ok(()),
     }
 }
 

@@ -228,7 +228,8 @@ impl Default for ClusterOptions {
             backoff: Backoff::default(),
             graceful_timeout: Duration::from_secs(30),
             handle_signals: true,
-            mode: mode_from_env().unwrap_or_default(),
+            // A bad value is reported when the builder validates (`mode_from_env` again).
+            mode: mode_from_env().ok().flatten().unwrap_or_default(),
             balance: Balance::default(),
             credit_window: 64,
             listeners: Vec::new(),
@@ -246,9 +247,19 @@ impl Default for ClusterOptions {
     }
 }
 
-/// The mode named by `FORKLINE_SCHED_POLICY` (`rr`, `none`, or a mode name), if set and valid.
-pub fn mode_from_env() -> Option<Mode> {
-    std::env::var(crate::protocol::wire::ENV_SCHED_POLICY)
-        .ok()
-        .and_then(|v| Mode::parse(&v))
+/// The mode named by `FORKLINE_SCHED_POLICY` (`rr`, `none`, or a mode name), if set; an error
+/// naming the variable if it names no mode.
+pub fn mode_from_env() -> crate::error::Result<Option<Mode>> {
+    use crate::protocol::wire::ENV_SCHED_POLICY;
+    match std::env::var(ENV_SCHED_POLICY) {
+        Ok(value) => Mode::parse(&value)
+            .map(Some)
+            .ok_or_else(|| crate::error::Error::InvalidOption {
+                field: ENV_SCHED_POLICY,
+                reason: format!(
+                    "unknown mode `{value}` (expected rr, none, round-robin, shared, reuseport or proxy)"
+                ),
+            }),
+        Err(_) => Ok(None),
+    }
 }

@@ -52,10 +52,6 @@ pub(crate) struct Shared {
     /// Open connections, reported for least-conn balancing.
     pub open: AtomicU64,
     pub report_load: AtomicBool,
-    /// Handed-off connections not yet acknowledged, and how many may wait (the primary's
-    /// `ack_every`). Only the reader touches the list.
-    pub unacked: Mutex<Vec<u64>>,
-    pub ack_every: AtomicU64,
     /// Read end of a pipe that becomes readable on disconnect (wakes blocking accepts).
     pub wake_read: OwnedFd,
     pub wake_write: Mutex<Option<OwnedFd>>,
@@ -136,8 +132,6 @@ impl Worker {
             closing: AtomicBool::new(false),
             open: AtomicU64::new(0),
             report_load: AtomicBool::new(false),
-            unacked: Mutex::new(Vec::new()),
-            ack_every: AtomicU64::new(1),
             wake_read,
             wake_write: Mutex::new(Some(wake_write)),
         });

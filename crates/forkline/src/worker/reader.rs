@@ -14,6 +14,24 @@ use crate::error::Error;
 use crate::protocol::channel::Packet;
 use crate::protocol::{FromWorker, Mode, ToWorker};
 
+/// What only the reader keeps: where user messages go (none after `disconnect`), and the
+/// handoffs it has not acknowledged yet with how many may wait (the primary's `ack_every`).
+struct ReaderState {
+    messages: Option<mpsc::UnboundedSender<serde_json::Value>>,
+    unacked: Vec<u64>,
+    ack_every: u64,
+}
+
+impl ReaderState {
+    fn new(messages: mpsc::UnboundedSender<serde_json::Value>) -> Self {
+        Self {
+            messages: Some(messages),
+            unacked: Vec::new(),
+            ack_every: 1,
+        }
+    }
+}
+
 pub(crate) fn start(shared: Arc<Shared>, messages: mpsc::UnboundedSender<serde_json::Value>) {
     std::thread::Builder::new()
         .name("forkline-ipc".into())
@@ -31,7 +49,7 @@ pub(crate) fn start_async(
         tokio::io::Interest::READABLE,
     )?;
     tokio::spawn(async move {
-        let mut messages = Some(messages);
+        let mut state = ReaderState::new(messages);
         loop {
             let received = match readiness.readable().await {
                 Ok(mut guard) => match guard.try_io(|_| shared.channel.try_recv()) {
@@ -40,7 +58,7 @@ pub(crate) fn start_async(
                 },
                 Err(e) => Err(e),
             };
-            if !handle(&shared, received, &mut messages) {
+            if !handle(&shared, received, &mut state) {
                 return;
             }
         }
@@ -49,19 +67,19 @@ pub(crate) fn start_async(
 }
 
 fn run(shared: Arc<Shared>, messages: mpsc::UnboundedSender<serde_json::Value>) {
-    let mut messages = Some(messages);
-    while handle(&shared, shared.channel.recv(), &mut messages) {}
+    let mut state = ReaderState::new(messages);
+    while handle(&shared, shared.channel.recv(), &mut state) {}
 }
 
 /// Handles one receive result; false when the reader should stop.
 fn handle(
     shared: &Shared,
     received: std::io::Result<Option<Packet>>,
-    messages: &mut Option<mpsc::UnboundedSender<serde_json::Value>>,
+    state: &mut ReaderState,
 ) -> bool {
     match received {
         Ok(Some(packet)) => {
-            if let Err(e) = route(shared, packet, messages) {
+            if let Err(e) = route(shared, packet, state) {
                 eprintln!("forkline worker {}: {e}", shared.id);
             }
             true
@@ -80,11 +98,7 @@ fn handle(
     }
 }
 
-fn route(
-    shared: &Shared,
-    packet: Packet,
-    messages: &mut Option<mpsc::UnboundedSender<serde_json::Value>>,
-) -> Result<(), Error> {
+fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(), Error> {
     let message: ToWorker = packet.decode()?;
     let mut fds = packet.fds.into_iter();
     match message {
@@ -109,10 +123,9 @@ fn route(
             } else {
                 None
             };
-            let mut unacked = shared.unacked.lock().unwrap();
-            unacked.extend(seqs);
-            if open.is_some() || unacked.len() as u64 >= shared.ack_every.load(Ordering::Relaxed) {
-                send_ack(shared, &mut unacked, open)?;
+            state.unacked.extend(seqs);
+            if open.is_some() || state.unacked.len() as u64 >= state.ack_every {
+                send_ack(shared, &mut state.unacked, open)?;
             }
         }
         ToWorker::Listening {
@@ -126,7 +139,7 @@ fn route(
             if report_load {
                 shared.report_load.store(true, Ordering::Relaxed);
             }
-            shared.ack_every.store(ack_every.max(1), Ordering::Relaxed);
+            state.ack_every = ack_every.max(1);
             let queue = (mode == Mode::RoundRobin).then(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 if !*shared.disconnected.borrow() {
@@ -154,15 +167,15 @@ fn route(
             }),
         ),
         ToWorker::Message { data } => {
-            if let Some(tx) = messages {
+            if let Some(tx) = &state.messages {
                 let _ = tx.send(data);
             }
         }
         ToWorker::Disconnect => {
             // Whatever was held back: the primary's count of this worker's credit stays true.
-            send_ack(shared, &mut shared.unacked.lock().unwrap(), None)?;
+            send_ack(shared, &mut state.unacked, None)?;
             shared.mark_disconnected();
-            *messages = None;
+            state.messages = None;
         }
         ToWorker::Error { error } => return Err(Error::Protocol(error)),
         ToWorker::Welcome { .. } => return Err(Error::Protocol("unexpected welcome".into())),

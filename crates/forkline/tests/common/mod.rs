@@ -210,6 +210,16 @@ pub fn fetch(addr: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
+/// Reads the rest of a connection's reply to EOF (deadline [`SOON`]) and returns the id of the
+/// worker that answered; panics on anything else.
+pub fn worker_of(stream: &mut std::net::TcpStream) -> u64 {
+    use std::io::Read;
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    answered_by(&reply).unwrap_or_else(|| panic!("not a worker reply: {reply:?}"))
+}
+
 /// Which worker answered: the `ID` of a `worker ID PID` reply.
 pub fn answered_by(reply: &str) -> Option<u64> {
     reply.split_whitespace().nth(1)?.parse().ok()
