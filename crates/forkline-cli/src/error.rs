@@ -54,6 +54,10 @@ pub fn from_library(error: forkline::Error) -> CliError {
             CliError::Usage(format!("command is not executable: {}", path.display()))
         }
         Error::UnknownId { kind, id } => CliError::Usage(format!("unknown {kind} {id}")),
+        // Fields named in capitals are environment variables, the others flags.
+        Error::InvalidOption { field, reason } if field.starts_with("FORKLINE_") => {
+            CliError::Usage(format!("invalid {field}: {reason}"))
+        }
         Error::InvalidOption { field, reason } => {
             CliError::Usage(format!("invalid --{}: {reason}", field.replace('_', "-")))
         }

@@ -83,6 +83,13 @@ fn unknown_sched_policy() {
 }
 
 #[test]
+fn bad_accept_coalesce_value() {
+    let mut command = run(&["--mode", "round-robin", "--", "true"]);
+    command.env("FORKLINE_ACCEPT_COALESCE_US", "soon");
+    fails(command, 2, &["FORKLINE_ACCEPT_COALESCE_US", "soon"]);
+}
+
+#[test]
 fn bad_values() {
     fails(
         run(&["--mode", "fast", "--", "true"]),

@@ -187,6 +187,20 @@ fn unknown_sched_policy_is_a_clear_error() {
 }
 
 #[test]
+fn bad_accept_coalesce_value_is_a_clear_error() {
+    for bad in ["fast", "-1", "2000000"] {
+        let mut tb = Testbed::start(&[("FORKLINE_ACCEPT_COALESCE_US", bad)]);
+        let e = tb.wait_event("error", None);
+        let msg = e["error"].as_str().unwrap();
+        assert!(
+            msg.contains("FORKLINE_ACCEPT_COALESCE_US") && msg.contains(bad),
+            "{msg}"
+        );
+        assert_eq!(tb.wait_exit(SOON).unwrap().code(), Some(2));
+    }
+}
+
+#[test]
 fn missing_or_non_executable_program_is_a_clear_error() {
     let mut tb = Testbed::start(&[("TB_EXEC", "/nonexistent/forkline-worker")]);
     let e = tb.wait_event("error", None);

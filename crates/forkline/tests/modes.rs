@@ -112,6 +112,57 @@ fn round_robin_spreads_2000_connections_over_4_workers_within_5_percent() {
     }
 }
 
+/// Round-robin with accept coalescing on (the longest window, 1 s, so that a connection that
+/// waited for the timer would show): a burst from many clients is served in full by both
+/// workers, and lone connections after the burst are handed out at once, not a window later.
+#[test]
+fn accept_coalescing_serves_bursts_and_hands_out_lone_connections_at_once() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _tb = serving(
+        2,
+        &addr,
+        &[
+            ("TB_MODE", "round-robin"),
+            ("FORKLINE_ACCEPT_COALESCE_US", "1000000"),
+        ],
+    );
+    let started = Instant::now();
+    let answered: Vec<u64> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..5)
+                        .map(|_| answered_by(&fetch(&addr).expect("fetch")).expect("a reply"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    assert_eq!(answered.len(), 80);
+    let ids: HashSet<u64> = answered.into_iter().collect();
+    assert_eq!(ids, HashSet::from([0, 1]), "both workers serve the burst");
+    // Each client waited at most a window per connection: 5 rounds, with margin for CI.
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // Quiet for more than a window: the accept loop is back to waiting on the socket. One
+    // client connecting again only after each answer never makes a queue, so none of its
+    // connections waits for the timer (five 1 s windows would take 4 s or more).
+    std::thread::sleep(Duration::from_millis(1500));
+    let lone = Instant::now();
+    for _ in 0..5 {
+        answer_within(&addr, Duration::from_secs(5)).expect("a lone connection is answered");
+    }
+    assert!(
+        lone.elapsed() < Duration::from_secs(2),
+        "5 lone connections took {:?}, as if each waited for the 1 s window",
+        lone.elapsed()
+    );
+}
+
 #[test]
 fn least_conn_steers_new_connections_away_from_a_busy_worker() {
     let addr = format!("127.0.0.1:{}", free_port());

@@ -9,6 +9,7 @@ use super::cluster::{Cluster, Shutdown};
 use super::event::Event;
 use super::options::{
     Backoff, Balance, ClusterOptions, ListenSpec, Readiness, RestartPolicy, WorkerStdio,
+    MAX_ACCEPT_COALESCE,
 };
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
@@ -22,6 +23,8 @@ pub struct ClusterBuilder {
     args_set: bool,
     /// Set when the mode was chosen in code, so `FORKLINE_SCHED_POLICY` does not matter.
     mode_set: bool,
+    /// `accept_coalesce` was called, so `FORKLINE_ACCEPT_COALESCE_US` is not consulted.
+    coalesce_set: bool,
     expect_protocol: bool,
 }
 
@@ -39,6 +42,7 @@ impl ClusterBuilder {
             exec_set: false,
             args_set: false,
             mode_set: false,
+            coalesce_set: false,
             expect_protocol: true,
         }
     }
@@ -50,6 +54,7 @@ impl ClusterBuilder {
             exec_set: true,
             args_set: true,
             mode_set: true,
+            coalesce_set: false,
             expect_protocol: false,
         }
     }
@@ -156,6 +161,24 @@ impl ClusterBuilder {
     /// Unacknowledged handoffs allowed per worker (default 64).
     pub fn credit_window(mut self, window: usize) -> Self {
         self.opts.credit_window = window;
+        self
+    }
+
+    /// Round-robin accept coalescing (default off; `Duration::ZERO` turns it off).
+    ///
+    /// Once a wake-up finds connections queued (they arrive faster than the primary wakes up),
+    /// the primary accepts at most `window` apart, taking everything queued at once, until a
+    /// window passes with none. That saves the primary and the workers a context switch per
+    /// connection, which under many concurrent clients is most of the primary's cost (500 µs
+    /// brings round-robin to the throughput of workers accepting by themselves in
+    /// `bench/RESULTS.md`). The price is latency: a connection may wait up to `window` in the
+    /// kernel's accept queue, and with only a few clients that each wait for their answer
+    /// before connecting again, the wait limits their throughput. A connection arriving after a
+    /// quiet spell is handed out at once. At most 1 s. Without this call,
+    /// `FORKLINE_ACCEPT_COALESCE_US` (microseconds, 0 for off) sets it.
+    pub fn accept_coalesce(mut self, window: Duration) -> Self {
+        self.opts.accept_coalesce = (!window.is_zero()).then_some(window);
+        self.coalesce_set = true;
         self
     }
 
@@ -294,6 +317,18 @@ impl ClusterBuilder {
         }
         if opts.readiness == Readiness::Notify || opts.worker_timeout.is_some() {
             opts.notify_socket = true;
+        }
+        if !self.coalesce_set {
+            super::options::accept_coalesce_from_env()?;
+        }
+        if opts
+            .accept_coalesce
+            .is_some_and(|w| w > MAX_ACCEPT_COALESCE)
+        {
+            return Err(Error::InvalidOption {
+                field: "accept_coalesce",
+                reason: format!("must be at most {MAX_ACCEPT_COALESCE:?}"),
+            });
         }
         if opts.credit_window == 0 {
             return Err(Error::InvalidOption {

@@ -14,9 +14,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
+use super::coalesce::CoalesceTimer;
 use super::handle::WorkerHandle;
 use super::options::{sticky_index, Balance};
 use crate::protocol::channel::{encode, AsyncChannel};
@@ -327,15 +329,22 @@ impl Dispatcher {
 
     /// Accepts on `listener`'s socket until `stop` fires, handing connections out in batches.
     /// Stops accepting (leaving connections in the kernel backlog) while no worker has room.
+    ///
+    /// With a `coalesce` window, a socket wake-up that found two connections or more is
+    /// followed by timer waits instead of socket waits, until a window passes with none (see
+    /// `coalesce`).
     pub async fn accept_loop(
         self: Arc<Self>,
         listener: u64,
         socket: Arc<OwnedFd>,
+        coalesce: Option<Duration>,
         mut stop: watch::Receiver<bool>,
     ) -> io::Result<()> {
         let dup = socket.try_clone()?;
         set_nonblocking(&dup)?;
         let async_fd = crate::sys::async_fd(dup, tokio::io::Interest::READABLE)?;
+        let timer = coalesce.map(CoalesceTimer::new).transpose()?;
+        let mut hot = false;
         loop {
             // Wait for room (a worker with credit), or stop.
             loop {
@@ -348,29 +357,63 @@ impl Dispatcher {
                     _ = stop.wait_for(|s| *s) => return Ok(()),
                 }
             }
-            let mut guard = tokio::select! {
-                guard = async_fd.readable() => guard?,
-                _ = stop.wait_for(|s| *s) => return Ok(()),
+            let accepted = match (&timer, hot) {
+                (Some(timer), true) => {
+                    tokio::select! {
+                        waited = timer.wait() => waited?,
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    }
+                    self.accept_queued(listener, async_fd.get_ref()).await.0
+                }
+                _ => {
+                    let mut guard = tokio::select! {
+                        guard = async_fd.readable() => guard?,
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    };
+                    let (accepted, drained) =
+                        self.accept_queued(listener, async_fd.get_ref()).await;
+                    if drained {
+                        guard.clear_ready();
+                    }
+                    accepted
+                }
             };
+            // Hot once a socket wake-up finds a queue (connections arrive faster than the
+            // primary wakes up); cold again after a window with none.
+            hot = timer.is_some() && accepted >= if hot { 1 } else { 2 };
+        }
+    }
+
+    /// Accepts and hands out what is queued on the socket, `ACCEPT_BATCH` at a time, until it
+    /// is empty or no worker has room. Returns how many connections it took, and whether the
+    /// socket was found empty.
+    async fn accept_queued(&self, listener: u64, socket: &OwnedFd) -> (usize, bool) {
+        let mut total = 0;
+        loop {
             let mut batch = Vec::new();
+            let mut drained = false;
             while batch.len() < ACCEPT_BATCH {
-                match accept(async_fd.get_ref()) {
+                match accept(socket) {
                     Ok(Some((fd, peer))) => batch.push(Conn { listener, fd, peer }),
                     Ok(None) => {
-                        guard.clear_ready();
+                        drained = true;
                         break;
                     }
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
-                        guard.clear_ready();
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        drained = true;
                         break;
                     }
                 }
             }
+            total += batch.len();
             if !batch.is_empty() {
                 self.dispatch(batch);
+            }
+            if drained || !self.has_room(listener) {
+                return (total, drained);
             }
         }
     }

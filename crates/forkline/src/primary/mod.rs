@@ -3,6 +3,7 @@
 
 mod builder;
 mod cluster;
+mod coalesce;
 mod dispatch;
 mod event;
 mod handle;

@@ -166,6 +166,9 @@ pub struct ClusterOptions {
     pub balance: Balance,
     /// Connections handed to one worker and not yet acknowledged, at most.
     pub credit_window: usize,
+    /// Round-robin accept coalescing: under sustained load, accept at most this far apart
+    /// (`None`, the default: wake up for every connection).
+    pub accept_coalesce: Option<Duration>,
     /// Listeners bound up front and passed to every worker by the systemd convention.
     pub listeners: Vec<ListenSpec>,
     /// Already-bound sockets to use instead of binding `listeners` (socket activation): same
@@ -232,6 +235,8 @@ impl Default for ClusterOptions {
             mode: mode_from_env().ok().flatten().unwrap_or_default(),
             balance: Balance::default(),
             credit_window: 64,
+            // A bad value is reported when the builder validates (`accept_coalesce_from_env`).
+            accept_coalesce: accept_coalesce_from_env().ok().flatten().flatten(),
             listeners: Vec::new(),
             inherited: Vec::new(),
             inherited_names: Vec::new(),
@@ -245,6 +250,34 @@ impl Default for ClusterOptions {
             unix_mode: None,
         }
     }
+}
+
+/// The longest accept coalescing window allowed.
+pub const MAX_ACCEPT_COALESCE: Duration = Duration::from_secs(1);
+
+/// Environment variable that sets the accept coalescing window, in microseconds (0: off).
+pub const ENV_ACCEPT_COALESCE_US: &str = "FORKLINE_ACCEPT_COALESCE_US";
+
+/// The window set by `FORKLINE_ACCEPT_COALESCE_US`, if set (`Some(None)` for 0: off); an error
+/// naming the variable if it is not a number of microseconds up to `MAX_ACCEPT_COALESCE`.
+pub fn accept_coalesce_from_env() -> crate::error::Result<Option<Option<Duration>>> {
+    let Ok(value) = std::env::var(ENV_ACCEPT_COALESCE_US) else {
+        return Ok(None);
+    };
+    let window = value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_micros)
+        .filter(|w| *w <= MAX_ACCEPT_COALESCE)
+        .ok_or_else(|| crate::error::Error::InvalidOption {
+            field: ENV_ACCEPT_COALESCE_US,
+            reason: format!(
+                "`{value}` is not a number of microseconds from 0 to {}",
+                MAX_ACCEPT_COALESCE.as_micros()
+            ),
+        })?;
+    Ok(Some((!window.is_zero()).then_some(window)))
 }
 
 /// The mode named by `FORKLINE_SCHED_POLICY` (`rr`, `none`, or a mode name), if set; an error

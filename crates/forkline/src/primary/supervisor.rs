@@ -521,8 +521,9 @@ pub(crate) fn start_round_robin(cluster: &Cluster, listener: &super::listeners::
         let dispatcher = cluster.inner.dispatcher.clone();
         let stop = cluster.inner.stop_accepting.subscribe();
         let id = listener.id;
+        let coalesce = cluster.inner.opts.accept_coalesce;
         tokio::spawn(async move {
-            if let Err(e) = dispatcher.accept_loop(id, socket, stop).await {
+            if let Err(e) = dispatcher.accept_loop(id, socket, coalesce, stop).await {
                 tracing::error!(error = %e, "accept loop failed");
             }
         });
