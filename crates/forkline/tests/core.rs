@@ -34,6 +34,33 @@ fn messages_round_trip_both_ways() {
     }
 }
 
+/// Messages to a worker that stopped reading wait for buffer space in the primary (1.2 MB,
+/// several socket buffers) and all arrive, in order, once it reads again.
+#[test]
+fn messages_to_a_stopped_worker_wait_for_buffer_space_and_arrive_in_order() {
+    const COUNT: u64 = 40;
+    let mut tb = Testbed::start(&[("TB_WORKERS", "1")]);
+    let pid = nix::unistd::Pid::from_raw(tb.wait_online(1)[0].1 as i32);
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+    let pad = "x".repeat(30 * 1024);
+    for n in 0..COUNT {
+        tb.command(&format!("send 0 {{\"n\":{n},\"pad\":\"{pad}\"}}"));
+    }
+    for _ in 0..COUNT {
+        let reply = tb.wait_for("send reply", SOON, |e| {
+            e["event"] == "reply" && e["command"] == "send"
+        });
+        assert!(reply.get("error").is_none(), "{reply}");
+    }
+    nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
+    for n in 0..COUNT {
+        let echo = tb.wait_for("echo", SOON, |e| {
+            e["event"] == "message" && e["payload"]["echo"]["n"].is_u64()
+        });
+        assert_eq!(echo["payload"]["echo"]["n"], n, "in order");
+    }
+}
+
 #[test]
 fn crashing_worker_restarts_with_growing_delays_and_keeps_its_id() {
     let mut tb = Testbed::start(&[

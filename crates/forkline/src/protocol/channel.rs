@@ -60,7 +60,7 @@ impl AsyncChannel {
         flags.insert(nix::fcntl::OFlag::O_NONBLOCK);
         nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
         Ok(Self {
-            fd: sys::async_fd(fd, Interest::READABLE | Interest::WRITABLE)?,
+            fd: sys::async_fd(fd, Interest::READABLE)?,
             recv_buf: std::sync::Mutex::new(vec![0u8; MAX_PACKET + 1]),
         })
     }
@@ -71,9 +71,19 @@ impl AsyncChannel {
     }
 
     /// Sends one packet, waiting for buffer space if needed.
+    ///
+    /// The channel is registered for reading only: registered for writing too, every packet
+    /// the worker reads would wake the primary (the kernel signals write space each time a
+    /// sent packet is freed). So the rare send that finds the buffer full waits on a
+    /// registration of its own, made for that wait.
     pub async fn send(&self, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        match self.try_send(data, fds) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+        let writable = sys::async_fd(self.fd.get_ref().try_clone()?, Interest::WRITABLE)?;
         loop {
-            let mut guard = self.fd.writable().await?;
+            let mut guard = writable.writable().await?;
             match guard.try_io(|inner| sys::send_packet(inner.get_ref().as_fd(), data, fds, true)) {
                 Ok(result) => return result,
                 Err(_would_block) => continue,
