@@ -35,6 +35,7 @@ struct RawFile {
     ready: Option<Spanned<Value>>,
     ready_timeout: Option<Spanned<Value>>,
     worker_timeout: Option<Spanned<Value>>,
+    accept_coalesce: Option<Spanned<Value>>,
     max_requests: Option<Spanned<Value>>,
     max_requests_jitter: Option<Spanned<Value>>,
     max_memory: Option<Spanned<Value>>,
@@ -78,6 +79,8 @@ pub struct FileSettings {
     pub ready_timeout: Option<Duration>,
     /// Watchdog timeout.
     pub worker_timeout: Option<Duration>,
+    /// Round-robin accept coalescing window.
+    pub accept_coalesce: Option<Duration>,
     /// Recycle after this many connections.
     pub max_requests: Option<u64>,
     /// Jitter added to `max-requests`.
@@ -340,6 +343,7 @@ impl FileSettings {
             ready: field(located, "ready", raw.ready, |v| parse::ready(&string(v)?))?,
             ready_timeout: field(located, "ready-timeout", raw.ready_timeout, duration)?,
             worker_timeout: field(located, "worker-timeout", raw.worker_timeout, duration)?,
+            accept_coalesce: field(located, "accept-coalesce", raw.accept_coalesce, duration)?,
             max_requests: field(
                 located,
                 "max-requests",

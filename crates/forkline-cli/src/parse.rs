@@ -161,7 +161,7 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     let text = s.trim();
     let bad = || {
         format!(
-            "`{s}` is not a duration (expected a number with a unit, like 500ms, 30s, 5m or 1h)"
+            "`{s}` is not a duration (expected a number with a unit, like 250us, 500ms, 30s, 5m or 1h)"
         )
     };
     if text.is_empty() {
@@ -187,6 +187,7 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let scale = match unit {
+            "us" | "µs" => 0.000_001,
             "ms" => 0.001,
             "s" | "sec" | "secs" => 1.0,
             "m" | "min" | "mins" => 60.0,
@@ -203,11 +204,15 @@ fn seconds(secs: f64) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
-/// The shortest exact spelling of `d` that [`duration`] reads back: `30s`, `500ms`, `5m`.
+/// The shortest exact spelling of `d` that [`duration`] reads back: `30s`, `500ms`, `5m`,
+/// `250us`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if d.subsec_nanos() % 1_000 != 0 {
         return format!("{}s", d.as_secs_f64());
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return format!("{}us", d.as_micros());
     }
     if ms == 0 {
         "0s".into()

@@ -99,6 +99,12 @@ pub struct SettingsArgs {
           value_parser = parse::duration)]
     pub worker_timeout: Option<Duration>,
 
+    /// Round-robin mode: once connections queue up, and while it measurably pays, accept them
+    /// at most this far apart, all at once, instead of waking up for each; 0 turns it off (the
+    /// environment variable FORKLINE_ACCEPT_COALESCE_US takes microseconds) [default: 500us]
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
+    pub accept_coalesce: Option<Duration>,
+
     /// Recycle a worker after it was handed this many connections (proxy and round-robin
     /// modes) [default: off]
     #[arg(long, env = "FORKLINE_MAX_REQUESTS", value_name = "N",
@@ -203,6 +209,8 @@ pub struct Settings {
     pub ready_timeout: Sourced<Duration>,
     /// Watchdog timeout.
     pub worker_timeout: Sourced<Option<Duration>>,
+    /// Round-robin accept coalescing window (zero: off).
+    pub accept_coalesce: Sourced<Duration>,
     /// Recycle after this many connections.
     pub max_requests: Sourced<Option<u64>>,
     /// Jitter for `max_requests`.
@@ -226,6 +234,13 @@ fn sched_policy() -> Result<Option<Mode>, CliError> {
             .map_err(|e| CliError::Usage(format!("{SCHED_POLICY}: {e}"))),
         Err(_) => Ok(None),
     }
+}
+
+/// The window `FORKLINE_ACCEPT_COALESCE_US` sets (zero for off), if it is set.
+fn accept_coalesce_env() -> Result<Option<Duration>, CliError> {
+    forkline::accept_coalesce_from_env()
+        .map(|window| window.map(Option::unwrap_or_default))
+        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 fn pick<T>(
@@ -454,6 +469,20 @@ impl Settings {
                 file.worker_timeout.map(Some),
                 None,
             ),
+            accept_coalesce: match (args.accept_coalesce, accept_coalesce_env()?) {
+                (None, Some(window)) => Sourced {
+                    value: window,
+                    source: Source::Env(forkline::ENV_ACCEPT_COALESCE_US),
+                },
+                (cli, _) => pick(
+                    m,
+                    "accept_coalesce",
+                    None,
+                    cli,
+                    file.accept_coalesce,
+                    forkline::DEFAULT_ACCEPT_COALESCE,
+                ),
+            },
             max_requests: pick(
                 m,
                 "max_requests",
@@ -495,6 +524,12 @@ impl Settings {
             return Err(CliError::Usage(
                 "--mode proxy needs a TCP --listen address to relay from".into(),
             ));
+        }
+        if self.accept_coalesce.value > forkline::MAX_ACCEPT_COALESCE {
+            return Err(CliError::Usage(format!(
+                "invalid --accept-coalesce: must be at most {}",
+                parse::format_duration(forkline::MAX_ACCEPT_COALESCE)
+            )));
         }
         if self.max_requests_jitter.value > 0 && self.max_requests.value.is_none() {
             return Err(CliError::Usage(
@@ -563,6 +598,7 @@ impl Settings {
             inherited_names: Vec::new(),
             readiness: self.ready.value,
             ready_timeout: self.ready_timeout.value,
+            accept_coalesce: Some(self.accept_coalesce.value).filter(|w| !w.is_zero()),
             max_requests: self.max_requests.value,
             max_requests_jitter: self.max_requests_jitter.value,
             max_memory: self.max_memory.value,
@@ -676,6 +712,11 @@ impl Settings {
             "worker-timeout",
             self.worker_timeout.value.map(dur),
             self.worker_timeout.source,
+        );
+        line(
+            "accept-coalesce",
+            Some(dur(self.accept_coalesce.value)),
+            self.accept_coalesce.source,
         );
         line(
             "max-requests",

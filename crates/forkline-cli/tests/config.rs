@@ -97,6 +97,52 @@ fn sched_policy_variable_picks_the_mode_after_forkline_mode() {
     );
 }
 
+/// `--accept-coalesce` takes microseconds as a duration; the library's variable takes a number
+/// of microseconds and comes after the flag; too long a window is a usage error naming the flag.
+#[test]
+fn accept_coalesce_from_flag_file_and_environment() {
+    let dir = TempDir::new("coalesce");
+    let path = dir.write(
+        "forkline.toml",
+        "command = [\"true\"]\naccept-coalesce = \"2ms\"\n",
+    );
+    let check = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut command = forkline();
+        command.envs(vars.iter().copied());
+        command.arg("check-config").args(args).arg(&path);
+        run_to_end(command, Duration::from_secs(30))
+    };
+    let setting_of = |finished: &Finished| {
+        assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+        setting(&finished.stdout, "accept-coalesce")
+    };
+    assert_eq!(
+        setting_of(&check(&[], &[])),
+        ("\"2ms\"".to_string(), "config file".to_string())
+    );
+    assert_eq!(
+        setting_of(&check(&[], &[("FORKLINE_ACCEPT_COALESCE_US", "250")])),
+        (
+            "\"250us\"".to_string(),
+            "env FORKLINE_ACCEPT_COALESCE_US".to_string()
+        )
+    );
+    assert_eq!(
+        setting_of(&check(
+            &["--accept-coalesce", "500us"],
+            &[("FORKLINE_ACCEPT_COALESCE_US", "250")]
+        )),
+        ("\"500us\"".to_string(), "flag".to_string())
+    );
+    let too_long = check(&["--accept-coalesce", "2s"], &[]);
+    assert_eq!(too_long.code, Some(2));
+    assert!(
+        too_long.stderr.contains("--accept-coalesce"),
+        "{}",
+        too_long.stderr
+    );
+}
+
 /// The printed settings are a config file that reads back to the same settings.
 #[test]
 fn check_config_output_reads_back() {

@@ -40,8 +40,9 @@ pub mod worker;
 
 pub use error::{Error, Result};
 pub use primary::{
-    Backoff, Balance, Cluster, ClusterBuilder, ClusterOptions, Event, EventStream, ListenSpec,
-    Readiness, RestartPolicy, Shutdown, SlotStatus, WorkerHandle, WorkerState, WorkerStdio,
+    accept_coalesce_from_env, Backoff, Balance, Cluster, ClusterBuilder, ClusterOptions, Event,
+    EventStream, ListenSpec, Readiness, RestartPolicy, Shutdown, SlotStatus, WorkerHandle,
+    WorkerState, WorkerStdio, DEFAULT_ACCEPT_COALESCE, ENV_ACCEPT_COALESCE_US, MAX_ACCEPT_COALESCE,
 };
 pub use protocol::{Mode, SocketKind};
 pub use role::{role, Role};

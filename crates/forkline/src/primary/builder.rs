@@ -164,17 +164,17 @@ impl ClusterBuilder {
         self
     }
 
-    /// Round-robin accept coalescing (default off; `Duration::ZERO` turns it off).
+    /// Round-robin accept coalescing window (default 500 µs; `Duration::ZERO` turns it off).
     ///
     /// Once a wake-up finds connections queued (they arrive faster than the primary wakes up),
-    /// the primary accepts at most `window` apart, taking everything queued at once, until a
+    /// the primary may accept at most `window` apart, taking everything queued at once, until a
     /// window passes with none. That saves the primary and the workers a context switch per
-    /// connection, which under many concurrent clients is most of the primary's cost (500 µs
-    /// brings round-robin to the throughput of workers accepting by themselves in
-    /// `bench/RESULTS.md`). The price is latency: a connection may wait up to `window` in the
-    /// kernel's accept queue, and with only a few clients that each wait for their answer
-    /// before connecting again, the wait limits their throughput. A connection arriving after a
-    /// quiet spell is handed out at once. At most 1 s. Without this call,
+    /// connection, most of the primary's cost under many concurrent clients. It is used only
+    /// while it pays: every few seconds the primary measures its accept rate for a moment with
+    /// and without, and keeps coalescing only if it was clearly faster with it, so a few clients
+    /// that each wait for their answer (whom a window would stall) and light traffic are never
+    /// delayed. A connection after a quiet spell is handed out at once; under load, one waits
+    /// at most `window` in the kernel's accept queue. At most 1 s. Without this call,
     /// `FORKLINE_ACCEPT_COALESCE_US` (microseconds, 0 for off) sets it.
     pub fn accept_coalesce(mut self, window: Duration) -> Self {
         self.opts.accept_coalesce = (!window.is_zero()).then_some(window);

@@ -14,11 +14,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use super::coalesce::CoalesceTimer;
+use super::coalesce::{CoalesceTimer, Governor};
 use super::handle::WorkerHandle;
 use super::options::{sticky_index, Balance};
 use crate::protocol::channel::{encode, AsyncChannel};
@@ -331,8 +331,8 @@ impl Dispatcher {
     /// Stops accepting (leaving connections in the kernel backlog) while no worker has room.
     ///
     /// With a `coalesce` window, a socket wake-up that found two connections or more is
-    /// followed by timer waits instead of socket waits, until a window passes with none (see
-    /// `coalesce`).
+    /// followed by timer waits instead of socket waits, until a window passes with none, as
+    /// long as the governor finds that it pays (see `coalesce`).
     pub async fn accept_loop(
         self: Arc<Self>,
         listener: u64,
@@ -344,6 +344,7 @@ impl Dispatcher {
         set_nonblocking(&dup)?;
         let async_fd = crate::sys::async_fd(dup, tokio::io::Interest::READABLE)?;
         let timer = coalesce.map(CoalesceTimer::new).transpose()?;
+        let mut governor = Governor::new(Instant::now());
         let mut hot = false;
         loop {
             // Wait for room (a worker with credit), or stop.
@@ -379,8 +380,12 @@ impl Dispatcher {
                 }
             };
             // Hot once a socket wake-up finds a queue (connections arrive faster than the
-            // primary wakes up); cold again after a window with none.
-            hot = timer.is_some() && accepted >= if hot { 1 } else { 2 };
+            // primary wakes up); cold again after a window with none, or when the governor
+            // finds that coalescing does not pay.
+            if timer.is_some() {
+                governor.record(accepted, Instant::now());
+                hot = governor.allowed() && accepted >= if hot { 1 } else { 2 };
+            }
         }
     }
 

@@ -166,8 +166,8 @@ pub struct ClusterOptions {
     pub balance: Balance,
     /// Connections handed to one worker and not yet acknowledged, at most.
     pub credit_window: usize,
-    /// Round-robin accept coalescing: under sustained load, accept at most this far apart
-    /// (`None`, the default: wake up for every connection).
+    /// Round-robin accept coalescing: under load, and while it pays, accept at most this far
+    /// apart (`None`: wake up for every connection; default `DEFAULT_ACCEPT_COALESCE`).
     pub accept_coalesce: Option<Duration>,
     /// Listeners bound up front and passed to every worker by the systemd convention.
     pub listeners: Vec<ListenSpec>,
@@ -236,7 +236,10 @@ impl Default for ClusterOptions {
             balance: Balance::default(),
             credit_window: 64,
             // A bad value is reported when the builder validates (`accept_coalesce_from_env`).
-            accept_coalesce: accept_coalesce_from_env().ok().flatten().flatten(),
+            accept_coalesce: accept_coalesce_from_env()
+                .ok()
+                .flatten()
+                .unwrap_or(Some(DEFAULT_ACCEPT_COALESCE)),
             listeners: Vec::new(),
             inherited: Vec::new(),
             inherited_names: Vec::new(),
@@ -251,6 +254,9 @@ impl Default for ClusterOptions {
         }
     }
 }
+
+/// The accept coalescing window unless something sets another: 500 µs.
+pub const DEFAULT_ACCEPT_COALESCE: Duration = Duration::from_micros(500);
 
 /// The longest accept coalescing window allowed.
 pub const MAX_ACCEPT_COALESCE: Duration = Duration::from_secs(1);
