@@ -5,7 +5,7 @@
 # 127.0.0.1 port, wait (bounded) until it answers, warm up, load it with `loadgen`, record req/s,
 # the CV of per-worker counts, errors and the primary's VmRSS, then kill its process group.
 #   forkline-rr / forkline-shared / forkline-reuseport   target/release/examples/cluster
-#   forkline-rr-coalesce        the same, FORKLINE_ACCEPT_COALESCE_US=$BENCH_COALESCE_US
+#   forkline-rr-nocoalesce      the same, FORKLINE_ACCEPT_COALESCE_US=0 (accept coalescing off)
 #   node-rr / node-none                                  bench/node/cluster.js
 #   limit                                                2 x limit-server on SO_REUSEPORT
 #   forkline-proxy                                       forkline run --mode proxy -- limit-server
@@ -14,7 +14,6 @@
 #
 # Knobs (environment): BENCH_SECS=8 BENCH_ROUNDS=1 BENCH_WARMUP=1 BENCH_WORKERS=2
 #   BENCH_CONCURRENCY=32 BENCH_DELAYS="0 10" BENCH_CONFIGS="<ids>" BENCH_BUILD=1 BENCH_HTTP=1
-#   BENCH_COALESCE_US=500 (the window of the forkline-rr-coalesce row)
 #   BENCH_INSTALL=1 (apt-get install wrk if missing) CARGO_TARGET_DIR (where binaries are).
 # All traffic goes to 127.0.0.1. Every wait is bounded; every server is killed by its group id.
 set -euo pipefail
@@ -28,9 +27,7 @@ WARMUP=${BENCH_WARMUP:-1}
 WORKERS=${BENCH_WORKERS:-2}
 CONC=${BENCH_CONCURRENCY:-32}
 DELAYS=${BENCH_DELAYS:-"0 10"}
-CONFIGS=${BENCH_CONFIGS:-"limit node-rr node-none forkline-rr forkline-rr-coalesce forkline-shared forkline-reuseport forkline-proxy"}
-# The accept coalescing window of the forkline-rr-coalesce row, in microseconds.
-COALESCE_US=${BENCH_COALESCE_US:-500}
+CONFIGS=${BENCH_CONFIGS:-"limit node-rr node-none forkline-rr forkline-rr-nocoalesce forkline-shared forkline-reuseport forkline-proxy"}
 HTTP_CONFIGS=${BENCH_HTTP_CONFIGS:-"node-http-rr node-http-none forkline-http-rr forkline-http-shared forkline-http-reuseport"}
 BUILD=${BENCH_BUILD:-1}
 HTTP=${BENCH_HTTP:-1}
@@ -146,7 +143,7 @@ label() {
     node-rr) echo "node cluster rr" ;;
     node-none) echo "node cluster none" ;;
     forkline-rr) echo "forkline rr" ;;
-    forkline-rr-coalesce) echo "forkline rr, accept coalescing ${COALESCE_US} µs" ;;
+    forkline-rr-nocoalesce) echo "forkline rr, accept coalescing off" ;;
     forkline-shared) echo "forkline shared (none)" ;;
     forkline-reuseport) echo "forkline reuseport" ;;
     forkline-proxy) echo "forkline proxy -> limit-server" ;;
@@ -183,8 +180,8 @@ start() {
       FORKLINE_SCHED_POLICY=$mode setsid "$FL_CLUSTER" "$addr" "$delay" "$WORKERS" \
         >"$logf" 2>&1 </dev/null &
       CURRENT_PGID=$! PRIMARY=$CURRENT_PGID ;;
-    forkline-rr-coalesce)
-      FORKLINE_SCHED_POLICY=rr FORKLINE_ACCEPT_COALESCE_US=$COALESCE_US \
+    forkline-rr-nocoalesce)
+      FORKLINE_SCHED_POLICY=rr FORKLINE_ACCEPT_COALESCE_US=0 \
         setsid "$FL_CLUSTER" "$addr" "$delay" "$WORKERS" >"$logf" 2>&1 </dev/null &
       CURRENT_PGID=$! PRIMARY=$CURRENT_PGID ;;
     forkline-http-*)
@@ -204,7 +201,7 @@ start() {
 expected_lines() {
   case "$1" in
     limit) echo "$WORKERS" ;;
-    node-* | forkline-rr | forkline-rr-coalesce | forkline-shared | forkline-reuseport | forkline-http-*) echo "$WORKERS" ;;
+    node-* | forkline-rr | forkline-rr-nocoalesce | forkline-shared | forkline-reuseport | forkline-http-*) echo "$WORKERS" ;;
     *) echo 0 ;;
   esac
 }
