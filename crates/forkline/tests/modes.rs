@@ -142,11 +142,11 @@ fn all_threads_stopped(pid: u32) -> bool {
 }
 
 /// Round-robin with the longest accept coalescing window (1 s, so that waiting for the timer
-/// shows). The primary is stopped while 16 clients connect, so its first wake-up finds a queue;
-/// that wake-up comes after the governor's first probe (without) and starts the probe with
-/// coalescing: the clients' next connections wait for the timer, and all are served by both
-/// workers. After the probe the governor finds too little traffic to keep coalescing, and one
-/// client connecting again only after each answer is served at once.
+/// shows), coalescing whenever connections queue (`accept_coalesce_always`; the governor that
+/// decides by default is tested in `coalesce.rs`). The primary is stopped while 16 clients
+/// connect, so its first wake-up finds a queue: the clients' next connections wait for the
+/// timer, and all are served by both workers. One client connecting again only after each
+/// answer never makes a queue, so it is served at once.
 #[test]
 fn accept_coalescing_batches_a_queue_on_a_timer_and_never_delays_a_lone_client() {
     const CLIENTS: usize = 16;
@@ -158,13 +158,10 @@ fn accept_coalescing_batches_a_queue_on_a_timer_and_never_delays_a_lone_client()
         &[
             ("TB_MODE", "round-robin"),
             ("FORKLINE_ACCEPT_COALESCE_US", "1000000"),
+            ("TB_COALESCE_ALWAYS", "1"),
         ],
     );
     let primary = nix::unistd::Pid::from_raw(tb.pid() as i32);
-    // The accept loop started before the workers listened. Its governor's first probe (200 ms
-    // without coalescing) ends at its first wake-up 200 ms or more after that, which starts the
-    // probe with coalescing.
-    let probe_over = Instant::now() + Duration::from_millis(500);
     nix::sys::signal::kill(primary, nix::sys::signal::Signal::SIGSTOP).unwrap();
     // The stop takes effect a moment later; a connection accepted in that moment would be
     // held, unsent, until the primary resumes.
@@ -190,9 +187,6 @@ fn accept_coalescing_batches_a_queue_on_a_timer_and_never_delays_a_lone_client()
                 accept_queue_length(port)
             );
             std::thread::sleep(Duration::from_millis(5));
-        }
-        if let Some(left) = probe_over.checked_duration_since(Instant::now()) {
-            std::thread::sleep(left);
         }
         let resumed = Instant::now();
         nix::sys::signal::kill(primary, nix::sys::signal::Signal::SIGCONT).unwrap();

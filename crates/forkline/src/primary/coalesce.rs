@@ -75,8 +75,8 @@ const GAIN: f64 = 1.05;
 /// A probe with fewer connections than this decides nothing (coalescing stays off).
 const MIN_CONNECTIONS: u64 = 100;
 
-/// The most one gap between wake-ups counts towards a probe's busy time: longer gaps are idle
-/// time, and idle time says nothing about how fast connections can be accepted.
+/// A pause between wake-ups longer than this (or than two windows) voids the probe under way:
+/// a rate taken across idle time says nothing about how fast connections can be accepted.
 const IDLE_GAP: Duration = Duration::from_millis(5);
 
 /// Where the governor is in its cycle.
@@ -97,33 +97,34 @@ enum Phase {
 /// window runs). So the governor measures how fast connections are accepted during a short
 /// probe without coalescing and one with, and keeps coalescing for the next few seconds only if
 /// it was clearly faster; then it probes again. When the rates are equal (the clients set the
-/// pace, not the primary) or traffic is light, coalescing stays off, so it never adds latency
-/// for nothing. Rates are taken over busy time: a gap between wake-ups counts at most
-/// `IDLE_GAP`, so a pause in the traffic during a probe does not tip the comparison.
+/// pace, not the primary) coalescing stays off, so it never adds latency for nothing. A probe
+/// only counts under steady load: a pause longer than `IDLE_GAP` restarts it, so under light
+/// traffic coalescing is never even tried, and the first probe comes as soon as load does.
 #[derive(Debug)]
 pub(crate) struct Governor {
     phase: Phase,
     phase_start: Instant,
     last_wake: Instant,
-    /// Connections accepted, and busy time, in this phase.
+    /// Connections accepted in this phase.
     accepted: u64,
-    busy: Duration,
-    /// The rate measured by the probe without coalescing (`None`: too little traffic).
-    rate_without: Option<f64>,
+    /// The longest pause a probe survives.
+    idle_gap: Duration,
+    /// The rate measured by the probe without coalescing.
+    rate_without: f64,
     /// The decision of the last pair of probes.
     coalesce: bool,
 }
 
 impl Governor {
-    /// A governor that starts by probing without coalescing.
-    pub fn new(now: Instant) -> Self {
+    /// A governor for a coalescing `window`, starting by probing without coalescing.
+    pub fn new(window: Duration, now: Instant) -> Self {
         Self {
             phase: Phase::ProbeWithout,
             phase_start: now,
             last_wake: now,
             accepted: 0,
-            busy: Duration::ZERO,
-            rate_without: None,
+            idle_gap: IDLE_GAP.max(2 * window),
+            rate_without: 0.0,
             coalesce: false,
         }
     }
@@ -139,50 +140,53 @@ impl Governor {
 
     /// Records a wake-up of the accept loop at `now` that accepted `accepted` connections.
     pub fn record(&mut self, accepted: usize, now: Instant) {
-        self.accepted += accepted as u64;
-        self.busy += now.saturating_duration_since(self.last_wake).min(IDLE_GAP);
+        let pause = now.saturating_duration_since(self.last_wake);
         self.last_wake = now;
+        if self.phase != Phase::Hold && pause > self.idle_gap {
+            // Not steady load: start over, without coalescing, from this wake-up.
+            self.next(Phase::ProbeWithout, now);
+            return;
+        }
+        self.accepted += accepted as u64;
         let elapsed = now.saturating_duration_since(self.phase_start);
-        match self.phase {
-            Phase::ProbeWithout if elapsed >= PROBE => {
-                self.rate_without = self.rate();
+        let rate = (self.accepted >= MIN_CONNECTIONS)
+            .then(|| self.accepted as f64 / elapsed.as_secs_f64().max(1e-9));
+        match (self.phase, rate) {
+            (Phase::ProbeWithout, Some(rate)) if elapsed >= PROBE => {
+                self.rate_without = rate;
                 self.next(Phase::ProbeWith, now);
             }
-            Phase::ProbeWith if elapsed >= PROBE => {
-                self.coalesce = match (self.rate_without, self.rate()) {
-                    (Some(without), Some(with)) => with > without * GAIN,
-                    _ => false,
-                };
+            (Phase::ProbeWith, Some(with)) if elapsed >= PROBE => {
+                self.coalesce = with > self.rate_without * GAIN;
                 tracing::debug!(
-                    without = self.rate_without.map(|r| r as u64),
-                    with = self.rate().map(|r| r as u64),
+                    without = self.rate_without as u64,
+                    with = with as u64,
                     coalesce = self.coalesce,
-                    "accept coalescing probed (connections per busy second)"
+                    "accept coalescing probed (connections per second)"
                 );
                 self.next(Phase::Hold, now);
             }
-            Phase::Hold if elapsed >= HOLD => self.next(Phase::ProbeWithout, now),
+            // Steady, but too few connections to tell: probe again without.
+            (Phase::ProbeWithout | Phase::ProbeWith, None) if elapsed >= PROBE => {
+                self.next(Phase::ProbeWithout, now)
+            }
+            (Phase::Hold, _) if elapsed >= HOLD => self.next(Phase::ProbeWithout, now),
             _ => {}
         }
-    }
-
-    /// Connections per busy second in this phase, if there were enough to tell.
-    fn rate(&self) -> Option<f64> {
-        (self.accepted >= MIN_CONNECTIONS && !self.busy.is_zero())
-            .then(|| self.accepted as f64 / self.busy.as_secs_f64())
     }
 
     fn next(&mut self, phase: Phase, now: Instant) {
         self.phase = phase;
         self.phase_start = now;
         self.accepted = 0;
-        self.busy = Duration::ZERO;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const WINDOW: Duration = Duration::from_micros(500);
 
     /// Feeds `governor` wake-ups every millisecond from `*now` for `span`, accepting
     /// `per_wake` each, and advances `*now`.
@@ -197,7 +201,7 @@ mod tests {
     #[test]
     fn keeps_coalescing_only_when_it_accepts_clearly_faster() {
         let mut now = Instant::now();
-        let mut governor = Governor::new(now);
+        let mut governor = Governor::new(WINDOW, now);
         assert!(!governor.allowed(), "starts without");
         run(&mut governor, &mut now, PROBE, 10);
         assert!(governor.allowed(), "then probes with");
@@ -213,7 +217,7 @@ mod tests {
     fn turns_coalescing_off_when_it_is_slower_or_no_faster() {
         for with in [5, 10] {
             let mut now = Instant::now();
-            let mut governor = Governor::new(now);
+            let mut governor = Governor::new(WINDOW, now);
             run(&mut governor, &mut now, PROBE, 10);
             run(&mut governor, &mut now, PROBE, with);
             assert!(!governor.allowed(), "{with} per wake-up with, 10 without");
@@ -223,23 +227,76 @@ mod tests {
     }
 
     #[test]
-    fn a_pause_in_the_traffic_does_not_make_coalescing_look_faster() {
+    fn a_pause_voids_the_probe_under_way() {
         let mut now = Instant::now();
-        let mut governor = Governor::new(now);
-        // Without: 100 ms of traffic, a second of nothing, 100 ms of traffic, at the same
-        // pace as with. Over wall-clock time the probe without would look six times slower.
-        run(&mut governor, &mut now, PROBE / 2, 10);
-        now += Duration::from_secs(1);
-        run(&mut governor, &mut now, PROBE / 2, 10);
+        let mut governor = Governor::new(WINDOW, now);
+        run(
+            &mut governor,
+            &mut now,
+            PROBE + Duration::from_millis(1),
+            10,
+        );
         assert!(governor.allowed(), "probing with");
-        run(&mut governor, &mut now, PROBE, 10);
-        assert!(!governor.allowed(), "same pace: off");
+        // The clients pause for a second: had it counted, the probe with coalescing would
+        // look six times slower. It starts over instead, without coalescing.
+        now += Duration::from_secs(1);
+        governor.record(1, now);
+        assert!(!governor.allowed(), "back to probing without");
+        run(
+            &mut governor,
+            &mut now,
+            PROBE + Duration::from_millis(1),
+            10,
+        );
+        run(&mut governor, &mut now, PROBE, 13);
+        assert!(governor.allowed(), "decided on steady load only");
+    }
+
+    #[test]
+    fn a_long_window_is_not_a_pause() {
+        let window = Duration::from_millis(20);
+        let mut now = Instant::now();
+        let mut governor = Governor::new(window, now);
+        run(
+            &mut governor,
+            &mut now,
+            PROBE + Duration::from_millis(1),
+            10,
+        );
+        assert!(governor.allowed());
+        // With coalescing, wake-ups come a window apart, and take more each.
+        for _ in 0..11 {
+            now += window;
+            governor.record(260, now);
+        }
+        assert!(governor.allowed(), "kept: 13 per millisecond against 10");
+    }
+
+    #[test]
+    fn load_after_light_traffic_is_probed_at_once() {
+        let mut now = Instant::now();
+        let mut governor = Governor::new(WINDOW, now);
+        // Ten seconds of one connection every 10 ms: never even probed with coalescing.
+        for _ in 0..1000 {
+            now += Duration::from_millis(10);
+            governor.record(1, now);
+            assert!(!governor.allowed());
+        }
+        // Then load: decided within two probes, not after a hold.
+        run(
+            &mut governor,
+            &mut now,
+            PROBE + Duration::from_millis(10),
+            10,
+        );
+        run(&mut governor, &mut now, PROBE, 13);
+        assert!(governor.allowed());
     }
 
     #[test]
     fn light_traffic_never_turns_coalescing_on() {
         let mut now = Instant::now();
-        let mut governor = Governor::new(now);
+        let mut governor = Governor::new(WINDOW, now);
         // One connection every 10 ms: 20 per probe, too few to decide on.
         for _ in 0..2 {
             for _ in 0..20 {

@@ -330,21 +330,22 @@ impl Dispatcher {
     /// Accepts on `listener`'s socket until `stop` fires, handing connections out in batches.
     /// Stops accepting (leaving connections in the kernel backlog) while no worker has room.
     ///
-    /// With a `coalesce` window, a socket wake-up that found two connections or more is
-    /// followed by timer waits instead of socket waits, until a window passes with none, as
-    /// long as the governor finds that it pays (see `coalesce`).
+    /// With a `coalesce` window, a wake-up that found two connections or more is followed by a
+    /// timer wait instead of a socket wait, as long as the governor finds that it pays, or
+    /// `always` (see `coalesce`).
     pub async fn accept_loop(
         self: Arc<Self>,
         listener: u64,
         socket: Arc<OwnedFd>,
         coalesce: Option<Duration>,
+        always: bool,
         mut stop: watch::Receiver<bool>,
     ) -> io::Result<()> {
         let dup = socket.try_clone()?;
         set_nonblocking(&dup)?;
         let async_fd = crate::sys::async_fd(dup, tokio::io::Interest::READABLE)?;
         let timer = coalesce.map(CoalesceTimer::new).transpose()?;
-        let mut governor = Governor::new(Instant::now());
+        let mut governor = Governor::new(coalesce.unwrap_or_default(), Instant::now());
         let mut hot = false;
         loop {
             // Wait for room (a worker with credit), or stop.
@@ -379,12 +380,14 @@ impl Dispatcher {
                     accepted
                 }
             };
-            // Hot once a socket wake-up finds a queue (connections arrive faster than the
-            // primary wakes up); cold again after a window with none, or when the governor
+            // Hot while each wake-up finds a queue, two connections or more (they arrive faster
+            // than the primary wakes up); cold again after a window with one or none (a client
+            // that connects again only after each answer never waits), or when the governor
             // finds that coalescing does not pay.
             if timer.is_some() {
                 governor.record(accepted, Instant::now());
-                hot = governor.allowed() && accepted >= if hot { 1 } else { 2 };
+                let allowed = always || governor.allowed();
+                hot = allowed && accepted >= 2;
             }
         }
     }

@@ -169,6 +169,8 @@ pub struct ClusterOptions {
     /// Round-robin accept coalescing: under load, and while it pays, accept at most this far
     /// apart (`None`: wake up for every connection; default `DEFAULT_ACCEPT_COALESCE`).
     pub accept_coalesce: Option<Duration>,
+    /// Coalesce whenever connections queue, without the governor's measurements.
+    pub accept_coalesce_always: bool,
     /// Listeners bound up front and passed to every worker by the systemd convention.
     pub listeners: Vec<ListenSpec>,
     /// Already-bound sockets to use instead of binding `listeners` (socket activation): same
@@ -240,6 +242,7 @@ impl Default for ClusterOptions {
                 .ok()
                 .flatten()
                 .unwrap_or(Some(DEFAULT_ACCEPT_COALESCE)),
+            accept_coalesce_always: false,
             listeners: Vec::new(),
             inherited: Vec::new(),
             inherited_names: Vec::new(),

@@ -522,8 +522,12 @@ pub(crate) fn start_round_robin(cluster: &Cluster, listener: &super::listeners::
         let stop = cluster.inner.stop_accepting.subscribe();
         let id = listener.id;
         let coalesce = cluster.inner.opts.accept_coalesce;
+        let always = cluster.inner.opts.accept_coalesce_always;
         tokio::spawn(async move {
-            if let Err(e) = dispatcher.accept_loop(id, socket, coalesce, stop).await {
+            if let Err(e) = dispatcher
+                .accept_loop(id, socket, coalesce, always, stop)
+                .await
+            {
                 tracing::error!(error = %e, "accept loop failed");
             }
         });

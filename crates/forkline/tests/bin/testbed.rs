@@ -3,7 +3,7 @@
 //! garbage on the IPC socket, ...) is chosen by environment variables.
 //!
 //! Primary settings: `TB_WORKERS`, `TB_RESTART` (always|on-failure|never), `TB_GRACE_MS`,
-//! `TB_MIN_UPTIME_MS`, `TB_BACKOFF_MS`, `TB_MODE`, `TB_BALANCE`, `TB_CREDIT_WINDOW`, `TB_EXEC`, `TB_UID`,
+//! `TB_MIN_UPTIME_MS`, `TB_BACKOFF_MS`, `TB_MODE`, `TB_BALANCE`, `TB_CREDIT_WINDOW`, `TB_COALESCE_ALWAYS`, `TB_EXEC`, `TB_UID`,
 //! `TB_READY` (online|listen), `TB_ARGS` (worker arguments separated by \x1f), `TB_PLAIN`
 //! (workers do not speak the protocol), `TB_PREBIND` (a TCP listener bound up front),
 //! `TB_MAX_REQUESTS`, `TB_NOTIFY` (serve NOTIFY_SOCKET, readiness by READY=1) and
@@ -78,6 +78,9 @@ async fn primary() {
     }
     if let Some(n) = env("TB_CREDIT_WINDOW") {
         builder = builder.credit_window(n.parse().expect("TB_CREDIT_WINDOW"));
+    }
+    if env("TB_COALESCE_ALWAYS").is_some() {
+        builder = builder.accept_coalesce_always(true);
     }
     if let Some(exec) = env("TB_EXEC") {
         builder = builder.exec(exec);

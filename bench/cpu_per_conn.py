@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""bench/cpu_per_conn.py: what each connection costs the servers, in CPU time and process
+switches, next to the limit, at delay 0.
+
+Where req/s drifts with the machine, CPU time per connection mostly tells what a mode costs.
+For each configuration, alternating, ROUNDS times:
+- start it in its own session on a free 127.0.0.1 port;
+- wait until it answers, then warm up for 1 s;
+- read every server process's user and system time and context switches from /proc;
+- run loadgen for SECS seconds, read /proc again, and kill the session.
+It prints, per run and as medians:
+- req/s;
+- server CPU µs per connection (all processes of the session, user and system);
+- the user part of it;
+- server context switches per connection;
+- the whole machine's busy CPU µs per connection (from /proc/stat; the load generator included).
+
+    python3 bench/cpu_per_conn.py                    # limit, rr, rr without coalescing, shared
+    ROUNDS=5 SECS=6 CONCURRENCY=32 python3 bench/cpu_per_conn.py limit rr rr-nocoalesce
+
+Configurations: limit (2 x limit-server), rr, rr-nocoalesce, shared, reuseport (the seed
+example, target/release/examples/cluster, 2 workers). Build first:
+cargo build --release -p forkline-loadgen && cargo build --release --example cluster -p forkline
+"""
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+SECS = os.environ.get("SECS", "5")
+CONCURRENCY = os.environ.get("CONCURRENCY", "32")
+TICK = os.sysconf("SC_CLK_TCK")
+LOADGEN = os.path.join(TARGET, "loadgen")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(config, port):
+    addr = f"127.0.0.1:{port}"
+    env = dict(os.environ)
+    if config == "limit":
+        server = os.path.join(TARGET, "limit-server")
+        cmd = ["bash", "-c", f'"{server}" {addr} 0 & "{server}" {addr} 0 & wait']
+    else:
+        policy = {"rr": "rr", "rr-nocoalesce": "rr", "shared": "none", "reuseport": "reuseport"}
+        env["FORKLINE_SCHED_POLICY"] = policy[config]
+        if config == "rr-nocoalesce":
+            env["FORKLINE_ACCEPT_COALESCE_US"] = "0"
+        cmd = [os.path.join(TARGET, "examples", "cluster"), addr, "0", "2"]
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def session_pids(sid):
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[3]) == sid:
+                        pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return pids
+
+
+def server_counters(sid):
+    """(user ticks, system ticks, context switches) summed over the session's processes."""
+    user = system = switches = 0
+    for pid in session_pids(sid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            user += int(fields[11])
+            system += int(fields[12])
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/status") as f:
+                    switches += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+        except (OSError, IndexError, ValueError):
+            pass
+    return user, system, switches
+
+
+def machine_busy():
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+
+
+def loadgen(port, secs):
+    out = subprocess.run([LOADGEN, "--addr", f"127.0.0.1:{port}", "-c", CONCURRENCY, "-d", secs,
+                          "--workers", "2", "--json"], capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else None
+
+
+def measure(config):
+    port = free_port()
+    server = start(config, port)
+    try:
+        for _ in range(75):
+            probe = [LOADGEN, "--addr", f"127.0.0.1:{port}", "-c", "1", "-n", "1", "-d", "1s",
+                     "--timeout", "1s"]
+            if subprocess.run(probe, capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+        loadgen(port, "1s")
+        before, busy_before = server_counters(server.pid), machine_busy()
+        result = loadgen(port, SECS + "s")
+        after, busy_after = server_counters(server.pid), machine_busy()
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    if not result or not result.get("total"):
+        return None
+    n = result["total"]
+    per_conn = lambda ticks: ticks / TICK * 1e6 / n  # noqa: E731
+    return {
+        "rps": result["rps"],
+        "server_us": per_conn((after[0] - before[0]) + (after[1] - before[1])),
+        "user_us": per_conn(after[0] - before[0]),
+        "switches": (after[2] - before[2]) / n,
+        "machine_us": per_conn(busy_after - busy_before),
+    }
+
+
+def show(m):
+    return (f"{m['rps']:7.0f} req/s  server {m['server_us']:5.1f} µs (user {m['user_us']:4.1f})  "
+            f"switches {m['switches']:4.2f}  machine {m['machine_us']:5.1f} µs")
+
+
+def main():
+    configs = sys.argv[1:] or ["limit", "rr", "rr-nocoalesce", "shared"]
+    runs = {c: [] for c in configs}
+    for r in range(ROUNDS):
+        for config in configs:
+            m = measure(config)
+            if m:
+                runs[config].append(m)
+                print(f"round {r + 1} {config:14s} {show(m)}", flush=True)
+    print(f"medians over {ROUNDS} rounds, {CONCURRENCY} clients, per connection:")
+    for config, ms in runs.items():
+        if ms:
+            med = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
+            print(f"  {config:14s} {show(med)}")
+
+
+if __name__ == "__main__":
+    main()
