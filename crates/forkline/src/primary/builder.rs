@@ -166,9 +166,9 @@ impl ClusterBuilder {
 
     /// Round-robin accept coalescing window (default 500 µs; `Duration::ZERO` turns it off).
     ///
-    /// Once a wake-up finds connections queued (they arrive faster than the primary wakes up),
-    /// the primary may accept at most `window` apart, taking everything queued at once, until a
-    /// window passes with none. That saves the primary and the workers a context switch per
+    /// While each wake-up finds two connections or more queued (they arrive faster than the
+    /// primary wakes up), the primary may accept at most `window` apart, taking everything
+    /// queued at once. That saves the primary and the workers a context switch per
     /// connection, most of the primary's cost under many concurrent clients. It is used only
     /// while it pays: every few seconds the primary measures its accept rate for a moment with
     /// and without, and keeps coalescing only if it was clearly faster with it, so a few clients

@@ -5,11 +5,12 @@
 //! A wake-up costs the primary a context switch (and, across CPUs, an inter-processor
 //! interrupt) and costs each worker another one for the packet it is handed. Under load, with
 //! connections a few tens of microseconds apart, those wake-ups are most of the primary's work;
-//! batching them is what interrupt moderation does for a network card. While the loop is *cold*
-//! (the last timer found nothing) it waits on the socket as usual, so a connection arriving
-//! after a quiet spell is handed out at once: only connections that arrive while others are
-//! still streaming in wait, and never longer than the window. Waiting connections stay in the
-//! kernel's accept queue; nothing is held in the primary.
+//! batching them is what interrupt moderation does for a network card. The loop is *hot* (waits
+//! on the timer) only while each wake-up finds a queue of two connections or more; otherwise it
+//! waits on the socket as usual, so a connection after a quiet spell, or from a client that
+//! connects again only after each answer, is handed out at once, and no connection waits longer
+//! than the window. Waiting connections stay in the kernel's accept queue; nothing is held in
+//! the primary. Whether coalescing is used at all is up to the [`Governor`], which measures.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
