@@ -221,8 +221,6 @@ pub struct Settings {
     pub log_prefix: Sourced<bool>,
 }
 
-/// Picks the first layer that has a value: flag or env (told apart by clap), then the file,
-/// then the default.
 /// Node's name for the mode variable, honoured after `--mode` and `FORKLINE_MODE`.
 const SCHED_POLICY: &str = "FORKLINE_SCHED_POLICY";
 
@@ -243,6 +241,8 @@ fn accept_coalesce_env() -> Result<Option<Duration>, CliError> {
         .map_err(|e| CliError::Usage(e.to_string()))
 }
 
+/// Picks the first layer that has a value: flag or env (told apart by clap), then the file,
+/// then the default.
 fn pick<T>(
     matches: &ArgMatches,
     id: &str,
@@ -267,6 +267,26 @@ fn pick<T>(
             value: default,
             source: Source::Default,
         },
+    }
+}
+
+/// Like [`pick`], with one more variable, `library_env` (its name and value, parsed already),
+/// after the flag and its own variable and before the file: one that the library also reads.
+fn pick_after_flag<T>(
+    matches: &ArgMatches,
+    id: &str,
+    env: Option<&'static str>,
+    cli: Option<T>,
+    library_env: Option<(&'static str, T)>,
+    file: Option<T>,
+    default: T,
+) -> Sourced<T> {
+    match (cli, library_env) {
+        (None, Some((name, value))) => Sourced {
+            value,
+            source: Source::Env(name),
+        },
+        (cli, _) => pick(matches, id, env, cli, file, default),
     }
 }
 
@@ -365,20 +385,15 @@ impl Settings {
                 file.listen.clone(),
                 Vec::new(),
             ),
-            mode: match (args.mode, sched_policy()?) {
-                (None, Some(mode)) => Sourced {
-                    value: mode,
-                    source: Source::Env(SCHED_POLICY),
-                },
-                (cli, _) => pick(
-                    m,
-                    "mode",
-                    Some("FORKLINE_MODE"),
-                    cli,
-                    file.mode,
-                    Mode::Shared,
-                ),
-            },
+            mode: pick_after_flag(
+                m,
+                "mode",
+                Some("FORKLINE_MODE"),
+                args.mode,
+                sched_policy()?.map(|mode| (SCHED_POLICY, mode)),
+                file.mode,
+                Mode::Shared,
+            ),
             balance: pick(
                 m,
                 "balance",
@@ -469,20 +484,15 @@ impl Settings {
                 file.worker_timeout.map(Some),
                 None,
             ),
-            accept_coalesce: match (args.accept_coalesce, accept_coalesce_env()?) {
-                (None, Some(window)) => Sourced {
-                    value: window,
-                    source: Source::Env(forkline::ENV_ACCEPT_COALESCE_US),
-                },
-                (cli, _) => pick(
-                    m,
-                    "accept_coalesce",
-                    None,
-                    cli,
-                    file.accept_coalesce,
-                    forkline::DEFAULT_ACCEPT_COALESCE,
-                ),
-            },
+            accept_coalesce: pick_after_flag(
+                m,
+                "accept_coalesce",
+                None,
+                args.accept_coalesce,
+                accept_coalesce_env()?.map(|window| (forkline::ENV_ACCEPT_COALESCE_US, window)),
+                file.accept_coalesce,
+                forkline::DEFAULT_ACCEPT_COALESCE,
+            ),
             max_requests: pick(
                 m,
                 "max_requests",
@@ -525,12 +535,8 @@ impl Settings {
                 "--mode proxy needs a TCP --listen address to relay from".into(),
             ));
         }
-        if self.accept_coalesce.value > forkline::MAX_ACCEPT_COALESCE {
-            return Err(CliError::Usage(format!(
-                "invalid --accept-coalesce: must be at most {}",
-                parse::format_duration(forkline::MAX_ACCEPT_COALESCE)
-            )));
-        }
+        forkline::check_accept_coalesce(self.accept_coalesce.value)
+            .map_err(crate::error::from_library)?;
         if self.max_requests_jitter.value > 0 && self.max_requests.value.is_none() {
             return Err(CliError::Usage(
                 "--max-requests-jitter needs --max-requests".into(),

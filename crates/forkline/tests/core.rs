@@ -201,29 +201,25 @@ fn zero_workers_is_a_clear_error() {
     assert_eq!(tb.wait_exit(SOON).unwrap().code(), Some(2));
 }
 
-#[test]
-fn unknown_sched_policy_is_a_clear_error() {
-    let mut tb = Testbed::start(&[("FORKLINE_SCHED_POLICY", "round_robin")]);
+/// Starts a primary with `var=value` in its environment and expects an error naming both,
+/// and exit code 2.
+fn expect_env_error(var: &str, value: &str) {
+    let mut tb = Testbed::start(&[(var, value)]);
     let e = tb.wait_event("error", None);
     let msg = e["error"].as_str().unwrap();
-    assert!(
-        msg.contains("FORKLINE_SCHED_POLICY") && msg.contains("round_robin"),
-        "{msg}"
-    );
+    assert!(msg.contains(var) && msg.contains(value), "{msg}");
     assert_eq!(tb.wait_exit(SOON).unwrap().code(), Some(2));
+}
+
+#[test]
+fn unknown_sched_policy_is_a_clear_error() {
+    expect_env_error("FORKLINE_SCHED_POLICY", "round_robin");
 }
 
 #[test]
 fn bad_accept_coalesce_value_is_a_clear_error() {
     for bad in ["fast", "-1", "2000000"] {
-        let mut tb = Testbed::start(&[("FORKLINE_ACCEPT_COALESCE_US", bad)]);
-        let e = tb.wait_event("error", None);
-        let msg = e["error"].as_str().unwrap();
-        assert!(
-            msg.contains("FORKLINE_ACCEPT_COALESCE_US") && msg.contains(bad),
-            "{msg}"
-        );
-        assert_eq!(tb.wait_exit(SOON).unwrap().code(), Some(2));
+        expect_env_error("FORKLINE_ACCEPT_COALESCE_US", bad);
     }
 }
 

@@ -73,20 +73,26 @@ fn ids_answering(addr: &str, max: usize) -> HashSet<u64> {
     seen
 }
 
+/// Two Python `$PORT` servers behind the proxy on `addr`, with `extra` settings; returns once
+/// both are ready (their ports accept).
+fn proxied_port_servers(addr: &str, extra: &[(&str, &str)]) -> Testbed {
+    let mut env = vec![
+        ("TB_WORKERS", "2"),
+        ("TB_MODE", "proxy"),
+        ("TB_READY", "listen"),
+        ("TB_PREBIND", addr),
+    ];
+    env.extend_from_slice(extra);
+    let mut tb = python_cluster(PORT_SERVER, &env);
+    tb.wait_event("ready", None);
+    tb.wait_event("ready", None);
+    tb
+}
+
 #[test]
 fn proxy_mode_relays_to_programs_listening_on_their_own_port() {
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut tb = python_cluster(
-        PORT_SERVER,
-        &[
-            ("TB_WORKERS", "2"),
-            ("TB_MODE", "proxy"),
-            ("TB_READY", "listen"),
-            ("TB_PREBIND", &addr),
-        ],
-    );
-    tb.wait_event("ready", None);
-    tb.wait_event("ready", None);
+    let _tb = proxied_port_servers(&addr, &[]);
     assert_eq!(ids_answering(&addr, 50), HashSet::from([0, 1]));
 }
 
@@ -117,18 +123,7 @@ fn shared_mode_passes_the_socket_as_fd_3() {
 #[test]
 fn max_requests_recycles_workers_without_failing_clients() {
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut tb = python_cluster(
-        PORT_SERVER,
-        &[
-            ("TB_WORKERS", "2"),
-            ("TB_MODE", "proxy"),
-            ("TB_READY", "listen"),
-            ("TB_PREBIND", &addr),
-            ("TB_MAX_REQUESTS", "5"),
-        ],
-    );
-    tb.wait_event("ready", None);
-    tb.wait_event("ready", None);
+    let mut tb = proxied_port_servers(&addr, &[("TB_MAX_REQUESTS", "5")]);
     // Old workers keep serving until their replacements are ready, so keep the clients coming
     // until a second generation answers; no request may fail meanwhile.
     let mut pids = HashSet::new();

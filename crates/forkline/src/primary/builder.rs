@@ -9,7 +9,6 @@ use super::cluster::{Cluster, Shutdown};
 use super::event::Event;
 use super::options::{
     Backoff, Balance, ClusterOptions, ListenSpec, Readiness, RestartPolicy, WorkerStdio,
-    MAX_ACCEPT_COALESCE,
 };
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
@@ -331,14 +330,8 @@ impl ClusterBuilder {
         if !self.coalesce_set {
             super::options::accept_coalesce_from_env()?;
         }
-        if opts
-            .accept_coalesce
-            .is_some_and(|w| w > MAX_ACCEPT_COALESCE)
-        {
-            return Err(Error::InvalidOption {
-                field: "accept_coalesce",
-                reason: format!("must be at most {MAX_ACCEPT_COALESCE:?}"),
-            });
+        if let Some(window) = opts.accept_coalesce {
+            super::options::check_accept_coalesce(window)?;
         }
         if opts.credit_window == 0 {
             return Err(Error::InvalidOption {

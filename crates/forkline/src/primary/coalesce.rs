@@ -20,8 +20,54 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use tokio::io::unix::AsyncFd;
 
+/// Accept coalescing for one accept loop: whether its next wait is for the timer rather than
+/// the socket, and the timer.
+pub(crate) struct Coalescer {
+    timer: CoalesceTimer,
+    /// What decides whether coalescing is used; `None` to coalesce whenever connections queue.
+    governor: Option<Governor>,
+    hot: bool,
+}
+
+impl Coalescer {
+    /// Coalescing with `window`, decided by a governor unless `always`.
+    pub fn new(window: Duration, always: bool) -> io::Result<Self> {
+        Ok(Self {
+            timer: CoalesceTimer::new(window)?,
+            governor: (!always).then(|| Governor::new(window, Instant::now())),
+            hot: false,
+        })
+    }
+
+    /// Whether the accept loop's next wait is for the timer.
+    pub fn hot(&self) -> bool {
+        self.hot
+    }
+
+    /// Waits one window.
+    pub async fn wait(&self) -> io::Result<()> {
+        self.timer.wait().await
+    }
+
+    /// Records a wake-up of the accept loop that took `accepted` connections. The loop is hot
+    /// while each wake-up finds a queue, two connections or more (they arrive faster than the
+    /// primary wakes up), and cold again after one with one or none (so a client that connects
+    /// again only after each answer never waits), or when the governor finds that coalescing
+    /// does not pay.
+    pub fn record(&mut self, accepted: usize) {
+        let allowed = match &mut self.governor {
+            Some(governor) => {
+                governor.record(accepted, Instant::now());
+                governor.allowed()
+            }
+            None => true,
+        };
+        self.hot = allowed && accepted >= 2;
+    }
+}
+
 /// A one-shot, high-resolution timer (a `timerfd`; tokio's own timers tick in milliseconds).
-pub(crate) struct CoalesceTimer {
+struct CoalesceTimer {
     timer: TimerFd,
     /// A second descriptor of the same timer, registered with the runtime.
     ready: AsyncFd<OwnedFd>,
@@ -102,7 +148,7 @@ enum Phase {
 /// only counts under steady load: a pause longer than `IDLE_GAP` restarts it, so under light
 /// traffic coalescing is never even tried, and the first probe comes as soon as load does.
 #[derive(Debug)]
-pub(crate) struct Governor {
+struct Governor {
     phase: Phase,
     phase_start: Instant,
     last_wake: Instant,

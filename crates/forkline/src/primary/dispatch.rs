@@ -14,11 +14,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use super::coalesce::{CoalesceTimer, Governor};
+use super::coalesce::Coalescer;
 use super::handle::WorkerHandle;
 use super::options::{sticky_index, Balance};
 use crate::protocol::channel::{encode, AsyncChannel};
@@ -344,9 +344,9 @@ impl Dispatcher {
         let dup = socket.try_clone()?;
         set_nonblocking(&dup)?;
         let async_fd = crate::sys::async_fd(dup, tokio::io::Interest::READABLE)?;
-        let timer = coalesce.map(CoalesceTimer::new).transpose()?;
-        let mut governor = Governor::new(coalesce.unwrap_or_default(), Instant::now());
-        let mut hot = false;
+        let mut coalescer = coalesce
+            .map(|window| Coalescer::new(window, always))
+            .transpose()?;
         loop {
             // Wait for room (a worker with credit), or stop.
             loop {
@@ -359,10 +359,10 @@ impl Dispatcher {
                     _ = stop.wait_for(|s| *s) => return Ok(()),
                 }
             }
-            let accepted = match (&timer, hot) {
-                (Some(timer), true) => {
+            let accepted = match &coalescer {
+                Some(coalescer) if coalescer.hot() => {
                     tokio::select! {
-                        waited = timer.wait() => waited?,
+                        waited = coalescer.wait() => waited?,
                         _ = stop.wait_for(|s| *s) => return Ok(()),
                     }
                     self.accept_queued(listener, async_fd.get_ref()).await.0
@@ -380,14 +380,8 @@ impl Dispatcher {
                     accepted
                 }
             };
-            // Hot while each wake-up finds a queue, two connections or more (they arrive faster
-            // than the primary wakes up); cold again after a window with one or none (a client
-            // that connects again only after each answer never waits), or when the governor
-            // finds that coalescing does not pay.
-            if timer.is_some() {
-                governor.record(accepted, Instant::now());
-                let allowed = always || governor.allowed();
-                hot = allowed && accepted >= 2;
+            if let Some(coalescer) = &mut coalescer {
+                coalescer.record(accepted);
             }
         }
     }

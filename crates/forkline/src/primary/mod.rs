@@ -22,7 +22,7 @@ pub use cluster::{Cluster, Shutdown, SlotStatus};
 pub use event::{Event, EventStream};
 pub use handle::{WorkerHandle, WorkerState};
 pub use options::{
-    accept_coalesce_from_env, Backoff, Balance, ClusterOptions, ListenSpec, Readiness,
-    RestartPolicy, WorkerStdio, DEFAULT_ACCEPT_COALESCE, ENV_ACCEPT_COALESCE_US,
+    accept_coalesce_from_env, check_accept_coalesce, Backoff, Balance, ClusterOptions, ListenSpec,
+    Readiness, RestartPolicy, WorkerStdio, DEFAULT_ACCEPT_COALESCE, ENV_ACCEPT_COALESCE_US,
     MAX_ACCEPT_COALESCE,
 };

@@ -264,6 +264,17 @@ pub const DEFAULT_ACCEPT_COALESCE: Duration = Duration::from_micros(500);
 /// The longest accept coalescing window allowed.
 pub const MAX_ACCEPT_COALESCE: Duration = Duration::from_secs(1);
 
+/// An error naming `accept_coalesce` if `window` is longer than `MAX_ACCEPT_COALESCE`.
+pub fn check_accept_coalesce(window: Duration) -> crate::error::Result<()> {
+    if window > MAX_ACCEPT_COALESCE {
+        return Err(crate::error::Error::InvalidOption {
+            field: "accept_coalesce",
+            reason: format!("must be at most {MAX_ACCEPT_COALESCE:?}"),
+        });
+    }
+    Ok(())
+}
+
 /// Environment variable that sets the accept coalescing window, in microseconds (0: off).
 pub const ENV_ACCEPT_COALESCE_US: &str = "FORKLINE_ACCEPT_COALESCE_US";
 

@@ -3,7 +3,8 @@
 //! garbage on the IPC socket, ...) is chosen by environment variables.
 //!
 //! Primary settings: `TB_WORKERS`, `TB_RESTART` (always|on-failure|never), `TB_GRACE_MS`,
-//! `TB_MIN_UPTIME_MS`, `TB_BACKOFF_MS`, `TB_MODE`, `TB_BALANCE`, `TB_CREDIT_WINDOW`, `TB_COALESCE_ALWAYS`, `TB_EXEC`, `TB_UID`,
+//! `TB_MIN_UPTIME_MS`, `TB_BACKOFF_MS`, `TB_MODE`, `TB_BALANCE`, `TB_CREDIT_WINDOW`,
+//! `TB_COALESCE_ALWAYS` (coalesce without the governor), `TB_EXEC`, `TB_UID`,
 //! `TB_READY` (online|listen), `TB_ARGS` (worker arguments separated by \x1f), `TB_PLAIN`
 //! (workers do not speak the protocol), `TB_PREBIND` (a TCP listener bound up front),
 //! `TB_MAX_REQUESTS`, `TB_NOTIFY` (serve NOTIFY_SOCKET, readiness by READY=1) and
