@@ -56,6 +56,15 @@ pub enum Error {
     /// The cluster has shut down.
     #[error("the cluster has shut down")]
     ShutDown,
+    /// A rolling reload stopped: the replacement for `slot` failed, so the slot's old worker
+    /// was kept and the slots after it were not reloaded.
+    #[error("reload failed at slot {slot}: the new worker {reason}; the old worker keeps serving")]
+    ReloadFailed {
+        /// The slot whose replacement failed.
+        slot: usize,
+        /// What went wrong with the replacement.
+        reason: crate::primary::ReplaceFailure,
+    },
     /// An operating-system error.
     #[error(transparent)]
     Io(#[from] io::Error),

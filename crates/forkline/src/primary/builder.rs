@@ -198,6 +198,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long a replacement (rolling reload, recycling) must stay alive after it is ready
+    /// before it takes over its slot and the old worker is stopped (default 1 s). A
+    /// replacement that exits sooner is a failed replacement: the old worker keeps serving.
+    pub fn settle_time(mut self, settle: Duration) -> Self {
+        self.opts.settle_time = settle;
+        self
+    }
+
     /// Recycles a worker after it was handed `n` connections (round-robin and proxy modes),
     /// plus a per-worker random share of `jitter` so workers do not all recycle at once.
     pub fn max_requests(mut self, n: u64, jitter: u64) -> Self {

@@ -74,6 +74,16 @@ pub enum Event {
         /// Consecutive deaths soon after starting.
         failures: u32,
     },
+    /// A replacement (rolling reload or recycling) failed: the new worker was stopped, the old
+    /// one stays current and serving.
+    ReplaceFailed {
+        /// The slot id.
+        id: usize,
+        /// Why the slot was being replaced.
+        purpose: Replacement,
+        /// What went wrong with the new worker.
+        reason: ReplaceFailure,
+    },
     /// A worker broke the protocol or timed out and was killed.
     WorkerError {
         /// The worker.
@@ -97,7 +107,63 @@ impl Event {
             Event::Message { .. } => "message",
             Event::Restarting { .. } => "restarting",
             Event::GaveUp { .. } => "gave-up",
+            Event::ReplaceFailed { .. } => "replace-failed",
             Event::WorkerError { .. } => "worker-error",
+        }
+    }
+}
+
+/// Why a slot's worker is being replaced by a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replacement {
+    /// A rolling reload ([`super::Cluster::reload`], SIGHUP).
+    Reload,
+    /// Recycling (`max_requests`, `max_memory`).
+    Recycle,
+}
+
+impl Replacement {
+    /// `reload` or `recycle`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Replacement::Reload => "reload",
+            Replacement::Recycle => "recycle",
+        }
+    }
+}
+
+/// Why a replacement worker was not committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceFailure {
+    /// It exited before it had been ready for the settle time.
+    Exited {
+        /// Exit code, if it exited normally.
+        code: Option<i32>,
+        /// Terminating signal number, if it was killed by one.
+        signal: Option<i32>,
+    },
+    /// It did not become ready within the ready timeout.
+    NotReady {
+        /// The ready timeout.
+        within: Duration,
+    },
+    /// The cluster began to stop, or the slot went away, before the replacement committed.
+    Cancelled,
+}
+
+impl std::fmt::Display for ReplaceFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplaceFailure::Exited {
+                signal: Some(signal),
+                ..
+            } => write!(f, "was killed by signal {signal}"),
+            ReplaceFailure::Exited { code, .. } => match code {
+                Some(code) => write!(f, "exited with code {code}"),
+                None => write!(f, "exited"),
+            },
+            ReplaceFailure::NotReady { within } => write!(f, "was not ready within {within:?}"),
+            ReplaceFailure::Cancelled => write!(f, "was cancelled: the cluster is stopping"),
         }
     }
 }

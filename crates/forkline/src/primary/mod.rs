@@ -19,10 +19,10 @@ mod supervisor;
 
 pub use builder::{resolve_program, ClusterBuilder};
 pub use cluster::{Cluster, Shutdown, SlotStatus};
-pub use event::{Event, EventStream};
+pub use event::{Event, EventStream, ReplaceFailure, Replacement};
 pub use handle::{WorkerHandle, WorkerState};
 pub use options::{
     accept_coalesce_from_env, check_accept_coalesce, Backoff, Balance, ClusterOptions, ListenSpec,
-    Readiness, RestartPolicy, WorkerStdio, DEFAULT_ACCEPT_COALESCE, ENV_ACCEPT_COALESCE_US,
-    MAX_ACCEPT_COALESCE,
+    Readiness, RestartPolicy, WorkerStdio, DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME,
+    ENV_ACCEPT_COALESCE_US, MAX_ACCEPT_COALESCE,
 };

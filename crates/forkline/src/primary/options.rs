@@ -183,6 +183,9 @@ pub struct ClusterOptions {
     pub readiness: Readiness,
     /// How long a new worker may take to become ready.
     pub ready_timeout: Duration,
+    /// How long a replacement (reload, recycling) must stay alive once ready before it takes
+    /// over its slot and the old worker is stopped.
+    pub settle_time: Duration,
     /// Recycle a worker after it accepted this many connections (round-robin/proxy counting).
     pub max_requests: Option<u64>,
     /// Random extra added to `max_requests` per worker, so they do not all recycle at once.
@@ -248,6 +251,7 @@ impl Default for ClusterOptions {
             inherited_names: Vec::new(),
             readiness: Readiness::default(),
             ready_timeout: Duration::from_secs(30),
+            settle_time: DEFAULT_SETTLE_TIME,
             max_requests: None,
             max_requests_jitter: 0,
             max_memory: None,
@@ -257,6 +261,9 @@ impl Default for ClusterOptions {
         }
     }
 }
+
+/// How long a replacement must stay up once ready before it commits, unless set: 1 s.
+pub const DEFAULT_SETTLE_TIME: Duration = Duration::from_secs(1);
 
 /// The accept coalescing window unless something sets another: 500 µs.
 pub const DEFAULT_ACCEPT_COALESCE: Duration = Duration::from_micros(500);

@@ -258,6 +258,15 @@ fn describe(event: &Event) -> Value {
             value["id"] = json!(id);
             value["failures"] = json!(failures);
         }
+        Event::ReplaceFailed {
+            id,
+            purpose,
+            reason,
+        } => {
+            value["id"] = json!(id);
+            value["purpose"] = json!(purpose.name());
+            value["reason"] = json!(reason.to_string());
+        }
         Event::WorkerError { worker, error } => {
             value["id"] = json!(worker.id());
             value["pid"] = json!(worker.pid());
