@@ -190,6 +190,14 @@ pub fn signal_pid(pid: u32, signal: nix::sys::signal::Signal) -> io::Result<()> 
     }
 }
 
+/// Sends `signal` to every process of the group `pgid`; `ESRCH` (none left) is not an error.
+pub fn signal_group(pgid: u32, signal: nix::sys::signal::Signal) -> io::Result<()> {
+    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Registers an owned fd with tokio's reactor.
 pub fn async_fd(
     fd: OwnedFd,

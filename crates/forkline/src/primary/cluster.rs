@@ -1,23 +1,21 @@
-//! `Cluster`: the primary's handle. Owns the slots (stable worker ids), the registry of live
-//! workers, and the cluster-wide operations: fork, scale, rolling reload and shutdown.
+//! `Cluster`: the primary's public handle, a thin front over the private core. Each operation
+//! asks the slot state machine (`slots`) what to do, through `supervisor`, `replace` and
+//! `shutdown`, which apply its decisions.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use nix::sys::signal::Signal;
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
 
 use super::builder::ClusterBuilder;
-use super::dispatch::Dispatcher;
-use super::event::{Event, EventBus, EventStream};
+use super::core::Core;
+use super::event::{Event, EventStream, Replacement};
 use super::handle::{WorkerHandle, WorkerState};
-use super::listeners::{BoundListener, ListenKey, ListenerTable};
+use super::listeners::{ListenKey, ListenerTable};
 use super::notify::NotifyDir;
 use super::options::ClusterOptions;
-use super::proxy::ProxyTable;
-use super::supervisor;
+use super::supervisor::{self, Start};
+use super::{dispatch, proxy, replace, shutdown, signals};
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
 
@@ -50,6 +48,8 @@ pub struct SlotStatus {
     pub pid: Option<u32>,
     /// State of the slot's current worker.
     pub state: Option<WorkerState>,
+    /// Pid of a replacement on trial beside the current worker (reload, recycling).
+    pub replacement_pid: Option<u32>,
     /// Restarts so far.
     pub restarts: u64,
     /// Consecutive deaths soon after starting.
@@ -65,53 +65,10 @@ pub struct SlotStatus {
     pub connections: u64,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Slot {
-    pub current: Option<WorkerHandle>,
-    pub restarts: u64,
-    pub failures: u32,
-    pub crash_loop: bool,
-    pub gave_up: bool,
-    pub restart_at: Option<Instant>,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct ClusterState {
-    pub slots: BTreeMap<usize, Slot>,
-    /// Workers whose process has not exited yet, by unique id.
-    pub live: BTreeMap<u64, WorkerHandle>,
-    pub next_seq: u64,
-    /// How many slots the cluster should have.
-    pub target: usize,
-    pub stopping: bool,
-}
-
-pub(crate) struct Inner {
-    pub opts: ClusterOptions,
-    pub expect_protocol: bool,
-    pub events: EventBus,
-    pub initial_events: Mutex<Option<EventStream>>,
-    pub state: Mutex<ClusterState>,
-    pub listeners: ListenerTable,
-    /// Listeners bound up front, in `LISTEN_FDS` order.
-    pub prebound: Vec<Arc<BoundListener>>,
-    pub dispatcher: Arc<Dispatcher>,
-    pub proxy: Arc<ProxyTable>,
-    /// Woken when a worker reaches `max_requests`.
-    pub limit_reached: Arc<Notify>,
-    /// Per-worker `NOTIFY_SOCKET`s live here (when enabled).
-    pub notify_dir: Option<NotifyDir>,
-    pub stop_accepting: watch::Sender<bool>,
-    /// Notified whenever a worker changes state or exits.
-    pub changed: Notify,
-    pub finished: watch::Sender<Option<Shutdown>>,
-    pub reload_lock: tokio::sync::Mutex<()>,
-}
-
 /// The primary's handle to a running cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Core>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -148,44 +105,26 @@ impl Cluster {
         } else {
             None
         };
-        let events = EventBus::default();
-        let initial = events.subscribe();
-        let inner = Arc::new(Inner {
-            dispatcher: Arc::new(Dispatcher::new(opts.balance, opts.credit_window)),
-            proxy: Arc::new(ProxyTable::default()),
-            limit_reached: Arc::new(Notify::new()),
-            notify_dir,
-            expect_protocol,
-            events,
-            initial_events: Mutex::new(Some(initial)),
-            state: Mutex::new(ClusterState {
-                target: opts.workers,
-                ..ClusterState::default()
-            }),
-            listeners,
-            prebound,
-            stop_accepting: watch::channel(false).0,
-            changed: Notify::new(),
-            finished: watch::channel(None).0,
-            reload_lock: tokio::sync::Mutex::new(()),
-            opts,
-        });
-        let cluster = Cluster { inner };
-        if cluster.inner.opts.handle_signals {
-            supervisor::handle_signals(cluster.clone())?;
+        let core = Core::new(opts, expect_protocol, listeners, prebound, notify_dir);
+        let cluster = Cluster {
+            inner: Arc::new(core),
+        };
+        let opts = &cluster.inner.opts;
+        if opts.handle_signals {
+            signals::handle(cluster.clone())?;
         }
         for listener in &cluster.inner.prebound {
-            match cluster.inner.opts.mode {
-                Mode::RoundRobin => supervisor::start_round_robin(&cluster, listener),
-                Mode::Proxy => supervisor::start_proxy(&cluster, listener),
+            match opts.mode {
+                Mode::RoundRobin => dispatch::start_accepting(&cluster, listener),
+                Mode::Proxy => proxy::start_accepting(&cluster, listener),
                 Mode::Shared | Mode::Reuseport => {}
             }
         }
-        if cluster.inner.opts.max_requests.is_some() || cluster.inner.opts.max_memory.is_some() {
-            tokio::spawn(super::recycle::watch(cluster.clone()));
+        if opts.max_requests.is_some() || opts.max_memory.is_some() {
+            super::task::spawn("recycle", super::recycle::watch(cluster.clone()));
         }
-        for slot in 0..cluster.inner.opts.workers {
-            supervisor::start_worker(&cluster, slot)?;
+        for slot in 0..opts.workers {
+            supervisor::start_worker(&cluster, Start::Slot(slot))?;
         }
         Ok(cluster)
     }
@@ -225,40 +164,29 @@ impl Cluster {
         let done = rx
             .wait_for(|f| f.is_some())
             .await
-            .expect("the sender lives in Inner");
+            .expect("the sender lives in the core");
         done.clone().expect("checked by wait_for")
     }
 
-    /// Starts a new worker in the lowest free slot (Node's `cluster.fork()`).
+    /// Starts a new worker in the lowest free slot (Node's `cluster.fork()`). The handle is
+    /// usable at once: messages sent now are delivered after the worker's handshake, and a
+    /// `disconnect` or `kill` takes effect as soon as the process exists.
     pub fn fork(&self) -> Result<WorkerHandle> {
-        let slot = {
-            let state = self.inner.state.lock().unwrap();
-            if state.stopping {
-                return Err(Error::ShutDown);
-            }
-            (0..)
-                .find(|id| {
-                    state.slots.get(id).is_none_or(|s| {
-                        s.current.as_ref().is_none_or(|w| w.is_dead()) && s.restart_at.is_none()
-                    })
-                })
-                .expect("some slot id is free")
-        };
-        supervisor::start_worker(self, slot)
+        supervisor::start_worker(self, Start::Fork)
     }
 
-    /// Every worker whose process has not exited, ordered by slot.
+    /// Every worker whose process has not exited (replacements on trial included), ordered by
+    /// slot.
     pub fn workers(&self) -> Vec<WorkerHandle> {
-        let state = self.inner.state.lock().unwrap();
-        let mut all: Vec<WorkerHandle> = state.live.values().cloned().collect();
+        let mut all: Vec<WorkerHandle> = self.inner.state().live.values().cloned().collect();
         all.sort_by_key(|w| (w.id(), w.unique_id()));
         all
     }
 
-    /// The current worker of slot `id`.
+    /// The current worker of slot `id`, while it runs.
     pub fn worker(&self, id: usize) -> Option<WorkerHandle> {
-        let state = self.inner.state.lock().unwrap();
-        state.slots.get(&id).and_then(|s| s.current.clone())
+        let state = self.inner.state();
+        state.worker(state.slots.current(id))
     }
 
     /// Sends `msg` to every connected worker.
@@ -273,25 +201,31 @@ impl Cluster {
 
     /// Supervision state of every slot.
     pub fn status(&self) -> Vec<SlotStatus> {
-        let state = self.inner.state.lock().unwrap();
+        let state = self.inner.state();
         state
             .slots
-            .iter()
+            .all()
             .map(|(id, slot)| {
-                let current = slot.current.as_ref().filter(|w| !w.is_dead());
+                let current = state.worker(slot.current);
                 SlotStatus {
-                    id: *id,
-                    pid: current.map(|w| w.pid()),
-                    state: current.map(|w| w.state()),
+                    id,
+                    pid: current.as_ref().map(|w| w.pid()),
+                    state: current.as_ref().map(|w| w.state()),
+                    replacement_pid: state.worker(slot.candidate).map(|w| w.pid()),
                     restarts: slot.restarts,
                     failures: slot.failures,
                     crash_loop: slot.crash_loop,
                     gave_up: slot.gave_up,
-                    restart_at: slot.restart_at,
-                    connections: current.map(|w| w.connections_accepted()).unwrap_or(0),
+                    restart_at: slot.restart.map(|r| r.at),
+                    connections: current.map_or(0, |w| w.connections_accepted()),
                 }
             })
             .collect()
+    }
+
+    /// The number of slots the cluster keeps.
+    pub fn target(&self) -> usize {
+        self.inner.state().slots.target()
     }
 
     /// The addresses the cluster listens on.
@@ -315,178 +249,48 @@ impl Cluster {
                 reason: "must be at least 1".into(),
             });
         }
-        let (grow, shrink) = {
-            let mut state = self.inner.state.lock().unwrap();
-            if state.stopping {
-                return Err(Error::ShutDown);
-            }
-            let old = state.target;
-            state.target = workers;
-            let grow: Vec<usize> = (old..workers).collect();
-            let mut shrink = Vec::new();
-            for id in workers..old.max(workers) {
-                if let Some(mut slot) = state.slots.remove(&id) {
-                    if let Some(worker) = slot.current.take() {
-                        shrink.push(worker);
-                    }
-                }
-            }
-            (grow, shrink)
-        };
-        tracing::info!(workers, "scaling");
-        for id in grow {
-            supervisor::start_worker(self, id)?;
-        }
-        for worker in shrink {
-            self.inner.dispatcher.stop_new(&worker);
-            worker.disconnect();
-            supervisor::release_slot_sockets(self, worker.id());
-        }
-        Ok(())
+        supervisor::rescale(self, workers)
     }
 
-    /// Rolling reload: slot by slot, start a replacement, wait until it is ready (bounded by
-    /// the ready timeout), then gracefully stop the old worker. If a replacement never becomes
-    /// ready, it is stopped, the old worker keeps serving, and the reload stops with an error.
+    /// Rolling reload: slot by slot, start a replacement beside the current worker, wait until
+    /// it is ready (bounded by the ready timeout) and has stayed up for the settle time, then
+    /// stop the old worker gracefully. If a replacement exits or is not ready in time, it is
+    /// stopped (never restarted), the old worker keeps serving, the reload stops, and the error
+    /// ([`Error::ReloadFailed`]) and an [`Event::ReplaceFailed`] name the slot and the reason.
+    /// One reload at a time: a second call waits for the first.
     pub async fn reload(&self) -> Result<()> {
         let _one_at_a_time = self.inner.reload_lock.lock().await;
         let slots: Vec<usize> = {
-            let state = self.inner.state.lock().unwrap();
-            state.slots.keys().copied().collect()
+            let state = self.inner.state();
+            if state.slots.is_stopping() {
+                return Err(Error::ShutDown);
+            }
+            state.slots.all().map(|(id, _)| id).collect()
         };
         tracing::info!(slots = slots.len(), "rolling reload started");
-        for id in slots {
-            let old = self.worker(id).filter(|w| !w.is_dead());
-            let fresh = supervisor::start_worker(self, id)?;
-            let deadline = Instant::now() + self.inner.opts.ready_timeout;
-            if !self.wait_ready(&fresh, deadline).await {
-                tracing::error!(
-                    slot = id,
-                    "reload failed: the replacement did not become ready; keeping the old worker"
-                );
-                fresh.disconnect();
-                if let Some(old) = &old {
-                    let mut state = self.inner.state.lock().unwrap();
-                    if let Some(slot) = state.slots.get_mut(&id) {
-                        slot.current = Some(old.clone());
-                    }
-                }
-                return Err(Error::Protocol(format!(
-                    "reload failed: the new worker for slot {id} did not become ready within {:?}",
-                    self.inner.opts.ready_timeout
-                )));
-            }
-            if let Some(old) = old {
-                self.inner.dispatcher.stop_new(&old);
-                self.inner
-                    .proxy
-                    .retire(&old, self.inner.opts.graceful_timeout)
-                    .await;
-                old.disconnect();
+        for slot in slots {
+            if let Err(reason) = replace::replace(self, slot, Replacement::Reload, None).await {
+                return Err(Error::ReloadFailed { slot, reason });
             }
         }
         tracing::info!("rolling reload finished");
         Ok(())
     }
 
-    /// Waits until `worker` is ready; false if it died or `deadline` passed.
-    pub(crate) async fn wait_ready(&self, worker: &WorkerHandle, deadline: Instant) -> bool {
-        loop {
-            let changed = self.inner.changed.notified();
-            match worker.state() {
-                WorkerState::Ready => return true,
-                WorkerState::Exited | WorkerState::Draining => return false,
-                _ => {}
-            }
-            if tokio::time::timeout_at(deadline.into(), changed)
-                .await
-                .is_err()
-            {
-                return worker.state() == WorkerState::Ready;
-            }
-        }
-    }
-
     /// Begins a graceful shutdown (what SIGTERM/SIGINT do): stop accepting, ask every worker to
     /// finish, SIGKILL what is left after the graceful timeout. Returns at once; [`wait`]
     /// (Self::wait) tells when it is done.
     pub fn shutdown(&self) {
-        self.begin_shutdown(self.inner.opts.graceful_timeout);
+        shutdown::begin(self, self.inner.opts.graceful_timeout);
     }
 
     /// Stops at once (what SIGQUIT does): workers get SIGKILL.
     pub fn shutdown_now(&self) {
-        self.begin_shutdown(Duration::ZERO);
-    }
-
-    fn begin_shutdown(&self, grace: Duration) {
-        let workers = {
-            let mut state = self.inner.state.lock().unwrap();
-            if state.stopping {
-                return;
-            }
-            state.stopping = true;
-            state.live.values().cloned().collect::<Vec<_>>()
-        };
-        tracing::info!(workers = workers.len(), grace = ?grace, "shutting down");
-        self.inner.stop_accepting.send_replace(true);
-        for worker in &workers {
-            self.inner.dispatcher.stop_new(worker);
-            if grace.is_zero() {
-                let _ = worker.kill(Signal::SIGKILL);
-            } else {
-                worker.disconnect();
-            }
-        }
-        let cluster = self.clone();
-        tokio::spawn(async move { cluster.finish_shutdown(grace).await });
-    }
-
-    async fn finish_shutdown(self, grace: Duration) {
-        let deadline = Instant::now() + grace;
-        let mut killed = Vec::new();
-        if !self.wait_all_exited(deadline).await {
-            for worker in self.workers() {
-                tracing::warn!(
-                    worker = worker.id(),
-                    pid = worker.pid(),
-                    "graceful timeout reached; sending SIGKILL"
-                );
-                killed.push(worker.id());
-                let _ = worker.signal(Signal::SIGKILL);
-            }
-            self.wait_all_exited(Instant::now() + Duration::from_secs(10))
-                .await;
-        }
-        self.inner.dispatcher.drop_pending();
-        self.inner.listeners.close_all();
-        killed.sort();
-        let result = Shutdown {
-            clean: killed.is_empty() && !grace.is_zero(),
-            killed,
-        };
-        tracing::info!(clean = result.clean, "cluster stopped");
-        self.inner.events.close();
-        self.inner.finished.send_replace(Some(result));
-    }
-
-    async fn wait_all_exited(&self, deadline: Instant) -> bool {
-        loop {
-            let changed = self.inner.changed.notified();
-            if self.inner.state.lock().unwrap().live.is_empty() {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline.into(), changed)
-                .await
-                .is_err()
-            {
-                return self.inner.state.lock().unwrap().live.is_empty();
-            }
-        }
+        shutdown::begin(self, std::time::Duration::ZERO);
     }
 
     /// True once shutdown has begun.
     pub fn is_stopping(&self) -> bool {
-        self.inner.state.lock().unwrap().stopping
+        self.inner.state().slots.is_stopping()
     }
 }

@@ -18,8 +18,10 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
+use super::cluster::Cluster;
 use super::coalesce::Coalescer;
 use super::handle::WorkerHandle;
+use super::listeners::BoundListener;
 use super::options::{sticky_index, Balance};
 use crate::protocol::channel::{encode, AsyncChannel};
 use crate::protocol::ToWorker;
@@ -178,10 +180,12 @@ impl Dispatcher {
     fn has_room(&self, listener: u64) -> bool {
         let state = self.state.lock().unwrap();
         state.pending.is_empty()
-            && state
-                .targets
-                .values()
-                .any(|t| !t.full && t.inflight < self.window && t.listeners.contains(&listener))
+            && state.targets.values().any(|t| {
+                !t.full
+                    && t.inflight < self.window
+                    && t.listeners.contains(&listener)
+                    && t.handle.takes_connections()
+            })
     }
 
     /// Sends as much of `pending` as workers can take, one packet per worker.
@@ -218,7 +222,10 @@ impl Dispatcher {
         let window = self.window;
         let serves = |t: &Target| t.listeners.contains(&conn.listener);
         let has_room = |key: &u64, t: &Target| {
-            !t.full && serves(t) && t.inflight + planned.get(key).copied().unwrap_or(0) < window
+            !t.full
+                && serves(t)
+                && t.inflight + planned.get(key).copied().unwrap_or(0) < window
+                && t.handle.takes_connections()
         };
         match self.balance {
             Balance::RoundRobin => {
@@ -418,6 +425,25 @@ impl Dispatcher {
                 return (total, drained);
             }
         }
+    }
+}
+
+/// Starts the primary's accept loop for a round-robin listener.
+pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
+    if let Some(socket) = listener.socket.clone() {
+        let dispatcher = cluster.inner.dispatcher.clone();
+        let stop = cluster.inner.stop_accepting.subscribe();
+        let id = listener.id;
+        let coalesce = cluster.inner.opts.accept_coalesce;
+        let always = cluster.inner.opts.accept_coalesce_always;
+        super::task::spawn("accept", async move {
+            if let Err(e) = dispatcher
+                .accept_loop(id, socket, coalesce, always, stop)
+                .await
+            {
+                tracing::error!(error = %e, "accept loop failed");
+            }
+        });
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
@@ -45,16 +45,48 @@ impl WorkerState {
 /// A packet queued for a worker: encoded bytes, sent in order by the worker's writer task.
 pub(crate) type Outgoing = Vec<u8>;
 
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExitInfo {
+    /// Exit code, if it exited normally.
+    pub code: Option<i32>,
+    /// Terminating signal, if a signal killed it.
+    pub signal: Option<i32>,
+}
+
+impl ExitInfo {
+    /// A non-zero code or a signal.
+    pub fn failed(&self) -> bool {
+        self.code != Some(0) || self.signal.is_some()
+    }
+}
+
+/// Where a signal goes: the worker process, or its whole process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Process,
+    Group,
+}
+
 pub(crate) struct WorkerShared {
     pub id: usize,
     pub seq: u64,
     pub started: Instant,
     pub pid: AtomicU32,
+    /// Signals asked for before the process existed, delivered as soon as it does. The lock
+    /// also orders `set_pid` against `signal`, so none is lost in between.
+    pending_signals: Mutex<Vec<(Signal, Reach)>>,
     pub state: AtomicU8,
+    /// Node's `isConnected()`: true from `fork()` until the channel closes.
     pub connected: AtomicBool,
     pub dead: AtomicBool,
     pub exited_after_disconnect: AtomicBool,
+    /// A graceful stop was asked for (sent once).
+    stop_asked: AtomicBool,
     pub speaks_protocol: AtomicBool,
+    /// The primary expects this worker to speak the protocol (a library worker), so a stop
+    /// asked before its handshake is a queued `disconnect`, not a signal.
+    pub expect_protocol: bool,
     pub accepted: AtomicU64,
     /// Connections after which the worker is recycled (`u64::MAX`: never).
     pub request_limit: AtomicU64,
@@ -62,7 +94,13 @@ pub(crate) struct WorkerShared {
     pub recycling: AtomicBool,
     /// Woken when `accepted` reaches `request_limit`.
     pub limit_reached: OnceLock<Arc<tokio::sync::Notify>>,
-    pub outbox: OnceLock<mpsc::UnboundedSender<Outgoing>>,
+    /// Packets for the worker, queued from `fork()` on.
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    /// The queue's other end, taken by the writer task once `welcome` is sent, so nothing
+    /// overtakes the handshake.
+    inbox: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
+    /// How the process ended, once it has.
+    pub exit: OnceLock<ExitInfo>,
 }
 
 /// A handle to one worker. Cheap to clone; stays valid (reporting `is_dead`) after the worker
@@ -89,23 +127,29 @@ impl PartialEq for WorkerHandle {
 }
 
 impl WorkerHandle {
-    pub(crate) fn new(id: usize, seq: u64) -> Self {
+    pub(crate) fn new(id: usize, seq: u64, expect_protocol: bool) -> Self {
+        let (outbox, inbox) = mpsc::unbounded_channel();
         Self {
             shared: Arc::new(WorkerShared {
                 id,
                 seq,
                 started: Instant::now(),
                 pid: AtomicU32::new(0),
+                pending_signals: Mutex::new(Vec::new()),
                 state: AtomicU8::new(WorkerState::Starting as u8),
-                connected: AtomicBool::new(false),
+                connected: AtomicBool::new(true),
                 dead: AtomicBool::new(false),
                 exited_after_disconnect: AtomicBool::new(false),
+                stop_asked: AtomicBool::new(false),
                 speaks_protocol: AtomicBool::new(false),
+                expect_protocol,
                 accepted: AtomicU64::new(0),
                 request_limit: AtomicU64::new(u64::MAX),
                 recycling: AtomicBool::new(false),
                 limit_reached: OnceLock::new(),
-                outbox: OnceLock::new(),
+                outbox,
+                inbox: Mutex::new(Some(inbox)),
+                exit: OnceLock::new(),
             }),
         }
     }
@@ -134,6 +178,38 @@ impl WorkerHandle {
         self.shared.state.store(state as u8, Ordering::Release);
     }
 
+    /// True while new connections may be given to this worker: it has not been asked to stop
+    /// and has not exited.
+    pub(crate) fn takes_connections(&self) -> bool {
+        matches!(
+            self.state(),
+            WorkerState::Starting | WorkerState::Online | WorkerState::Ready
+        )
+    }
+
+    /// Records the process id once the process exists, and delivers the signals asked for
+    /// before it did.
+    pub(crate) fn set_pid(&self, pid: u32) {
+        let pending = {
+            let mut pending = self.shared.pending_signals.lock().unwrap();
+            self.shared.pid.store(pid, Ordering::Release);
+            std::mem::take(&mut *pending)
+        };
+        for (signal, reach) in pending {
+            let _ = self.deliver(signal, reach);
+        }
+    }
+
+    /// The queue of packets for the worker, for its writer task (once).
+    pub(crate) fn take_outbox(&self) -> Option<mpsc::UnboundedReceiver<Outgoing>> {
+        self.shared.inbox.lock().unwrap().take()
+    }
+
+    /// How the process ended, once it has.
+    pub(crate) fn exit_info(&self) -> Option<ExitInfo> {
+        self.shared.exit.get().copied()
+    }
+
     /// How long ago the worker was started.
     pub fn uptime(&self) -> std::time::Duration {
         self.shared.started.elapsed()
@@ -155,7 +231,7 @@ impl WorkerHandle {
         }
     }
 
-    /// True while the worker's IPC channel is open (Node's `isConnected()`).
+    /// True from `fork()` until the worker's IPC channel closes (Node's `isConnected()`).
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
     }
@@ -177,7 +253,8 @@ impl WorkerHandle {
     }
 
     /// Sends a message to the worker (any serde type, JSON on the wire). Fails at once if it is
-    /// too large for one packet or the worker is not connected.
+    /// too large for one packet or the worker is no longer connected. Sent before the worker
+    /// is online, it waits in a queue and is delivered, in order, right after the handshake.
     pub fn send<T: Serialize>(&self, msg: &T) -> Result<()> {
         let data = serde_json::to_value(msg).map_err(|e| Error::Protocol(e.to_string()))?;
         self.send_packet(&ToWorker::Message { data })
@@ -188,19 +265,17 @@ impl WorkerHandle {
         if !self.is_connected() {
             return Err(Error::NotConnected(self.id()));
         }
-        let outbox = self
-            .shared
+        self.shared
             .outbox
-            .get()
-            .ok_or(Error::NotConnected(self.id()))?;
-        outbox
             .send(bytes)
             .map_err(|_| Error::NotConnected(self.id()))
     }
 
     /// Asks the worker to stop gracefully: a forkline worker gets a `disconnect` message (it
     /// stops accepting, finishes and exits); a program that does not speak the protocol gets
-    /// SIGTERM. The worker will not be restarted.
+    /// SIGTERM, sent to its process group. The worker will not be restarted, and gets no new
+    /// connections from now on. Asked before the process exists, it takes effect as soon as
+    /// it does.
     pub fn disconnect(&self) {
         self.shared
             .exited_after_disconnect
@@ -211,30 +286,58 @@ impl WorkerHandle {
     /// Asks the worker to stop like [`disconnect`](Self::disconnect), but keeps the restart
     /// policy in force (used for recycling and reloads, where the slot gets a replacement).
     pub(crate) fn begin_stop(&self) {
-        if self.is_dead() {
+        if self.is_dead() || self.shared.stop_asked.swap(true, Ordering::AcqRel) {
             return;
         }
         self.set_state(WorkerState::Draining);
-        if self.speaks_protocol() && self.send_packet(&ToWorker::Disconnect).is_ok() {
+        // A library worker that has not finished its handshake gets the `disconnect` right
+        // after `welcome`, from the queue.
+        let speaks = self.speaks_protocol() || self.shared.expect_protocol;
+        if speaks && self.send_packet(&ToWorker::Disconnect).is_ok() {
             return;
         }
-        let _ = self.signal(Signal::SIGTERM);
+        let _ = self.signal_group(Signal::SIGTERM);
     }
 
-    /// Sends `signal` to the worker process (Node's `kill()`); the worker is not restarted.
+    /// Sends `signal` to the worker process (Node's `kill()`); the worker is not restarted and
+    /// gets no new connections. Asked before the process exists, it is sent as soon as it does.
     pub fn kill(&self, signal: Signal) -> Result<()> {
         self.shared
             .exited_after_disconnect
             .store(true, Ordering::Release);
+        if !self.is_dead() {
+            self.set_state(WorkerState::Draining);
+        }
         self.signal(signal)
     }
 
-    /// Sends `signal` without changing the restart decision.
+    /// Sends `signal` to the process without changing the restart decision.
     pub(crate) fn signal(&self, signal: Signal) -> Result<()> {
-        let pid = self.pid();
-        if pid == 0 || self.is_dead() {
+        self.deliver(signal, Reach::Process)
+    }
+
+    /// Sends `signal` to the worker's process group: the worker and everything it started.
+    pub(crate) fn signal_group(&self, signal: Signal) -> Result<()> {
+        self.deliver(signal, Reach::Group)
+    }
+
+    fn deliver(&self, signal: Signal, reach: Reach) -> Result<()> {
+        if self.is_dead() {
             return Ok(());
         }
-        sys::signal_pid(pid, signal).map_err(Error::Io)
+        let pid = {
+            let mut pending = self.shared.pending_signals.lock().unwrap();
+            let pid = self.pid();
+            if pid == 0 {
+                pending.push((signal, reach));
+                return Ok(());
+            }
+            pid
+        };
+        match reach {
+            Reach::Process => sys::signal_pid(pid, signal),
+            Reach::Group => sys::signal_group(pid, signal),
+        }
+        .map_err(Error::Io)
     }
 }

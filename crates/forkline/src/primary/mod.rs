@@ -4,18 +4,27 @@
 mod builder;
 mod cluster;
 mod coalesce;
+mod core;
 mod dispatch;
 mod event;
 mod handle;
+mod ipc;
 mod listeners;
 mod notify;
 mod options;
 mod output;
 mod proxy;
+mod readiness;
 mod recycle;
+mod replace;
+mod shutdown;
+mod signals;
+mod slots;
+mod spawn;
 mod spawner;
 mod splice;
 mod supervisor;
+mod task;
 
 pub use builder::{resolve_program, ClusterBuilder};
 pub use cluster::{Cluster, Shutdown, SlotStatus};

@@ -4,7 +4,12 @@
 
 use std::path::PathBuf;
 
+use std::time::{Duration, Instant};
+
 use tokio::net::UnixDatagram;
+
+use super::cluster::Cluster;
+use super::handle::{WorkerHandle, WorkerState};
 
 /// What a worker said on its notify socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +32,49 @@ pub(crate) fn parse(datagram: &[u8]) -> Vec<Notice> {
             _ => None,
         })
         .collect()
+}
+
+/// Serves a worker's notify socket: readiness, watchdog pings, status.
+pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDatagram) {
+    let timeout = cluster.inner.opts.worker_timeout;
+    let mut last_ping = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let tick = timeout.map_or(Duration::from_millis(500), |t| {
+        (t / 4).max(Duration::from_millis(10))
+    });
+    while !worker.is_dead() {
+        match tokio::time::timeout(tick, socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                for notice in parse(&buf[..n]) {
+                    match notice {
+                        Notice::Ready => super::readiness::set_ready(&cluster, &worker),
+                        Notice::Watchdog => last_ping = Instant::now(),
+                        Notice::Status(status) => {
+                            tracing::info!(worker = worker.id(), pid = worker.pid(), %status, "worker status");
+                        }
+                        Notice::Stopping => worker.set_state(WorkerState::Draining),
+                    }
+                }
+            }
+            Ok(Err(_)) => break,
+            Err(_elapsed) => {}
+        }
+        if let Some(timeout) = timeout {
+            if last_ping.elapsed() > timeout && !worker.is_dead() {
+                super::ipc::worker_error(
+                    &cluster,
+                    &worker,
+                    format!("watchdog: no WATCHDOG=1 for {timeout:?}"),
+                );
+                break;
+            }
+        }
+    }
+    if let Ok(addr) = socket.local_addr() {
+        if let Some(path) = addr.as_pathname() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The directory holding a cluster's notify sockets, removed on drop.

@@ -15,7 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::handle::{WorkerHandle, WorkerState};
+use super::cluster::Cluster;
+use super::handle::WorkerHandle;
 use super::options::{sticky_index, Balance};
 use crate::protocol::SocketKind;
 
@@ -113,7 +114,7 @@ impl ProxyTable {
         let backends = self.backends.lock().unwrap();
         let mut up: Vec<&Backend> = backends
             .values()
-            .filter(|b| b.up && !b.handle.is_dead() && b.handle.state() != WorkerState::Draining)
+            .filter(|b| b.up && b.handle.takes_connections())
             .collect();
         if up.is_empty() {
             return Vec::new();
@@ -134,6 +135,38 @@ impl ProxyTable {
                 (b.port, b.handle.clone(), b.active.clone())
             })
             .collect()
+    }
+}
+
+/// Registers a freshly started worker with the proxy and watches its port: it is up (and, with
+/// `Readiness::Listen`, ready) once the port accepts.
+pub(crate) fn watch_worker(cluster: &Cluster, worker: &WorkerHandle) -> io::Result<()> {
+    let port = cluster.inner.proxy.port_for(worker)?;
+    cluster.inner.proxy.add(worker, port);
+    let (cluster, worker) = (cluster.clone(), worker.clone());
+    super::task::spawn("proxy-port", async move {
+        if wait_port(port, &worker).await {
+            cluster.inner.proxy.set_up(&worker);
+            if cluster.inner.opts.readiness == super::options::Readiness::Listen {
+                super::readiness::set_ready(&cluster, &worker);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Starts the proxy's accept loop for a listener bound up front.
+pub(crate) fn start_accepting(cluster: &Cluster, listener: &super::listeners::BoundListener) {
+    if let Some(socket) = listener.socket.clone() {
+        let table = cluster.inner.proxy.clone();
+        let balance = cluster.inner.opts.balance;
+        let stop = cluster.inner.stop_accepting.subscribe();
+        let kind = listener.kind;
+        super::task::spawn("proxy-accept", async move {
+            if let Err(e) = accept_loop(table, balance, kind, socket, stop).await {
+                tracing::error!(error = %e, "proxy accept loop failed");
+            }
+        });
     }
 }
 
@@ -172,7 +205,10 @@ pub(crate) async fn accept_loop(
                 match accepted {
                     Ok((client, peer)) => {
                         let _ = client.set_nodelay(true);
-                        tokio::spawn(relay_tcp(table.clone(), balance, client, peer.ip()));
+                        super::task::spawn(
+                            "relay",
+                            relay_tcp(table.clone(), balance, client, peer.ip()),
+                        );
                     }
                     Err(e) => accept_error(e).await,
                 }
@@ -188,7 +224,7 @@ pub(crate) async fn accept_loop(
                 };
                 match accepted {
                     Ok((client, _)) => {
-                        tokio::spawn(relay_copy(table.clone(), balance, client));
+                        super::task::spawn("relay", relay_copy(table.clone(), balance, client));
                     }
                     Err(e) => accept_error(e).await,
                 }

@@ -87,21 +87,27 @@ pub(crate) async fn watch(cluster: Cluster) {
     }
 }
 
-/// Replaces `old`: starts a new worker in its slot, waits until it is ready (bounded), then
-/// drains the old one.
+/// How long a worker whose replacement failed keeps serving before recycling is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Replaces `old` through the one replace path: the new worker must be ready and settle before
+/// the old one drains; if it fails, the old worker keeps serving and is tried again later.
 pub(crate) fn recycle(cluster: &Cluster, old: WorkerHandle, why: String) {
     tracing::info!(worker = old.id(), pid = old.pid(), %why, "recycling worker");
-    // It keeps serving until its replacement is ready; just never pick it twice.
+    // Never picked twice while its replacement is on trial.
     old.shared.recycling.store(true, Ordering::Release);
     let cluster = cluster.clone();
-    tokio::spawn(async move {
-        if let Ok(fresh) = super::supervisor::start_worker(&cluster, old.id()) {
-            let deadline = Instant::now() + cluster.options().ready_timeout;
-            cluster.wait_ready(&fresh, deadline).await;
+    super::task::spawn("recycle", async move {
+        let replaced = super::replace::replace(
+            &cluster,
+            old.id(),
+            super::event::Replacement::Recycle,
+            Some(old.unique_id()),
+        )
+        .await;
+        if replaced.is_err() {
+            tokio::time::sleep(RETRY_AFTER).await;
+            old.shared.recycling.store(false, Ordering::Release);
         }
-        cluster.inner.dispatcher.stop_new(&old);
-        let grace = cluster.options().graceful_timeout;
-        cluster.inner.proxy.retire(&old, grace).await;
-        old.disconnect();
     });
 }

@@ -111,6 +111,22 @@ impl AsyncChannel {
         }
     }
 
+    /// Receives one packet if one is queued now: `Ok(None)` when none is (or the worker closed
+    /// its end).
+    pub fn try_recv(&self) -> io::Result<Option<Packet>> {
+        let mut fds = Vec::new();
+        let mut buf = self.recv_buf.lock().unwrap();
+        match sys::recv_packet(self.fd.get_ref().as_fd(), &mut buf, &mut fds, true) {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(Packet {
+                data: buf[..n].to_vec(),
+                fds,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Shuts both directions down, so the worker sees EOF even while fds are shared.
     pub fn shutdown(&self) {
         let _ = nix::sys::socket::shutdown(

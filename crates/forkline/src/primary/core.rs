@@ -1,0 +1,103 @@
+//! The cluster's private core, shared by every task of the primary: the settings, the one lock
+//! around slot state and the registry of live worker processes, the listeners, dispatch and
+//! proxy tables, and the signals tasks use to wake each other. `Cluster` is a thin public
+//! handle over it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{watch, Notify};
+
+use super::cluster::Shutdown;
+use super::dispatch::Dispatcher;
+use super::event::{EventBus, EventStream};
+use super::handle::WorkerHandle;
+use super::listeners::{BoundListener, ListenerTable};
+use super::notify::NotifyDir;
+use super::options::ClusterOptions;
+use super::proxy::ProxyTable;
+use super::slots::{Seq, Slots};
+
+/// What the one lock guards: slot state (written only through `Slots`' methods) and the
+/// worker processes that have not exited, by unique id.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub slots: Slots,
+    pub live: BTreeMap<Seq, WorkerHandle>,
+    pub next_seq: Seq,
+}
+
+impl State {
+    /// The live handle of `seq`.
+    pub fn worker(&self, seq: Option<Seq>) -> Option<WorkerHandle> {
+        seq.and_then(|seq| self.live.get(&seq)).cloned()
+    }
+}
+
+/// Everything the primary's tasks share.
+pub(crate) struct Core {
+    pub opts: ClusterOptions,
+    pub expect_protocol: bool,
+    pub events: EventBus,
+    pub initial_events: Mutex<Option<EventStream>>,
+    state: Mutex<State>,
+    pub listeners: ListenerTable,
+    /// Listeners bound up front, in `LISTEN_FDS` order.
+    pub prebound: Vec<Arc<BoundListener>>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub proxy: Arc<ProxyTable>,
+    /// Woken when a worker reaches `max_requests`.
+    pub limit_reached: Arc<Notify>,
+    /// Per-worker `NOTIFY_SOCKET`s live here (when enabled).
+    pub notify_dir: Option<NotifyDir>,
+    /// Set when the cluster stops accepting (shutdown began).
+    pub stop_accepting: watch::Sender<bool>,
+    /// Notified whenever a worker changes state or exits.
+    pub changed: Notify,
+    pub finished: watch::Sender<Option<Shutdown>>,
+    /// One rolling reload at a time.
+    pub reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Core {
+    /// A core with no worker yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        opts: ClusterOptions,
+        expect_protocol: bool,
+        listeners: ListenerTable,
+        prebound: Vec<Arc<BoundListener>>,
+        notify_dir: Option<NotifyDir>,
+    ) -> Core {
+        let events = EventBus::default();
+        let initial = events.subscribe();
+        Core {
+            dispatcher: Arc::new(Dispatcher::new(opts.balance, opts.credit_window)),
+            proxy: Arc::new(ProxyTable::default()),
+            limit_reached: Arc::new(Notify::new()),
+            notify_dir,
+            expect_protocol,
+            events,
+            initial_events: Mutex::new(Some(initial)),
+            state: Mutex::new(State {
+                slots: Slots::new(opts.workers, opts.restart, opts.backoff),
+                live: BTreeMap::new(),
+                next_seq: 0,
+            }),
+            listeners,
+            prebound,
+            stop_accepting: watch::channel(false).0,
+            changed: Notify::new(),
+            finished: watch::channel(None).0,
+            reload_lock: tokio::sync::Mutex::new(()),
+            opts,
+        }
+    }
+
+    /// The slot state and live workers, locked. Hold it briefly; never across an `await`.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,306 @@
+//! Serving one worker's IPC channel: the handshake (`hello` → `welcome`, after which the queue
+//! of packets for the worker starts to flow), `listen` requests, acks and load reports,
+//! messages, and the worker's own `disconnecting`. Every packet a worker sent is read before
+//! its exit is handled, so nothing it said last is lost.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nix::sys::signal::Signal;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+
+use super::cluster::Cluster;
+use super::event::Event;
+use super::handle::{ExitInfo, Outgoing, WorkerHandle};
+use super::listeners::ListenKey;
+use super::options::{Balance, Readiness};
+use super::{dispatch, readiness, task};
+use crate::error::{Error, Result};
+use crate::protocol::channel::{encode, AsyncChannel, Packet};
+use crate::protocol::{FromWorker, Mode, SocketKind, ToWorker, MAX_PACKET, PROTOCOL_VERSION};
+
+/// Most packets read from a dead worker's channel: what it can have queued, with room to spare.
+const MAX_DRAINED: usize = 10_000;
+
+/// Serves the worker's channel until the process exits, then reads what it left queued.
+/// Returns how the process ended.
+pub(crate) async fn serve(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    mut child: Child,
+    channel: Arc<AsyncChannel>,
+) -> ExitInfo {
+    let mut open = true;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            packet = channel.recv(), if open => match packet {
+                Ok(Some(packet)) => on_packet(cluster, worker, &channel, packet).await,
+                Ok(None) | Err(_) => {
+                    open = false;
+                    disconnected(cluster, worker);
+                }
+            },
+        }
+    };
+    // The process is gone, so everything it sent is in the socket already.
+    let mut drained = 0;
+    while open && drained < MAX_DRAINED {
+        match channel.try_recv() {
+            Ok(Some(packet)) => on_packet(cluster, worker, &channel, packet).await,
+            Ok(None) | Err(_) => break,
+        }
+        drained += 1;
+    }
+    channel.shutdown();
+    match status {
+        Ok(status) => ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+        },
+        Err(e) => {
+            tracing::error!(worker = worker.id(), error = %e, "waiting for worker failed");
+            ExitInfo {
+                code: None,
+                signal: None,
+            }
+        }
+    }
+}
+
+async fn on_packet(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    channel: &Arc<AsyncChannel>,
+    packet: Packet,
+) {
+    if let Err(e) = handle_packet(cluster, worker, channel, packet).await {
+        worker_error(cluster, worker, e.to_string());
+    }
+}
+
+/// A worker broke the protocol or its watchdog fired: log it, report it, kill its process
+/// group (the restart policy replaces it).
+pub(crate) fn worker_error(cluster: &Cluster, worker: &WorkerHandle, error: String) {
+    tracing::error!(
+        worker = worker.id(),
+        pid = worker.pid(),
+        %error,
+        "worker broke the protocol; killing it"
+    );
+    cluster.inner.events.emit(Event::WorkerError {
+        worker: worker.clone(),
+        error,
+    });
+    let _ = worker.signal_group(Signal::SIGKILL);
+}
+
+/// The worker's channel closed: Node's `disconnect`.
+pub(crate) fn disconnected(cluster: &Cluster, worker: &WorkerHandle) {
+    if !worker.shared.connected.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    cluster.inner.dispatcher.stop_new(worker);
+    cluster.inner.events.emit(Event::Disconnect {
+        worker: worker.clone(),
+    });
+}
+
+/// Sends the packets queued for the worker, in order.
+async fn write_queue(channel: Arc<AsyncChannel>, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some(packet) = queue.recv().await {
+        if channel.send(&packet, &[]).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn handle_packet(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    channel: &Arc<AsyncChannel>,
+    packet: Packet,
+) -> Result<()> {
+    if !packet.fds.is_empty() {
+        return Err(Error::Protocol("workers may not send fds".into()));
+    }
+    let message: FromWorker = packet.decode()?;
+    match (&message, worker.speaks_protocol()) {
+        (FromWorker::Hello { .. }, true) => {
+            return Err(Error::Protocol("a second hello".into()));
+        }
+        (FromWorker::Hello { .. }, false) => {}
+        (_, false) => return Err(Error::Protocol("first packet must be hello".into())),
+        (_, true) => {}
+    }
+    match message {
+        FromWorker::Hello { version, .. } => hello(cluster, worker, channel, version).await?,
+        FromWorker::Listen {
+            req,
+            kind,
+            address,
+            mode,
+        } => listen(cluster, worker, channel, req, kind, address, mode).await?,
+        FromWorker::Ack { seqs, open } => cluster.inner.dispatcher.ack(worker, &seqs, open),
+        FromWorker::Load { open } => cluster.inner.dispatcher.report_load(worker, open),
+        FromWorker::Message { data } => cluster.inner.events.emit(Event::Message {
+            worker: worker.clone(),
+            payload: data,
+        }),
+        FromWorker::Disconnecting => {
+            worker
+                .shared
+                .exited_after_disconnect
+                .store(true, Ordering::Release);
+            cluster.inner.dispatcher.stop_new(worker);
+        }
+    }
+    Ok(())
+}
+
+/// Answers `hello` with `welcome`, then lets the packets queued for the worker flow: sent
+/// before the handshake, they come after it, in order.
+async fn hello(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    channel: &Arc<AsyncChannel>,
+    version: u32,
+) -> Result<()> {
+    if version != PROTOCOL_VERSION {
+        let error = format!(
+            "unsupported protocol version {version}; this primary speaks {PROTOCOL_VERSION}"
+        );
+        let reply = encode(&ToWorker::Error {
+            error: error.clone(),
+        })?;
+        let _ = channel.send(&reply, &[]).await;
+        return Err(Error::Protocol(error));
+    }
+    let reply = encode(&ToWorker::Welcome {
+        version: PROTOCOL_VERSION,
+        id: worker.id(),
+        max_packet: MAX_PACKET,
+    })?;
+    channel.send(&reply, &[]).await?;
+    worker.shared.speaks_protocol.store(true, Ordering::Release);
+    if let Some(queue) = worker.take_outbox() {
+        task::spawn("ipc-writer", write_queue(channel.clone(), queue));
+    }
+    if cluster.inner.expect_protocol {
+        readiness::set_online(cluster, worker);
+    }
+    Ok(())
+}
+
+/// Answers a `listen` request: binds (once per key), then hands out the socket (shared,
+/// reuseport) or registers the worker for handoffs (round-robin).
+async fn listen(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    channel: &Arc<AsyncChannel>,
+    req: u64,
+    kind: SocketKind,
+    address: String,
+    mode: Option<Mode>,
+) -> Result<()> {
+    let mode = effective_mode(kind, mode.unwrap_or(cluster.inner.opts.mode));
+    let key = ListenKey {
+        kind,
+        address: address.clone(),
+        mode,
+    };
+    let bound = cluster
+        .inner
+        .listeners
+        .get_or_bind(key)
+        .and_then(|(listener, fresh)| {
+            let socket = if mode == Mode::RoundRobin {
+                None
+            } else {
+                Some(listener.socket_for(worker.id())?)
+            };
+            Ok((listener, fresh, socket))
+        });
+    let (listener, fresh, socket) = match bound {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(worker = worker.id(), %address, error = %e, "listen failed");
+            let error = match e {
+                Error::Listen { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            let reply = encode(&ToWorker::ListenError { req, error })?;
+            channel.send(&reply, &[]).await?;
+            return Ok(());
+        }
+    };
+    if fresh {
+        tracing::info!(address = %listener.local, mode = mode.name(), "listening");
+    }
+    let reply = encode(&ToWorker::Listening {
+        req,
+        listener: listener.id,
+        mode,
+        address: listener.local.clone(),
+        report_load: cluster.inner.opts.balance == Balance::LeastConn,
+        ack_every: cluster.inner.opts.ack_every(),
+    })?;
+    match &socket {
+        Some(socket) => channel.send(&reply, &[socket.as_raw_fd()]).await?,
+        None => channel.send(&reply, &[]).await?,
+    }
+    if mode == Mode::RoundRobin {
+        cluster
+            .inner
+            .dispatcher
+            .add_target(worker, channel, listener.id);
+        if fresh {
+            dispatch::start_accepting(cluster, &listener);
+        }
+    }
+    cluster.inner.events.emit(Event::Listening {
+        worker: worker.clone(),
+        address: listener.local.clone(),
+    });
+    if cluster.inner.opts.readiness == Readiness::Listen {
+        readiness::set_ready(cluster, worker);
+    }
+    Ok(())
+}
+
+/// The mode a listener of `kind` really gets: UDP cannot be handed off per connection, and
+/// SO_REUSEPORT means nothing for Unix sockets.
+fn effective_mode(kind: SocketKind, wanted: Mode) -> Mode {
+    match (kind, wanted) {
+        (SocketKind::Udp, Mode::Reuseport) => Mode::Reuseport,
+        (SocketKind::Udp, _) => Mode::Shared,
+        (SocketKind::Unix, Mode::Reuseport) => Mode::Shared,
+        (_, Mode::Proxy) => Mode::RoundRobin,
+        (_, mode) => mode,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_and_unix_fall_back_to_modes_that_work() {
+        assert_eq!(
+            effective_mode(SocketKind::Udp, Mode::RoundRobin),
+            Mode::Shared
+        );
+        assert_eq!(
+            effective_mode(SocketKind::Udp, Mode::Reuseport),
+            Mode::Reuseport
+        );
+        assert_eq!(
+            effective_mode(SocketKind::Unix, Mode::Reuseport),
+            Mode::Shared
+        );
+        assert_eq!(effective_mode(SocketKind::Tcp, Mode::Shared), Mode::Shared);
+    }
+}

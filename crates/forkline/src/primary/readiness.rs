@@ -1,0 +1,106 @@
+//! When a worker counts as online and as ready (see `Readiness`), and waiting for it. Online is
+//! the handshake for a library worker, the start for a program that does not speak the
+//! protocol; ready follows the cluster's readiness setting.
+
+use std::time::Instant;
+
+use super::cluster::Cluster;
+use super::event::Event;
+use super::handle::{WorkerHandle, WorkerState};
+use super::options::Readiness;
+use super::task;
+use crate::protocol::Mode;
+
+/// Called once the process exists: a program that does not speak the protocol is online now,
+/// and readiness by delay or none starts counting.
+pub(crate) fn on_started(cluster: &Cluster, worker: &WorkerHandle) {
+    let opts = &cluster.inner.opts;
+    if !cluster.inner.expect_protocol {
+        set_online(cluster, worker);
+        // A socket passed at spawn is listening already.
+        let passed_socket = matches!(opts.mode, Mode::Shared | Mode::Reuseport)
+            && !cluster.inner.prebound.is_empty();
+        if opts.readiness == Readiness::Listen && passed_socket {
+            set_ready(cluster, worker);
+        }
+    }
+    match opts.readiness {
+        Readiness::Delay(delay) => {
+            let (cluster, worker) = (cluster.clone(), worker.clone());
+            task::spawn("readiness", async move {
+                tokio::time::sleep(delay).await;
+                set_ready(&cluster, &worker);
+            });
+        }
+        Readiness::None => set_ready(cluster, worker),
+        _ => {}
+    }
+}
+
+/// Marks `worker` online (once) and emits `online`.
+pub(crate) fn set_online(cluster: &Cluster, worker: &WorkerHandle) {
+    if worker.state() != WorkerState::Starting {
+        return;
+    }
+    worker.set_state(WorkerState::Online);
+    cluster.inner.events.emit(Event::Online {
+        worker: worker.clone(),
+    });
+    cluster.inner.changed.notify_waiters();
+    if cluster.inner.opts.readiness == Readiness::Online {
+        set_ready(cluster, worker);
+    }
+}
+
+/// Marks `worker` ready (once, and only while it is starting or online) and emits `ready`.
+pub(crate) fn set_ready(cluster: &Cluster, worker: &WorkerHandle) {
+    match worker.state() {
+        WorkerState::Starting | WorkerState::Online => {}
+        _ => return,
+    }
+    worker.set_state(WorkerState::Ready);
+    cluster.inner.events.emit(Event::Ready {
+        worker: worker.clone(),
+    });
+    cluster.inner.changed.notify_waiters();
+}
+
+/// How waiting for a worker to be ready ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    Ready,
+    /// It exited, or was asked to stop, first.
+    Gone,
+    /// The cluster began to stop.
+    Stopping,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// Waits until `worker` is ready, bounded by `deadline`.
+pub(crate) async fn wait_ready(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    deadline: Instant,
+) -> Waited {
+    loop {
+        let changed = cluster.inner.changed.notified();
+        match worker.state() {
+            WorkerState::Ready => return Waited::Ready,
+            WorkerState::Exited | WorkerState::Draining => return Waited::Gone,
+            WorkerState::Starting | WorkerState::Online => {}
+        }
+        if cluster.is_stopping() {
+            return Waited::Stopping;
+        }
+        if tokio::time::timeout_at(deadline.into(), changed)
+            .await
+            .is_err()
+        {
+            return match worker.state() {
+                WorkerState::Ready => Waited::Ready,
+                _ => Waited::TimedOut,
+            };
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Replacing a slot's worker with a new one, the one path for rolling reloads and recycling:
+//! start the replacement beside the current worker, wait until it is ready and has stayed
+//! alive for the settle time, then commit (stop routing to the old worker, let its
+//! connections finish, stop it). A replacement that exits, or is not ready in time, is stopped
+//! with no restart booked and the old worker stays current: a failed replacement never leaves
+//! the slot worse off than it was.
+
+use std::time::{Duration, Instant};
+
+use super::cluster::Cluster;
+use super::event::{Event, ReplaceFailure, Replacement};
+use super::handle::WorkerHandle;
+use super::readiness::{self, Waited};
+use super::slots::{Refused, Seq};
+use super::supervisor;
+
+/// How long a reload waits for another replacement of the same slot (recycling) to end.
+const BUSY_WAIT: Duration = Duration::from_millis(50);
+
+/// Replaces the current worker of `slot` (only if it is `expected`, when given). `Ok` when the
+/// slot was replaced or had nothing to replace.
+pub(crate) async fn replace(
+    cluster: &Cluster,
+    slot: usize,
+    purpose: Replacement,
+    expected: Option<Seq>,
+) -> Result<(), ReplaceFailure> {
+    let (fresh, old) = loop {
+        match supervisor::start_candidate(cluster, slot, expected) {
+            Ok(pair) => break pair,
+            Err(Refused::NothingToReplace) => return Ok(()),
+            Err(Refused::Stopping) => return Err(ReplaceFailure::Cancelled),
+            // Recycling is trying this slot: a reload waits its turn, a recycle gives way.
+            Err(Refused::Busy) if purpose == Replacement::Reload => {
+                tokio::time::sleep(BUSY_WAIT).await;
+            }
+            Err(Refused::Busy) => return Ok(()),
+        }
+    };
+    tracing::info!(
+        slot,
+        purpose = purpose.name(),
+        old_pid = old.pid(),
+        "starting a replacement"
+    );
+    let outcome = match trial(cluster, &fresh).await {
+        Ok(()) => commit(cluster, slot, &fresh).await,
+        Err(reason) => Err(reason),
+    };
+    if let Err(reason) = outcome {
+        cluster
+            .inner
+            .state()
+            .slots
+            .rollback(slot, fresh.unique_id());
+        supervisor::stop_worker(cluster, &fresh);
+        tracing::error!(
+            slot,
+            purpose = purpose.name(),
+            pid = fresh.pid(),
+            %reason,
+            "replacement failed; the old worker keeps serving"
+        );
+        cluster.inner.events.emit(Event::ReplaceFailed {
+            id: slot,
+            purpose,
+            reason,
+        });
+        return Err(reason);
+    }
+    tracing::info!(
+        slot,
+        purpose = purpose.name(),
+        pid = fresh.pid(),
+        "worker replaced"
+    );
+    Ok(())
+}
+
+/// The trial: ready within the ready timeout, then alive for the settle time.
+async fn trial(cluster: &Cluster, fresh: &WorkerHandle) -> Result<(), ReplaceFailure> {
+    let opts = &cluster.inner.opts;
+    match readiness::wait_ready(cluster, fresh, Instant::now() + opts.ready_timeout).await {
+        Waited::Ready => {}
+        Waited::Stopping => return Err(ReplaceFailure::Cancelled),
+        Waited::TimedOut => {
+            return Err(ReplaceFailure::NotReady {
+                within: opts.ready_timeout,
+            })
+        }
+        Waited::Gone => {
+            // It exited (or was asked to stop, then exits): say how, once known.
+            supervisor::wait_exit(cluster, fresh, Instant::now() + opts.graceful_timeout).await;
+            return Err(exited(cluster, fresh));
+        }
+    }
+    let settled = Instant::now() + opts.settle_time;
+    if supervisor::wait_exit(cluster, fresh, settled).await {
+        return Err(exited(cluster, fresh));
+    }
+    if cluster.is_stopping() {
+        return Err(ReplaceFailure::Cancelled);
+    }
+    Ok(())
+}
+
+/// Why a replacement that is gone failed: how it exited, unless the cluster is stopping.
+fn exited(cluster: &Cluster, fresh: &WorkerHandle) -> ReplaceFailure {
+    match fresh.exit_info() {
+        Some(exit) if !cluster.is_stopping() => ReplaceFailure::Exited {
+            code: exit.code,
+            signal: exit.signal,
+        },
+        _ => ReplaceFailure::Cancelled,
+    }
+}
+
+/// The replacement passed: it becomes current; the old worker stops taking connections,
+/// finishes those it has (proxy mode waits for its relays), and is stopped.
+async fn commit(
+    cluster: &Cluster,
+    slot: usize,
+    fresh: &WorkerHandle,
+) -> Result<(), ReplaceFailure> {
+    let old = {
+        let mut state = cluster.inner.state();
+        match state.slots.commit(slot, fresh.unique_id()) {
+            Ok(old) => state.worker(old),
+            Err(()) => return Err(ReplaceFailure::Cancelled),
+        }
+    };
+    if let Some(old) = old {
+        cluster.inner.dispatcher.stop_new(&old);
+        cluster
+            .inner
+            .proxy
+            .retire(&old, cluster.inner.opts.graceful_timeout)
+            .await;
+        supervisor::stop_worker(cluster, &old);
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! Starting a worker process and the contract it starts with: its own process group, the IPC
+//! socket at `FORKLINE_IPC_FD`, listeners by the systemd convention (`LISTEN_FDS`,
+//! `LISTEN_FDNAMES`, fds from 3), `PORT`, `FORKLINE_WORKER_ID`, its `NOTIFY_SOCKET`, and the
+//! user's environment, directory, user and group.
+
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::process::Child;
+
+use super::cluster::Cluster;
+use super::handle::WorkerHandle;
+use super::options::WorkerStdio;
+use super::{notify, output, proxy, readiness, spawner, task};
+use crate::error::{Error, Result};
+use crate::protocol::channel::AsyncChannel;
+use crate::protocol::wire::{ENV_IPC_FD, ENV_WORKER_ID};
+use crate::protocol::Mode;
+use crate::sys;
+
+/// First fd number given to a worker (after stdin/stdout/stderr), as in systemd.
+const FIRST_FD: RawFd = 3;
+
+/// A started worker process.
+pub(crate) struct Spawned {
+    pub child: Child,
+    /// The primary's end of the IPC channel.
+    pub channel: Arc<AsyncChannel>,
+    /// The primary's copy of the worker's end, read back when the worker dies (see `dispatch`).
+    pub worker_end: OwnedFd,
+}
+
+/// Starts the process with its IPC channel and listeners in place, and the tasks that follow
+/// it (output, notify socket, proxy port, readiness).
+pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Spawned> {
+    let opts = &cluster.inner.opts;
+    let (primary_end, worker_end) = sys::seqpacket_pair()?;
+    let mut command = std::process::Command::new(&opts.exec);
+    command.args(&opts.args);
+    // What the primary itself inherited from systemd is not the worker's.
+    for inherited in [
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "LISTEN_PID",
+        "NOTIFY_SOCKET",
+    ] {
+        command.env_remove(inherited);
+    }
+    let mut placed = prebound_sockets(cluster, worker, &mut command)?;
+    let ipc_fd = FIRST_FD + placed.len() as RawFd;
+    let worker_end_copy = sys::dup_cloexec(worker_end.as_fd())?;
+    placed.push((worker_end, ipc_fd));
+    command.env(ENV_WORKER_ID, worker.id().to_string());
+    command.env(ENV_IPC_FD, ipc_fd.to_string());
+    let notify = match &cluster.inner.notify_dir {
+        Some(dir) => {
+            let (socket, path) = dir.bind(worker.unique_id())?;
+            command.env("NOTIFY_SOCKET", &path);
+            if let Some(timeout) = opts.worker_timeout {
+                command.env("WATCHDOG_USEC", timeout.as_micros().to_string());
+            }
+            Some(socket)
+        }
+        None => None,
+    };
+    for (key, value) in &opts.env {
+        command.env(key, value);
+    }
+    if let Some(cwd) = &opts.cwd {
+        command.current_dir(cwd);
+    }
+    if let Some(uid) = opts.uid {
+        command.uid(uid);
+    }
+    if let Some(gid) = opts.gid {
+        command.gid(gid);
+    }
+    // Its own process group: stop signals reach everything it starts, and a terminal's
+    // Ctrl-C reaches only the primary, which stops the workers gracefully.
+    command.process_group(0);
+    command.stdin(Stdio::null());
+    match opts.stdio {
+        WorkerStdio::Inherit => {}
+        WorkerStdio::Null => {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        WorkerStdio::Prefixed => {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+    }
+    sys::prepare_child(&mut command, placed)?;
+    let mut child = spawner::spawn(command).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::ExecNotFound(opts.exec.clone()),
+        std::io::ErrorKind::PermissionDenied => Error::ExecNotExecutable(opts.exec.clone()),
+        _ => Error::Io(e),
+    })?;
+    let pid = child.id().unwrap_or(0);
+    // Delivers a stop asked for before the process existed.
+    worker.set_pid(pid);
+    if let Some(max) = opts.max_requests {
+        let limit = super::recycle::request_limit(max, opts.max_requests_jitter, worker);
+        worker
+            .shared
+            .request_limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        let _ = worker
+            .shared
+            .limit_reached
+            .set(cluster.inner.limit_reached.clone());
+    }
+    if opts.stdio == WorkerStdio::Prefixed {
+        let prefix = output::prefix(opts.name.as_deref(), worker.id(), pid);
+        if let Some(out) = child.stdout.take() {
+            task::spawn(
+                "output",
+                output::pump(out, prefix.clone(), output::Sink::Stdout),
+            );
+        }
+        if let Some(err) = child.stderr.take() {
+            task::spawn("output", output::pump(err, prefix, output::Sink::Stderr));
+        }
+    }
+    if let Some(socket) = notify {
+        task::spawn(
+            "notify",
+            notify::serve(cluster.clone(), worker.clone(), socket),
+        );
+    }
+    if opts.mode == Mode::Proxy && !cluster.inner.prebound.is_empty() {
+        proxy::watch_worker(cluster, worker)?;
+    }
+    let channel = Arc::new(AsyncChannel::new(primary_end)?);
+    tracing::info!(worker = worker.id(), pid, "worker started");
+    cluster.inner.events.emit(super::event::Event::Fork {
+        worker: worker.clone(),
+    });
+    readiness::on_started(cluster, worker);
+    Ok(Spawned {
+        child,
+        channel,
+        worker_end: worker_end_copy,
+    })
+}
+
+/// Places the listeners bound up front, by the mode:
+/// - `shared` / `reuseport`: the sockets as fds 3.. with `LISTEN_FDS`, `LISTEN_FDNAMES`, `PORT`;
+/// - `round-robin`: no fds (the primary accepts); `FORKLINE_LISTEN` names the addresses for a
+///   library worker to `listen` on, and `PORT` the first port;
+/// - `proxy`: no fds; `PORT` is the worker's own loopback port.
+fn prebound_sockets(
+    cluster: &Cluster,
+    worker: &WorkerHandle,
+    command: &mut std::process::Command,
+) -> Result<Vec<(OwnedFd, RawFd)>> {
+    let inner = &cluster.inner;
+    let mut placed = Vec::new();
+    if inner.prebound.is_empty() {
+        return Ok(placed);
+    }
+    let first_port = inner.prebound[0].local.rsplit(':').next().unwrap_or("");
+    match inner.opts.mode {
+        Mode::Proxy => {
+            command.env("PORT", inner.proxy.port_for(worker)?.to_string());
+        }
+        Mode::RoundRobin => {
+            let addresses: Vec<&str> = inner
+                .opts
+                .listeners
+                .iter()
+                .map(|l| l.address.as_str())
+                .collect();
+            command.env("FORKLINE_LISTEN", addresses.join(","));
+            if first_port.parse::<u16>().is_ok() {
+                command.env("PORT", first_port);
+            }
+        }
+        Mode::Shared | Mode::Reuseport => {
+            let mut names = Vec::new();
+            for (index, listener) in inner.prebound.iter().enumerate() {
+                let socket = listener.socket_for(worker.id())?;
+                placed.push((
+                    sys::dup_cloexec(socket.as_fd())?,
+                    FIRST_FD + placed.len() as RawFd,
+                ));
+                let name = inner
+                    .opts
+                    .inherited_names
+                    .get(index)
+                    .filter(|n| !n.is_empty());
+                names.push(name.cloned().unwrap_or_else(|| listener.local.clone()));
+            }
+            command.env("LISTEN_FDS", names.len().to_string());
+            command.env("LISTEN_FDNAMES", names.join(":"));
+            if first_port.parse::<u16>().is_ok() {
+                command.env("PORT", first_port);
+            }
+        }
+    }
+    Ok(placed)
+}
