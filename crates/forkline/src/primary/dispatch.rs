@@ -156,6 +156,16 @@ impl Dispatcher {
         self.changed.notify_waiters();
     }
 
+    /// Wakes the accept loops: a worker may take connections now (a replacement committed).
+    pub fn wake(&self) {
+        let mut state = self.state.lock().unwrap();
+        if !state.pending.is_empty() {
+            self.flush(&mut state);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
     /// Records a worker's open-connection report.
     pub fn report_load(&self, worker: &WorkerHandle, open: u64) {
         let mut state = self.state.lock().unwrap();

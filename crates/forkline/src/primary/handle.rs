@@ -83,6 +83,8 @@ pub(crate) struct WorkerShared {
     pub exited_after_disconnect: AtomicBool,
     /// A graceful stop was asked for (sent once).
     stop_asked: AtomicBool,
+    /// A replacement on trial: it gets no connections from the primary until it commits.
+    on_trial: AtomicBool,
     pub speaks_protocol: AtomicBool,
     /// The primary expects this worker to speak the protocol (a library worker), so a stop
     /// asked before its handshake is a queued `disconnect`, not a signal.
@@ -141,6 +143,7 @@ impl WorkerHandle {
                 dead: AtomicBool::new(false),
                 exited_after_disconnect: AtomicBool::new(false),
                 stop_asked: AtomicBool::new(false),
+                on_trial: AtomicBool::new(false),
                 speaks_protocol: AtomicBool::new(false),
                 expect_protocol,
                 accepted: AtomicU64::new(0),
@@ -178,13 +181,18 @@ impl WorkerHandle {
         self.shared.state.store(state as u8, Ordering::Release);
     }
 
-    /// True while new connections may be given to this worker: it has not been asked to stop
-    /// and has not exited.
+    /// True while the primary may give this worker new connections: it is not a replacement
+    /// on trial, has not been asked to stop and has not exited.
     pub(crate) fn takes_connections(&self) -> bool {
         matches!(
             self.state(),
             WorkerState::Starting | WorkerState::Online | WorkerState::Ready
-        )
+        ) && !self.shared.on_trial.load(Ordering::Relaxed)
+    }
+
+    /// Marks the worker as a replacement on trial (or not any more).
+    pub(crate) fn set_on_trial(&self, on_trial: bool) {
+        self.shared.on_trial.store(on_trial, Ordering::Relaxed);
     }
 
     /// Records the process id once the process exists, and delivers the signals asked for

@@ -1,6 +1,7 @@
 //! Replacing a slot's worker with a new one, the one path for rolling reloads and recycling:
 //! start the replacement beside the current worker, wait until it is ready and has stayed
-//! alive for the settle time, then commit (stop routing to the old worker, let its
+//! alive for the settle time — meanwhile the primary gives it no connections (round-robin,
+//! proxy), so a replacement that dies on trial drops none — then commit (stop routing to the old worker, let its
 //! connections finish, stop it). A replacement that exits, or is not ready in time, is stopped
 //! with no restart booked and the old worker stays current: a failed replacement never leaves
 //! the slot worse off than it was.
@@ -129,6 +130,8 @@ async fn commit(
             Err(()) => return Err(ReplaceFailure::Cancelled),
         }
     };
+    fresh.set_on_trial(false);
+    cluster.inner.dispatcher.wake();
     if let Some(old) = old {
         cluster.inner.dispatcher.stop_new(&old);
         cluster

@@ -66,7 +66,9 @@ pub(crate) fn start_candidate(
             .ok_or(Refused::NothingToReplace)?;
         let seq = state.next_seq + 1;
         state.slots.begin_replace(slot, old.unique_id(), seq)?;
-        (register(cluster, &mut state, slot, seq), old)
+        let fresh = register(cluster, &mut state, slot, seq);
+        fresh.set_on_trial(true);
+        (fresh, old)
     };
     task::spawn("worker", live(cluster.clone(), fresh.clone()));
     Ok((fresh, old))

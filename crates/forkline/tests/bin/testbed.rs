@@ -8,12 +8,18 @@
 //! `TB_READY` (online|listen), `TB_ARGS` (worker arguments separated by \x1f), `TB_PLAIN`
 //! (workers do not speak the protocol), `TB_PREBIND` (a TCP listener bound up front),
 //! `TB_MAX_REQUESTS`, `TB_NOTIFY` (serve NOTIFY_SOCKET, readiness by READY=1) and
-//! `TB_WATCHDOG_MS`. Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
+//! `TB_WATCHDOG_MS`, `TB_SETTLE_MS`, `TB_READY_TIMEOUT_MS`, `TB_SEND_ON_FORK` (a JSON message
+//! sent to every worker from its `fork` event, before its handshake) and `TB_SHUTDOWN_AT_START`
+//! (shut down right after start, before any worker is online). Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
 //! `TB_LISTEN`, `TB_KIND` (tcp|unix|udp), `TB_DELAY_MS` (or `TB_DELAY_MS_<id>`), `TB_HOLD`
-//! (or `TB_HOLD_<id>`: answer only after the client sends a byte).
+//! (or `TB_HOLD_<id>`: answer only after the client sends a byte), and a "bad build":
+//! `TB_BAD_IF` names a file; while it exists, new workers do `TB_BAD` (`crash`: exit 3 at
+//! once; `die-later`: come online and listen, then exit 4 after 300 ms).
 //!
-//! Commands on stdin: `send ID JSON`, `fork`, `kill ID SIGNUM`, `disconnect ID`, `scale N`,
-//! `reload`, `shutdown`, `status`.
+//! Commands on stdin: `send ID JSON`, `fork`, `fork-send JSON` (fork, send at once, and reply
+//! with the handle's state), `fork-disconnect` and `fork-kill` (disconnect or SIGKILL the new
+//! worker before its process exists), `kill ID SIGNUM`, `disconnect ID`, `scale N`, `reload`,
+//! `shutdown`, `status`.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -118,6 +124,13 @@ async fn primary() {
     if env("TB_READY").as_deref() == Some("listen") {
         builder = builder.readiness(Readiness::Listen, Duration::from_secs(10));
     }
+    if let Some(timeout) = env_ms("TB_READY_TIMEOUT_MS") {
+        let readiness = builder.options().readiness;
+        builder = builder.readiness(readiness, timeout);
+    }
+    if let Some(settle) = env_ms("TB_SETTLE_MS") {
+        builder = builder.settle_time(settle);
+    }
     let cluster = match builder.start().await {
         Ok(cluster) => cluster,
         Err(e) => {
@@ -125,14 +138,37 @@ async fn primary() {
             std::process::exit(2);
         }
     };
+    if env("TB_SHUTDOWN_AT_START").is_some() {
+        cluster.shutdown();
+    }
+    let send_on_fork: Option<Value> =
+        env("TB_SEND_ON_FORK").map(|v| serde_json::from_str(&v).expect("TB_SEND_ON_FORK"));
     let commands = cluster.clone();
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            command(&commands, start, line.trim()).await;
+            let line = line.trim().to_string();
+            if line == "reload" {
+                // A reload takes a while: other commands (status) are answered meanwhile.
+                let commands = commands.clone();
+                tokio::spawn(async move { command(&commands, start, &line).await });
+            } else {
+                command(&commands, start, &line).await;
+            }
         }
     });
-    let shutdown = cluster.run(|_, event| emit(start, describe(event))).await;
+    let shutdown = cluster
+        .run(|_, event| {
+            if let (Event::Fork { worker }, Some(message)) = (event, &send_on_fork) {
+                let sent = worker.send(message).err().map(|e| e.to_string());
+                emit(
+                    start,
+                    json!({"event": "sent-on-fork", "id": worker.id(), "error": sent}),
+                );
+            }
+            emit(start, describe(event))
+        })
+        .await;
     emit(
         start,
         json!({"event": "stopped", "clean": shutdown.clean, "killed": shutdown.killed}),
@@ -159,6 +195,34 @@ async fn command(cluster: &Cluster, start: Instant, line: &str) {
         "fork" => cluster
             .fork()
             .map(|w| json!({"id": w.id()}))
+            .map_err(|e| e.to_string()),
+        "fork-send" => {
+            let payload: Value = serde_json::from_str(&line["fork-send ".len().min(line.len())..])
+                .unwrap_or(Value::Null);
+            match cluster.fork() {
+                Ok(w) => {
+                    let connected = w.is_connected();
+                    let dead = w.is_dead();
+                    w.send(&payload)
+                        .map(|_| json!({"id": w.id(), "connected": connected, "dead": dead}))
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        "fork-disconnect" => cluster
+            .fork()
+            .map(|w| {
+                w.disconnect();
+                json!({"id": w.id(), "pid": w.pid()})
+            })
+            .map_err(|e| e.to_string()),
+        "fork-kill" => cluster
+            .fork()
+            .and_then(|w| {
+                w.kill(nix::sys::signal::Signal::SIGKILL)?;
+                Ok(json!({"id": w.id(), "pid": w.pid()}))
+            })
             .map_err(|e| e.to_string()),
         "kill" => {
             let id: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -277,7 +341,10 @@ fn describe(event: &Event) -> Value {
 }
 
 fn worker(id: usize) {
-    let behavior = slot_env("TB_BEHAVIOR", id).unwrap_or_else(|| "echo".into());
+    let mut behavior = slot_env("TB_BEHAVIOR", id).unwrap_or_else(|| "echo".into());
+    if env("TB_BAD_IF").is_some_and(|marker| std::path::Path::new(&marker).exists()) {
+        behavior = env("TB_BAD").unwrap_or_else(|| "crash".into());
+    }
     match behavior.as_str() {
         "crash" => std::process::exit(3),
         "garbage" => {
@@ -300,6 +367,10 @@ fn worker(id: usize) {
         let worker = worker.clone();
         std::thread::spawn(move || serve(worker, id, &address))
     });
+    if behavior == "die-later" {
+        std::thread::sleep(Duration::from_millis(300));
+        std::process::exit(4);
+    }
     let mut messages = worker.messages().expect("messages");
     while let Some(payload) = messages.blocking_recv() {
         match payload.get("cmd").and_then(Value::as_str) {
@@ -318,6 +389,15 @@ fn worker(id: usize) {
                     .expect("small send");
             }
             Some("disconnect") => worker.disconnect(),
+            Some("bye") => {
+                // Last words, then disconnect and exit at once: every one must arrive.
+                let n = payload.get("n").and_then(Value::as_u64).unwrap_or(1);
+                for i in 0..n {
+                    worker.send(&json!({"bye": i})).expect("send");
+                }
+                worker.disconnect();
+                std::process::exit(0);
+            }
             _ => worker
                 .send(&json!({"echo": payload, "id": id, "pid": std::process::id()}))
                 .expect("send"),
