@@ -400,6 +400,33 @@ fn a_disconnected_worker_gets_no_new_connections_under_load() {
 }
 
 #[test]
+fn connections_for_a_listener_a_worker_dropped_go_to_the_other_workers() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_LISTEN", &addr),
+        ("TB_BEHAVIOR_0", "listen-then-drop"),
+    ]);
+    tb.wait_event("listening", None);
+    tb.wait_event("listening", None);
+    tb.command(r#"send 0 {"cmd":"drop"}"#);
+    tb.wait_for("dropped", SOON, |e| e["payload"]["dropped"] == true);
+    // Worker 0 stays alive but serves nothing: every connection is answered by worker 1,
+    // including those handed to worker 0 before the primary learnt of the drop.
+    for _ in 0..100 {
+        let reply = common::fetch(&addr).expect("answered");
+        assert_eq!(answered_by(&reply), Some(1), "{reply:?}");
+    }
+    assert!(
+        !tb.seen
+            .iter()
+            .any(|e| e["event"] == "exit" || e["event"] == "worker-error"),
+        "{:#?}",
+        tb.seen
+    );
+}
+
+#[test]
 fn a_crash_loop_with_min_uptime_zero_still_backs_off() {
     let mut tb = Testbed::start(&[
         ("TB_WORKERS", "1"),

@@ -166,6 +166,32 @@ impl Dispatcher {
         self.changed.notify_waiters();
     }
 
+    /// `worker` does not serve `listener` any more and gave back `count` handed-off
+    /// connections: they count as acknowledged, go to other workers first, and the worker gets
+    /// no more connections of that listener.
+    pub fn give_back(&self, worker: &WorkerHandle, listener: u64, count: usize, fds: Vec<OwnedFd>) {
+        tracing::debug!(
+            worker = worker.id(),
+            count,
+            "a worker gave connections back; handing them to others"
+        );
+        let mut state = self.state.lock().unwrap();
+        if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
+            target.inflight = target.inflight.saturating_sub(count);
+            target.listeners.retain(|l| *l != listener);
+        }
+        for fd in fds.into_iter().rev() {
+            state.pending.push_front(Conn {
+                listener,
+                fd,
+                peer: None,
+            });
+        }
+        self.flush(&mut state);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
     /// Records a worker's open-connection report.
     pub fn report_load(&self, worker: &WorkerHandle, open: u64) {
         let mut state = self.state.lock().unwrap();

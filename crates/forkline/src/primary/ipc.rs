@@ -124,10 +124,17 @@ async fn handle_packet(
     channel: &Arc<AsyncChannel>,
     packet: Packet,
 ) -> Result<()> {
-    if !packet.fds.is_empty() {
-        return Err(Error::Protocol("workers may not send fds".into()));
-    }
     let message: FromWorker = packet.decode()?;
+    let fds_expected = match &message {
+        FromWorker::Returned { seqs, .. } => seqs.len(),
+        _ => 0,
+    };
+    if packet.fds.len() != fds_expected {
+        return Err(Error::Protocol(format!(
+            "{} fds with a packet that carries {fds_expected}",
+            packet.fds.len()
+        )));
+    }
     match (&message, worker.speaks_protocol()) {
         (FromWorker::Hello { .. }, true) => {
             return Err(Error::Protocol("a second hello".into()));
@@ -150,6 +157,12 @@ async fn handle_packet(
             worker: worker.clone(),
             payload: data,
         }),
+        FromWorker::Returned { listener, seqs } => {
+            cluster
+                .inner
+                .dispatcher
+                .give_back(worker, listener, seqs.len(), packet.fds);
+        }
         FromWorker::Disconnecting => {
             worker
                 .shared

@@ -109,6 +109,16 @@ pub enum FromWorker {
     },
     /// The worker is disconnecting on purpose and will close the channel.
     Disconnecting,
+    /// Handed-off connections the worker will not serve, because it no longer listens on
+    /// `listener` (it dropped the listener, or is disconnecting). Their fds ride along, one
+    /// per seq, in order; the primary hands them to other workers and sends no more
+    /// connections of `listener` to this worker. Counts as the `ack` of `seqs`.
+    Returned {
+        /// Listener id from `conns`.
+        listener: u64,
+        /// The sequence numbers of the returned connections.
+        seqs: Vec<u64>,
+    },
 }
 
 /// A message from the primary to a worker.

@@ -109,21 +109,36 @@ fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(),
         } => {
             let queue = shared.queues.lock().unwrap().get(&listener).cloned();
             let mut taken = 0u64;
+            let mut returned = (Vec::new(), Vec::new());
             let mut peers = peers.iter().map(|p| p.parse().ok());
-            for fd in fds.by_ref().take(seqs.len()) {
+            for (fd, seq) in fds.by_ref().zip(seqs) {
                 let peer = peers.next().flatten();
-                if let Some(queue) = &queue {
-                    if queue.send((fd, peer)).is_ok() {
+                let refused = match &queue {
+                    Some(queue) => queue.send((fd, peer)).err().map(|back| back.0 .0),
+                    None => Some(fd),
+                };
+                match refused {
+                    None => {
                         taken += 1;
+                        state.unacked.push(seq);
+                    }
+                    Some(fd) => {
+                        returned.0.push(seq);
+                        returned.1.push(fd);
                     }
                 }
+            }
+            if !returned.0.is_empty() {
+                // The listener was dropped (its queue is closed) or never known: the
+                // connections go back to the primary, which serves them elsewhere.
+                shared.queues.lock().unwrap().remove(&listener);
+                give_back(shared, listener, returned)?;
             }
             let open = if shared.report_load.load(Ordering::Relaxed) {
                 Some(shared.open.fetch_add(taken, Ordering::AcqRel) + taken)
             } else {
                 None
             };
-            state.unacked.extend(seqs);
             if open.is_some() || state.unacked.len() as u64 >= state.ack_every {
                 send_ack(shared, &mut state.unacked, open)?;
             }
@@ -180,6 +195,19 @@ fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(),
         ToWorker::Error { error } => return Err(Error::Protocol(error)),
         ToWorker::Welcome { .. } => return Err(Error::Protocol("unexpected welcome".into())),
     }
+    Ok(())
+}
+
+/// Sends connections of `listener` back to the primary with their fds.
+fn give_back(
+    shared: &Shared,
+    listener: u64,
+    (seqs, fds): (Vec<u64>, Vec<std::os::fd::OwnedFd>),
+) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    let packet = crate::protocol::channel::encode(&FromWorker::Returned { listener, seqs })?;
+    let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    shared.channel.send(&packet, &raw)?;
     Ok(())
 }
 

@@ -363,10 +363,21 @@ fn worker(id: usize) {
     if behavior == "ignore-disconnect" {
         std::thread::sleep(Duration::from_secs(600));
     }
-    let server = env("TB_LISTEN").map(|address| {
-        let worker = worker.clone();
-        std::thread::spawn(move || serve(worker, id, &address))
-    });
+    // "listen-then-drop": listens but never accepts, and drops the listener when told to.
+    let mut held = None;
+    let server = match (env("TB_LISTEN"), behavior.as_str()) {
+        (Some(address), "listen-then-drop") => {
+            let listener = worker.listen(&address).expect("listen");
+            let _ = worker.send(&json!({"listening": listener.local_addr().to_string()}));
+            held = Some(listener);
+            None
+        }
+        (Some(address), _) => {
+            let worker = worker.clone();
+            Some(std::thread::spawn(move || serve(worker, id, &address)))
+        }
+        (None, _) => None,
+    };
     if behavior == "die-later" {
         std::thread::sleep(Duration::from_millis(300));
         std::process::exit(4);
@@ -389,6 +400,10 @@ fn worker(id: usize) {
                     .expect("small send");
             }
             Some("disconnect") => worker.disconnect(),
+            Some("drop") => {
+                held = None;
+                worker.send(&json!({"dropped": true})).expect("send");
+            }
             Some("bye") => {
                 // Last words, then disconnect and exit at once: every one must arrive.
                 let n = payload.get("n").and_then(Value::as_u64).unwrap_or(1);
@@ -403,6 +418,7 @@ fn worker(id: usize) {
                 .expect("send"),
         }
     }
+    drop(held);
     if let Some(server) = server {
         let _ = server.join();
     }
