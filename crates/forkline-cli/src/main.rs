@@ -3,6 +3,8 @@
 //! `main` parses the command line and turns every failure into one line on stderr and an exit
 //! code: 2 for usage errors (flags, values, config file, command), 1 for runtime errors.
 
+#![forbid(unsafe_code)]
+
 mod activation;
 mod cli;
 mod config;

@@ -31,10 +31,15 @@
 //! }
 //! ```
 
+// Unsafe code lives in `sys` alone, each block with a `// SAFETY:` note.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod error;
 pub mod primary;
 pub mod protocol;
 mod role;
+#[allow(unsafe_code)]
 mod sys;
 pub mod worker;
 
