@@ -449,3 +449,34 @@ fn a_crash_loop_with_min_uptime_zero_still_backs_off() {
     assert!(forks <= 7, "{forks} forks in 3 s");
     assert!(forks >= 3, "it does restart: {forks}");
 }
+
+/// A plain program that starts children: `sh -c` that does not exec, whose child ignores
+/// SIGTERM. Each worker is a process group, and nothing of it outlives the stop.
+#[test]
+fn a_stop_reaches_everything_a_worker_started() {
+    let script = "(trap '' TERM; exec sleep 300) & sleep 300 & wait";
+    let args = format!("-c\u{1f}{script}");
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_PLAIN", "1"),
+        ("TB_EXEC", "/bin/sh"),
+        ("TB_ARGS", &args),
+        ("TB_GRACE_MS", "10000"),
+    ]);
+    let groups: Vec<u32> = tb.wait_online(2).iter().map(|(_, pid)| *pid).collect();
+    for pgid in &groups {
+        assert!(
+            common::eventually(SOON, || common::group_members(*pgid).len() >= 3),
+            "sh and its two children run in group {pgid}: {:?}",
+            common::group_members(*pgid)
+        );
+    }
+    tb.command("shutdown");
+    let stopped = tb.wait_for("stopped", SOON, |e| e["event"] == "stopped");
+    let left: Vec<Vec<u32>> = groups.iter().map(|g| common::group_members(*g)).collect();
+    for g in &groups {
+        common::kill_group(*g);
+    }
+    assert!(left.iter().all(Vec::is_empty), "left running: {left:?}");
+    assert_eq!(stopped["clean"], true, "{stopped}");
+}

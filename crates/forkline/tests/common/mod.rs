@@ -233,3 +233,44 @@ pub fn raise_fd_limit() -> u64 {
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
     hard
 }
+
+/// Pids of the live (non-zombie) processes in process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name: state, ppid, pgrp, ...
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if fields.first().is_some_and(|s| *s != "Z")
+            && fields.get(2) == Some(&pgid.to_string().as_str())
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// SIGKILLs every process of group `pgid` (test cleanup).
+pub fn kill_group(pgid: u32) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
