@@ -39,6 +39,10 @@ pub(crate) async fn serve(
             status = child.wait() => break status,
             packet = channel.recv(), if open => match packet {
                 Ok(Some(packet)) => on_packet(cluster, worker, &channel, packet).await,
+                // Empty, oversized (MSG_TRUNC) or with fds cut off (MSG_CTRUNC).
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    worker_error(cluster, worker, format!("bad packet: {e}"));
+                }
                 Ok(None) | Err(_) => {
                     open = false;
                     disconnected(cluster, worker);
@@ -51,6 +55,7 @@ pub(crate) async fn serve(
     while open && drained < MAX_DRAINED {
         match channel.try_recv() {
             Ok(Some(packet)) => on_packet(cluster, worker, &channel, packet).await,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {}
             Ok(None) | Err(_) => break,
         }
         drained += 1;

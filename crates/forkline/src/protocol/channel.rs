@@ -91,7 +91,9 @@ impl AsyncChannel {
         }
     }
 
-    /// Receives one packet; `None` when the worker closed its end.
+    /// Receives one packet; `None` when the worker closed its end. An empty packet (which
+    /// reads like a close, but the peer is still there) or one over the size limit is an
+    /// `InvalidData` error: a protocol error, not a close.
     pub async fn recv(&self) -> io::Result<Option<Packet>> {
         loop {
             let mut guard = self.fd.readable().await?;
@@ -103,7 +105,8 @@ impl AsyncChannel {
                 data.extend_from_slice(&buf[..n]);
                 Ok(n)
             }) {
-                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(0)) if self.peer_closed() => return Ok(None),
+                Ok(Ok(0)) => return Err(empty_packet()),
                 Ok(Ok(_)) => return Ok(Some(Packet { data, fds })),
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -117,7 +120,8 @@ impl AsyncChannel {
         let mut fds = Vec::new();
         let mut buf = self.recv_buf.lock().unwrap();
         match sys::recv_packet(self.fd.get_ref().as_fd(), &mut buf, &mut fds, true) {
-            Ok(0) => Ok(None),
+            Ok(0) if self.peer_closed() => Ok(None),
+            Ok(0) => Err(empty_packet()),
             Ok(n) => Ok(Some(Packet {
                 data: buf[..n].to_vec(),
                 fds,
@@ -134,6 +138,24 @@ impl AsyncChannel {
             nix::sys::socket::Shutdown::Both,
         );
     }
+
+    /// True when the worker shut its end down (a zero-length read was a close, not an empty
+    /// packet).
+    fn peer_closed(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+        let mut fds = [PollFd::new(self.fd.get_ref().as_fd(), rdhup)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR)),
+            Err(_) => true,
+        }
+    }
+}
+
+fn empty_packet() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "an empty packet")
 }
 
 /// A worker's end of the channel: blocking calls, safe to share between threads (each packet is

@@ -347,6 +347,18 @@ fn worker(id: usize) {
     }
     match behavior.as_str() {
         "crash" => std::process::exit(3),
+        "empty-packet" | "oversize-packet" => {
+            // Framing errors, sent raw: the primary must kill and replace this worker.
+            let fd: i32 = env("FORKLINE_IPC_FD").unwrap().parse().unwrap();
+            let size = if behavior == "empty-packet" {
+                0
+            } else {
+                70 * 1024
+            };
+            let _ =
+                nix::sys::socket::send(fd, &vec![b'{'; size], nix::sys::socket::MsgFlags::empty());
+            std::thread::sleep(Duration::from_secs(60));
+        }
         "garbage" => {
             // Not JSON, not hello: the primary must kill and replace this worker.
             let fd: i32 = env("FORKLINE_IPC_FD").unwrap().parse().unwrap();
