@@ -198,6 +198,20 @@ pub fn signal_group(pgid: u32, signal: nix::sys::signal::Signal) -> io::Result<(
     }
 }
 
+/// True when the peer of the connected socket `fd` has shut its end down (POLLRDHUP or
+/// POLLHUP now), so a zero-length read was a close and not an empty packet.
+pub fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid `pollfd` for an fd the caller keeps open, a count of 1 and no timeout:
+    // poll only writes `revents`.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    ready < 0 || pollfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Registers an owned fd with tokio's reactor.
 pub fn async_fd(
     fd: OwnedFd,

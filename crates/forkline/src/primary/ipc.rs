@@ -36,12 +36,17 @@ pub(crate) async fn serve(
     let mut open = true;
     let status = loop {
         tokio::select! {
+            // The exit first: a worker that floods its channel cannot hide it (what it sent is
+            // read below anyway).
+            biased;
             status = child.wait() => break status,
             packet = channel.recv(), if open => match packet {
                 Ok(Some(packet)) => on_packet(cluster, worker, &channel, packet).await,
-                // Empty, oversized (MSG_TRUNC) or with fds cut off (MSG_CTRUNC).
+                // Empty, oversized (MSG_TRUNC) or with fds cut off (MSG_CTRUNC): the worker
+                // is killed, and nothing more it sends is read.
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                     worker_error(cluster, worker, format!("bad packet: {e}"));
+                    open = false;
                 }
                 Ok(None) | Err(_) => {
                     open = false;
@@ -55,7 +60,6 @@ pub(crate) async fn serve(
     while open && drained < MAX_DRAINED {
         match channel.try_recv() {
             Ok(Some(packet)) => on_packet(cluster, worker, &channel, packet).await,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {}
             Ok(None) | Err(_) => break,
         }
         drained += 1;

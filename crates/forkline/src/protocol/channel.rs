@@ -142,15 +142,7 @@ impl AsyncChannel {
     /// True when the worker shut its end down (a zero-length read was a close, not an empty
     /// packet).
     fn peer_closed(&self) -> bool {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
-        let mut fds = [PollFd::new(self.fd.get_ref().as_fd(), rdhup)];
-        match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(_) => fds[0]
-                .revents()
-                .is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR)),
-            Err(_) => true,
-        }
+        sys::peer_hung_up(self.fd.get_ref().as_fd())
     }
 }
 
