@@ -34,6 +34,7 @@ struct RawFile {
     max_restarts: Option<Spanned<Value>>,
     ready: Option<Spanned<Value>>,
     ready_timeout: Option<Spanned<Value>>,
+    settle_time: Option<Spanned<Value>>,
     worker_timeout: Option<Spanned<Value>>,
     accept_coalesce: Option<Spanned<Value>>,
     max_requests: Option<Spanned<Value>>,
@@ -77,6 +78,8 @@ pub struct FileSettings {
     pub ready: Option<Readiness>,
     /// Readiness timeout.
     pub ready_timeout: Option<Duration>,
+    /// How long a ready replacement must stay alive before it takes over.
+    pub settle_time: Option<Duration>,
     /// Watchdog timeout.
     pub worker_timeout: Option<Duration>,
     /// Round-robin accept coalescing window.
@@ -342,6 +345,7 @@ impl FileSettings {
             })?,
             ready: field(located, "ready", raw.ready, |v| parse::ready(&string(v)?))?,
             ready_timeout: field(located, "ready-timeout", raw.ready_timeout, duration)?,
+            settle_time: field(located, "settle-time", raw.settle_time, duration)?,
             worker_timeout: field(located, "worker-timeout", raw.worker_timeout, duration)?,
             accept_coalesce: field(located, "accept-coalesce", raw.accept_coalesce, duration)?,
             max_requests: field(
@@ -396,6 +400,7 @@ listen = ["127.0.0.1:8080", "unix:/run/app.sock"]
 mode = "shared"
 graceful-timeout = "10s"
 min-uptime = 2
+settle-time = "1.5s"
 max-memory = "512M"
 max-requests = 1000
 log-prefix = false
@@ -411,6 +416,7 @@ THREADS = 4
         assert_eq!(file.listen.unwrap().len(), 2);
         assert_eq!(file.graceful_timeout, Some(Duration::from_secs(10)));
         assert_eq!(file.min_uptime, Some(Duration::from_secs(2)));
+        assert_eq!(file.settle_time, Some(Duration::from_millis(1500)));
         assert_eq!(file.max_memory, Some(512 << 20));
         assert_eq!(file.log_prefix, Some(false));
         assert_eq!(file.cwd, Some(PathBuf::from("/etc/app")));
@@ -454,6 +460,12 @@ THREADS = 4
 
         let err = parse("name = \"x\"\ngraceful-timeout = \"soon\"\n").unwrap_err();
         assert!(err.contains(":2: key `graceful-timeout`"), "{err}");
+
+        let err = parse("workers = 2\nsettle-time = \"a bit\"\n").unwrap_err();
+        assert!(err.contains(":2: key `settle-time`"), "{err}");
+
+        let err = parse("settle_time = \"2s\"\n").unwrap_err();
+        assert!(err.contains("did you mean `settle-time`?"), "{err}");
 
         let err = parse("listen = [\"nowhere\"]\n").unwrap_err();
         assert!(err.contains("key `listen`"), "{err}");

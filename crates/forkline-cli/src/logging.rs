@@ -1,6 +1,13 @@
 //! The primary's own log: `tracing` to stderr, filtered by `RUST_LOG` (default `info`),
 //! without colours unless stderr is a terminal and without timestamps under journald (which
 //! adds its own). Worker output does not go through here: the library copies it line by line.
+//!
+//! Logging must never take the primary down. When nobody reads stderr any more (`forkline run
+//! ... 2>&1 | head -1`, a log collector that died), every write fails with EPIPE. By default
+//! tracing-subscriber then reports the failure with `eprintln!` — to the same closed stderr,
+//! which panics, killing the primary or the task that logged (a worker's exit handling, and
+//! with it its restart). `log_internal_errors(false)` turns that report off: a line that
+//! cannot be written is dropped, and the primary keeps supervising.
 
 use std::io::IsTerminal;
 
@@ -13,7 +20,8 @@ pub fn init() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
+        .with_target(false)
+        .log_internal_errors(false);
     let installed = if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().try_init()
     } else {

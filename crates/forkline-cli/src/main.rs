@@ -2,6 +2,8 @@
 //!
 //! `main` parses the command line and turns every failure into one line on stderr and an exit
 //! code: 2 for usage errors (flags, values, config file, command), 1 for runtime errors.
+//! Nothing here prints with `println!`/`eprintln!`, which panic when the stream is closed: a
+//! line that cannot be written is dropped (see [`error_line`]).
 
 #![forbid(unsafe_code)]
 
@@ -41,10 +43,16 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("forkline: error: {e}");
+            error_line(&e);
             std::process::exit(e.exit_code());
         }
     }
+}
+
+/// Writes `forkline: error: ...` on stderr; a closed stderr loses the line, never panics.
+fn error_line(error: &CliError) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "forkline: error: {error}");
 }
 
 /// Help and version go out as clap prints them; any other parse error becomes one line.
@@ -65,7 +73,7 @@ fn usage_error(e: clap::Error) -> ! {
                 None => "see forkline --help".into(),
             };
             let error = CliError::Usage(format!("{message} ({hint})"));
-            eprintln!("forkline: error: {error}");
+            error_line(&error);
             std::process::exit(error.exit_code());
         }
     }

@@ -93,6 +93,13 @@ pub struct SettingsArgs {
           value_parser = parse::duration)]
     pub ready_timeout: Option<Duration>,
 
+    /// How long a replacement (rolling restart, recycling) must stay alive once ready before
+    /// it takes over and the old worker is stopped; one that exits sooner is a failed
+    /// replacement, and the old worker keeps serving [default: 1s]
+    #[arg(long, env = "FORKLINE_SETTLE_TIME", value_name = "DURATION",
+          value_parser = parse::duration)]
+    pub settle_time: Option<Duration>,
+
     /// Kill and replace a worker that goes this long without sending WATCHDOG=1 on its
     /// NOTIFY_SOCKET (workers find it in WATCHDOG_USEC) [default: off]
     #[arg(long, env = "FORKLINE_WORKER_TIMEOUT", value_name = "DURATION",
@@ -207,6 +214,8 @@ pub struct Settings {
     pub ready: Sourced<Readiness>,
     /// Readiness timeout.
     pub ready_timeout: Sourced<Duration>,
+    /// How long a ready replacement must stay alive before it takes over.
+    pub settle_time: Sourced<Duration>,
     /// Watchdog timeout.
     pub worker_timeout: Sourced<Option<Duration>>,
     /// Round-robin accept coalescing window (zero: off).
@@ -476,6 +485,14 @@ impl Settings {
                 file.ready_timeout,
                 Duration::from_secs(30),
             ),
+            settle_time: pick(
+                m,
+                "settle_time",
+                Some("FORKLINE_SETTLE_TIME"),
+                args.settle_time,
+                file.settle_time,
+                forkline::DEFAULT_SETTLE_TIME,
+            ),
             worker_timeout: pick(
                 m,
                 "worker_timeout",
@@ -604,6 +621,7 @@ impl Settings {
             inherited_names: Vec::new(),
             readiness: self.ready.value,
             ready_timeout: self.ready_timeout.value,
+            settle_time: self.settle_time.value,
             accept_coalesce: Some(self.accept_coalesce.value).filter(|w| !w.is_zero()),
             max_requests: self.max_requests.value,
             max_requests_jitter: self.max_requests_jitter.value,
@@ -715,6 +733,11 @@ impl Settings {
             self.ready_timeout.source,
         );
         line(
+            "settle-time",
+            Some(dur(self.settle_time.value)),
+            self.settle_time.source,
+        );
+        line(
             "worker-timeout",
             self.worker_timeout.value.map(dur),
             self.worker_timeout.source,
@@ -763,5 +786,55 @@ impl Settings {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Command, FromArgMatches};
+
+    /// The settings for `ARGS -- true`, as `run` resolves them (no config file).
+    fn resolve(args: &[&str]) -> Settings {
+        let command = SettingsArgs::augment_args(Command::new("run"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("run").chain(args.iter().copied()))
+            .unwrap();
+        let parsed = SettingsArgs::from_arg_matches(&matches).unwrap();
+        Settings::resolve(&parsed, &matches, vec!["true".into()], None).unwrap()
+    }
+
+    fn options(settings: &Settings) -> ClusterOptions {
+        settings.cluster_options("/bin/forkline".into(), Path::new("/bin/true"), None, None)
+    }
+
+    #[test]
+    fn durations_reach_the_cluster_options() {
+        let settings = resolve(&[
+            "--settle-time",
+            "2500ms",
+            "--ready-timeout",
+            "7s",
+            "--graceful-timeout",
+            "9s",
+        ]);
+        let opts = options(&settings);
+        assert_eq!(opts.settle_time, Duration::from_millis(2500));
+        assert_eq!(opts.ready_timeout, Duration::from_secs(7));
+        assert_eq!(opts.graceful_timeout, Duration::from_secs(9));
+        assert_eq!(settings.settle_time.source, Source::Flag);
+    }
+
+    #[test]
+    fn settle_time_defaults_to_the_library_default() {
+        if std::env::var_os("FORKLINE_SETTLE_TIME").is_some() {
+            return; // set by whoever runs the tests: not the default case
+        }
+        let settings = resolve(&[]);
+        assert_eq!(
+            options(&settings).settle_time,
+            forkline::DEFAULT_SETTLE_TIME
+        );
+        assert_eq!(settings.settle_time.source, Source::Default);
     }
 }

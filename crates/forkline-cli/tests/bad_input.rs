@@ -113,6 +113,11 @@ fn bad_values() {
         &["--graceful-timeout"],
     );
     fails(
+        run(&["--settle-time", "soon", "--", "true"]),
+        2,
+        &["--settle-time", "soon"],
+    );
+    fails(
         run(&["--max-memory", "12Q", "--", "true"]),
         2,
         &["--max-memory", "12Q"],
@@ -146,6 +151,9 @@ fn bad_values() {
     let mut from_env = run(&["--", "true"]);
     from_env.env("FORKLINE_MAX_MEMORY", "lots");
     fails(from_env, 2, &["FORKLINE_MAX_MEMORY"]);
+    let mut from_env = run(&["--", "true"]);
+    from_env.env("FORKLINE_SETTLE_TIME", "a while");
+    fails(from_env, 2, &["FORKLINE_SETTLE_TIME", "a while"]);
 }
 
 #[test]
@@ -174,6 +182,18 @@ fn bad_config_files() {
             "listen",
         ),
         ("env.toml", "[env]\nA = \"1\"\nB = [2]\n", ":3:", "env.B"),
+        (
+            "settle.toml",
+            "workers = 2\nsettle-time = \"a while\"\n",
+            ":2:",
+            "settle-time",
+        ),
+        (
+            "settle-type.toml",
+            "settle-time = [1]\n",
+            ":1:",
+            "settle-time",
+        ),
     ];
     for (name, text, line, key) in cases {
         let path = dir.write(name, text);

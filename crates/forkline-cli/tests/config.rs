@@ -143,6 +143,45 @@ fn accept_coalesce_from_flag_file_and_environment() {
     );
 }
 
+/// `--settle-time` is a duration like the others: flag over `FORKLINE_SETTLE_TIME` over the
+/// file's `settle-time` over the default, 1s (the library's `DEFAULT_SETTLE_TIME`).
+#[test]
+fn settle_time_from_flag_environment_file_and_default() {
+    let dir = TempDir::new("settle-time");
+    let with_key = dir.write(
+        "forkline.toml",
+        "command = [\"true\"]\nsettle-time = \"2500ms\"\n",
+    );
+    let without_key = dir.write("plain.toml", "command = [\"true\"]\n");
+    let check = |file: &PathBuf, args: &[&str], vars: &[(&str, &str)]| {
+        let mut command = forkline();
+        command.env_remove("FORKLINE_SETTLE_TIME");
+        command.envs(vars.iter().copied());
+        command.arg("check-config").args(args).arg(file);
+        let finished = run_to_end(command, Duration::from_secs(30));
+        assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+        setting(&finished.stdout, "settle-time")
+    };
+    let expect = |value: &str, source: &str| (value.to_string(), source.to_string());
+    assert_eq!(check(&without_key, &[], &[]), expect("\"1s\"", "default"));
+    assert_eq!(
+        check(&with_key, &[], &[]),
+        expect("\"2500ms\"", "config file")
+    );
+    assert_eq!(
+        check(&with_key, &[], &[("FORKLINE_SETTLE_TIME", "3s")]),
+        expect("\"3s\"", "env FORKLINE_SETTLE_TIME")
+    );
+    assert_eq!(
+        check(
+            &with_key,
+            &["--settle-time", "0"],
+            &[("FORKLINE_SETTLE_TIME", "3s")]
+        ),
+        expect("\"0s\"", "flag")
+    );
+}
+
 /// The printed settings are a config file that reads back to the same settings.
 #[test]
 fn check_config_output_reads_back() {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -53,9 +54,15 @@ impl NotifyListener {
 
     /// Receives until a datagram has a line equal to `line`; returns when it arrived.
     fn wait_for(&mut self, line: &str, timeout: Duration) -> Option<Instant> {
+        self.wait_for_since(0, line, timeout)
+    }
+
+    /// Like [`wait_for`](Self::wait_for), among the datagrams from the `since`-th on.
+    fn wait_for_since(&mut self, since: usize, line: &str, timeout: Duration) -> Option<Instant> {
         let seen = |received: &[(Instant, String)]| {
             received
                 .iter()
+                .skip(since)
                 .find(|(_, m)| m.lines().any(|l| l == line))
                 .map(|(at, _)| *at)
         };
@@ -67,6 +74,16 @@ impl NotifyListener {
             }
             seen(&self.received)
         })
+    }
+
+    /// How many datagrams arrived so far (for [`wait_for_since`](Self::wait_for_since)).
+    fn count(&mut self) -> usize {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.received.push((Instant::now(), message));
+        }
+        self.received.len()
     }
 
     fn messages(&self) -> Vec<String> {
@@ -141,6 +158,108 @@ fn sd_notify_readiness_gates_ready() {
     );
     let status = cluster.wait_exit(Duration::from_secs(20)).expect("stops");
     assert_eq!(status.code(), Some(0), "{}", cluster.output());
+}
+
+/// A worker program that runs until stopped, or, once the file `$MARKER` exists, exits 1 at
+/// once: a deploy that broke.
+const BREAKABLE_PROGRAM: &str = r#"#!/bin/sh
+if [ -e "$MARKER" ]; then
+    echo "broken pid=$$"
+    exit 1
+fi
+echo "started pid=$$"
+exec sleep 3600
+"#;
+
+/// SIGHUP to a cluster whose program now fails: slot 0's replacement exits with code 1, so the
+/// reload fails. forkline logs it as a failed reload, tells systemd in `STATUS=`, and the old
+/// workers keep running. Once the program is fixed, the next SIGHUP reloads every slot and
+/// the usual `STATUS=N of M workers ready` line comes back.
+#[test]
+fn failed_reload_is_logged_and_told_to_systemd() {
+    let dir = TempDir::new("failed-reload");
+    let marker = dir.path().join("broken");
+    let program = dir.write("server.sh", BREAKABLE_PROGRAM);
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut systemd = NotifyListener::new(&dir);
+    let mut command = forkline();
+    command
+        .env("NOTIFY_SOCKET", &systemd.path)
+        .env("MARKER", &marker);
+    command
+        .args(["run", "-w", "2", "--name", "flaky", "--"])
+        .arg(&program);
+    let mut cluster = Running::spawn(command);
+    let started = |lines: &[String]| -> Vec<u32> {
+        lines
+            .iter()
+            .filter(|l| l.contains("] started pid="))
+            .filter_map(|l| field(l, "pid")?.parse().ok())
+            .collect()
+    };
+    let old = cluster
+        .stdout
+        .wait_until(Duration::from_secs(30), |lines| {
+            let pids = started(lines);
+            (pids.len() == 2).then_some(pids)
+        })
+        .unwrap_or_else(|| panic!("two workers did not start\n{}", cluster.output()));
+    assert!(
+        systemd
+            .wait_for("READY=1", Duration::from_secs(30))
+            .is_some(),
+        "{:?}",
+        systemd.messages()
+    );
+
+    std::fs::write(&marker, "").unwrap();
+    cluster.signal(nix::sys::signal::Signal::SIGHUP);
+    let failure = "the new worker exited with code 1; the old worker keeps serving";
+    let logged = cluster.stderr.wait_for(Duration::from_secs(30), |l| {
+        l.contains("ERROR") && l.ends_with(&format!("reload failed: slot 0: {failure}"))
+    });
+    assert!(
+        logged.is_some(),
+        "no `reload failed` line\n{}",
+        cluster.output()
+    );
+    let status = format!("STATUS=reload failed at slot 0: {failure}");
+    assert!(
+        systemd.wait_for(&status, Duration::from_secs(10)).is_some(),
+        "no `{status}`: {:?}",
+        systemd.messages()
+    );
+    for pid in &old {
+        assert!(
+            alive(*pid),
+            "old worker {pid} was stopped\n{}",
+            cluster.output()
+        );
+    }
+
+    std::fs::remove_file(&marker).unwrap();
+    let since = systemd.count();
+    cluster.signal(nix::sys::signal::Signal::SIGHUP);
+    let replaced = until(Duration::from_secs(30), || {
+        old.iter().all(|pid| !alive(*pid)).then_some(())
+    });
+    assert!(
+        replaced.is_some(),
+        "the fixed reload did not replace the old workers\n{}",
+        cluster.output()
+    );
+    assert!(
+        systemd
+            .wait_for_since(
+                since,
+                "STATUS=2 of 2 workers ready",
+                Duration::from_secs(10)
+            )
+            .is_some(),
+        "the usual status did not come back: {:?}",
+        systemd.messages()
+    );
+    cluster.stop_cleanly();
 }
 
 /// A worker that sent `WATCHDOG=1` once and then hangs is killed and replaced after

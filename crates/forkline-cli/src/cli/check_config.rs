@@ -4,6 +4,7 @@
 //! machine: commands, users and directories are looked up by `run`.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{ArgMatches, Args};
@@ -27,7 +28,8 @@ pub struct CheckConfigArgs {
     pub command: Vec<OsString>,
 }
 
-/// Runs `check-config`; prints the effective settings on stdout.
+/// Runs `check-config`; prints the effective settings on stdout (a closed stdout loses them,
+/// it does not panic).
 pub fn check_config(args: CheckConfigArgs, matches: &ArgMatches) -> Result<(), CliError> {
     let default_file = PathBuf::from("forkline.toml");
     let file = args.file.clone().or_else(|| {
@@ -42,7 +44,7 @@ pub fn check_config(args: CheckConfigArgs, matches: &ArgMatches) -> Result<(), C
     let settings = Settings::resolve(&args.settings, matches, args.command, file.as_deref())?;
     settings.check()?;
     let path = settings.config.as_ref().expect("a file was given");
-    println!("# {}: OK", path.display());
-    print!("{}", settings.to_toml());
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "# {}: OK\n{}", path.display(), settings.to_toml());
     Ok(())
 }

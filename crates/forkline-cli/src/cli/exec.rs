@@ -5,6 +5,7 @@
 //! sockets at fds 3.., the IPC socket and stdio pass through exec unchanged.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 
 use clap::Args;
@@ -34,7 +35,8 @@ pub fn exec(args: ExecArgs) -> i32 {
         command.env("LISTEN_PID", std::process::id().to_string());
     }
     let error = command.exec();
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "forkline: error: cannot run {}: {error}",
         program.to_string_lossy()
     );

@@ -3,13 +3,16 @@
 //! its events until it stops — reporting readiness to systemd and stopping by itself when no
 //! worker is left to run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
 use clap::{ArgMatches, Args};
-use forkline::{Cluster, ClusterBuilder, ClusterOptions, Event, ListenSpec, Mode, WorkerState};
+use forkline::{
+    Cluster, ClusterBuilder, ClusterOptions, Event, ListenSpec, Mode, ReplaceFailure, Replacement,
+    WorkerHandle, WorkerState,
+};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
@@ -279,8 +282,8 @@ async fn supervise(
     Ok(code)
 }
 
-/// Follows the cluster's events: which workers run and are ready, systemd notifications, and
-/// whether anything is left to run.
+/// Follows the cluster's events: which workers run and are ready, systemd notifications, failed
+/// replacements, and whether anything is left to run.
 struct Monitor {
     cluster: Cluster,
     /// Workers to wait for before `READY=1`.
@@ -289,6 +292,13 @@ struct Monitor {
     ready_sent: bool,
     stopping_sent: bool,
     last_status: String,
+    /// The last replacement (reload, recycling) that failed, until its slot is replaced: while
+    /// set, it is the status systemd shows instead of the worker counts.
+    failed_replacement: Option<FailedReplacement>,
+    /// The order in which the live workers were forked, by unique id: which of two is newer.
+    fork_order: HashMap<u64, u64>,
+    /// Forks seen so far.
+    forks: u64,
     /// Per slot: whether its last unplanned exit was a failure.
     last_exit_failed: BTreeMap<usize, bool>,
     gave_up: bool,
@@ -305,6 +315,9 @@ impl Monitor {
             ready_sent: false,
             stopping_sent: false,
             last_status: String::new(),
+            failed_replacement: None,
+            fork_order: HashMap::new(),
+            forks: 0,
             last_exit_failed: BTreeMap::new(),
             gave_up: false,
             stopped_by_us: false,
@@ -315,6 +328,8 @@ impl Monitor {
         match event {
             Event::Fork { worker } => {
                 self.last_exit_failed.remove(&worker.id());
+                self.forks += 1;
+                self.fork_order.insert(worker.unique_id(), self.forks);
             }
             Event::Ready { .. } => {
                 let (ready, _) = self.counts();
@@ -333,10 +348,58 @@ impl Monitor {
                 let failed = *code != Some(0) || signal.is_some();
                 self.last_exit_failed.insert(worker.id(), failed);
             }
+            // The old worker of a replacement that took over leaves on purpose.
+            Event::Exit {
+                worker,
+                exited_after_disconnect: true,
+                ..
+            } if self.replaced(worker) => self.failed_replacement = None,
             Event::GaveUp { .. } => self.gave_up = true,
+            Event::ReplaceFailed {
+                id,
+                purpose,
+                reason,
+            } => self.replace_failed(*id, *purpose, reason),
             _ => {}
         }
+        if let Event::Exit { worker, .. } = event {
+            self.fork_order.remove(&worker.unique_id());
+        }
         self.update_status();
+    }
+
+    /// Logs a replacement that failed, and keeps it as systemd's status until its slot is
+    /// replaced. A replacement cancelled because the cluster is stopping is no failure.
+    fn replace_failed(&mut self, slot: usize, purpose: Replacement, reason: &ReplaceFailure) {
+        let purpose = purpose.name();
+        if *reason == ReplaceFailure::Cancelled {
+            tracing::warn!("{purpose} stopped at slot {slot}: the new worker {reason}");
+            return;
+        }
+        tracing::error!(
+            "{purpose} failed: slot {slot}: the new worker {reason}; the old worker keeps serving"
+        );
+        self.failed_replacement = Some(FailedReplacement {
+            slot,
+            status: format!(
+                "{purpose} failed at slot {slot}: the new worker {reason}; the old worker keeps \
+                 serving"
+            ),
+        });
+    }
+
+    /// True when `worker`, stopped on purpose, is the old worker of a replacement that took
+    /// over: a newer worker is now current in the slot whose last replacement failed. (The
+    /// new worker of a failed replacement is newer than the slot's current one instead.)
+    fn replaced(&self, worker: &WorkerHandle) -> bool {
+        let Some(failed) = &self.failed_replacement else {
+            return false;
+        };
+        let forked = |w: &WorkerHandle| self.fork_order.get(&w.unique_id()).copied();
+        failed.slot == worker.id()
+            && self.cluster.worker(worker.id()).is_some_and(|current| {
+                !current.is_dead() && forked(&current) > forked(worker) && forked(worker).is_some()
+            })
     }
 
     /// Workers ready and workers running, as the cluster sees them now.
@@ -369,8 +432,13 @@ impl Monitor {
         if self.notifier.is_none() || self.stopping_sent {
             return;
         }
-        let (ready, running) = self.counts();
-        let status = format!("{ready} of {running} workers ready");
+        let status = match &self.failed_replacement {
+            Some(failed) => failed.status.clone(),
+            None => {
+                let (ready, running) = self.counts();
+                format!("{ready} of {running} workers ready")
+            }
+        };
         if status != self.last_status {
             self.notify(&format!("STATUS={status}"));
             self.last_status = status;
@@ -389,4 +457,12 @@ impl Monitor {
             notifier.notify(state);
         }
     }
+}
+
+/// A replacement that failed, as systemd is told about it.
+struct FailedReplacement {
+    /// The slot whose new worker failed.
+    slot: usize,
+    /// The `STATUS=` text: `reload failed at slot 1: the new worker exited with code 1; ...`.
+    status: String,
 }

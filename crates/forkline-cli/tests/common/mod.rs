@@ -318,6 +318,36 @@ pub fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
 }
 
+/// The running (not zombie) children of `pid`, from `/proc/PID/task/*/children` (every
+/// thread's).
+pub fn children_of(pid: u32) -> std::collections::BTreeSet<u32> {
+    let mut children = std::collections::BTreeSet::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return children;
+    };
+    for task in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            children.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok())
+                    .filter(|&child| !zombie(child)),
+            );
+        }
+    }
+    children
+}
+
+/// True when `pid` has exited but was not reaped yet (or does not exist).
+fn zombie(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
 /// A Node HTTP server that takes its socket from fd 3 when `LISTEN_FDS` is set (shared and
 /// reuseport modes), else listens on `PORT` (proxy mode). It answers with who it is.
 pub const NODE_SERVER: &str = r#"
