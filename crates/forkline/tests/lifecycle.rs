@@ -480,3 +480,104 @@ fn a_stop_reaches_everything_a_worker_started() {
     assert!(left.iter().all(Vec::is_empty), "left running: {left:?}");
     assert_eq!(stopped["clean"], true, "{stopped}");
 }
+
+/// A worker that is a `sh -c` wrapper leaves nothing behind when its primary is SIGKILLed: the
+/// parent-death signal reaches only the shell, the keeper kills the rest of its group.
+#[test]
+fn sigkill_of_the_primary_leaves_nothing_a_worker_started() {
+    let args = "-c\u{1f}sleep 300 & sleep 300 & wait";
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_PLAIN", "1"),
+        ("TB_EXEC", "/bin/sh"),
+        ("TB_ARGS", args),
+    ]);
+    let groups: Vec<u32> = tb.wait_online(2).iter().map(|(_, pid)| *pid).collect();
+    for pgid in &groups {
+        assert!(common::eventually(SOON, || common::group_members(*pgid)
+            .len()
+            >= 3));
+    }
+    tb.signal(nix::sys::signal::Signal::SIGKILL);
+    tb.wait_exit(SOON).expect("the primary is gone");
+    let gone = common::eventually(SOON, || {
+        groups.iter().all(|g| common::group_members(*g).is_empty())
+    });
+    let left: Vec<Vec<u32>> = groups.iter().map(|g| common::group_members(*g)).collect();
+    for g in &groups {
+        common::kill_group(*g);
+    }
+    eprintln!("processes left after SIGKILL of the primary: {left:?}");
+    assert!(gone, "left running: {left:?}");
+}
+
+/// The children of `pid` (zombies included), with their process group.
+fn children_of(pid: u32) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // After the command name: state, ppid, pgrp.
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if fields.get(1) == Some(&pid.to_string().as_str()) {
+            if let Some(pgrp) = fields.get(2).and_then(|g| g.parse().ok()) {
+                found.push((child, pgrp));
+            }
+        }
+    }
+    found
+}
+
+/// As a subreaper (or PID 1), processes that workers' children leave behind are reparented to
+/// the primary; once they exit, the primary reaps them.
+#[test]
+fn a_subreaper_primary_reaps_orphans_that_are_not_its_workers() {
+    // The inner shell starts a short sleep in the background and exits: the sleep is
+    // orphaned, reparented to the primary, and exits 300 ms later.
+    let args = "-c\u{1f}sh -c 'sleep 0.3 &'; exec sleep 300";
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_PLAIN", "1"),
+        ("TB_EXEC", "/bin/sh"),
+        ("TB_ARGS", args),
+        ("TB_SUBREAPER", "1"),
+    ]);
+    let workers: Vec<u32> = tb.wait_online(2).iter().map(|(_, pid)| *pid).collect();
+    let primary = tb.pid();
+    // Children of the primary in a worker's group that are not the worker: the orphans.
+    let orphans = || -> Vec<u32> {
+        children_of(primary)
+            .into_iter()
+            .filter(|(pid, pgrp)| workers.contains(pgrp) && !workers.contains(pid))
+            .map(|(pid, _)| pid)
+            .collect()
+    };
+    assert!(
+        common::eventually(SOON, || !orphans().is_empty()),
+        "the orphans were reparented to the primary"
+    );
+    // Once they exit they are reaped, zombies included.
+    assert!(
+        common::eventually(SOON, || orphans().is_empty()),
+        "not reaped: {:?}",
+        orphans()
+    );
+    // The workers themselves are not taken from their owner: a kill is reported with its
+    // signal.
+    tb.command("kill 0 9");
+    let exit = tb.wait_event("exit", Some(0));
+    assert_eq!(exit["signal"], 9, "{exit}");
+}

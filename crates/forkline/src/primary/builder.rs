@@ -240,6 +240,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Makes the primary a child subreaper (default false): processes that workers' children
+    /// leave behind are reparented to the primary instead of PID 1, and the primary reaps them.
+    /// Running as PID 1 (a container's init) it reaps orphans either way.
+    pub fn subreaper(mut self, on: bool) -> Self {
+        self.opts.subreaper = on;
+        self
+    }
+
     /// Binds `spec` up front and passes it to every worker by the systemd convention.
     pub fn listen(mut self, spec: ListenSpec) -> Self {
         self.opts.listeners.push(spec);

@@ -15,7 +15,7 @@ use super::listeners::{ListenKey, ListenerTable};
 use super::notify::NotifyDir;
 use super::options::ClusterOptions;
 use super::supervisor::{self, Start};
-use super::{dispatch, proxy, replace, shutdown, signals};
+use super::{dispatch, proxy, replace, shutdown, signals, task};
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
 
@@ -110,6 +110,12 @@ impl Cluster {
             inner: Arc::new(core),
         };
         let opts = &cluster.inner.opts;
+        if opts.subreaper {
+            super::reaper::become_subreaper()?;
+        }
+        if super::reaper::needed() {
+            task::spawn("reaper", super::reaper::run(super::reaper::registry()));
+        }
         if opts.handle_signals {
             signals::handle(cluster.clone())?;
         }
@@ -121,7 +127,7 @@ impl Cluster {
             }
         }
         if opts.max_requests.is_some() || opts.max_memory.is_some() {
-            super::task::spawn("recycle", super::recycle::watch(cluster.clone()));
+            task::spawn("recycle", super::recycle::watch(cluster.clone()));
         }
         for slot in 0..opts.workers {
             supervisor::start_worker(&cluster, Start::Slot(slot))?;

@@ -12,6 +12,7 @@ use super::cluster::Shutdown;
 use super::dispatch::Dispatcher;
 use super::event::{EventBus, EventStream};
 use super::handle::WorkerHandle;
+use super::keeper::Keeper;
 use super::listeners::{BoundListener, ListenerTable};
 use super::notify::NotifyDir;
 use super::options::ClusterOptions;
@@ -57,6 +58,8 @@ pub(crate) struct Core {
     pub finished: watch::Sender<Option<Shutdown>>,
     /// One rolling reload at a time.
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Kills every worker's process group if the primary dies (`None` if it could not start).
+    pub keeper: Option<Keeper>,
 }
 
 impl Core {
@@ -90,6 +93,7 @@ impl Core {
             changed: Notify::new(),
             finished: watch::channel(None).0,
             reload_lock: tokio::sync::Mutex::new(()),
+            keeper: start_keeper(),
             opts,
         }
     }
@@ -99,5 +103,22 @@ impl Core {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Starts the keeper, registered so the orphan reaper leaves it to the `Keeper`. Without one
+/// the cluster still runs; only what workers start could outlive a killed primary.
+fn start_keeper() -> Option<Keeper> {
+    let registry = super::reaper::registry();
+    let mut registered = registry.lock();
+    match Keeper::start() {
+        Ok(keeper) => {
+            registered.insert(keeper.pid());
+            Some(keeper)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not start the keeper: processes a worker starts may outlive a killed primary");
+            None
+        }
     }
 }

@@ -17,7 +17,6 @@
 //! tells). Only a cgroup would close all three.
 
 // Not wired into the spawn path yet (the lifecycle rewrite will call it).
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

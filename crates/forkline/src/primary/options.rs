@@ -199,6 +199,9 @@ pub struct ClusterOptions {
     pub notify_socket: bool,
     /// Permissions for Unix socket files the primary creates (e.g. `0o660`).
     pub unix_mode: Option<u32>,
+    /// Make the primary a child subreaper (PR_SET_CHILD_SUBREAPER): what workers leave behind
+    /// is reparented to it, and reaped. As PID 1 it reaps orphans either way.
+    pub subreaper: bool,
 }
 
 /// The most handoffs a worker may hold unacknowledged before it acks. A full IPC buffer pauses
@@ -258,6 +261,7 @@ impl Default for ClusterOptions {
             worker_timeout: None,
             notify_socket: false,
             unix_mode: None,
+            subreaper: false,
         }
     }
 }

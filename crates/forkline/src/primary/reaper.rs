@@ -13,7 +13,6 @@
 //! from an orphan, and its exit status may be taken before its owner waits for it.
 
 // Not wired into the spawn path yet (the lifecycle rewrite will call it).
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::HashMap;
 use std::io;
@@ -29,6 +28,13 @@ use tracing::debug;
 /// How often [`run`] reaps even without a SIGCHLD: it catches an orphan that was skipped
 /// because its pid was still registered for a child reaped moments before.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The process's registry: every child the primary starts is recorded in it (one per process,
+/// since reaping is per process).
+pub(crate) fn registry() -> Arc<Registry> {
+    static REGISTRY: std::sync::OnceLock<Arc<Registry>> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(|| Arc::new(Registry::new())).clone()
+}
 
 /// True when orphans may be reparented to this process: it is PID 1, or PR_GET_CHILD_SUBREAPER
 /// is set.
@@ -91,6 +97,7 @@ impl Registry {
     }
 
     /// Whether `pid` is registered.
+    #[cfg(test)]
     pub fn contains(&self, pid: u32) -> bool {
         self.pids().contains_key(&pid)
     }

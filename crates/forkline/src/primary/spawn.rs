@@ -97,6 +97,10 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
         _ => Error::Io(e),
     })?;
     let pid = child.id().unwrap_or(0);
+    // Everything in its group dies with the primary, however the primary dies.
+    if let Some(keeper) = &cluster.inner.keeper {
+        keeper.watch(pid);
+    }
     // Delivers a stop asked for before the process existed.
     worker.set_pid(pid);
     if let Some(max) = opts.max_requests {

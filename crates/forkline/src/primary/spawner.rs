@@ -3,7 +3,8 @@
 //! PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process. Tokio
 //! may retire its threads at any time, so workers are forked from this thread, which lives as
 //! long as the primary. Reaping stays with tokio (`tokio::process::Child::wait`), the one place
-//! that reaps.
+//! that reaps a worker; each is recorded in the reaper's registry as it starts, so the orphan
+//! reaper (PID 1, subreaper) never takes it.
 
 use std::io;
 use std::sync::mpsc as std_mpsc;
@@ -43,8 +44,15 @@ fn start_thread(runtime: Handle) -> std_mpsc::Sender<Request> {
         .name("forkline-spawner".into())
         .spawn(move || {
             let _entered = runtime.enter();
+            let registry = super::reaper::registry();
             for request in rx {
+                // Recorded before the orphan reaper can see it: tokio reaps this child.
+                let mut registered = registry.lock();
                 let result = tokio::process::Command::from(request.command).spawn();
+                if let Some(pid) = result.as_ref().ok().and_then(|child| child.id()) {
+                    registered.insert(pid);
+                }
+                drop(registered);
                 let _ = request.reply.send(result);
             }
         })

@@ -127,6 +127,11 @@ fn record_exit(
     if pid != 0 {
         // Whatever the worker started goes with it.
         let _ = crate::sys::signal_group(pid, Signal::SIGKILL);
+        if let Some(keeper) = &cluster.inner.keeper {
+            keeper.forget(pid);
+        }
+        // Reaped by tokio by now: the orphan reaper may take that pid's next zombie.
+        super::reaper::registry().remove(pid);
     }
     cluster
         .inner

@@ -8,7 +8,7 @@
 //! `TB_READY` (online|listen), `TB_ARGS` (worker arguments separated by \x1f), `TB_PLAIN`
 //! (workers do not speak the protocol), `TB_PREBIND` (a TCP listener bound up front),
 //! `TB_MAX_REQUESTS`, `TB_NOTIFY` (serve NOTIFY_SOCKET, readiness by READY=1) and
-//! `TB_WATCHDOG_MS`, `TB_SETTLE_MS`, `TB_READY_TIMEOUT_MS`, `TB_SEND_ON_FORK` (a JSON message
+//! `TB_WATCHDOG_MS`, `TB_SUBREAPER`, `TB_SETTLE_MS`, `TB_READY_TIMEOUT_MS`, `TB_SEND_ON_FORK` (a JSON message
 //! sent to every worker from its `fork` event, before its handshake) and `TB_SHUTDOWN_AT_START`
 //! (shut down right after start, before any worker is online). Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
 //! `TB_LISTEN`, `TB_KIND` (tcp|unix|udp), `TB_DELAY_MS` (or `TB_DELAY_MS_<id>`), `TB_HOLD`
@@ -117,6 +117,9 @@ async fn primary() {
         if let Some(timeout) = env_ms("TB_WATCHDOG_MS") {
             builder = builder.worker_timeout(timeout);
         }
+    }
+    if env("TB_SUBREAPER").is_some() {
+        builder = builder.subreaper(true);
     }
     if let Some(uid) = env("TB_UID") {
         builder = builder.uid(uid.parse().expect("TB_UID"));
