@@ -258,7 +258,8 @@ fn children_of(pid: u32) -> BTreeSet<u32> {
             children.extend(
                 list.split_whitespace()
                     .filter_map(|p| p.parse::<u32>().ok())
-                    .filter(|&p| alive(p)),
+                    .filter(|&p| alive(p))
+                    .filter(|&p| !is_keeper(p)),
             );
         }
     }
@@ -504,4 +505,11 @@ fn catches_sigint(pid: u32) -> bool {
         .find_map(|l| l.strip_prefix("SigCgt:"))
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
         .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+/// True for the primary's keeper process (`forkline-keeper`), which is a child of the primary
+/// but not a worker.
+fn is_keeper(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim() == "forkline-keeper")
 }

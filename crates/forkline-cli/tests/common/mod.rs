@@ -319,7 +319,7 @@ pub fn alive(pid: u32) -> bool {
 }
 
 /// The running (not zombie) children of `pid`, from `/proc/PID/task/*/children` (every
-/// thread's).
+/// thread's), the primary's keeper excluded.
 pub fn children_of(pid: u32) -> std::collections::BTreeSet<u32> {
     let mut children = std::collections::BTreeSet::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -330,7 +330,8 @@ pub fn children_of(pid: u32) -> std::collections::BTreeSet<u32> {
             children.extend(
                 list.split_whitespace()
                     .filter_map(|p| p.parse::<u32>().ok())
-                    .filter(|&child| !zombie(child)),
+                    .filter(|&child| !zombie(child))
+                    .filter(|&child| !is_keeper(child)),
             );
         }
     }
@@ -390,4 +391,11 @@ pub fn answers_from_workers(port: u16, n: usize, timeout: Duration) -> Vec<Strin
         bodies.len()
     );
     bodies
+}
+
+/// True for the primary's keeper process (`forkline-keeper`), which is a child of the primary
+/// but not a worker.
+fn is_keeper(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim() == "forkline-keeper")
 }

@@ -93,6 +93,7 @@ impl Cluster {
                 kind: spec.kind,
                 address: spec.address.clone(),
                 mode: opts.mode,
+                index: 0,
             };
             let listener = match opts.inherited.get(index) {
                 Some(fd) => listeners.adopt(key, fd.try_clone()?)?,

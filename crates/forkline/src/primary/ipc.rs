@@ -159,7 +159,17 @@ async fn handle_packet(
             kind,
             address,
             mode,
-        } => listen(cluster, worker, channel, req, kind, address, mode).await?,
+            index,
+        } => {
+            let request = ListenRequest {
+                req,
+                kind,
+                address,
+                mode,
+                index,
+            };
+            listen(cluster, worker, channel, request).await?
+        }
         FromWorker::Ack { seqs, open } => cluster.inner.dispatcher.ack(worker, &seqs, open),
         FromWorker::Load { open } => cluster.inner.dispatcher.report_load(worker, open),
         FromWorker::Message { data } => cluster.inner.events.emit(Event::Message {
@@ -217,22 +227,36 @@ async fn hello(
     Ok(())
 }
 
+/// A worker's `listen` request.
+struct ListenRequest {
+    req: u64,
+    kind: SocketKind,
+    address: String,
+    mode: Option<Mode>,
+    index: u32,
+}
+
 /// Answers a `listen` request: binds (once per key), then hands out the socket (shared,
 /// reuseport) or registers the worker for handoffs (round-robin).
 async fn listen(
     cluster: &Cluster,
     worker: &WorkerHandle,
     channel: &Arc<AsyncChannel>,
-    req: u64,
-    kind: SocketKind,
-    address: String,
-    mode: Option<Mode>,
+    request: ListenRequest,
 ) -> Result<()> {
+    let ListenRequest {
+        req,
+        kind,
+        address,
+        mode,
+        index,
+    } = request;
     let mode = effective_mode(kind, mode.unwrap_or(cluster.inner.opts.mode));
     let key = ListenKey {
         kind,
         address: address.clone(),
         mode,
+        index,
     };
     let bound = cluster
         .inner

@@ -23,6 +23,9 @@ pub(crate) struct ListenKey {
     pub kind: SocketKind,
     pub address: String,
     pub mode: Mode,
+    /// The worker's listen index: index 0 is shared by every worker; a worker's second open
+    /// listener of an address is a listener of its own (Node's per-call handles).
+    pub index: u32,
 }
 
 /// One bound address and the sockets behind it.

@@ -88,6 +88,11 @@ pub enum FromWorker {
         /// Mode wanted for this listener; `None` means the cluster's default.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<Mode>,
+        /// Which of this worker's open listeners of `address` this is (0 for the first): the
+        /// primary shares a listener between workers by index, so a worker's second listener
+        /// of an address is a listener of its own, as Node keys its handles.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        index: u32,
     },
     /// Acknowledges handed-off connections: the worker now owns them.
     Ack {
@@ -183,6 +188,10 @@ pub enum ToWorker {
     },
     /// Stop accepting, finish current work and exit.
     Disconnect,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The default `ack_every`: acknowledge every `conns` packet (what a primary that does not send

@@ -170,18 +170,22 @@ fn counted(worker: &Worker, counts: bool) -> Option<std::sync::Arc<super::Shared
 #[derive(Debug)]
 pub struct TcpListener {
     worker: Worker,
+    /// Held while the listener lives: its listen index (see `indexes`).
+    _index: Option<super::indexes::ListenIndex>,
     source: BlockingSource,
     local: SocketAddr,
     mode: Mode,
 }
 
 impl TcpListener {
-    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
+    pub(crate) fn new(worker: Worker, mut reply: ListenReply, address: &str) -> Result<Self> {
+        let _index = reply.index.take();
         let local = parse_local(&reply.address, address)?;
         let mode = reply.mode;
         let source = blocking_source(reply, address)?;
         Ok(Self {
             worker,
+            _index,
             source,
             local,
             mode,
@@ -223,18 +227,22 @@ impl TcpListener {
 #[derive(Debug)]
 pub struct AsyncTcpListener {
     worker: Worker,
+    /// Held while the listener lives: its listen index (see `indexes`).
+    _index: Option<super::indexes::ListenIndex>,
     source: AsyncSource,
     local: SocketAddr,
     mode: Mode,
 }
 
 impl AsyncTcpListener {
-    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
+    pub(crate) fn new(worker: Worker, mut reply: ListenReply, address: &str) -> Result<Self> {
+        let _index = reply.index.take();
         let local = parse_local(&reply.address, address)?;
         let mode = reply.mode;
         let source = async_source(reply, address)?;
         Ok(Self {
             worker,
+            _index,
             source,
             local,
             mode,
@@ -277,16 +285,20 @@ impl AsyncTcpListener {
 #[derive(Debug)]
 pub struct UnixListener {
     worker: Worker,
+    /// Held while the listener lives: its listen index (see `indexes`).
+    _index: Option<super::indexes::ListenIndex>,
     source: BlockingSource,
     path: String,
 }
 
 impl UnixListener {
-    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
+    pub(crate) fn new(worker: Worker, mut reply: ListenReply, address: &str) -> Result<Self> {
+        let _index = reply.index.take();
         let path = reply.address.clone();
         let source = blocking_source(reply, address)?;
         Ok(Self {
             worker,
+            _index,
             source,
             path,
         })
@@ -312,16 +324,20 @@ impl UnixListener {
 #[derive(Debug)]
 pub struct AsyncUnixListener {
     worker: Worker,
+    /// Held while the listener lives: its listen index (see `indexes`).
+    _index: Option<super::indexes::ListenIndex>,
     source: AsyncSource,
     path: String,
 }
 
 impl AsyncUnixListener {
-    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
+    pub(crate) fn new(worker: Worker, mut reply: ListenReply, address: &str) -> Result<Self> {
+        let _index = reply.index.take();
         let path = reply.address.clone();
         let source = async_source(reply, address)?;
         Ok(Self {
             worker,
+            _index,
             source,
             path,
         })

@@ -3,6 +3,7 @@
 //! tokio APIs are thin fronts over the same queues.
 
 mod connection;
+mod indexes;
 mod listener;
 mod reader;
 
@@ -36,6 +37,8 @@ pub(crate) struct ListenReply {
     /// Round-robin: the queue of handed-off connections, registered by the reader thread
     /// before it reads the next packet, so no connection arrives before its queue exists.
     pub queue: Option<mpsc::UnboundedReceiver<Handed>>,
+    /// The listen index this listener holds (set by the caller once the answer came).
+    pub index: Option<indexes::ListenIndex>,
 }
 
 pub(crate) struct Shared {
@@ -55,6 +58,8 @@ pub(crate) struct Shared {
     /// Read end of a pipe that becomes readable on disconnect (wakes blocking accepts).
     pub wake_read: OwnedFd,
     pub wake_write: Mutex<Option<OwnedFd>>,
+    /// Open listeners per address (Node's per-call handle index).
+    pub indexes: Arc<indexes::ListenIndexes>,
 }
 
 /// This process's connection to its primary (Node's `cluster.worker`). Cheap to clone.
@@ -134,6 +139,7 @@ impl Worker {
             report_load: AtomicBool::new(false),
             wake_read,
             wake_write: Mutex::new(Some(wake_write)),
+            indexes: Arc::default(),
         });
         match reader {
             ReaderKind::Thread => reader::start(shared.clone(), msg_tx),
@@ -243,8 +249,12 @@ impl Worker {
         address: &str,
         mode: Option<Mode>,
     ) -> Result<ListenReply> {
-        let answer = self.send_listen(kind, address, mode)?;
-        listen_answer(answer.blocking_recv(), address)
+        let index = self.listen_index(kind, address, mode);
+        let answer =
+            self.send_listen(kind, address, mode, index.as_ref().map_or(0, |i| i.get()))?;
+        let mut reply = listen_answer(answer.blocking_recv(), address)?;
+        reply.index = index;
+        Ok(reply)
     }
 
     async fn request_listen_async(
@@ -253,8 +263,23 @@ impl Worker {
         address: &str,
         mode: Option<Mode>,
     ) -> Result<ListenReply> {
-        let answer = self.send_listen(kind, address, mode)?;
-        listen_answer(answer.await, address)
+        let index = self.listen_index(kind, address, mode);
+        let answer =
+            self.send_listen(kind, address, mode, index.as_ref().map_or(0, |i| i.get()))?;
+        let mut reply = listen_answer(answer.await, address)?;
+        reply.index = index;
+        Ok(reply)
+    }
+
+    /// The index of a new stream listener of `address`. UDP sockets are always index 0 (one
+    /// shared socket): they are handed over as std sockets, whose drop forkline cannot see.
+    fn listen_index(
+        &self,
+        kind: SocketKind,
+        address: &str,
+        mode: Option<Mode>,
+    ) -> Option<indexes::ListenIndex> {
+        (kind != SocketKind::Udp).then(|| self.shared.indexes.take(kind, address, mode))
     }
 
     fn send_listen(
@@ -262,6 +287,7 @@ impl Worker {
         kind: SocketKind,
         address: &str,
         mode: Option<Mode>,
+        index: u32,
     ) -> Result<oneshot::Receiver<Result<ListenReply>>> {
         let req = self.shared.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -271,6 +297,7 @@ impl Worker {
             kind,
             address: address.to_string(),
             mode,
+            index,
         })?;
         Ok(rx)
     }

@@ -170,6 +170,7 @@ fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(),
                     address,
                     socket: fds.next(),
                     queue,
+                    index: None,
                 }),
             );
         }
