@@ -30,7 +30,7 @@ failed=0
 for round in $(seq "$rounds"); do
     log="$log_dir/round-$round.log"
     start=$(date +%s)
-    if cargo test --workspace >"$log" 2>&1; then result=passed; else result=FAILED; fi
+    if cargo test --workspace --no-fail-fast >"$log" 2>&1; then result=passed; else result=FAILED; fi
     counts=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$log")
     echo "round $round: $result in $(( $(date +%s) - start )) s ($counts)"
     if [ "$result" = FAILED ]; then
