@@ -85,9 +85,12 @@ fn crashing_worker_restarts_with_growing_delays_and_keeps_its_id() {
         .map(|e| e["delay_ms"].as_u64().unwrap())
         .collect();
     assert_eq!(&restarting[..3], &[100, 200, 400], "seen: {:#?}", tb.seen);
+    // The testbed stamps an event when its handler prints it, a few ms after it happened on a
+    // loaded machine: the exit may be stamped late by that much.
+    const STAMP_SLACK_MS: u64 = 10;
     for (gap, nominal) in gaps.iter().zip([100u64, 200, 400]) {
         assert!(
-            *gap >= nominal,
+            gap + STAMP_SLACK_MS >= nominal,
             "gap {gap} ms shorter than backoff {nominal} ms"
         );
     }
