@@ -368,17 +368,14 @@ impl Monitor {
         self.update_status();
     }
 
-    /// Logs a replacement that failed, and keeps it as systemd's status until its slot is
-    /// replaced. A replacement cancelled because the cluster is stopping is no failure.
+    /// Keeps a replacement that failed as systemd's status until its slot is replaced (the
+    /// library logs it: `reload failed: slot N: ...`). A replacement cancelled because the
+    /// cluster is stopping is no failure.
     fn replace_failed(&mut self, slot: usize, purpose: Replacement, reason: &ReplaceFailure) {
         let purpose = purpose.name();
         if *reason == ReplaceFailure::Cancelled {
-            tracing::warn!("{purpose} stopped at slot {slot}: the new worker {reason}");
             return;
         }
-        tracing::error!(
-            "{purpose} failed: slot {slot}: the new worker {reason}; the old worker keeps serving"
-        );
         self.failed_replacement = Some(FailedReplacement {
             slot,
             status: format!(

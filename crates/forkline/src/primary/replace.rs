@@ -55,13 +55,15 @@ pub(crate) async fn replace(
             .slots
             .rollback(slot, fresh.unique_id());
         supervisor::stop_worker(cluster, &fresh);
-        tracing::error!(
-            slot,
-            purpose = purpose.name(),
-            pid = fresh.pid(),
-            %reason,
-            "replacement failed; the old worker keeps serving"
-        );
+        let purpose_name = purpose.name();
+        if reason == ReplaceFailure::Cancelled {
+            tracing::info!("{purpose_name} stopped at slot {slot}: the new worker {reason}");
+        } else {
+            tracing::error!(
+                "{purpose_name} failed: slot {slot}: the new worker {reason}; the old worker \
+                 keeps serving"
+            );
+        }
         cluster.inner.events.emit(Event::ReplaceFailed {
             id: slot,
             purpose,
