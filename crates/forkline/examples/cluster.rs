@@ -122,11 +122,8 @@ fn signal_name(signal: i32) -> String {
 
 #[tokio::main(flavor = "current_thread")]
 async fn worker(addr: &str, delay: Duration) -> forkline::Result<()> {
-    // Ctrl-C at a terminal signals the whole foreground process group, workers included.
-    // Stopping is the primary's job: it tells each worker to disconnect, and the worker
-    // finishes what it accepted. So a worker only takes note of SIGINT (this listener,
-    // never read, replaces the default action, which is to die at once).
-    let _ctrl_c = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    // No signal handling here: each worker is in its own process group, so a terminal's Ctrl-C
+    // reaches only the primary, which tells every worker to disconnect.
     let worker = forkline::worker::connect_async().await?;
     let listener = worker.listen_async(addr).await?;
     let reply: std::sync::Arc<str> =

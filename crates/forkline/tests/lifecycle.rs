@@ -515,36 +515,6 @@ fn sigkill_of_the_primary_leaves_nothing_a_worker_started() {
     assert!(gone, "left running: {left:?}");
 }
 
-/// The children of `pid` (zombies included), with their process group.
-fn children_of(pid: u32) -> Vec<(u32, u32)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // After the command name: state, ppid, pgrp.
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        if fields.get(1) == Some(&pid.to_string().as_str()) {
-            if let Some(pgrp) = fields.get(2).and_then(|g| g.parse().ok()) {
-                found.push((child, pgrp));
-            }
-        }
-    }
-    found
-}
-
 /// As a subreaper (or PID 1), processes that workers' children leave behind are reparented to
 /// the primary; once they exit, the primary reaps them.
 #[test]
@@ -563,7 +533,7 @@ fn a_subreaper_primary_reaps_orphans_that_are_not_its_workers() {
     let primary = tb.pid();
     // Children of the primary in a worker's group that are not the worker: the orphans.
     let orphans = || -> Vec<u32> {
-        children_of(primary)
+        common::children_of(primary)
             .into_iter()
             .filter(|(pid, pgrp)| workers.contains(pgrp) && !workers.contains(pid))
             .map(|(pid, _)| pid)

@@ -108,14 +108,20 @@ fn shared_mode_passes_the_socket_as_fd_3() {
         ],
     );
     tb.wait_online(2);
-    let seen = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| ids_answering(&addr, 300)))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect::<HashSet<u64>>()
+    // The kernel picks who accepts, and a worker's interpreter may still be starting on a
+    // loaded machine: concurrent clients until both have answered, or the deadline.
+    let mut seen = HashSet::new();
+    common::eventually(SOON, || {
+        seen.extend(std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| ids_answering(&addr, 50)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect::<HashSet<u64>>()
+        }));
+        seen.len() == 2
     });
     assert_eq!(seen, HashSet::from([0, 1]));
 }

@@ -3,7 +3,7 @@
 //! its events until it stops — reporting readiness to systemd and stopping by itself when no
 //! worker is left to run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
@@ -295,10 +295,6 @@ struct Monitor {
     /// The last replacement (reload, recycling) that failed, until its slot is replaced: while
     /// set, it is the status systemd shows instead of the worker counts.
     failed_replacement: Option<FailedReplacement>,
-    /// The order in which the live workers were forked, by unique id: which of two is newer.
-    fork_order: HashMap<u64, u64>,
-    /// Forks seen so far.
-    forks: u64,
     /// Per slot: whether its last unplanned exit was a failure.
     last_exit_failed: BTreeMap<usize, bool>,
     gave_up: bool,
@@ -316,8 +312,6 @@ impl Monitor {
             stopping_sent: false,
             last_status: String::new(),
             failed_replacement: None,
-            fork_order: HashMap::new(),
-            forks: 0,
             last_exit_failed: BTreeMap::new(),
             gave_up: false,
             stopped_by_us: false,
@@ -328,8 +322,6 @@ impl Monitor {
         match event {
             Event::Fork { worker } => {
                 self.last_exit_failed.remove(&worker.id());
-                self.forks += 1;
-                self.fork_order.insert(worker.unique_id(), self.forks);
             }
             Event::Ready { .. } => {
                 let (ready, _) = self.counts();
@@ -362,9 +354,6 @@ impl Monitor {
             } => self.replace_failed(*id, *purpose, reason),
             _ => {}
         }
-        if let Event::Exit { worker, .. } = event {
-            self.fork_order.remove(&worker.unique_id());
-        }
         self.update_status();
     }
 
@@ -386,17 +375,17 @@ impl Monitor {
     }
 
     /// True when `worker`, stopped on purpose, is the old worker of a replacement that took
-    /// over: a newer worker is now current in the slot whose last replacement failed. (The
-    /// new worker of a failed replacement is newer than the slot's current one instead.)
+    /// over: a newer worker (unique ids grow with every fork) is now current in the slot whose
+    /// last replacement failed. (A failed replacement's new worker is newer than the current.)
     fn replaced(&self, worker: &WorkerHandle) -> bool {
         let Some(failed) = &self.failed_replacement else {
             return false;
         };
-        let forked = |w: &WorkerHandle| self.fork_order.get(&w.unique_id()).copied();
         failed.slot == worker.id()
-            && self.cluster.worker(worker.id()).is_some_and(|current| {
-                !current.is_dead() && forked(&current) > forked(worker) && forked(worker).is_some()
-            })
+            && self
+                .cluster
+                .worker(worker.id())
+                .is_some_and(|current| current.unique_id() > worker.unique_id())
     }
 
     /// Workers ready and workers running, as the cluster sees them now.

@@ -162,7 +162,8 @@ impl WorkerHandle {
         self.shared.id
     }
 
-    /// A number unique to this worker process among all workers of the cluster.
+    /// A number unique to this worker process among all workers of the cluster; each worker
+    /// started gets a larger one than every worker before it.
     pub fn unique_id(&self) -> u64 {
         self.shared.seq
     }

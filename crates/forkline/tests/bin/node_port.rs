@@ -1900,24 +1900,9 @@ mod disconnect_unshared_tcp {
 mod disconnect_unshared_udp {
     use super::*;
 
+    /// The same steps as over TCP.
     pub async fn primary() -> Result<Primary, String> {
-        let mut p = Primary::start(|b| b.mode(Mode::Shared)).await?;
-        let unbound = p.fork()?;
-        p.wait_event("online", &unbound).await?;
-        let bound = p.fork()?;
-        p.wait_listening(&bound).await?;
-        unbound.disconnect();
-        p.wait_event("disconnect", &unbound).await?;
-        p.disconnect_all().await?;
-        for w in [&unbound, &bound] {
-            let exit = p.wait_exit(w).await?;
-            check!(
-                exit.exited_after_disconnect,
-                "{} exited with {exit}",
-                who(w)
-            );
-        }
-        Ok(p)
+        super::disconnect_unshared_tcp::primary().await
     }
 
     pub async fn worker(worker: Worker, id: usize) -> i32 {

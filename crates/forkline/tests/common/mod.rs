@@ -165,15 +165,41 @@ impl Drop for Testbed {
     }
 }
 
+/// What `/proc/PID/stat` says of a process: its state letter (`Z`: a zombie), parent and
+/// process group.
+pub struct ProcStat {
+    pub state: String,
+    pub ppid: u32,
+    pub pgrp: u32,
+}
+
+/// `/proc/PID/stat` of `pid`, if it exists.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces and parentheses): state, ppid, pgrp.
+    let mut fields = stat.rsplit(')').next()?.split_whitespace();
+    Some(ProcStat {
+        state: fields.next()?.to_string(),
+        ppid: fields.next()?.parse().ok()?,
+        pgrp: fields.next()?.parse().ok()?,
+    })
+}
+
+/// Every process on the machine with its `/proc/PID/stat`.
+pub fn all_processes() -> Vec<(u32, ProcStat)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, proc_stat(pid)?)))
+        .collect()
+}
+
 /// True while a process with `pid` exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with('Z')
-        }
-        Err(_) => false,
-    }
+    proc_stat(pid).is_some_and(|s| s.state != "Z")
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
@@ -236,35 +262,20 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Pids of the live (non-zombie) processes in process group `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After the command name: state, ppid, pgrp, ...
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        if fields.first().is_some_and(|s| *s != "Z")
-            && fields.get(2) == Some(&pgid.to_string().as_str())
-        {
-            found.push(pid);
-        }
-    }
-    found
+    all_processes()
+        .into_iter()
+        .filter(|(_, s)| s.pgrp == pgid && s.state != "Z")
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The children of `pid` (zombies included), with their process group.
+pub fn children_of(pid: u32) -> Vec<(u32, u32)> {
+    all_processes()
+        .into_iter()
+        .filter(|(_, s)| s.ppid == pid)
+        .map(|(child, s)| (child, s.pgrp))
+        .collect()
 }
 
 /// SIGKILLs every process of group `pgid` (test cleanup).
