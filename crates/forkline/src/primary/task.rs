@@ -52,3 +52,36 @@ impl<F: Future> Future for Guarded<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primary::reaper::tests::{is_isolated, isolated_command};
+
+    /// A panic in a task ends the whole process with exit code 70 and a line naming the task,
+    /// instead of leaving the rest of the primary running without it.
+    #[test]
+    fn a_panicking_task_ends_the_process_and_names_the_task() {
+        const NAME: &str = "a_panicking_task_ends_the_process_and_names_the_task";
+        if is_isolated(NAME) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                spawn("doomed", async { panic!("on purpose") });
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            });
+            unreachable!("the process survived a panicking task");
+        }
+        let run = isolated_command(module_path!(), NAME)
+            .output()
+            .expect("run the test binary");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(PANIC_EXIT_CODE), "{stderr}");
+        assert!(
+            stderr.contains("the primary's doomed task panicked"),
+            "{stderr}"
+        );
+    }
+}
