@@ -108,7 +108,11 @@ fn adopt(fds: &str, activation: &mut Activation) -> Result<(), CliError> {
                 "socket activation: fd {fd_number} is not a TCP, UDP or unix stream socket"
             )));
         };
-        activation.listeners.push(ListenSpec { kind, address });
+        activation.listeners.push(ListenSpec {
+            kind,
+            address,
+            name: None,
+        });
         activation.sockets.push(Arc::new(fd));
     }
     Ok(())

@@ -615,6 +615,7 @@ impl Settings {
                 .map(|l| ListenSpec {
                     kind: l.kind,
                     address: l.address.clone(),
+                    name: None,
                 })
                 .collect(),
             inherited: Vec::new(),

@@ -35,9 +35,10 @@ fn node_on_fd3(mode: &str) {
             Some(port.to_string().as_str()),
             "{body}"
         );
+        // The address, with systemd's forbidden `:` replaced.
         assert_eq!(
             field(body, "names"),
-            Some(format!("127.0.0.1:{port}").as_str()),
+            Some(format!("127.0.0.1_{port}").as_str()),
             "{body}"
         );
     }

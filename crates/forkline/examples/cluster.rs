@@ -20,7 +20,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use forkline::{role, Cluster, Event, ListenSpec, RestartPolicy, Role, SocketKind};
+use forkline::{role, Cluster, Event, ListenSpec, RestartPolicy, Role};
 use tokio::io::AsyncWriteExt;
 
 fn main() {
@@ -63,10 +63,7 @@ fn primary(addr: &str, workers: usize) -> i32 {
         // Like Node: the exit handler below forks the replacements.
         .restart(RestartPolicy::Never)
         // Bound here, once: if the port is taken, `run_blocking` fails before any fork.
-        .listen(ListenSpec {
-            kind: SocketKind::Tcp,
-            address: addr.to_string(),
-        })
+        .listen(ListenSpec::tcp(addr))
         .run_blocking(|cluster, event| match event {
             Event::Online { worker } => say(format_args!("Create worker-{}", worker.pid())),
             Event::Exit {

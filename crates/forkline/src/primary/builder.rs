@@ -240,6 +240,28 @@ impl ClusterBuilder {
         self
     }
 
+    /// Owner (uid, gid) of the Unix socket files the primary creates (default: the primary's).
+    pub fn unix_socket_owner(mut self, uid: u32, gid: u32) -> Self {
+        self.opts.unix_owner = Some((uid, gid));
+        self
+    }
+
+    /// TCP_NODELAY on the TCP listeners the primary binds, which every accepted connection
+    /// inherits (default true, like systemd's `NoDelay=`): a worker that writes a response in
+    /// pieces and never sets it itself is not delayed by Nagle's algorithm (40 ms a response
+    /// on keep-alive connections).
+    pub fn tcp_nodelay(mut self, on: bool) -> Self {
+        self.opts.tcp_nodelay = on;
+        self
+    }
+
+    /// Proxy mode: how long a client may wait for some worker to be up before it is closed
+    /// (default 5 s).
+    pub fn proxy_queue_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.proxy_queue_timeout = timeout;
+        self
+    }
+
     /// Makes the primary a child subreaper (default false): processes that workers' children
     /// leave behind are reparented to the primary instead of PID 1, and the primary reaps them.
     /// Running as PID 1 (a container's init) it reaps orphans either way.

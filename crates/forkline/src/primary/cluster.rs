@@ -11,7 +11,7 @@ use super::builder::ClusterBuilder;
 use super::core::Core;
 use super::event::{Event, EventStream, Replacement};
 use super::handle::{WorkerHandle, WorkerState};
-use super::listeners::{ListenKey, ListenerTable};
+use super::listeners::{BindOptions, ListenKey, ListenerTable};
 use super::notify::NotifyDir;
 use super::options::ClusterOptions;
 use super::supervisor::{self, Start};
@@ -86,7 +86,11 @@ impl Cluster {
     }
 
     pub(crate) async fn start(opts: ClusterOptions, expect_protocol: bool) -> Result<Cluster> {
-        let listeners = ListenerTable::new(opts.unix_mode);
+        let listeners = ListenerTable::new(BindOptions {
+            nodelay: opts.tcp_nodelay,
+            unix_mode: opts.unix_mode,
+            unix_owner: opts.unix_owner,
+        });
         let mut prebound = Vec::new();
         for (index, spec) in opts.listeners.iter().enumerate() {
             let key = ListenKey {

@@ -76,7 +76,7 @@ impl Core {
         let initial = events.subscribe();
         Core {
             dispatcher: Arc::new(Dispatcher::new(opts.balance, opts.credit_window)),
-            proxy: Arc::new(ProxyTable::default()),
+            proxy: Arc::new(ProxyTable::new(opts.proxy_queue_timeout)),
             limit_reached: Arc::new(Notify::new()),
             notify_dir,
             expect_protocol,

@@ -17,6 +17,18 @@ use crate::protocol::{Mode, SocketKind};
 /// Backlog for every listening socket (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
 
+/// How the primary sets up the sockets it binds.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BindOptions {
+    /// TCP_NODELAY on TCP listeners: accepted connections inherit it, so a worker that writes
+    /// a response in pieces is not held back by Nagle's algorithm (systemd's `NoDelay=`).
+    pub nodelay: bool,
+    /// Permissions for Unix socket files (`None`: as the umask leaves them).
+    pub unix_mode: Option<u32>,
+    /// Owner (uid, gid) for Unix socket files.
+    pub unix_owner: Option<(u32, u32)>,
+}
+
 /// What identifies one shared listener.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct ListenKey {
@@ -46,6 +58,8 @@ pub(crate) struct BoundListener {
     /// reuseport: the socket of each worker slot, kept across immediate restarts so a
     /// replacement inherits the queue.
     per_slot: Mutex<HashMap<usize, Arc<OwnedFd>>>,
+    /// How its sockets are set up (for the reuseport sockets bound later).
+    options: BindOptions,
 }
 
 impl BoundListener {
@@ -58,16 +72,15 @@ impl BoundListener {
         if let Some(sock) = slots.get(&slot) {
             return Ok(sock.clone());
         }
-        let sock =
-            match self.spare.lock().unwrap().take() {
-                Some(first) => Arc::new(first),
-                None => Arc::new(bind(self.kind, &self.local, true).map_err(|source| {
-                    Error::Listen {
-                        address: self.local.clone(),
-                        source,
-                    }
-                })?),
-            };
+        let sock = match self.spare.lock().unwrap().take() {
+            Some(first) => Arc::new(first),
+            None => Arc::new(bind(self.kind, &self.local, true, self.options).map_err(
+                |source| Error::Listen {
+                    address: self.local.clone(),
+                    source,
+                },
+            )?),
+        };
         slots.insert(slot, sock.clone());
         Ok(sock)
     }
@@ -83,17 +96,17 @@ impl BoundListener {
 /// All listeners of a cluster.
 #[derive(Debug, Default)]
 pub(crate) struct ListenerTable {
-    /// Permissions given to Unix socket files we create (`None`: as the umask leaves them).
-    pub unix_mode: Option<u32>,
+    /// How the sockets are set up.
+    options: BindOptions,
     by_key: Mutex<HashMap<ListenKey, Arc<BoundListener>>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
 impl ListenerTable {
-    /// An empty table; Unix socket files get `unix_mode` permissions.
-    pub fn new(unix_mode: Option<u32>) -> Self {
+    /// An empty table whose sockets are set up by `options`.
+    pub fn new(options: BindOptions) -> Self {
         Self {
-            unix_mode,
+            options,
             ..Self::default()
         }
     }
@@ -104,18 +117,16 @@ impl ListenerTable {
         if let Some(found) = table.get(&key) {
             return Ok((found.clone(), false));
         }
-        let socket = bind(key.kind, &key.address, key.mode == Mode::Reuseport)
-            .and_then(|socket| {
-                if let (SocketKind::Unix, Some(mode)) = (key.kind, self.unix_mode) {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&key.address, std::fs::Permissions::from_mode(mode))?;
-                }
-                Ok(socket)
-            })
-            .map_err(|source| Error::Listen {
-                address: key.address.clone(),
-                source,
-            })?;
+        let socket = bind(
+            key.kind,
+            &key.address,
+            key.mode == Mode::Reuseport,
+            self.options,
+        )
+        .map_err(|source| Error::Listen {
+            address: key.address.clone(),
+            source,
+        })?;
         let listener = self.insert(&mut table, key, socket)?;
         Ok((listener, true))
     }
@@ -152,6 +163,7 @@ impl ListenerTable {
             socket,
             spare: Mutex::new(spare),
             per_slot: Mutex::new(HashMap::new()),
+            options: self.options,
         });
         table.insert(key, listener.clone());
         Ok(listener)
@@ -182,8 +194,14 @@ pub(crate) fn resolve(address: &str) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing"))
 }
 
-/// Binds a socket of `kind` at `address` (CLOEXEC, blocking), listening for stream kinds.
-pub(crate) fn bind(kind: SocketKind, address: &str, reuseport: bool) -> io::Result<OwnedFd> {
+/// Binds a socket of `kind` at `address` (CLOEXEC, blocking), listening for stream kinds, set
+/// up by `options`.
+pub(crate) fn bind(
+    kind: SocketKind,
+    address: &str,
+    reuseport: bool,
+    options: BindOptions,
+) -> io::Result<OwnedFd> {
     let socket = match kind {
         SocketKind::Tcp => {
             let addr = resolve(address)?;
@@ -192,6 +210,8 @@ pub(crate) fn bind(kind: SocketKind, address: &str, reuseport: bool) -> io::Resu
             if reuseport {
                 socket.set_reuse_port(true)?;
             }
+            // Inherited by every accepted connection (Linux).
+            socket.set_tcp_nodelay(options.nodelay)?;
             socket.bind(&addr.into())?;
             socket.listen(BACKLOG)?;
             socket
@@ -211,6 +231,13 @@ pub(crate) fn bind(kind: SocketKind, address: &str, reuseport: bool) -> io::Resu
             remove_stale_unix_socket(path)?;
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
             socket.bind(&SockAddr::unix(path)?)?;
+            if let Some(mode) = options.unix_mode {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+            }
+            if let Some((uid, gid)) = options.unix_owner {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+            }
             socket.listen(BACKLOG)?;
             socket
         }

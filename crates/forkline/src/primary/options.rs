@@ -129,6 +129,36 @@ pub struct ListenSpec {
     pub kind: SocketKind,
     /// `HOST:PORT` or a Unix socket path.
     pub address: String,
+    /// Its name in `LISTEN_FDNAMES` (`None`: made from the address, `:` replaced by `_`, since
+    /// systemd does not allow `:` in a name).
+    pub name: Option<String>,
+}
+
+impl ListenSpec {
+    /// A TCP listener on `address`, named by its address.
+    pub fn tcp(address: impl Into<String>) -> ListenSpec {
+        ListenSpec {
+            kind: SocketKind::Tcp,
+            address: address.into(),
+            name: None,
+        }
+    }
+}
+
+/// A name for `LISTEN_FDNAMES` made from an address: systemd's names are printable ASCII
+/// without `:`, at most 255 bytes.
+pub(crate) fn fd_name_for(address: &str) -> String {
+    let name: String = address
+        .chars()
+        .map(|c| {
+            if c == ':' || !c.is_ascii_graphic() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    name.chars().take(255).collect()
 }
 
 /// All settings of a cluster.
@@ -199,6 +229,13 @@ pub struct ClusterOptions {
     pub notify_socket: bool,
     /// Permissions for Unix socket files the primary creates (e.g. `0o660`).
     pub unix_mode: Option<u32>,
+    /// Owner (uid, gid) for Unix socket files the primary creates.
+    pub unix_owner: Option<(u32, u32)>,
+    /// TCP_NODELAY on the TCP listeners the primary binds, inherited by every connection
+    /// (default true, like systemd's `NoDelay=`).
+    pub tcp_nodelay: bool,
+    /// Proxy mode: how long a client waits for some worker to be up before it is closed.
+    pub proxy_queue_timeout: Duration,
     /// Make the primary a child subreaper (PR_SET_CHILD_SUBREAPER): what workers leave behind
     /// is reparented to it, and reaped. As PID 1 it reaps orphans either way.
     pub subreaper: bool,
@@ -261,6 +298,9 @@ impl Default for ClusterOptions {
             worker_timeout: None,
             notify_socket: false,
             unix_mode: None,
+            unix_owner: None,
+            tcp_nodelay: true,
+            proxy_queue_timeout: Duration::from_secs(5),
             subreaper: false,
         }
     }

@@ -22,8 +22,6 @@ use crate::protocol::SocketKind;
 
 /// How long a connect to a worker's port may take before trying another worker.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a client waits for some worker to be up before it is closed.
-const NO_WORKER_WAIT: Duration = Duration::from_secs(5);
 /// Relay buffer per direction.
 const RELAY_BUFFER: usize = 64 * 1024;
 
@@ -35,16 +33,27 @@ struct Backend {
 }
 
 /// The workers the proxy relays to, and the port of each slot.
-#[derive(Default)]
 pub(crate) struct ProxyTable {
     backends: Mutex<BTreeMap<u64, Backend>>,
     /// The port of each worker process (by unique id). A replacement gets a new port, since
     /// during a reload or recycle the old worker still listens on its own.
     ports: Mutex<HashMap<u64, u16>>,
     cursor: AtomicUsize,
+    /// How long a client waits for some worker to be up before it is closed.
+    queue_timeout: Duration,
 }
 
 impl ProxyTable {
+    /// An empty table whose clients wait at most `queue_timeout` for a worker.
+    pub fn new(queue_timeout: Duration) -> ProxyTable {
+        ProxyTable {
+            backends: Mutex::default(),
+            ports: Mutex::default(),
+            cursor: AtomicUsize::new(0),
+            queue_timeout,
+        }
+    }
+
     /// The loopback port for `worker`, chosen once (a port that was free a moment ago).
     pub fn port_for(&self, worker: &WorkerHandle) -> io::Result<u16> {
         let mut ports = self.ports.lock().unwrap();
@@ -250,7 +259,7 @@ async fn connect_upstream(
     balance: Balance,
     peer: Option<IpAddr>,
 ) -> Option<(TcpStream, Arc<AtomicUsize>)> {
-    let deadline = tokio::time::Instant::now() + NO_WORKER_WAIT;
+    let deadline = tokio::time::Instant::now() + table.queue_timeout;
     let mut candidates = table.candidates(balance, peer);
     while candidates.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

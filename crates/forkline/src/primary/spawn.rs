@@ -188,12 +188,21 @@ fn prebound_sockets(
                     sys::dup_cloexec(socket.as_fd())?,
                     FIRST_FD + placed.len() as RawFd,
                 ));
-                let name = inner
+                let inherited = inner
                     .opts
                     .inherited_names
                     .get(index)
                     .filter(|n| !n.is_empty());
-                names.push(name.cloned().unwrap_or_else(|| listener.local.clone()));
+                let given = inner
+                    .opts
+                    .listeners
+                    .get(index)
+                    .and_then(|l| l.name.as_ref());
+                let name = inherited
+                    .or(given)
+                    .cloned()
+                    .unwrap_or_else(|| super::options::fd_name_for(&listener.local));
+                names.push(name);
             }
             command.env("LISTEN_FDS", names.len().to_string());
             command.env("LISTEN_FDNAMES", names.join(":"));

@@ -99,10 +99,7 @@ async fn primary() {
         builder = builder.expect_protocol(false);
     }
     if let Some(address) = env("TB_PREBIND") {
-        builder = builder.listen(forkline::ListenSpec {
-            kind: forkline::SocketKind::Tcp,
-            address,
-        });
+        builder = builder.listen(forkline::ListenSpec::tcp(address));
     }
     if let Some(mode) = env("TB_UNIX_MODE") {
         builder = builder.unix_socket_mode(u32::from_str_radix(&mode, 8).expect("TB_UNIX_MODE"));
