@@ -26,3 +26,88 @@ fn an_empty_or_oversized_packet_is_a_protocol_error_and_the_worker_is_replaced()
         assert_eq!(reply["payload"]["echo"]["still"], Value::from("here"));
     }
 }
+
+fn listen_error(tb: &mut Testbed) -> Value {
+    let e = tb.wait_for("listen error", SOON, |e| {
+        e["event"] == "message" && e["payload"].get("listen_error").is_some()
+    });
+    e["payload"].clone()
+}
+
+/// A bind error reaches the worker as the OS error, as Node's `err.code` does: its
+/// `io::ErrorKind` and errno, not only a text.
+#[test]
+fn bind_errors_carry_the_os_error_to_the_worker() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut tb = Testbed::start(&[("TB_WORKERS", "1"), ("TB_LISTEN", addr.as_str())]);
+    let error = listen_error(&mut tb);
+    assert_eq!(error["kind"], "AddrInUse", "{error}");
+    assert_eq!(error["errno"], libc::EADDRINUSE, "{error}");
+    assert!(error["listen_error"].as_str().unwrap().contains(&addr));
+
+    // An address this machine does not have (nothing is sent anywhere: bind fails).
+    let mut tb = Testbed::start(&[("TB_WORKERS", "1"), ("TB_LISTEN", "192.0.2.1:8080")]);
+    let error = listen_error(&mut tb);
+    assert_eq!(error["kind"], "AddrNotAvailable", "{error}");
+    assert_eq!(error["errno"], libc::EADDRNOTAVAIL, "{error}");
+}
+
+/// A Unix socket that another server is serving is named as in use, and left alone.
+#[test]
+fn a_unix_socket_in_use_is_named_and_left_alone() {
+    let dir = std::env::temp_dir().join(format!("forkline-edges-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("busy.sock");
+    let _ = std::fs::remove_file(&path);
+    let busy = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let path_str = path.to_str().unwrap();
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_LISTEN", path_str),
+        ("TB_KIND", "unix"),
+    ]);
+    let error = listen_error(&mut tb);
+    assert_eq!(error["kind"], "AddrInUse", "{error}");
+    assert_eq!(error["errno"], libc::EADDRINUSE, "{error}");
+    assert!(
+        error["listen_error"].as_str().unwrap().contains(path_str),
+        "{error}"
+    );
+    // The other server still has its socket.
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+    drop(busy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A relative Unix socket path is the worker's: it resolves against the worker's working
+/// directory, not the primary's.
+#[test]
+fn a_relative_unix_path_resolves_against_the_worker_directory() {
+    let dir = std::env::temp_dir().join(format!("forkline-edges-cwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_LISTEN", "relative.sock"),
+        ("TB_KIND", "unix"),
+        ("TB_CWD", dir.to_str().unwrap()),
+    ]);
+    let listening = tb.wait_for("listening", SOON, |e| {
+        e["event"] == "message" && e["payload"].get("listening").is_some()
+    });
+    let expected = dir.join("relative.sock");
+    assert_eq!(
+        listening["payload"]["listening"],
+        expected.to_str().unwrap()
+    );
+    let mut stream = std::os::unix::net::UnixStream::connect(&expected).expect("served");
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut reply).unwrap();
+    assert!(reply.starts_with("worker 0 "), "{reply}");
+    assert!(
+        !std::path::Path::new("relative.sock").exists(),
+        "not in the primary's directory"
+    );
+    drop(tb);
+    let _ = std::fs::remove_dir_all(&dir);
+}

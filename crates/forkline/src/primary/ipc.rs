@@ -274,11 +274,11 @@ async fn listen(
         Ok(found) => found,
         Err(e) => {
             tracing::error!(worker = worker.id(), %address, error = %e, "listen failed");
-            let error = match e {
-                Error::Listen { source, .. } => source.to_string(),
-                other => other.to_string(),
+            let (error, errno) = match e {
+                Error::Listen { source, .. } => (source.to_string(), errno_of(&source)),
+                other => (other.to_string(), None),
             };
-            let reply = encode(&ToWorker::ListenError { req, error })?;
+            let reply = encode(&ToWorker::ListenError { req, error, errno })?;
             channel.send(&reply, &[]).await?;
             return Ok(());
         }
@@ -315,6 +315,20 @@ async fn listen(
         readiness::set_ready(cluster, worker);
     }
     Ok(())
+}
+
+/// The OS error number behind a bind error, or the one its kind stands for (a live Unix socket
+/// found by forkline itself is EADDRINUSE).
+fn errno_of(error: &std::io::Error) -> Option<i32> {
+    use std::io::ErrorKind;
+    error.raw_os_error().or(match error.kind() {
+        ErrorKind::AddrInUse => Some(libc::EADDRINUSE),
+        ErrorKind::AddrNotAvailable => Some(libc::EADDRNOTAVAIL),
+        ErrorKind::PermissionDenied => Some(libc::EACCES),
+        ErrorKind::AlreadyExists => Some(libc::EEXIST),
+        ErrorKind::InvalidInput => Some(libc::EINVAL),
+        _ => None,
+    })
 }
 
 /// The mode a listener of `kind` really gets: UDP cannot be handed off per connection, and

@@ -169,6 +169,10 @@ pub enum ToWorker {
         req: u64,
         /// The error, naming the address.
         error: String,
+        /// The OS error number (`EADDRINUSE`, `EACCES`, `EADDRNOTAVAIL`, ...), when there is
+        /// one, so the worker can tell them apart (Node's `err.code`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        errno: Option<i32>,
     },
     /// Handed-off connections for a round-robin listener; one fd per seq, in order.
     Conns {

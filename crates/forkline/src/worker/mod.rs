@@ -203,9 +203,12 @@ impl Worker {
     }
 
     /// Listens on a Unix socket path through the primary (blocking API).
+    /// A relative path is this worker's: it is made absolute here, against the worker's own
+    /// working directory, before the primary binds it.
     pub fn listen_unix(&self, path: &str) -> Result<UnixListener> {
-        let reply = self.request_listen(SocketKind::Unix, path, None)?;
-        UnixListener::new(self.clone(), reply, path)
+        let path = absolute_path(path)?;
+        let reply = self.request_listen(SocketKind::Unix, &path, None)?;
+        UnixListener::new(self.clone(), reply, &path)
     }
 
     /// Listens on a TCP address through the primary (tokio API). Call inside a runtime.
@@ -226,11 +229,13 @@ impl Worker {
     }
 
     /// Listens on a Unix socket path through the primary (tokio API).
+    /// A relative path is resolved against this worker's working directory.
     pub async fn listen_unix_async(&self, path: &str) -> Result<AsyncUnixListener> {
+        let path = absolute_path(path)?;
         let reply = self
-            .request_listen_async(SocketKind::Unix, path, None)
+            .request_listen_async(SocketKind::Unix, &path, None)
             .await?;
-        AsyncUnixListener::new(self.clone(), reply, path)
+        AsyncUnixListener::new(self.clone(), reply, &path)
     }
 
     /// Binds a UDP socket shared with the other workers (`shared` mode, or one SO_REUSEPORT
@@ -350,6 +355,21 @@ fn listen_answer(
         },
         other => other,
     })
+}
+
+/// `path` made absolute against this process's working directory.
+fn absolute_path(path: &str) -> Result<String> {
+    let absolute = std::path::absolute(path).map_err(|source| Error::Listen {
+        address: path.to_string(),
+        source,
+    })?;
+    absolute
+        .into_os_string()
+        .into_string()
+        .map_err(|_| Error::Listen {
+            address: path.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not UTF-8"),
+        })
 }
 
 fn read_env<T: std::str::FromStr>(name: &str) -> Result<T> {

@@ -174,14 +174,22 @@ fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(),
                 }),
             );
         }
-        ToWorker::ListenError { req, error } => reply(
-            shared,
-            req,
-            Err(Error::Listen {
-                address: String::new(),
-                source: std::io::Error::other(error),
-            }),
-        ),
+        ToWorker::ListenError { req, error, errno } => {
+            // The OS error itself when the primary sent its number: `kind()` and
+            // `raw_os_error()` then work as for a bind in this process.
+            let source = match errno {
+                Some(errno) => std::io::Error::from_raw_os_error(errno),
+                None => std::io::Error::other(error),
+            };
+            reply(
+                shared,
+                req,
+                Err(Error::Listen {
+                    address: String::new(),
+                    source,
+                }),
+            )
+        }
         ToWorker::Message { data } => {
             if let Some(tx) = &state.messages {
                 let _ = tx.send(data);

@@ -8,7 +8,7 @@
 //! `TB_READY` (online|listen), `TB_ARGS` (worker arguments separated by \x1f), `TB_PLAIN`
 //! (workers do not speak the protocol), `TB_PREBIND` (a TCP listener bound up front),
 //! `TB_MAX_REQUESTS`, `TB_NOTIFY` (serve NOTIFY_SOCKET, readiness by READY=1) and
-//! `TB_WATCHDOG_MS`, `TB_SUBREAPER`, `TB_SETTLE_MS`, `TB_READY_TIMEOUT_MS`, `TB_SEND_ON_FORK` (a JSON message
+//! `TB_WATCHDOG_MS`, `TB_SUBREAPER`, `TB_CWD` (the workers' directory), `TB_SETTLE_MS`, `TB_READY_TIMEOUT_MS`, `TB_SEND_ON_FORK` (a JSON message
 //! sent to every worker from its `fork` event, before its handshake) and `TB_SHUTDOWN_AT_START`
 //! (shut down right after start, before any worker is online). Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
 //! `TB_LISTEN`, `TB_KIND` (tcp|unix|udp), `TB_DELAY_MS` (or `TB_DELAY_MS_<id>`), `TB_HOLD`
@@ -117,6 +117,9 @@ async fn primary() {
     }
     if env("TB_SUBREAPER").is_some() {
         builder = builder.subreaper(true);
+    }
+    if let Some(cwd) = env("TB_CWD") {
+        builder = builder.cwd(cwd);
     }
     if let Some(uid) = env("TB_UID") {
         builder = builder.uid(uid.parse().expect("TB_UID"));
@@ -436,6 +439,17 @@ fn worker(id: usize) {
     }
 }
 
+/// Tells the primary why `listen` failed: the error, its `io::ErrorKind` and OS error number.
+fn report_listen_error(worker: &forkline::Worker, e: &forkline::Error) {
+    let (kind, errno) = match e {
+        forkline::Error::Listen { source, .. } => {
+            (format!("{:?}", source.kind()), source.raw_os_error())
+        }
+        _ => (String::new(), None),
+    };
+    let _ = worker.send(&json!({"listen_error": e.to_string(), "kind": kind, "errno": errno}));
+}
+
 /// A worker setting: `NAME_<id>` if set, else `NAME`.
 fn slot_env(name: &str, id: usize) -> Option<String> {
     env(&format!("{name}_{id}")).or_else(|| env(name))
@@ -450,7 +464,11 @@ fn serve(worker: forkline::Worker, id: usize, address: &str) {
     let reply = format!("worker {id} {}\n", std::process::id());
     match env("TB_KIND").as_deref() {
         Some("unix") => {
-            let listener = worker.listen_unix(address).expect("listen unix");
+            let listener = match worker.listen_unix(address) {
+                Ok(listener) => listener,
+                Err(e) => return report_listen_error(&worker, &e),
+            };
+            let _ = worker.send(&json!({"listening": listener.path()}));
             let mut in_flight = Vec::new();
             while let Ok(Some(mut conn)) = listener.accept() {
                 let reply = reply.clone();
@@ -474,10 +492,7 @@ fn serve(worker: forkline::Worker, id: usize, address: &str) {
         _ => {
             let listener = match worker.listen(address) {
                 Ok(listener) => listener,
-                Err(e) => {
-                    let _ = worker.send(&json!({"listen_error": e.to_string()}));
-                    return;
-                }
+                Err(e) => return report_listen_error(&worker, &e),
             };
             let _ = worker.send(&json!({"listening": listener.local_addr().to_string(), "mode": listener.mode().name()}));
             let mut in_flight = Vec::new();
