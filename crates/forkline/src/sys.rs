@@ -58,15 +58,16 @@ pub fn send_packet(
 }
 
 /// Receives one packet into `buf`, appending any passed fds (received CLOEXEC) to `fds`.
-/// Returns the packet length; `Ok(0)` means the peer closed the socket. A packet larger than
-/// `buf` or with more fds than fit (MSG_TRUNC / MSG_CTRUNC) is an `InvalidData` error, and the
-/// fds that did arrive are closed.
+/// Returns the packet length (`0`: the peer closed the socket, or an empty packet) and whether
+/// the kernel cut fds off (MSG_CTRUNC: this process is at RLIMIT_NOFILE, so only the first
+/// ones arrived, in order, and the kernel closed the rest). A packet larger than `buf`
+/// (MSG_TRUNC) is an `InvalidData` error, and the fds that did arrive are closed.
 pub fn recv_packet(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
     nonblocking: bool,
-) -> io::Result<usize> {
+) -> io::Result<(usize, bool)> {
     let mut cmsg_buf = cmsg_space!([RawFd; MAX_FDS_PER_PACKET]);
     let mut iov = [IoSliceMut::new(buf)];
     let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
@@ -87,19 +88,15 @@ pub fn recv_packet(
             }
         }
     }
-    if truncated || ctruncated {
+    if truncated {
         drop(received);
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            if truncated {
-                "packet larger than the receive buffer (MSG_TRUNC)"
-            } else {
-                "fds dropped by the kernel (MSG_CTRUNC): RLIMIT_NOFILE reached?"
-            },
+            "packet larger than the receive buffer (MSG_TRUNC)",
         ));
     }
     fds.extend(received);
-    Ok(len)
+    Ok((len, ctruncated))
 }
 
 /// Duplicates `fd` to a new CLOEXEC descriptor.

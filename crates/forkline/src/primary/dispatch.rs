@@ -390,6 +390,7 @@ impl Dispatcher {
         let mut coalescer = coalesce
             .map(|window| Coalescer::new(window, always))
             .transpose()?;
+        let mut errors = AcceptErrors::default();
         loop {
             // Wait for room (a worker with credit), or stop.
             loop {
@@ -402,53 +403,64 @@ impl Dispatcher {
                     _ = stop.wait_for(|s| *s) => return Ok(()),
                 }
             }
-            let accepted = match &coalescer {
+            let (accepted, stopped) = match &coalescer {
                 Some(coalescer) if coalescer.hot() => {
                     tokio::select! {
                         waited = coalescer.wait() => waited?,
                         _ = stop.wait_for(|s| *s) => return Ok(()),
                     }
-                    self.accept_queued(listener, async_fd.get_ref()).await.0
+                    self.accept_queued(listener, async_fd.get_ref()).await
                 }
                 _ => {
                     let mut guard = tokio::select! {
                         guard = async_fd.readable() => guard?,
                         _ = stop.wait_for(|s| *s) => return Ok(()),
                     };
-                    let (accepted, drained) =
+                    let (accepted, stopped) =
                         self.accept_queued(listener, async_fd.get_ref()).await;
-                    if drained {
+                    // Readiness is cleared only once the queue was seen empty: after an error
+                    // or with no room, connections may still wait in it.
+                    if matches!(stopped, Stopped::Drained) {
                         guard.clear_ready();
                     }
-                    accepted
+                    (accepted, stopped)
                 }
             };
             if let Some(coalescer) = &mut coalescer {
                 coalescer.record(accepted);
             }
+            match stopped {
+                Stopped::Failed(error) => {
+                    errors.failed(&error);
+                    tokio::select! {
+                        _ = tokio::time::sleep(ACCEPT_RETRY) => {}
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    }
+                }
+                Stopped::Drained | Stopped::NoRoom => errors.worked(),
+            }
         }
     }
 
     /// Accepts and hands out what is queued on the socket, `ACCEPT_BATCH` at a time, until it
-    /// is empty or no worker has room. Returns how many connections it took, and whether the
-    /// socket was found empty.
-    async fn accept_queued(&self, listener: u64, socket: &OwnedFd) -> (usize, bool) {
+    /// is empty, no worker has room, or `accept` fails. Returns how many connections it took
+    /// and why it stopped.
+    async fn accept_queued(&self, listener: u64, socket: &OwnedFd) -> (usize, Stopped) {
         let mut total = 0;
         loop {
             let mut batch = Vec::new();
-            let mut drained = false;
+            let mut stopped = None;
             while batch.len() < ACCEPT_BATCH {
                 match accept(socket) {
                     Ok(Some((fd, peer))) => batch.push(Conn { listener, fd, peer }),
                     Ok(None) => {
-                        drained = true;
+                        stopped = Some(Stopped::Drained);
                         break;
                     }
+                    // EMFILE and friends: the queue is still there (the batch shrinks to what
+                    // the fd limit leaves).
                     Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        drained = true;
+                        stopped = Some(Stopped::Failed(e));
                         break;
                     }
                 }
@@ -457,9 +469,54 @@ impl Dispatcher {
             if !batch.is_empty() {
                 self.dispatch(batch);
             }
-            if drained || !self.has_room(listener) {
-                return (total, drained);
+            match stopped {
+                Some(stopped) => return (total, stopped),
+                None if !self.has_room(listener) => return (total, Stopped::NoRoom),
+                None => {}
             }
+        }
+    }
+}
+
+/// Why `accept_queued` stopped.
+#[derive(Debug)]
+enum Stopped {
+    /// The socket's queue is empty.
+    Drained,
+    /// No worker has room for more.
+    NoRoom,
+    /// `accept` failed (EMFILE, ENFILE, ENOBUFS, ...): connections may still be queued.
+    Failed(io::Error),
+}
+
+/// After an accept error, the accept loop waits this long before it tries again, logging the
+/// first error of a run and the recovery, not every retry.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
+/// Logs a run of accept errors once, and its end.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    failing_since: Option<std::time::Instant>,
+    retries: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, error: &io::Error) {
+        if self.failing_since.is_none() {
+            tracing::warn!(%error, "accept failed; retrying every {ACCEPT_RETRY:?} until it works");
+            self.failing_since = Some(std::time::Instant::now());
+        }
+        self.retries += 1;
+    }
+
+    fn worked(&mut self) {
+        if let Some(since) = self.failing_since.take() {
+            tracing::info!(
+                retries = self.retries,
+                after = ?since.elapsed(),
+                "accept works again"
+            );
+            self.retries = 0;
         }
     }
 }
@@ -491,8 +548,9 @@ fn unread_connections(worker_end: &OwnedFd) -> Vec<Conn> {
     loop {
         let mut fds = Vec::new();
         match crate::sys::recv_packet(worker_end.as_fd(), &mut buf, &mut fds, true) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
+            Ok((0, _)) | Err(_) => break,
+            // At the fd limit only the first fds arrive: those are re-dispatched.
+            Ok((n, _)) => {
                 let Ok(ToWorker::Conns {
                     listener, peers, ..
                 }) = serde_json::from_slice::<ToWorker>(&buf[..n])

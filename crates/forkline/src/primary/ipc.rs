@@ -138,7 +138,10 @@ async fn handle_packet(
         FromWorker::Returned { seqs, .. } => seqs.len(),
         _ => 0,
     };
-    if packet.fds.len() != fds_expected {
+    // At the primary's own fd limit the kernel delivers only the first fds.
+    let fds_fit =
+        packet.fds.len() == fds_expected || (packet.fds_cut && packet.fds.len() < fds_expected);
+    if !fds_fit {
         return Err(Error::Protocol(format!(
             "{} fds with a packet that carries {fds_expected}",
             packet.fds.len()
@@ -170,7 +173,21 @@ async fn handle_packet(
             };
             listen(cluster, worker, channel, request).await?
         }
-        FromWorker::Ack { seqs, open } => cluster.inner.dispatcher.ack(worker, &seqs, open),
+        FromWorker::Ack {
+            seqs,
+            open,
+            dropped,
+        } => {
+            if let Some(dropped) = dropped {
+                tracing::warn!(
+                    worker = worker.id(),
+                    pid = worker.pid(),
+                    dropped,
+                    "worker at its open-file limit dropped connections"
+                );
+            }
+            cluster.inner.dispatcher.ack(worker, &seqs, open)
+        }
         FromWorker::Load { open } => cluster.inner.dispatcher.report_load(worker, open),
         FromWorker::Message { data } => cluster.inner.events.emit(Event::Message {
             worker: worker.clone(),

@@ -20,6 +20,9 @@ pub struct Packet {
     pub data: Vec<u8>,
     /// Passed fds, in order, owned and CLOEXEC.
     pub fds: Vec<OwnedFd>,
+    /// The kernel cut fds off (this process is at its fd limit): `fds` holds only the first
+    /// ones the sender passed; it closed the rest.
+    pub fds_cut: bool,
 }
 
 impl Packet {
@@ -99,15 +102,17 @@ impl AsyncChannel {
             let mut guard = self.fd.readable().await?;
             let mut fds = Vec::new();
             let mut data = Vec::new();
+            let mut fds_cut = false;
             match guard.try_io(|inner| {
                 let mut buf = self.recv_buf.lock().unwrap();
-                let n = sys::recv_packet(inner.get_ref().as_fd(), &mut buf, &mut fds, true)?;
+                let (n, cut) = sys::recv_packet(inner.get_ref().as_fd(), &mut buf, &mut fds, true)?;
                 data.extend_from_slice(&buf[..n]);
+                fds_cut = cut;
                 Ok(n)
             }) {
                 Ok(Ok(0)) if self.peer_closed() => return Ok(None),
                 Ok(Ok(0)) => return Err(empty_packet()),
-                Ok(Ok(_)) => return Ok(Some(Packet { data, fds })),
+                Ok(Ok(_)) => return Ok(Some(Packet { data, fds, fds_cut })),
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
@@ -120,11 +125,12 @@ impl AsyncChannel {
         let mut fds = Vec::new();
         let mut buf = self.recv_buf.lock().unwrap();
         match sys::recv_packet(self.fd.get_ref().as_fd(), &mut buf, &mut fds, true) {
-            Ok(0) if self.peer_closed() => Ok(None),
-            Ok(0) => Err(empty_packet()),
-            Ok(n) => Ok(Some(Packet {
+            Ok((0, _)) if self.peer_closed() => Ok(None),
+            Ok((0, _)) => Err(empty_packet()),
+            Ok((n, fds_cut)) => Ok(Some(Packet {
                 data: buf[..n].to_vec(),
                 fds,
+                fds_cut,
             })),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
@@ -189,10 +195,11 @@ impl BlockingChannel {
         let mut buf = self.recv_buf.lock().unwrap();
         let mut fds = Vec::new();
         match sys::recv_packet(self.fd.as_fd(), &mut buf, &mut fds, true)? {
-            0 => Ok(None),
-            n => Ok(Some(Packet {
+            (0, _) => Ok(None),
+            (n, fds_cut) => Ok(Some(Packet {
                 data: buf[..n].to_vec(),
                 fds,
+                fds_cut,
             })),
         }
     }
@@ -208,11 +215,12 @@ impl BlockingChannel {
         loop {
             let mut fds = Vec::new();
             match sys::recv_packet(self.fd.as_fd(), &mut buf, &mut fds, false) {
-                Ok(0) => return Ok(None),
-                Ok(n) => {
+                Ok((0, _)) => return Ok(None),
+                Ok((n, fds_cut)) => {
                     return Ok(Some(Packet {
                         data: buf[..n].to_vec(),
                         fds,
+                        fds_cut,
                     }))
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

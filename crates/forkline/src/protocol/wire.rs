@@ -101,6 +101,10 @@ pub enum FromWorker {
         /// Connections the worker has open now (for least-conn), if it tracks them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         open: Option<u64>,
+        /// How many of `seqs` never reached the worker: it is at its fd limit, so the kernel
+        /// cut their fds off the `conns` packet (and closed them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dropped: Option<u64>,
     },
     /// The number of connections the worker has open (sent when it changes, for least-conn).
     Load {

@@ -20,6 +20,8 @@ struct ReaderState {
     messages: Option<mpsc::UnboundedSender<serde_json::Value>>,
     unacked: Vec<u64>,
     ack_every: u64,
+    /// Handoffs lost at the fd limit since the last ack.
+    dropped: u64,
 }
 
 impl ReaderState {
@@ -28,6 +30,7 @@ impl ReaderState {
             messages: Some(messages),
             unacked: Vec::new(),
             ack_every: 1,
+            dropped: 0,
         }
     }
 }
@@ -109,10 +112,17 @@ fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(),
         } => {
             let queue = shared.queues.lock().unwrap().get(&listener).cloned();
             let mut taken = 0u64;
+            let mut dropped = 0u64;
             let mut returned = (Vec::new(), Vec::new());
             let mut peers = peers.iter().map(|p| p.parse().ok());
-            for (fd, seq) in fds.by_ref().zip(seqs) {
+            for seq in seqs {
                 let peer = peers.next().flatten();
+                // At the fd limit the kernel delivers only the first fds of a packet.
+                let Some(fd) = fds.next() else {
+                    dropped += 1;
+                    state.unacked.push(seq);
+                    continue;
+                };
                 let refused = match &queue {
                     Some(queue) => queue.send((fd, peer)).err().map(|back| back.0 .0),
                     None => Some(fd),
@@ -128,6 +138,14 @@ fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(),
                     }
                 }
             }
+            if dropped > 0 {
+                // Those clients see their connection closed; the worker goes on.
+                eprintln!(
+                    "forkline worker {}: at its open-file limit; {dropped} connection(s) dropped",
+                    shared.id
+                );
+                state.dropped += dropped;
+            }
             if !returned.0.is_empty() {
                 // The listener was dropped (its queue is closed) or never known: the
                 // connections go back to the primary, which serves them elsewhere.
@@ -139,8 +157,9 @@ fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(),
             } else {
                 None
             };
-            if open.is_some() || state.unacked.len() as u64 >= state.ack_every {
-                send_ack(shared, &mut state.unacked, open)?;
+            if open.is_some() || state.dropped > 0 || state.unacked.len() as u64 >= state.ack_every
+            {
+                send_ack(shared, state, open)?;
             }
         }
         ToWorker::Listening {
@@ -197,7 +216,7 @@ fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(),
         }
         ToWorker::Disconnect => {
             // Whatever was held back: the primary's count of this worker's credit stays true.
-            send_ack(shared, &mut state.unacked, None)?;
+            send_ack(shared, state, None)?;
             shared.mark_disconnected();
             state.messages = None;
         }
@@ -220,13 +239,19 @@ fn give_back(
     Ok(())
 }
 
-/// Acknowledges (and forgets) the held-back handoffs, if any.
-fn send_ack(shared: &Shared, unacked: &mut Vec<u64>, open: Option<u64>) -> Result<(), Error> {
-    if unacked.is_empty() && open.is_none() {
+/// Acknowledges (and forgets) the held-back handoffs, if any, with the count of those that
+/// were dropped at the fd limit.
+fn send_ack(shared: &Shared, state: &mut ReaderState, open: Option<u64>) -> Result<(), Error> {
+    if state.unacked.is_empty() && open.is_none() {
         return Ok(());
     }
-    let seqs = std::mem::take(unacked);
-    shared.channel.send_msg(&FromWorker::Ack { seqs, open })?;
+    let seqs = std::mem::take(&mut state.unacked);
+    let dropped = std::mem::take(&mut state.dropped);
+    shared.channel.send_msg(&FromWorker::Ack {
+        seqs,
+        open,
+        dropped: (dropped > 0).then_some(dropped),
+    })?;
     Ok(())
 }
 

@@ -8,7 +8,8 @@
 //! `TB_READY` (online|listen), `TB_ARGS` (worker arguments separated by \x1f), `TB_PLAIN`
 //! (workers do not speak the protocol), `TB_PREBIND` (a TCP listener bound up front),
 //! `TB_MAX_REQUESTS`, `TB_NOTIFY` (serve NOTIFY_SOCKET, readiness by READY=1) and
-//! `TB_WATCHDOG_MS`, `TB_SUBREAPER`, `TB_CWD` (the workers' directory), `TB_SETTLE_MS`, `TB_READY_TIMEOUT_MS`, `TB_SEND_ON_FORK` (a JSON message
+//! `TB_WATCHDOG_MS`, `TB_SUBREAPER`, `TB_NOFILE` (the open-file limit of the primary and its
+//! workers), `TB_CWD` (the workers' directory), `TB_SETTLE_MS`, `TB_READY_TIMEOUT_MS`, `TB_SEND_ON_FORK` (a JSON message
 //! sent to every worker from its `fork` event, before its handshake) and `TB_SHUTDOWN_AT_START`
 //! (shut down right after start, before any worker is online). Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
 //! `TB_LISTEN`, `TB_KIND` (tcp|unix|udp), `TB_DELAY_MS` (or `TB_DELAY_MS_<id>`), `TB_HOLD`
@@ -57,6 +58,13 @@ fn emit(start: Instant, mut value: Value) {
 #[tokio::main]
 async fn primary() {
     let start = Instant::now();
+    if let Some(limit) = env("TB_NOFILE").and_then(|n| n.parse::<u64>().ok()) {
+        // The primary's open-file limit, inherited by its workers.
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .expect("getrlimit");
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, hard)
+            .expect("setrlimit");
+    }
     let mut builder = Cluster::builder().stdio(WorkerStdio::Inherit);
     if let Some(n) = env("TB_WORKERS") {
         builder = builder.workers(n.parse().expect("TB_WORKERS"));
