@@ -156,3 +156,65 @@ fn after_an_fd_exhaustion_storm_every_connection_is_served() {
         .collect();
     assert!(gone.is_empty(), "workers left: {gone:?}");
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Listeners bound for a worker are released when no worker holds them any more: the port
+/// refuses connections instead of parking them, and the primary's fds come back.
+#[test]
+fn listeners_are_released_when_their_last_worker_leaves() {
+    // 40 addresses on loopback (127.0.0.2, ...), each a listener of its own.
+    let port = common::free_port();
+    let extra: Vec<String> = (2..42)
+        .map(|host| format!("127.0.0.{host}:{port}"))
+        .collect();
+    let list = extra.join(",");
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_RESTART", "never"),
+        ("TB_EXTRA_LISTEN_1", &list),
+    ]);
+    tb.wait_online(2);
+    let primary = tb.pid();
+    tb.wait_for("extra listeners", SOON, |e| {
+        e["payload"]["extra_listening"] == 40
+    });
+    let with_listeners = open_fds(primary);
+    assert!(
+        std::net::TcpStream::connect(&extra[0]).is_ok(),
+        "the primary accepts for the worker"
+    );
+    tb.command("send 1 {\"cmd\":\"exit\",\"code\":0}");
+    tb.wait_event("exit", Some(1));
+    let refused = common::eventually(SOON, || {
+        extra.iter().all(|a| {
+            std::net::TcpStream::connect(a)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        })
+    });
+    assert!(refused, "every released port refuses connections");
+    let after = open_fds(primary);
+    eprintln!("primary fds: {with_listeners} with 40 extra listeners, {after} after release");
+    assert!(
+        after + 40 <= with_listeners,
+        "the 40 listeners' fds came back: {with_listeners} -> {after}"
+    );
+}
+
+/// A listener whose worker restarts is kept for the replacement, which finds it again.
+#[test]
+fn a_listener_waits_for_the_replacement_of_a_restarting_worker() {
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut tb = Testbed::start(&[("TB_WORKERS", "1"), ("TB_LISTEN", &addr)]);
+    let first = tb.wait_event("listening", Some(0));
+    // A crash (not `kill()`, which is a stop on purpose): the slot restarts.
+    let pid = nix::unistd::Pid::from_raw(first["pid"].as_u64().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    tb.wait_event("exit", Some(0));
+    let again = tb.wait_event("listening", Some(0));
+    assert_ne!(first["pid"], again["pid"]);
+    let reply = common::fetch(&addr).expect("served by the replacement");
+    assert!(reply.starts_with("worker 0 "), "{reply}");
+}

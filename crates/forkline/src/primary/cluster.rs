@@ -103,6 +103,7 @@ impl Cluster {
                 Some(fd) => listeners.adopt(key, fd.try_clone()?)?,
                 None => listeners.get_or_bind(key)?.0,
             };
+            listener.pin();
             prebound.push(listener);
         }
         let notify_dir = if opts.notify_socket {

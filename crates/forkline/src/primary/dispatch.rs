@@ -200,6 +200,16 @@ impl Dispatcher {
         }
     }
 
+    /// `listener` was released: nothing more is routed for it, and its connections still
+    /// waiting for a worker are closed.
+    pub fn forget_listener(&self, listener: u64) {
+        let mut state = self.state.lock().unwrap();
+        state.pending.retain(|conn| conn.listener != listener);
+        for target in state.targets.values_mut() {
+            target.listeners.retain(|l| *l != listener);
+        }
+    }
+
     /// Drops connections still waiting for a worker (shutdown): their clients see the close.
     pub fn drop_pending(&self) {
         self.state.lock().unwrap().pending.clear();
@@ -525,7 +535,7 @@ impl AcceptErrors {
 pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
     if let Some(socket) = listener.socket.clone() {
         let dispatcher = cluster.inner.dispatcher.clone();
-        let stop = cluster.inner.stop_accepting.subscribe();
+        let stop = stop_signal(cluster, listener);
         let id = listener.id;
         let coalesce = cluster.inner.opts.accept_coalesce;
         let always = cluster.inner.opts.accept_coalesce_always;
@@ -538,6 +548,22 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
             }
         });
     }
+}
+
+/// Fires when the cluster stops accepting or `listener` is released.
+pub(crate) fn stop_signal(cluster: &Cluster, listener: &BoundListener) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let mut cluster_stop = cluster.inner.stop_accepting.subscribe();
+    let mut closed = listener.closed.subscribe();
+    super::task::spawn("accept-stop", async move {
+        tokio::select! {
+            _ = cluster_stop.wait_for(|s| *s) => {}
+            _ = closed.wait_for(|c| *c) => {}
+            _ = tx.closed() => return,
+        }
+        tx.send_replace(true);
+    });
+    rx
 }
 
 /// Reads back the `conns` packets a dead worker never read from its end of the IPC socket.

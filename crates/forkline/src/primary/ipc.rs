@@ -303,6 +303,7 @@ async fn listen(
     if fresh {
         tracing::info!(address = %listener.local, mode = mode.name(), "listening");
     }
+    listener.hold(worker.unique_id());
     let reply = encode(&ToWorker::Listening {
         req,
         listener: listener.id,

@@ -2,7 +2,7 @@
 //! address, mode, so `listen(0)` gives every worker the same port), plus one SO_REUSEPORT socket
 //! per worker slot in `reuseport` mode. Bind errors name the address.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::OwnedFd;
@@ -60,6 +60,24 @@ pub(crate) struct BoundListener {
     per_slot: Mutex<HashMap<usize, Arc<OwnedFd>>>,
     /// How its sockets are set up (for the reuseport sockets bound later).
     options: BindOptions,
+    /// Who holds it, which decides when it is released.
+    lifetime: Mutex<Lifetime>,
+    /// Set when it is released: its accept loop stops.
+    pub closed: tokio::sync::watch::Sender<bool>,
+}
+
+/// Who holds a listener. It is released (its socket closed, its Unix file removed, so new
+/// connections are refused rather than parked) when its last holder exits, unless that
+/// worker's slot restarts: then it waits for the slot's next worker, and is released if that
+/// one exits without listening on it too. Listeners bound up front are never released.
+#[derive(Debug, Default)]
+struct Lifetime {
+    /// Workers (unique ids) that listened on it and have not exited.
+    holders: HashSet<u64>,
+    /// The slot whose next worker it waits for.
+    awaiting: Option<usize>,
+    /// Bound up front (or passed by the service manager): kept until shutdown.
+    pinned: bool,
 }
 
 impl BoundListener {
@@ -90,6 +108,46 @@ impl BoundListener {
     /// the other sockets of the group.
     pub fn release_slot(&self, slot: usize) {
         self.per_slot.lock().unwrap().remove(&slot);
+    }
+
+    /// Records that worker `seq` listens on it.
+    pub fn hold(&self, seq: u64) {
+        let mut lifetime = self.lifetime.lock().unwrap();
+        lifetime.holders.insert(seq);
+        lifetime.awaiting = None;
+    }
+
+    /// Keeps it until shutdown (bound up front).
+    pub fn pin(&self) {
+        self.lifetime.lock().unwrap().pinned = true;
+    }
+
+    /// Worker `seq` of `slot` exited (and the slot restarts, or not): true when nothing holds
+    /// the listener any more and nothing is on the way to.
+    fn unheld_after_exit(&self, seq: u64, slot: usize, restarting: bool) -> bool {
+        let mut lifetime = self.lifetime.lock().unwrap();
+        if lifetime.pinned {
+            return false;
+        }
+        let held = lifetime.holders.remove(&seq);
+        if !lifetime.holders.is_empty() {
+            return false;
+        }
+        if held {
+            if restarting {
+                lifetime.awaiting = Some(slot);
+                return false;
+            }
+            return true;
+        }
+        // It waited for this worker, which exited without listening on it.
+        lifetime.awaiting == Some(slot)
+    }
+
+    /// True when it waits only for the next worker of `slot`.
+    fn awaits(&self, slot: usize) -> bool {
+        let lifetime = self.lifetime.lock().unwrap();
+        !lifetime.pinned && lifetime.holders.is_empty() && lifetime.awaiting == Some(slot)
     }
 }
 
@@ -164,6 +222,8 @@ impl ListenerTable {
             spare: Mutex::new(spare),
             per_slot: Mutex::new(HashMap::new()),
             options: self.options,
+            lifetime: Mutex::new(Lifetime::default()),
+            closed: tokio::sync::watch::channel(false).0,
         });
         table.insert(key, listener.clone());
         Ok(listener)
@@ -174,10 +234,46 @@ impl ListenerTable {
         self.by_key.lock().unwrap().values().cloned().collect()
     }
 
+    /// Worker `seq` of `slot` exited: releases the listeners nothing holds any more (see
+    /// `Lifetime`) and returns them.
+    pub fn release_after_exit(
+        &self,
+        seq: u64,
+        slot: usize,
+        restarting: bool,
+    ) -> Vec<Arc<BoundListener>> {
+        self.release_where(|l| l.unheld_after_exit(seq, slot, restarting))
+    }
+
+    /// `slot` went away (scale-down): releases the listeners that waited for its next worker.
+    pub fn release_awaiting(&self, slot: usize) -> Vec<Arc<BoundListener>> {
+        self.release_where(|l| l.awaits(slot))
+    }
+
+    fn release_where(&self, release: impl Fn(&BoundListener) -> bool) -> Vec<Arc<BoundListener>> {
+        let mut table = self.by_key.lock().unwrap();
+        let keys: Vec<ListenKey> = table
+            .iter()
+            .filter(|(_, l)| release(l))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut released = Vec::new();
+        for key in keys {
+            let listener = table.remove(&key).expect("listed above");
+            listener.closed.send_replace(true);
+            if key.kind == SocketKind::Unix {
+                let _ = std::fs::remove_file(&listener.local);
+            }
+            released.push(listener);
+        }
+        released
+    }
+
     /// Drops every socket we own and removes Unix socket files we created.
     pub fn close_all(&self) {
         let mut table = self.by_key.lock().unwrap();
         for (key, listener) in table.drain() {
+            listener.closed.send_replace(true);
             if key.kind == SocketKind::Unix {
                 let _ = std::fs::remove_file(&listener.local);
             }

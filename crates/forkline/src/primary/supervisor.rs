@@ -14,6 +14,7 @@ use super::cluster::Cluster;
 use super::core::State;
 use super::event::Event;
 use super::handle::{ExitInfo, WorkerHandle, WorkerState};
+use super::listeners::BoundListener;
 use super::slots::{ExitFacts, OnExit, Refused, Seq};
 use super::{ipc, spawn, task};
 use crate::error::{Error, Result};
@@ -151,6 +152,13 @@ fn record_exit(
             .slots
             .on_exit(worker.id(), worker.unique_id(), facts, Instant::now())
     };
+    let restarting = matches!(next, OnExit::Restart { .. });
+    let released =
+        cluster
+            .inner
+            .listeners
+            .release_after_exit(worker.unique_id(), worker.id(), restarting);
+    forget_listeners(cluster, released);
     if !planned && exit.failed() {
         tracing::warn!(worker = worker.id(), pid, code = ?exit.code, signal = ?exit.signal, "worker died");
     } else {
@@ -216,18 +224,19 @@ async fn follow_up(cluster: &Cluster, next: OnExit) {
 
 /// Sets the number of slots: starts the new ones, stops the workers of those that go away.
 pub(crate) fn rescale(cluster: &Cluster, workers: usize) -> Result<()> {
-    let (grow, shrink) = {
+    let (grow, shrink, old_target) = {
         let mut state = cluster.inner.state();
         if state.slots.is_stopping() {
             return Err(Error::ShutDown);
         }
+        let old_target = state.slots.target();
         let rescale = state.slots.set_target(workers);
         let shrink: Vec<WorkerHandle> = rescale
             .shrink
             .iter()
             .filter_map(|seq| state.live.get(seq).cloned())
             .collect();
-        (rescale.grow, shrink)
+        (rescale.grow, shrink, old_target)
     };
     tracing::info!(workers, "scaling");
     for slot in grow {
@@ -238,7 +247,18 @@ pub(crate) fn rescale(cluster: &Cluster, workers: usize) -> Result<()> {
         stop_worker(cluster, &worker);
         release_slot_sockets(cluster, slot);
     }
+    for slot in workers..old_target {
+        forget_listeners(cluster, cluster.inner.listeners.release_awaiting(slot));
+    }
     Ok(())
+}
+
+/// The primary stops routing to listeners that were released.
+fn forget_listeners(cluster: &Cluster, released: Vec<std::sync::Arc<BoundListener>>) {
+    for listener in released {
+        tracing::info!(address = %listener.local, "no worker listens any more; socket closed");
+        cluster.inner.dispatcher.forget_listener(listener.id);
+    }
 }
 
 /// Stops `worker` on purpose: no new connections, a graceful `disconnect` (SIGTERM to its

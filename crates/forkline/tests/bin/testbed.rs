@@ -13,7 +13,8 @@
 //! sent to every worker from its `fork` event, before its handshake) and `TB_SHUTDOWN_AT_START`
 //! (shut down right after start, before any worker is online). Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
 //! `TB_LISTEN`, `TB_KIND` (tcp|unix|udp), `TB_DELAY_MS` (or `TB_DELAY_MS_<id>`), `TB_HOLD`
-//! (or `TB_HOLD_<id>`: answer only after the client sends a byte), and a "bad build":
+//! (or `TB_HOLD_<id>`: answer only after the client sends a byte), `TB_EXTRA_LISTEN(_<id>)`
+//! (more addresses, comma-separated, listened on and held until exit), and a "bad build":
 //! `TB_BAD_IF` names a file; while it exists, new workers do `TB_BAD` (`crash`: exit 3 at
 //! once; `die-later`: come online and listen, then exit 4 after 300 ms).
 //!
@@ -385,6 +386,17 @@ fn worker(id: usize) {
     let worker = forkline::worker::connect().expect("connect to primary");
     if behavior == "ignore-disconnect" {
         std::thread::sleep(Duration::from_secs(600));
+    }
+    // More listeners, held but never accepted on, until the worker exits.
+    let extra: Vec<forkline::worker::TcpListener> = slot_env("TB_EXTRA_LISTEN", id)
+        .map(|list| {
+            list.split(',')
+                .map(|address| worker.listen(address).expect("extra listen"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !extra.is_empty() {
+        let _ = worker.send(&json!({"extra_listening": extra.len()}));
     }
     // "listen-then-drop": listens but never accepts, and drops the listener when told to.
     let mut held = None;
