@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
+
 use common::{Testbed, SOON};
 use serde_json::Value;
 
@@ -217,4 +219,97 @@ fn a_listener_waits_for_the_replacement_of_a_restarting_worker() {
     assert_ne!(first["pid"], again["pid"]);
     let reply = common::fetch(&addr).expect("served by the replacement");
     assert!(reply.starts_with("worker 0 "), "{reply}");
+}
+
+/// A worker that says READY=1 on its notify socket only once a marker file exists.
+const READY_ON_MARKER: &str = r#"
+import os, socket, time
+marker = os.environ["TB_READY_MARKER"]
+while not os.path.exists(marker):
+    time.sleep(0.02)
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.connect(os.environ["NOTIFY_SOCKET"])
+n.send(b"READY=1")
+while True:
+    time.sleep(1)
+"#;
+
+/// The value of `name` in the environment of process `pid`.
+fn environ_of(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|b| *b == 0).find_map(|entry| {
+        let entry = std::str::from_utf8(entry).ok()?;
+        entry.strip_prefix(&format!("{name}=")).map(str::to_string)
+    })
+}
+
+fn status(tb: &mut Testbed) -> Value {
+    tb.command("status");
+    tb.wait_for("status", SOON, |e| e["command"] == "status")
+}
+
+/// Another local process cannot mark a worker ready or stopping through its notify socket:
+/// the socket's directory is private and every message is checked against its sender's
+/// credentials, as systemd's NotifyAccess= does.
+#[test]
+fn notify_messages_from_outside_a_worker_are_dropped() {
+    let dir = std::env::temp_dir().join(format!("forkline-edges-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("ready");
+    let _ = std::fs::remove_file(&marker);
+    let args = format!("-c\u{1f}{READY_ON_MARKER}");
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_PLAIN", "1"),
+        ("TB_EXEC", "python3"),
+        ("TB_ARGS", &args),
+        ("TB_NOTIFY", "1"),
+        ("TB_READY_MARKER", marker.to_str().unwrap()),
+    ]);
+    let pid = tb.wait_event("fork", Some(0))["pid"].as_u64().unwrap() as u32;
+    let mut path = None;
+    assert!(common::eventually(SOON, || {
+        path = environ_of(pid, "NOTIFY_SOCKET");
+        path.is_some()
+    }));
+    let path = path.unwrap();
+    let dir_mode = std::fs::metadata(std::path::Path::new(&path).parent().unwrap())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
+    assert_eq!(dir_mode, 0o700, "a private directory");
+
+    // This test process is not in the worker's process group: its READY=1 is dropped.
+    let attacker = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    attacker.send_to(b"READY=1", &path).expect("sent");
+    let ready = tb.try_wait_for(std::time::Duration::from_secs(1), |e| e["event"] == "ready");
+    assert!(
+        ready.is_none(),
+        "a stranger made the worker ready: {ready:?}"
+    );
+    assert!(status(&mut tb)["notify_rejected"].as_u64().unwrap() >= 1);
+
+    if nix::unistd::Uid::effective().is_root() {
+        // Another user cannot even reach the socket.
+        let sent = std::process::Command::new("python3")
+            .args(["-c", "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'STOPPING=1', sys.argv[1])", &path])
+            .uid(65534)
+            .gid(65534)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!sent.success(), "user nobody reached the notify socket");
+    } else {
+        eprintln!("skipped the second-user part: it needs root to run a process as nobody");
+    }
+
+    // The worker itself is heard.
+    std::fs::write(&marker, b"").unwrap();
+    tb.wait_event("ready", Some(0));
+    // A stranger's STOPPING=1 does not take it out of service.
+    attacker.send_to(b"STOPPING=1", &path).expect("sent");
+    assert!(common::eventually(SOON, || {
+        status(&mut tb)["notify_rejected"].as_u64().unwrap() >= 2
+    }));
+    assert_eq!(status(&mut tb)["slots"][0]["state"], "ready");
+    let _ = std::fs::remove_dir_all(&dir);
 }

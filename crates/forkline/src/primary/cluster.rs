@@ -107,7 +107,7 @@ impl Cluster {
             prebound.push(listener);
         }
         let notify_dir = if opts.notify_socket {
-            Some(NotifyDir::create()?)
+            Some(NotifyDir::create(Some((opts.uid, opts.gid)))?)
         } else {
             None
         };
@@ -238,6 +238,15 @@ impl Cluster {
     /// The number of slots the cluster keeps.
     pub fn target(&self) -> usize {
         self.inner.state().slots.target()
+    }
+
+    /// How many messages on workers' notify sockets were dropped because they did not come
+    /// from the worker's own process group (another local user or process trying to mark a
+    /// worker ready, stopping or alive).
+    pub fn notify_messages_rejected(&self) -> u64 {
+        self.inner
+            .notify_rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The addresses the cluster listens on.

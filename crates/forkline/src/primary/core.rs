@@ -60,6 +60,8 @@ pub(crate) struct Core {
     pub reload_lock: tokio::sync::Mutex<()>,
     /// Kills every worker's process group if the primary dies (`None` if it could not start).
     pub keeper: Option<Keeper>,
+    /// Notify messages dropped because they did not come from the worker's process group.
+    pub notify_rejected: std::sync::atomic::AtomicU64,
 }
 
 impl Core {
@@ -94,6 +96,7 @@ impl Core {
             finished: watch::channel(None).0,
             reload_lock: tokio::sync::Mutex::new(()),
             keeper: start_keeper(),
+            notify_rejected: std::sync::atomic::AtomicU64::new(0),
             opts,
         }
     }

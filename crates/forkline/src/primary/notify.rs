@@ -1,11 +1,23 @@
 //! The systemd notify protocol served to workers: each worker gets its own datagram socket in
-//! `NOTIFY_SOCKET` (so no credentials are needed to tell workers apart) and may send `READY=1`,
-//! `WATCHDOG=1`, `STATUS=...` and `STOPPING=1`, one assignment per line.
+//! `NOTIFY_SOCKET` and may send `READY=1`, `WATCHDOG=1`, `STATUS=...` and `STOPPING=1`, one
+//! assignment per line.
+//!
+//! The sockets are private: a directory with an unguessable name that only the primary (and,
+//! under `--user`, the workers' user) may enter, sockets 0600; and, as systemd's
+//! `NotifyAccess=` does, every message is checked against the sender's credentials
+//! (SO_PASSCRED): only the worker's own process or another process of its process group is
+//! heard. Anything else is dropped and counted.
 
+use std::io;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials,
+};
+use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
 use super::cluster::Cluster;
@@ -42,9 +54,10 @@ pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDa
     let tick = timeout.map_or(Duration::from_millis(500), |t| {
         (t / 4).max(Duration::from_millis(10))
     });
+    let mut warned = false;
     while !worker.is_dead() {
-        match tokio::time::timeout(tick, socket.recv(&mut buf)).await {
-            Ok(Ok(n)) => {
+        match tokio::time::timeout(tick, recv_with_sender(&socket, &mut buf)).await {
+            Ok(Ok((n, sender))) if from_worker(&worker, sender) => {
                 for notice in parse(&buf[..n]) {
                     match notice {
                         Notice::Ready => super::readiness::set_ready(&cluster, &worker),
@@ -54,6 +67,20 @@ pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDa
                         }
                         Notice::Stopping => worker.set_state(WorkerState::Draining),
                     }
+                }
+            }
+            Ok(Ok((_, sender))) => {
+                cluster
+                    .inner
+                    .notify_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        worker = worker.id(),
+                        sender = ?sender,
+                        "notify message from outside the worker's process group dropped"
+                    );
                 }
             }
             Ok(Err(_)) => break,
@@ -77,43 +104,100 @@ pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDa
     }
 }
 
+/// Receives one datagram and the pid of its sender (from SCM_CREDENTIALS).
+async fn recv_with_sender(
+    socket: &UnixDatagram,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<i32>)> {
+    loop {
+        socket.readable().await?;
+        match socket.try_io(Interest::READABLE, || {
+            let mut iov = [io::IoSliceMut::new(buf)];
+            let mut cmsg = nix::cmsg_space!(UnixCredentials);
+            let msg = recvmsg::<UnixAddr>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            )?;
+            let sender = msg.cmsgs()?.find_map(|c| match c {
+                ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
+                _ => None,
+            });
+            Ok((msg.bytes, sender))
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// True when `sender` is the worker or a process of its group (`NotifyAccess=all` within the
+/// worker).
+fn from_worker(worker: &WorkerHandle, sender: Option<i32>) -> bool {
+    let Some(sender) = sender.filter(|pid| *pid > 0) else {
+        return false;
+    };
+    let leader = worker.pid() as i32;
+    sender == leader
+        || nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(sender)))
+            .is_ok_and(|group| group.as_raw() == leader)
+}
+
 /// The directory holding a cluster's notify sockets, removed on drop.
 #[derive(Debug)]
 pub(crate) struct NotifyDir {
     path: PathBuf,
+    /// The workers' user and group, when they run as another user.
+    owner: Option<(Option<u32>, Option<u32>)>,
 }
 
 impl NotifyDir {
-    /// Creates a private directory under the runtime or temp dir (first removing those left by
-    /// primaries that were killed before they could clean up).
-    pub fn create() -> std::io::Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
+    /// Creates a private directory (0700) with an unguessable name under the runtime or temp
+    /// dir (first removing those left by primaries that were killed before they could clean
+    /// up). Workers that run as another user (`owner`) own it, so they can reach their socket.
+    pub fn create(owner: Option<(Option<u32>, Option<u32>)>) -> io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
         remove_stale(&base);
-        // Unique per cluster, even for several clusters in one process.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let nanos = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = base.join(format!("forkline-{}-{nanos:x}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
+        let path = base.join(format!(
+            "forkline-{}-{}",
+            std::process::id(),
+            unguessable()?
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         // Marks the directory as ours, so stale-directory cleanup never touches anything else.
         std::fs::write(path.join(".forkline-notify"), b"")?;
-        // Workers may run as another user (--user): they must reach their socket by name.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711))?;
-        Ok(Self { path })
+        let owner = owner.filter(|(uid, gid)| uid.is_some() || gid.is_some());
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, uid, gid)?;
+        }
+        Ok(Self { path, owner })
     }
 
-    /// Binds the notify socket of worker `seq`.
-    pub fn bind(&self, seq: u64) -> std::io::Result<(UnixDatagram, PathBuf)> {
+    /// Binds the notify socket of worker `seq`: 0600, the workers' user's, credentials passed.
+    pub fn bind(&self, seq: u64) -> io::Result<(UnixDatagram, PathBuf)> {
         use std::os::unix::fs::PermissionsExt;
         let path = self.path.join(format!("notify-{seq}.sock"));
         let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        setsockopt(&socket, sockopt::PassCred, &true)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&path, uid, gid)?;
+        }
         Ok((socket, path))
     }
+}
+
+/// 16 random hex digits, from the kernel.
+fn unguessable() -> io::Result<String> {
+    let mut bytes = [0u8; 8];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Removes `forkline-PID-*` directories whose primary is no longer running.

@@ -271,7 +271,10 @@ async fn command(cluster: &Cluster, start: Instant, line: &str) {
             cluster.shutdown();
             Ok(json!({}))
         }
-        "status" => Ok(json!({"slots": serde_json::to_value(cluster.status()).unwrap()})),
+        "status" => Ok(json!({
+            "slots": serde_json::to_value(cluster.status()).unwrap(),
+            "notify_rejected": cluster.notify_messages_rejected(),
+        })),
         other => Err(format!("unknown command {other:?}")),
     };
     match result {
