@@ -31,10 +31,7 @@ impl Activation {
     pub fn addresses(&self) -> Vec<ListenAddr> {
         self.listeners
             .iter()
-            .map(|l| ListenAddr {
-                kind: l.kind,
-                address: l.address.clone(),
-            })
+            .map(|l| ListenAddr::unnamed(l.kind, l.address.clone()))
             .collect()
     }
 }

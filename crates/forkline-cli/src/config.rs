@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use crate::parse::{self, ListenAddr, Workers};
+use crate::parse::{self, ListenAddr, SocketOwner, Workers};
 use forkline::{Balance, Mode, Readiness, RestartPolicy};
 
 /// The file as written: each value with its position, checked later by [`FileSettings::check`]
@@ -21,8 +21,12 @@ struct RawFile {
     command: Option<Spanned<Value>>,
     workers: Option<Spanned<Value>>,
     listen: Option<Spanned<Value>>,
+    tcp_nodelay: Option<Spanned<Value>>,
+    socket_mode: Option<Spanned<Value>>,
+    socket_owner: Option<Spanned<Value>>,
     mode: Option<Spanned<Value>>,
     balance: Option<Spanned<Value>>,
+    proxy_queue_timeout: Option<Spanned<Value>>,
     name: Option<Spanned<Value>>,
     env: Option<Spanned<BTreeMap<String, Spanned<Value>>>>,
     cwd: Option<Spanned<Value>>,
@@ -52,10 +56,18 @@ pub struct FileSettings {
     pub workers: Option<Workers>,
     /// Listen addresses.
     pub listen: Option<Vec<ListenAddr>>,
+    /// TCP_NODELAY on the TCP listeners forkline binds.
+    pub tcp_nodelay: Option<bool>,
+    /// Permissions of the Unix socket files forkline creates.
+    pub socket_mode: Option<u32>,
+    /// Owner of the Unix socket files forkline creates.
+    pub socket_owner: Option<SocketOwner>,
     /// Distribution mode.
     pub mode: Option<Mode>,
     /// Balancing strategy.
     pub balance: Option<Balance>,
+    /// Proxy mode: how long a client waits for a worker to be up.
+    pub proxy_queue_timeout: Option<Duration>,
     /// Name used in log prefixes.
     pub name: Option<String>,
     /// Extra environment for workers.
@@ -265,6 +277,16 @@ fn duration(value: &Value) -> Result<Duration, String> {
     }
 }
 
+fn boolean(value: &Value) -> Result<bool, String> {
+    match value {
+        Value::Boolean(b) => Ok(*b),
+        other => Err(format!(
+            "expected true or false, found {}",
+            type_name(other)
+        )),
+    }
+}
+
 fn count(value: &Value) -> Result<u64, String> {
     match value {
         Value::Integer(n) if *n >= 0 => Ok(*n as u64),
@@ -320,10 +342,29 @@ impl FileSettings {
             command,
             workers,
             listen,
+            tcp_nodelay: field(located, "tcp-nodelay", raw.tcp_nodelay, boolean)?,
+            // A string: TOML reads `660` as decimal and `0o660` as the same number as `432`.
+            socket_mode: field(located, "socket-mode", raw.socket_mode, |v| match v {
+                Value::String(s) => parse::socket_mode(s),
+                other => Err(format!(
+                    "expected an octal mode in quotes, like \"0660\", found {}",
+                    type_name(other)
+                )),
+            })?,
+            socket_owner: field(located, "socket-owner", raw.socket_owner, |v| match v {
+                Value::Integer(n) => parse::socket_owner(&n.to_string()),
+                other => parse::socket_owner(&string(other)?),
+            })?,
             mode: field(located, "mode", raw.mode, |v| parse::mode(&string(v)?))?,
             balance: field(located, "balance", raw.balance, |v| {
                 parse::balance(&string(v)?)
             })?,
+            proxy_queue_timeout: field(
+                located,
+                "proxy-queue-timeout",
+                raw.proxy_queue_timeout,
+                duration,
+            )?,
             name: field(located, "name", raw.name, string)?,
             env,
             cwd: field(located, "cwd", raw.cwd, |v| Ok(base.join(string(v)?)))?,
@@ -371,13 +412,7 @@ impl FileSettings {
                     type_name(other)
                 )),
             })?,
-            log_prefix: field(located, "log-prefix", raw.log_prefix, |v| match v {
-                Value::Boolean(b) => Ok(*b),
-                other => Err(format!(
-                    "expected true or false, found {}",
-                    type_name(other)
-                )),
-            })?,
+            log_prefix: field(located, "log-prefix", raw.log_prefix, boolean)?,
         })
     }
 }
@@ -401,6 +436,10 @@ mode = "shared"
 graceful-timeout = "10s"
 min-uptime = 2
 settle-time = "1.5s"
+tcp-nodelay = false
+socket-mode = "0660"
+socket-owner = "www-data:adm"
+proxy-queue-timeout = "2s"
 max-memory = "512M"
 max-requests = 1000
 log-prefix = false
@@ -417,6 +456,13 @@ THREADS = 4
         assert_eq!(file.graceful_timeout, Some(Duration::from_secs(10)));
         assert_eq!(file.min_uptime, Some(Duration::from_secs(2)));
         assert_eq!(file.settle_time, Some(Duration::from_millis(1500)));
+        assert_eq!(file.tcp_nodelay, Some(false));
+        assert_eq!(file.socket_mode, Some(0o660));
+        assert_eq!(
+            file.socket_owner.map(|o| o.to_string()),
+            Some("www-data:adm".into())
+        );
+        assert_eq!(file.proxy_queue_timeout, Some(Duration::from_secs(2)));
         assert_eq!(file.max_memory, Some(512 << 20));
         assert_eq!(file.log_prefix, Some(false));
         assert_eq!(file.cwd, Some(PathBuf::from("/etc/app")));
@@ -466,6 +512,22 @@ THREADS = 4
 
         let err = parse("settle_time = \"2s\"\n").unwrap_err();
         assert!(err.contains("did you mean `settle-time`?"), "{err}");
+
+        let err = parse("workers = 2\nsocket-mode = 660\n").unwrap_err();
+        assert!(err.contains(":2: key `socket-mode`"), "{err}");
+        assert!(err.contains("\"0660\""), "{err}");
+
+        let err = parse("tcp-nodelay = \"maybe\"\n").unwrap_err();
+        assert!(err.contains(":1: key `tcp-nodelay`"), "{err}");
+
+        let err = parse("socket-owner = \"a:b:c\"\n").unwrap_err();
+        assert!(err.contains(":1: key `socket-owner`"), "{err}");
+
+        let err = parse("proxy-queue-timeout = \"soon\"\n").unwrap_err();
+        assert!(err.contains(":1: key `proxy-queue-timeout`"), "{err}");
+
+        let err = parse("listen = [\"web=127.0.0.1:80\", \"a:b=127.0.0.1:81\"]\n").unwrap_err();
+        assert!(err.contains(":1: key `listen`"), "{err}");
 
         let err = parse("listen = [\"nowhere\"]\n").unwrap_err();
         assert!(err.contains("key `listen`"), "{err}");

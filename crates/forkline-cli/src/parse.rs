@@ -53,17 +53,37 @@ pub fn workers(s: &str) -> Result<Workers, String> {
     }
 }
 
-/// One `--listen` address.
+/// One `--listen` address, with the name workers see for it in `LISTEN_FDNAMES`, if given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenAddr {
     /// TCP, UDP or Unix stream.
     pub kind: SocketKind,
     /// `HOST:PORT` (IP literals in canonical form, IPv6 in brackets) or the socket path.
     pub address: String,
+    /// The socket's name in `LISTEN_FDNAMES` (`NAME=ADDR`); `None`: named by its address.
+    pub name: Option<String>,
 }
 
+impl ListenAddr {
+    /// An address with no name.
+    pub fn unnamed(kind: SocketKind, address: impl Into<String>) -> ListenAddr {
+        ListenAddr {
+            kind,
+            address: address.into(),
+            name: None,
+        }
+    }
+}
+
+/// Longest name systemd accepts in `LISTEN_FDNAMES` (`FDNAME_MAX`).
+const MAX_FD_NAME: usize = 255;
+
+/// `[NAME=]ADDR` as written: the name (if any), then the address.
 impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(name) = &self.name {
+            write!(f, "{name}=")?;
+        }
         match self.kind {
             SocketKind::Tcp => write!(f, "{}", self.address),
             SocketKind::Udp => write!(f, "udp://{}", self.address),
@@ -72,10 +92,56 @@ impl fmt::Display for ListenAddr {
     }
 }
 
-/// Parses `HOST:PORT`, `[IPv6]:PORT`, `:PORT` or `PORT` (all interfaces), `tcp://HOST:PORT`,
-/// `udp://HOST:PORT` or `unix:/path`.
+/// Parses `[NAME=]ADDR`, where ADDR is `HOST:PORT`, `[IPv6]:PORT`, `:PORT` or `PORT` (all
+/// interfaces), `tcp://HOST:PORT`, `udp://HOST:PORT` or `unix:/path`.
+///
+/// The name is the part before the first `=` when that part holds no `:` and no `/`. No valid
+/// address reads differently under that rule: an address holds `=` only inside a `unix:` path,
+/// and there a `:` comes first (`unix:/run/a=b.sock` is an address, `web=unix:/run/a=b.sock`
+/// a name and an address). A name must be one systemd accepts (see [`fd_name`]).
 pub fn listen_addr(s: &str) -> Result<ListenAddr, String> {
     let s = s.trim();
+    match s.split_once('=') {
+        Some((name, address)) if !name.contains([':', '/']) => {
+            fd_name(name).map_err(|why| format!("`{s}`: {why}"))?;
+            let mut parsed = address_only(address.trim())?;
+            parsed.name = Some(name.to_string());
+            Ok(parsed)
+        }
+        Some(_) => address_only(s).map_err(|why| {
+            format!("{why}; a NAME before `=` may not contain `:` or `/` (NAME=ADDR)")
+        }),
+        None => address_only(s),
+    }
+}
+
+/// Checks a name for `LISTEN_FDNAMES` as systemd does (`fdname_is_valid`), and refuses the
+/// empty name too: printable ASCII (space included), no `:` (the list's separator), at most
+/// 255 bytes. libsystemd's `sd_listen_fds_with_names` rejects the whole list otherwise.
+pub fn fd_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name before `=` is empty (NAME=ADDR)".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(' '..='~').contains(&c) || c == ':')
+    {
+        return Err(format!(
+            "the name `{}` contains {c:?}: a socket name is printable ASCII without `:`",
+            name.escape_debug()
+        ));
+    }
+    if name.len() > MAX_FD_NAME {
+        return Err(format!(
+            "the name is {} bytes long: socket names are limited to {MAX_FD_NAME} bytes",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Parses an address without a name.
+fn address_only(s: &str) -> Result<ListenAddr, String> {
     let expected = "expected HOST:PORT, [IPv6]:PORT, unix:/path or udp://HOST:PORT";
     if s.is_empty() {
         return Err(format!("empty address ({expected})"));
@@ -92,10 +158,7 @@ pub fn listen_addr(s: &str) -> Result<ListenAddr, String> {
         if path.contains('\0') {
             return Err(format!("`{s}`: the unix socket path contains a NUL byte"));
         }
-        return Ok(ListenAddr {
-            kind: SocketKind::Unix,
-            address: path.to_string(),
-        });
+        return Ok(ListenAddr::unnamed(SocketKind::Unix, path));
     }
     let (kind, rest) = if let Some(rest) = s.strip_prefix("udp://") {
         (SocketKind::Udp, rest)
@@ -107,7 +170,7 @@ pub fn listen_addr(s: &str) -> Result<ListenAddr, String> {
         (SocketKind::Tcp, s)
     };
     let address = host_port(rest).map_err(|why| format!("`{s}`: {why} ({expected})"))?;
-    Ok(ListenAddr { kind, address })
+    Ok(ListenAddr::unnamed(kind, address))
 }
 
 /// Validates and normalizes `HOST:PORT`.
@@ -290,6 +353,68 @@ pub fn env_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses `--socket-mode`: permission bits in octal, `660`, `0660` or `0o660`.
+pub fn socket_mode(s: &str) -> Result<u32, String> {
+    let text = s.trim();
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let bad = || {
+        format!("`{s}` is not a file mode (expected permission bits in octal, like 660 or 0660)")
+    };
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(bad());
+    }
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
+    if mode > 0o777 {
+        return Err(format!(
+            "`{s}`: only permission bits (at most 0777) can be set on a socket file"
+        ));
+    }
+    Ok(mode)
+}
+
+/// The canonical spelling of a socket mode: four octal digits, `0660`.
+pub fn format_socket_mode(mode: u32) -> String {
+    format!("{mode:04o}")
+}
+
+/// `--socket-owner USER[:GROUP]`, as written: names or numbers, looked up by `run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOwner {
+    /// A user name or uid.
+    pub user: String,
+    /// A group name or gid; `None`: the user's primary group.
+    pub group: Option<String>,
+}
+
+impl fmt::Display for SocketOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.group {
+            Some(group) => write!(f, "{}:{group}", self.user),
+            None => write!(f, "{}", self.user),
+        }
+    }
+}
+
+/// Parses `USER[:GROUP]` (names or numbers; neither part empty).
+pub fn socket_owner(s: &str) -> Result<SocketOwner, String> {
+    let text = s.trim();
+    let (user, group) = match text.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (text, None),
+    };
+    let valid = |part: &str| !part.is_empty() && !part.contains([':', '\0']);
+    if !valid(user) || !group.is_none_or(valid) {
+        return Err(format!(
+            "`{s}` is not an owner (expected USER or USER:GROUP, names or numbers)"
+        ));
+    }
+    Ok(SocketOwner {
+        user: user.to_string(),
+        group: group.map(str::to_string),
+    })
+}
+
 /// Parses `--mode`.
 pub fn mode(s: &str) -> Result<Mode, String> {
     Mode::parse(s.trim()).ok_or_else(|| {
@@ -406,6 +531,97 @@ mod tests {
             listen_addr("udp://[::1]:9").unwrap().to_string(),
             "udp://[::1]:9"
         );
+    }
+
+    #[test]
+    fn named_addresses() {
+        let named = |a: &str| listen_addr(a).map(|l| (l.name, l.kind, l.address));
+        assert_eq!(
+            named("web=0.0.0.0:8080"),
+            Ok((Some("web".into()), SocketKind::Tcp, "0.0.0.0:8080".into()))
+        );
+        assert_eq!(
+            named("admin=unix:/run/app.sock"),
+            Ok((
+                Some("admin".into()),
+                SocketKind::Unix,
+                "/run/app.sock".into()
+            ))
+        );
+        assert_eq!(
+            named("metrics=udp://127.0.0.1:8125"),
+            Ok((
+                Some("metrics".into()),
+                SocketKind::Udp,
+                "127.0.0.1:8125".into()
+            ))
+        );
+        assert_eq!(
+            named("web=8080"),
+            Ok((Some("web".into()), SocketKind::Tcp, "0.0.0.0:8080".into()))
+        );
+        // `=` inside a unix path: the part before it holds `:`, so it is no name.
+        assert_eq!(
+            named("unix:/run/a=b.sock"),
+            Ok((None, SocketKind::Unix, "/run/a=b.sock".into()))
+        );
+        assert_eq!(
+            named("web=unix:/run/a=b.sock"),
+            Ok((Some("web".into()), SocketKind::Unix, "/run/a=b.sock".into()))
+        );
+        // Whatever systemd accepts: printable ASCII, space included.
+        assert_eq!(
+            named("my web.v2=[::1]:80"),
+            Ok((Some("my web.v2".into()), SocketKind::Tcp, "[::1]:80".into()))
+        );
+        let longest = format!("{}=127.0.0.1:80", "n".repeat(255));
+        assert!(listen_addr(&longest).is_ok());
+        // Display gives back what reads back.
+        for written in [
+            "web=127.0.0.1:80",
+            "admin=unix:/run/a=b.sock",
+            "127.0.0.1:80",
+        ] {
+            assert_eq!(listen_addr(written).unwrap().to_string(), written);
+        }
+        let too_long = format!("{}=127.0.0.1:80", "n".repeat(256));
+        assert!(listen_addr(&too_long).unwrap_err().contains("255 bytes"));
+        assert!(listen_addr("=127.0.0.1:80").unwrap_err().contains("empty"));
+        assert!(listen_addr("caf\u{e9}=127.0.0.1:80")
+            .unwrap_err()
+            .contains("printable ASCII"));
+        assert!(listen_addr("tab\there=127.0.0.1:80")
+            .unwrap_err()
+            .contains("printable ASCII"));
+        assert!(listen_addr("a:b=127.0.0.1:80")
+            .unwrap_err()
+            .contains("may not contain `:` or `/`"));
+        assert!(listen_addr("a/b=127.0.0.1:80").is_err());
+        assert!(listen_addr("web=nowhere").unwrap_err().contains("nowhere"));
+    }
+
+    #[test]
+    fn socket_modes_and_owners() {
+        assert_eq!(socket_mode("660"), Ok(0o660));
+        assert_eq!(socket_mode("0660"), Ok(0o660));
+        assert_eq!(socket_mode("0o600"), Ok(0o600));
+        assert_eq!(socket_mode("777"), Ok(0o777));
+        for bad in ["", "rw", "680", "0x660", "-660", "01777", "12345", "0o"] {
+            assert!(socket_mode(bad).is_err(), "{bad} should be rejected");
+        }
+        assert_eq!(format_socket_mode(0o660), "0660");
+        assert_eq!(format_socket_mode(0o7), "0007");
+        assert_eq!(
+            socket_owner("www-data"),
+            Ok(SocketOwner {
+                user: "www-data".into(),
+                group: None
+            })
+        );
+        assert_eq!(socket_owner("1000:33").unwrap().to_string(), "1000:33");
+        for bad in ["", ":", "user:", ":group", "a:b:c"] {
+            assert!(socket_owner(bad).is_err(), "{bad} should be rejected");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use forkline::{Backoff, Balance, ClusterOptions, ListenSpec, Mode, Readiness, Re
 
 use crate::config::{self, FileSettings};
 use crate::error::CliError;
-use crate::parse::{self, ListenAddr, Workers};
+use crate::parse::{self, ListenAddr, SocketOwner, Workers};
 
 /// The settings flags shared by `run` and `check-config`. Every one is optional: a flag not
 /// given falls back to its environment variable, then to the config file, then to a default.
@@ -24,11 +24,31 @@ pub struct SettingsArgs {
           value_parser = parse::workers)]
     pub workers: Option<Workers>,
 
-    /// Address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path or udp://HOST:PORT
-    /// (repeatable, or comma-separated)
-    #[arg(short = 'l', long, env = "FORKLINE_LISTEN", value_name = "ADDR",
+    /// Address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path or udp://HOST:PORT, with an
+    /// optional NAME= before it for LISTEN_FDNAMES (web=0.0.0.0:8080; printable ASCII, no `:`
+    /// or `/`) (repeatable, or comma-separated)
+    #[arg(short = 'l', long, env = "FORKLINE_LISTEN", value_name = "[NAME=]ADDR",
           value_delimiter = ',', value_parser = parse::listen_addr)]
     pub listen: Vec<ListenAddr>,
+
+    /// TCP_NODELAY on the TCP listeners forkline binds, inherited by every connection, so a
+    /// response written in pieces is not held back by Nagle's algorithm (like systemd's
+    /// NoDelay=) [default: true]
+    #[arg(long, env = "FORKLINE_TCP_NODELAY", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub tcp_nodelay: Option<bool>,
+
+    /// Permissions of the unix: socket files forkline creates, in octal (660 or 0660)
+    /// [default: what the umask leaves]
+    #[arg(long, env = "FORKLINE_SOCKET_MODE", value_name = "MODE",
+          value_parser = parse::socket_mode)]
+    pub socket_mode: Option<u32>,
+
+    /// Owner of the unix: socket files forkline creates: USER or USER:GROUP, names or numbers
+    /// (without GROUP, the user's primary group; another user needs root) [default: forkline's]
+    #[arg(long, env = "FORKLINE_SOCKET_OWNER", value_name = "USER[:GROUP]",
+          value_parser = parse::socket_owner)]
+    pub socket_owner: Option<SocketOwner>,
 
     /// How connections reach workers: shared (one socket, every worker accepts), reuseport
     /// (a SO_REUSEPORT socket per worker), proxy (each worker listens on its own loopback
@@ -41,6 +61,12 @@ pub struct SettingsArgs {
     /// round-robin, least-conn or ip-hash [default: round-robin]
     #[arg(long, env = "FORKLINE_BALANCE", value_name = "STRATEGY", value_parser = parse::balance)]
     pub balance: Option<Balance>,
+
+    /// Proxy mode: how long a new connection waits for some worker to be up (all of them
+    /// restarting, say) before it is closed [default: 5s]
+    #[arg(long, env = "FORKLINE_PROXY_QUEUE_TIMEOUT", value_name = "DURATION",
+          value_parser = parse::duration)]
+    pub proxy_queue_timeout: Option<Duration>,
 
     /// Name shown in log prefixes [NAME:ID PID] [default: the command's file name]
     #[arg(long, env = "FORKLINE_NAME", value_name = "NAME")]
@@ -188,10 +214,18 @@ pub struct Settings {
     pub workers: Sourced<usize>,
     /// Listen addresses.
     pub listen: Sourced<Vec<ListenAddr>>,
+    /// TCP_NODELAY on the TCP listeners forkline binds.
+    pub tcp_nodelay: Sourced<bool>,
+    /// Permissions of the Unix socket files forkline creates.
+    pub socket_mode: Sourced<Option<u32>>,
+    /// Owner of the Unix socket files forkline creates, as written (looked up by `run`).
+    pub socket_owner: Sourced<Option<SocketOwner>>,
     /// Distribution mode.
     pub mode: Sourced<Mode>,
     /// Balancing strategy.
     pub balance: Sourced<Balance>,
+    /// Proxy mode: how long a client waits for a worker to be up before it is closed.
+    pub proxy_queue_timeout: Sourced<Duration>,
     /// Name for log prefixes.
     pub name: Sourced<String>,
     /// Extra environment for workers: the file's `[env]`, then `--env` flags (later wins).
@@ -380,6 +414,7 @@ impl Settings {
         };
         let mut env = file.env.clone();
         env.extend(args.env.iter().cloned());
+        let library = ClusterOptions::default();
         Ok(Settings {
             config: config_path,
             workers: Sourced {
@@ -393,6 +428,30 @@ impl Settings {
                 listen_cli,
                 file.listen.clone(),
                 Vec::new(),
+            ),
+            tcp_nodelay: pick(
+                m,
+                "tcp_nodelay",
+                Some("FORKLINE_TCP_NODELAY"),
+                args.tcp_nodelay,
+                file.tcp_nodelay,
+                library.tcp_nodelay,
+            ),
+            socket_mode: pick(
+                m,
+                "socket_mode",
+                Some("FORKLINE_SOCKET_MODE"),
+                args.socket_mode.map(Some),
+                file.socket_mode.map(Some),
+                None,
+            ),
+            socket_owner: pick(
+                m,
+                "socket_owner",
+                Some("FORKLINE_SOCKET_OWNER"),
+                args.socket_owner.clone().map(Some),
+                file.socket_owner.clone().map(Some),
+                None,
             ),
             mode: pick_after_flag(
                 m,
@@ -410,6 +469,14 @@ impl Settings {
                 args.balance,
                 file.balance,
                 Balance::RoundRobin,
+            ),
+            proxy_queue_timeout: pick(
+                m,
+                "proxy_queue_timeout",
+                Some("FORKLINE_PROXY_QUEUE_TIMEOUT"),
+                args.proxy_queue_timeout,
+                file.proxy_queue_timeout,
+                library.proxy_queue_timeout,
             ),
             name: pick(
                 m,
@@ -615,7 +682,7 @@ impl Settings {
                 .map(|l| ListenSpec {
                     kind: l.kind,
                     address: l.address.clone(),
-                    name: None,
+                    name: l.name.clone(),
                 })
                 .collect(),
             inherited: Vec::new(),
@@ -629,6 +696,11 @@ impl Settings {
             max_memory: self.max_memory.value,
             worker_timeout: self.worker_timeout.value,
             notify_socket: true,
+            tcp_nodelay: self.tcp_nodelay.value,
+            unix_mode: self.socket_mode.value,
+            // Looked up by `run` (user names), then set there.
+            unix_owner: None,
+            proxy_queue_timeout: self.proxy_queue_timeout.value,
             ..ClusterOptions::default()
         }
     }
@@ -674,6 +746,26 @@ impl Settings {
             self.listen.source,
         );
         line(
+            "tcp-nodelay",
+            Some(self.tcp_nodelay.value.to_string()),
+            self.tcp_nodelay.source,
+        );
+        line(
+            "socket-mode",
+            self.socket_mode
+                .value
+                .map(|mode| quote(&parse::format_socket_mode(mode))),
+            self.socket_mode.source,
+        );
+        line(
+            "socket-owner",
+            self.socket_owner
+                .value
+                .as_ref()
+                .map(|owner| quote(&owner.to_string())),
+            self.socket_owner.source,
+        );
+        line(
             "mode",
             Some(quote(self.mode.value.name())),
             self.mode.source,
@@ -682,6 +774,12 @@ impl Settings {
             "balance",
             Some(quote(self.balance.value.name())),
             self.balance.source,
+        );
+        let dur = |d: Duration| quote(&parse::format_duration(d));
+        line(
+            "proxy-queue-timeout",
+            Some(dur(self.proxy_queue_timeout.value)),
+            self.proxy_queue_timeout.source,
         );
         line("name", Some(quote(&self.name.value)), self.name.source);
         line(
@@ -702,7 +800,6 @@ impl Settings {
             self.group.value.as_deref().map(quote),
             self.group.source,
         );
-        let dur = |d: Duration| quote(&parse::format_duration(d));
         line(
             "graceful-timeout",
             Some(dur(self.graceful_timeout.value)),
@@ -824,6 +921,48 @@ mod tests {
         assert_eq!(opts.ready_timeout, Duration::from_secs(7));
         assert_eq!(opts.graceful_timeout, Duration::from_secs(9));
         assert_eq!(settings.settle_time.source, Source::Flag);
+    }
+
+    #[test]
+    fn listener_settings_reach_the_cluster_options() {
+        let settings = resolve(&[
+            "-l",
+            "web=127.0.0.1:8080",
+            "-l",
+            "unix:/tmp/x.sock",
+            "--tcp-nodelay",
+            "false",
+            "--socket-mode",
+            "660",
+            "--proxy-queue-timeout",
+            "1500ms",
+        ]);
+        let opts = options(&settings);
+        let names: Vec<Option<&str>> = opts.listeners.iter().map(|l| l.name.as_deref()).collect();
+        assert_eq!(names, [Some("web"), None]);
+        assert!(!opts.tcp_nodelay);
+        assert_eq!(opts.unix_mode, Some(0o660));
+        assert_eq!(opts.proxy_queue_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn listener_settings_default_to_the_library_defaults() {
+        if [
+            "FORKLINE_TCP_NODELAY",
+            "FORKLINE_PROXY_QUEUE_TIMEOUT",
+            "FORKLINE_SOCKET_MODE",
+        ]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some())
+        {
+            return; // set by whoever runs the tests: not the default case
+        }
+        let opts = options(&resolve(&[]));
+        let library = ClusterOptions::default();
+        assert!(opts.tcp_nodelay);
+        assert_eq!(opts.tcp_nodelay, library.tcp_nodelay);
+        assert_eq!(opts.proxy_queue_timeout, library.proxy_queue_timeout);
+        assert_eq!(opts.unix_mode, None);
     }
 
     #[test]

@@ -58,8 +58,116 @@ fn malformed_addresses() {
         "ftp://127.0.0.1:21",
         "unix:",
         "no such host:80",
+        // Names systemd would not accept in LISTEN_FDNAMES, or not a name at all.
+        "=127.0.0.1:80",
+        "a:b=127.0.0.1:80",
+        "tab\tname=127.0.0.1:80",
+        "caf\u{e9}=127.0.0.1:80",
+        "web=nowhere",
     ] {
         fails(run(&["-l", bad, "--", "true"]), 2, &["--listen", bad]);
+    }
+    let long_name = format!("{}=127.0.0.1:80", "n".repeat(256));
+    fails(
+        run(&["-l", &long_name, "--", "true"]),
+        2,
+        &["--listen", "255 bytes"],
+    );
+    let mut from_env = run(&["--", "true"]);
+    from_env.env("FORKLINE_LISTEN", "web=127.0.0.1:80,=127.0.0.1:81");
+    fails(from_env, 2, &["--listen", "FORKLINE_LISTEN", "empty"]);
+}
+
+#[test]
+fn bad_listener_settings() {
+    fails(
+        run(&["--tcp-nodelay", "maybe", "--", "true"]),
+        2,
+        &["--tcp-nodelay", "maybe"],
+    );
+    fails(
+        run(&["--socket-mode", "0999", "--", "true"]),
+        2,
+        &["--socket-mode", "0999"],
+    );
+    fails(
+        run(&["--socket-mode", "4755", "--", "true"]),
+        2,
+        &["--socket-mode", "0777"],
+    );
+    fails(
+        run(&["--socket-owner", "a:b:c", "--", "true"]),
+        2,
+        &["--socket-owner", "a:b:c"],
+    );
+    fails(
+        run(&["--socket-owner", "no-such-user-x", "--", "true"]),
+        2,
+        &["--socket-owner", "unknown user", "no-such-user-x"],
+    );
+    fails(
+        run(&["--socket-owner", "root:no-such-group-x", "--", "true"]),
+        2,
+        &["--socket-owner", "unknown group", "no-such-group-x"],
+    );
+    fails(
+        run(&["--proxy-queue-timeout", "soon", "--", "true"]),
+        2,
+        &["--proxy-queue-timeout", "soon"],
+    );
+    for (var, value) in [
+        ("FORKLINE_TCP_NODELAY", "maybe"),
+        ("FORKLINE_SOCKET_MODE", "rw-rw----"),
+        ("FORKLINE_SOCKET_OWNER", "a:b:c"),
+        ("FORKLINE_PROXY_QUEUE_TIMEOUT", "soon"),
+    ] {
+        let mut from_env = run(&["--", "true"]);
+        from_env.env(var, value);
+        fails(from_env, 2, &[var, value]);
+    }
+    let mut unknown_from_env = run(&["--", "true"]);
+    unknown_from_env.env("FORKLINE_SOCKET_OWNER", "no-such-user-x");
+    fails(
+        unknown_from_env,
+        2,
+        &["--socket-owner", "no-such-user-x", "FORKLINE_SOCKET_OWNER"],
+    );
+}
+
+/// Only root may give socket files to another user, or to a group it is not in: a clear usage
+/// error before anything starts. As root, the check runs forkline as `nobody`.
+#[test]
+fn socket_owner_of_another_user_needs_root() {
+    let as_unprivileged = |owner: &str| {
+        let mut command = run(&[
+            "-l",
+            "unix:/tmp/forkline-never-bound.sock",
+            "--socket-owner",
+            owner,
+            "--cwd",
+            "/",
+            "--",
+            "true",
+        ]);
+        if nix::unistd::Uid::effective().is_root() {
+            let nobody = nix::unistd::User::from_name("nobody")
+                .unwrap()
+                .expect("user nobody");
+            command.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+        }
+        command
+    };
+    fails(
+        as_unprivileged("root"),
+        2,
+        &["--socket-owner root", "only root", "another user"],
+    );
+    if nix::unistd::Uid::effective().is_root() {
+        fails(
+            as_unprivileged("nobody:root"),
+            2,
+            &["--socket-owner nobody:root", "only root", "group"],
+        );
     }
 }
 
@@ -193,6 +301,42 @@ fn bad_config_files() {
             "settle-time = [1]\n",
             ":1:",
             "settle-time",
+        ),
+        (
+            "nodelay.toml",
+            "workers = 1\ntcp-nodelay = \"maybe\"\n",
+            ":2:",
+            "tcp-nodelay",
+        ),
+        (
+            "mode-number.toml",
+            "socket-mode = 660\n",
+            ":1:",
+            "socket-mode",
+        ),
+        (
+            "mode.toml",
+            "socket-mode = \"0999\"\n",
+            ":1:",
+            "socket-mode",
+        ),
+        (
+            "owner.toml",
+            "socket-owner = \"a:b:c\"\n",
+            ":1:",
+            "socket-owner",
+        ),
+        (
+            "queue.toml",
+            "\nproxy-queue-timeout = \"soon\"\n",
+            ":2:",
+            "proxy-queue-timeout",
+        ),
+        (
+            "name.toml",
+            "listen = [\"web=127.0.0.1:8080\", \"=127.0.0.1:8081\"]\n",
+            ":1:",
+            "listen",
         ),
     ];
     for (name, text, line, key) in cases {

@@ -17,6 +17,9 @@ graceful-timeout = "10s"
 restart = "never"
 max-memory = "1G"
 name = "from-file"
+tcp-nodelay = false
+socket-mode = "0660"
+proxy-queue-timeout = "1500ms"
 
 [env]
 GREETING = "hello"
@@ -182,13 +185,161 @@ fn settle_time_from_flag_environment_file_and_default() {
     );
 }
 
+/// The listener settings — `tcp-nodelay`, `socket-mode`, `socket-owner`,
+/// `proxy-queue-timeout` — each from a flag, its environment variable, the file or the default,
+/// and named listen addresses (`NAME=ADDR`) from each layer.
+#[test]
+fn listener_settings_from_flag_environment_file_and_default() {
+    let dir = TempDir::new("listener-settings");
+    let with_keys = dir.write(
+        "forkline.toml",
+        r#"command = ["true"]
+listen = ["web=127.0.0.1:8080", "admin=unix:/run/app=1.sock"]
+tcp-nodelay = false
+socket-mode = "660"
+socket-owner = "www-data:adm"
+proxy-queue-timeout = "2s"
+"#,
+    );
+    let without_keys = dir.write("plain.toml", "command = [\"true\"]\n");
+    const VARS: [&str; 5] = [
+        "FORKLINE_LISTEN",
+        "FORKLINE_TCP_NODELAY",
+        "FORKLINE_SOCKET_MODE",
+        "FORKLINE_SOCKET_OWNER",
+        "FORKLINE_PROXY_QUEUE_TIMEOUT",
+    ];
+    let check = |file: &PathBuf, args: &[&str], vars: &[(&str, &str)]| {
+        let mut command = forkline();
+        for var in VARS {
+            command.env_remove(var);
+        }
+        command.envs(vars.iter().copied());
+        command.arg("check-config").args(args).arg(file);
+        let finished = run_to_end(command, Duration::from_secs(30));
+        assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+        finished.stdout
+    };
+    let expect = |value: &str, source: &str| (value.to_string(), source.to_string());
+
+    let defaults = check(&without_keys, &[], &[]);
+    assert_eq!(setting(&defaults, "tcp-nodelay"), expect("true", "default"));
+    assert_eq!(
+        setting(&defaults, "proxy-queue-timeout"),
+        expect("\"5s\"", "default")
+    );
+    for key in ["socket-mode", "socket-owner"] {
+        assert!(
+            defaults.contains(&format!("# {key} is not set")),
+            "{defaults}"
+        );
+    }
+
+    let file = check(&with_keys, &[], &[]);
+    assert_eq!(
+        setting(&file, "listen"),
+        expect(
+            r#"["web=127.0.0.1:8080", "admin=unix:/run/app=1.sock"]"#,
+            "config file"
+        )
+    );
+    assert_eq!(
+        setting(&file, "tcp-nodelay"),
+        expect("false", "config file")
+    );
+    assert_eq!(
+        setting(&file, "socket-mode"),
+        expect("\"0660\"", "config file")
+    );
+    assert_eq!(
+        setting(&file, "socket-owner"),
+        expect("\"www-data:adm\"", "config file")
+    );
+    assert_eq!(
+        setting(&file, "proxy-queue-timeout"),
+        expect("\"2s\"", "config file")
+    );
+
+    let env = check(
+        &with_keys,
+        &[],
+        &[
+            ("FORKLINE_LISTEN", "api=127.0.0.1:9000,127.0.0.1:9001"),
+            ("FORKLINE_TCP_NODELAY", "yes"),
+            ("FORKLINE_SOCKET_MODE", "0600"),
+            ("FORKLINE_SOCKET_OWNER", "nobody"),
+            ("FORKLINE_PROXY_QUEUE_TIMEOUT", "750ms"),
+        ],
+    );
+    assert_eq!(
+        setting(&env, "listen"),
+        expect(
+            r#"["api=127.0.0.1:9000", "127.0.0.1:9001"]"#,
+            "env FORKLINE_LISTEN"
+        )
+    );
+    assert_eq!(
+        setting(&env, "tcp-nodelay"),
+        expect("true", "env FORKLINE_TCP_NODELAY")
+    );
+    assert_eq!(
+        setting(&env, "socket-mode"),
+        expect("\"0600\"", "env FORKLINE_SOCKET_MODE")
+    );
+    assert_eq!(
+        setting(&env, "socket-owner"),
+        expect("\"nobody\"", "env FORKLINE_SOCKET_OWNER")
+    );
+    assert_eq!(
+        setting(&env, "proxy-queue-timeout"),
+        expect("\"750ms\"", "env FORKLINE_PROXY_QUEUE_TIMEOUT")
+    );
+
+    let flags = check(
+        &with_keys,
+        &[
+            "-l",
+            "public=[::1]:80",
+            "--tcp-nodelay",
+            "false",
+            "--socket-mode",
+            "0o640",
+            "--socket-owner",
+            "0:0",
+            "--proxy-queue-timeout",
+            "0",
+        ],
+        &[
+            ("FORKLINE_TCP_NODELAY", "true"),
+            ("FORKLINE_SOCKET_MODE", "0600"),
+            ("FORKLINE_PROXY_QUEUE_TIMEOUT", "750ms"),
+        ],
+    );
+    assert_eq!(
+        setting(&flags, "listen"),
+        expect(r#"["public=[::1]:80"]"#, "flag")
+    );
+    assert_eq!(setting(&flags, "tcp-nodelay"), expect("false", "flag"));
+    assert_eq!(setting(&flags, "socket-mode"), expect("\"0640\"", "flag"));
+    assert_eq!(setting(&flags, "socket-owner"), expect("\"0:0\"", "flag"));
+    assert_eq!(
+        setting(&flags, "proxy-queue-timeout"),
+        expect("\"0s\"", "flag")
+    );
+}
+
 /// The printed settings are a config file that reads back to the same settings.
 #[test]
 fn check_config_output_reads_back() {
     let dir = TempDir::new("roundtrip");
     let path = dir.write("forkline.toml", FILE);
     let mut first = forkline();
-    first.arg("check-config").arg(&path);
+    first.arg("check-config").arg(&path).args([
+        "--socket-owner",
+        "nobody:nogroup",
+        "-l",
+        "web=127.0.0.1:80",
+    ]);
     let first = run_to_end(first, Duration::from_secs(30));
     assert_eq!(first.code, Some(0), "{}", first.stderr);
     let again = dir.write("again.toml", &first.stdout);

@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
 use crate::error::{self, CliError};
-use crate::parse::ListenAddr;
+use crate::parse::{ListenAddr, SocketOwner};
 use crate::settings::{Settings, SettingsArgs, Source, Sourced};
 use crate::systemd::Notifier;
 use crate::{activation, logging, systemd};
@@ -77,6 +77,12 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
         settings.user.value.as_deref(),
         settings.group.value.as_deref(),
     )?;
+    let socket_owner = settings
+        .socket_owner
+        .value
+        .as_ref()
+        .map(|owner| socket_owner(owner, settings.socket_owner.source))
+        .transpose()?;
 
     // Both take variables out of the environment: they must run before any thread exists.
     let activation = activation::take()?;
@@ -116,6 +122,20 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
             settings.mode.value.name()
         );
     }
+    let sets_socket_files =
+        settings.socket_mode.value.is_some() || settings.socket_owner.value.is_some();
+    let binds_unix = activation.listeners.is_empty()
+        && settings
+            .listen
+            .value
+            .iter()
+            .any(|l| l.kind == forkline::SocketKind::Unix);
+    if sets_socket_files && !binds_unix {
+        tracing::warn!(
+            "--socket-mode and --socket-owner apply to the unix: socket files forkline creates, \
+             and it creates none here"
+        );
+    }
     if !activation.listeners.is_empty() {
         let addresses: Vec<String> = settings
             .listen
@@ -136,6 +156,7 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Runtime(format!("cannot find the forkline executable: {e}")))?;
     let mut opts = settings.cluster_options(exe, &program, uid, gid);
+    opts.unix_owner = socket_owner;
     opts.inherited = activation.sockets;
     opts.inherited_names = activation.names;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -189,14 +210,66 @@ fn user_and_group(
     Ok((uid, gid))
 }
 
+/// Looks up `--socket-owner USER[:GROUP]`: names in the user and group databases, numbers as
+/// they are (as chown(1) takes them). Without GROUP, the user's primary group. Only root may
+/// give a file to another user, or to a group it is not a member of.
+fn socket_owner(owner: &SocketOwner, source: Source) -> Result<(u32, u32), CliError> {
+    use nix::unistd::{getgroups, Gid, Group, Uid, User};
+    let origin = match source {
+        Source::Env(var) => format!(" (from environment variable {var})"),
+        Source::File => " (from the config file)".into(),
+        Source::Flag | Source::Default => String::new(),
+    };
+    let usage = |why: String| CliError::Usage(format!("--socket-owner {owner}{origin}: {why}"));
+    let (uid, entry) = match owner.user.parse::<u32>() {
+        Ok(uid) => (uid, User::from_uid(Uid::from_raw(uid)).ok().flatten()),
+        Err(_) => match User::from_name(&owner.user) {
+            Ok(Some(entry)) => (entry.uid.as_raw(), Some(entry)),
+            _ => return Err(usage(format!("unknown user `{}`", owner.user))),
+        },
+    };
+    let gid = match &owner.group {
+        None => match &entry {
+            Some(entry) => entry.gid.as_raw(),
+            None => {
+                return Err(usage(format!(
+                    "uid {uid} has no entry in the user database, hence no primary group: \
+                     write {uid}:GROUP"
+                )))
+            }
+        },
+        Some(group) => match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => match Group::from_name(group) {
+                Ok(Some(entry)) => entry.gid.as_raw(),
+                _ => return Err(usage(format!("unknown group `{group}`"))),
+            },
+        },
+    };
+    let me = Uid::effective();
+    if !me.is_root() {
+        if uid != me.as_raw() {
+            return Err(usage(format!(
+                "only root can give socket files to another user (forkline runs as uid {me})"
+            )));
+        }
+        let member = gid == Gid::effective().as_raw()
+            || getgroups().is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)));
+        if !member {
+            return Err(usage(format!(
+                "only root can give socket files to a group forkline (uid {me}) is not a member \
+                 of (gid {gid})"
+            )));
+        }
+    }
+    Ok((uid, gid))
+}
+
 /// A start error, naming a listen address the way the user wrote it.
 fn start_error(e: forkline::Error, specs: &[ListenSpec]) -> CliError {
     if let forkline::Error::Listen { address, source } = &e {
         if let Some(spec) = specs.iter().find(|s| &s.address == address) {
-            let shown = ListenAddr {
-                kind: spec.kind,
-                address: spec.address.clone(),
-            };
+            let shown = ListenAddr::unnamed(spec.kind, spec.address.clone());
             return CliError::Runtime(format!("cannot listen on {shown}: {source}"));
         }
     }
