@@ -313,3 +313,98 @@ fn notify_messages_from_outside_a_worker_are_dropped() {
     assert_eq!(status(&mut tb)["slots"][0]["state"], "ready");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Python server on `$PORT` that listens at once but says READY=1 only once a marker file
+/// exists.
+const PORT_SERVER_READY_ON_MARKER: &str = r#"
+import os, socket, threading, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen(128)
+def ready():
+    while not os.path.exists(os.environ["TB_READY_MARKER"]):
+        time.sleep(0.02)
+    n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    n.connect(os.environ["NOTIFY_SOCKET"])
+    n.send(b"READY=1")
+threading.Thread(target=ready, daemon=True).start()
+while True:
+    c, _ = s.accept()
+    c.sendall(f"worker {os.environ['FORKLINE_WORKER_ID']} {os.getpid()}\n".encode())
+    c.close()
+"#;
+
+/// Proxy mode sends no connection to a worker before it is ready, even though its port already
+/// accepts: the client waits (in the proxy's queue) and is served once the worker said READY=1.
+#[test]
+fn proxy_mode_routes_only_to_ready_workers() {
+    let dir = std::env::temp_dir().join(format!("forkline-edges-proxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("ready");
+    let _ = std::fs::remove_file(&marker);
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let args = format!("-c\u{1f}{PORT_SERVER_READY_ON_MARKER}");
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_PLAIN", "1"),
+        ("TB_EXEC", "python3"),
+        ("TB_ARGS", &args),
+        ("TB_MODE", "proxy"),
+        ("TB_PREBIND", &addr),
+        ("TB_NOTIFY", "1"),
+        ("TB_READY_MARKER", marker.to_str().unwrap()),
+    ]);
+    let pid = tb.wait_event("fork", Some(0))["pid"].as_u64().unwrap() as u32;
+    // Its port accepts: it is up, but not ready.
+    assert!(common::eventually(SOON, || {
+        environ_of(pid, "PORT")
+            .and_then(|port| std::net::TcpStream::connect(format!("127.0.0.1:{port}")).ok())
+            .is_some()
+    }));
+    let client = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let reply = common::fetch(&addr).unwrap_or_default();
+            (reply, std::time::Instant::now())
+        })
+    };
+    // The client waits while the worker is not ready.
+    let early = tb.try_wait_for(std::time::Duration::from_millis(700), |e| {
+        e["event"] == "ready"
+    });
+    assert!(early.is_none());
+    std::fs::write(&marker, b"").unwrap();
+    tb.wait_event("ready", Some(0));
+    let ready_at = std::time::Instant::now();
+    let (reply, answered_at) = client.join().unwrap();
+    assert!(reply.starts_with("worker 0 "), "{reply:?}");
+    assert!(
+        answered_at + std::time::Duration::from_millis(100) >= ready_at,
+        "served before the worker was ready"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A worker that is never ready is killed after the ready timeout and replaced, the first
+/// workers included; the log and a `worker-error` event say why.
+#[test]
+fn a_worker_never_ready_is_replaced_after_the_ready_timeout() {
+    let args = "-c\u{1f}import time; time.sleep(300)";
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_PLAIN", "1"),
+        ("TB_EXEC", "python3"),
+        ("TB_ARGS", args),
+        ("TB_NOTIFY", "1"),
+        ("TB_READY_TIMEOUT_MS", "800"),
+    ]);
+    let first = tb.wait_event("fork", Some(0));
+    let error = tb.wait_event("worker-error", Some(0));
+    assert_eq!(error["error"], "not ready within 800ms", "{error}");
+    let exit = tb.wait_event("exit", Some(0));
+    assert_eq!(exit["pid"], first["pid"]);
+    assert_eq!(exit["signal"], 9);
+    let again = tb.wait_event("fork", Some(0));
+    assert_ne!(again["pid"], first["pid"], "replaced");
+}

@@ -397,10 +397,9 @@ impl Monitor {
                 self.last_exit_failed.remove(&worker.id());
             }
             Event::Ready { .. } => {
-                let (ready, _) = self.counts();
-                if !self.ready_sent && ready >= self.initial {
+                if !self.ready_sent && self.all_ready() {
                     self.ready_sent = true;
-                    tracing::info!(workers = ready, "all workers ready");
+                    tracing::info!(workers = self.initial, "all workers ready");
                     self.notify("READY=1");
                 }
             }
@@ -459,6 +458,17 @@ impl Monitor {
                 .cluster
                 .worker(worker.id())
                 .is_some_and(|current| current.unique_id() > worker.unique_id())
+    }
+
+    /// True when as many slots as the cluster was started with have a current worker that is
+    /// ready, and no slot is waiting for a restart (replacements on trial do not count).
+    fn all_ready(&self) -> bool {
+        let slots = self.cluster.status();
+        let ready = slots
+            .iter()
+            .filter(|s| s.state == Some(WorkerState::Ready))
+            .count();
+        ready >= self.initial && slots.iter().all(|s| s.restart_at.is_none())
     }
 
     /// Workers ready and workers running, as the cluster sees them now.

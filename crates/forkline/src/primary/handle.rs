@@ -182,13 +182,15 @@ impl WorkerHandle {
         self.shared.state.store(state as u8, Ordering::Release);
     }
 
-    /// True while the primary may give this worker new connections: it is not a replacement
-    /// on trial, has not been asked to stop and has not exited.
+    /// True while the primary may give this worker new connections: it is ready (see
+    /// `Readiness`), not a replacement on trial, and has not been asked to stop.
     pub(crate) fn takes_connections(&self) -> bool {
-        matches!(
-            self.state(),
-            WorkerState::Starting | WorkerState::Online | WorkerState::Ready
-        ) && !self.shared.on_trial.load(Ordering::Relaxed)
+        self.state() == WorkerState::Ready && !self.shared.on_trial.load(Ordering::Relaxed)
+    }
+
+    /// True while it is a replacement on trial.
+    pub(crate) fn on_trial(&self) -> bool {
+        self.shared.on_trial.load(Ordering::Relaxed)
     }
 
     /// Marks the worker as a replacement on trial (or not any more).

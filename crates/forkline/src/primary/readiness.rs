@@ -1,6 +1,8 @@
 //! When a worker counts as online and as ready (see `Readiness`), and waiting for it. Online is
 //! the handshake for a library worker, the start for a program that does not speak the
-//! protocol; ready follows the cluster's readiness setting.
+//! protocol; ready follows the cluster's readiness setting. The primary routes connections
+//! (round-robin, proxy) only to ready workers, and a worker that is not ready within the ready
+//! timeout is killed and replaced (a replacement on trial is judged by its trial instead).
 
 use std::time::Instant;
 
@@ -10,6 +12,7 @@ use super::handle::{WorkerHandle, WorkerState};
 use super::options::Readiness;
 use super::task;
 use crate::protocol::Mode;
+use nix::sys::signal::Signal;
 
 /// Called once the process exists: a program that does not speak the protocol is online now,
 /// and readiness by delay or none starts counting.
@@ -24,6 +27,9 @@ pub(crate) fn on_started(cluster: &Cluster, worker: &WorkerHandle) {
             set_ready(cluster, worker);
         }
     }
+    if !worker.on_trial() {
+        enforce_ready_timeout(cluster, worker);
+    }
     match opts.readiness {
         Readiness::Delay(delay) => {
             let (cluster, worker) = (cluster.clone(), worker.clone());
@@ -35,6 +41,29 @@ pub(crate) fn on_started(cluster: &Cluster, worker: &WorkerHandle) {
         Readiness::None => set_ready(cluster, worker),
         _ => {}
     }
+}
+
+/// Kills (and so replaces, by the restart policy) `worker` if it is not ready within the ready
+/// timeout, with a log line and a `WorkerError` event.
+fn enforce_ready_timeout(cluster: &Cluster, worker: &WorkerHandle) {
+    let (cluster, worker) = (cluster.clone(), worker.clone());
+    task::spawn("ready-timeout", async move {
+        let timeout = cluster.inner.opts.ready_timeout;
+        if wait_ready(&cluster, &worker, Instant::now() + timeout).await != Waited::TimedOut {
+            return;
+        }
+        let error = format!("not ready within {timeout:?}");
+        tracing::error!(
+            worker = worker.id(),
+            pid = worker.pid(),
+            "worker {error}; killing it (the restart policy replaces it)"
+        );
+        cluster.inner.events.emit(Event::WorkerError {
+            worker: worker.clone(),
+            error,
+        });
+        let _ = worker.signal_group(Signal::SIGKILL);
+    });
 }
 
 /// Marks `worker` online (once) and emits `online`.
@@ -63,6 +92,8 @@ pub(crate) fn set_ready(cluster: &Cluster, worker: &WorkerHandle) {
         worker: worker.clone(),
     });
     cluster.inner.changed.notify_waiters();
+    // Round-robin may hand it connections now.
+    cluster.inner.dispatcher.wake();
 }
 
 /// How waiting for a worker to be ready ended.
