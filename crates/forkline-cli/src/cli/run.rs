@@ -396,12 +396,10 @@ impl Monitor {
             Event::Fork { worker } => {
                 self.last_exit_failed.remove(&worker.id());
             }
-            Event::Ready { .. } => {
-                if !self.ready_sent && self.all_ready() {
-                    self.ready_sent = true;
-                    tracing::info!(workers = self.initial, "all workers ready");
-                    self.notify("READY=1");
-                }
+            Event::Ready { .. } if !self.ready_sent && self.all_ready() => {
+                self.ready_sent = true;
+                tracing::info!(workers = self.initial, "all workers ready");
+                self.notify("READY=1");
             }
             Event::Exit {
                 worker,
