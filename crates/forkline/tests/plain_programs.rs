@@ -254,3 +254,67 @@ fn proxy_mode_relays_bulk_data_both_ways_with_half_close() {
     assert_eq!(received.len(), sent.len());
     assert!(received == sent, "echoed bytes differ");
 }
+
+/// Proxy mode under chaos: a worker is SIGKILLed every 200 ms for 3 s (so at times none is
+/// up) while clients keep connecting. Every connection ends — answered, or closed once no
+/// worker came up within the queue time — and none hangs.
+#[test]
+fn proxy_mode_leaves_no_connection_hanging_while_workers_keep_dying() {
+    use std::io::Read;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut tb = proxied_port_servers(&addr, &[("TB_MIN_UPTIME_MS", "0"), ("TB_BACKOFF_MS", "10")]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut answered, mut closed, mut hung) = (0, 0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut stream) = std::net::TcpStream::connect(&addr) else {
+                        closed += 1;
+                        continue;
+                    };
+                    // Longer than the proxy's queue time (5 s) and connect timeout (2 s).
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(12)))
+                        .unwrap();
+                    let mut reply = String::new();
+                    match stream.read_to_string(&mut reply) {
+                        Ok(_) if answered_by(&reply).is_some() => answered += 1,
+                        Ok(_) => closed += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => hung += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => hung += 1,
+                        Err(_) => closed += 1,
+                    }
+                }
+                (answered, closed, hung)
+            })
+        })
+        .collect();
+    let chaos_until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < chaos_until {
+        tb.command("status");
+        let status = tb.wait_for("status", SOON, |e| e["command"] == "status");
+        for slot in status["slots"].as_array().unwrap() {
+            if let Some(pid) = slot["pid"].as_u64() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut answered, mut closed, mut hung) = (0, 0, 0);
+    for client in clients {
+        let (a, c, h) = client.join().unwrap();
+        answered += a;
+        closed += c;
+        hung += h;
+    }
+    eprintln!("proxy chaos: {answered} answered, {closed} closed, {hung} hung");
+    assert_eq!(hung, 0, "{answered} answered, {closed} closed");
+    assert!(answered > 0);
+}
