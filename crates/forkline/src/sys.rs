@@ -8,8 +8,8 @@ use std::os::unix::process::CommandExt;
 
 use nix::cmsg_space;
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType, UnixAddr,
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+    UnixAddr,
 };
 
 /// Most fds placed in one child (listeners plus the IPC socket); `pre_exec` cannot allocate.
@@ -68,35 +68,74 @@ pub fn recv_packet(
     fds: &mut Vec<OwnedFd>,
     nonblocking: bool,
 ) -> io::Result<(usize, bool)> {
-    let mut cmsg_buf = cmsg_space!([RawFd; MAX_FDS_PER_PACKET]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+    // Room for the most fds one packet may carry.
+    let mut control = cmsg_space!([RawFd; MAX_FDS_PER_PACKET]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no control).
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.as_mut_ptr().cast();
+    header.msg_controllen = control.capacity() as _;
+    let mut flags = libc::MSG_CMSG_CLOEXEC;
     if nonblocking {
-        flags |= MsgFlags::MSG_DONTWAIT;
+        flags |= libc::MSG_DONTWAIT;
     }
-    let msg = recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), flags)?;
-    let len = msg.bytes;
-    let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
-    let ctruncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    let mut received = Vec::new();
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            for fd in raw {
-                // SAFETY: the kernel just installed `fd` in our table for this message; nothing
-                // else knows about it, so we are its sole owner.
-                received.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: `header` points at one iovec over `buf` and at `control`'s allocation, with their
+    // true lengths; both outlive the call, and the kernel writes only within them.
+    let received = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut header, flags) };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Own every fd the kernel installed before anything can return early. At the fd limit
+    // (MSG_CTRUNC) it installs the first ones and writes a header for just those, so walking
+    // the headers it wrote is sound even then (nix refuses to, so this is by hand).
+    let mut installed = Vec::new();
+    // SAFETY: `header` was filled in by recvmsg: CMSG_FIRSTHDR/NXTHDR only return headers
+    // inside the `msg_controllen` bytes the kernel wrote, or null.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&header) };
+    while !cmsg.is_null() {
+        // SAFETY: non-null headers from CMSG_FIRSTHDR/NXTHDR are within the written control
+        // data and aligned for `cmsghdr`.
+        let (level, kind, len) =
+            unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is plain arithmetic; CMSG_DATA points just past the header.
+            let (empty, data) = unsafe { (libc::CMSG_LEN(0) as usize, libc::CMSG_DATA(cmsg)) };
+            let count = len.saturating_sub(empty) / std::mem::size_of::<RawFd>();
+            for i in 0..count {
+                // SAFETY: the kernel wrote `count` fds after the header (within `len`); read
+                // unaligned since CMSG_DATA need not be aligned for i32.
+                let fd = unsafe { std::ptr::read_unaligned(data.cast::<RawFd>().add(i)) };
+                // SAFETY: the kernel just installed `fd` in our table for this message;
+                // nothing else knows about it, so we are its sole owner.
+                installed.push(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
+        // SAFETY: as above, `cmsg` is a header within the written control data.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&header, cmsg) };
     }
-    if truncated {
-        drop(received);
+    if header.msg_flags & libc::MSG_TRUNC != 0 {
+        drop(installed);
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "packet larger than the receive buffer (MSG_TRUNC)",
         ));
     }
-    fds.extend(received);
-    Ok((len, ctruncated))
+    fds.extend(installed);
+    Ok((received as usize, header.msg_flags & libc::MSG_CTRUNC != 0))
+}
+
+/// Reads the next packet's bytes into `buf` without taking it off the socket (MSG_PEEK) and
+/// without installing any fd it carries. `WouldBlock` when none is queued.
+pub fn peek_packet(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+    let msg = recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, None, flags)?;
+    Ok(msg.bytes)
 }
 
 /// Duplicates `fd` to a new CLOEXEC descriptor.

@@ -132,7 +132,16 @@ fn after_an_fd_exhaustion_storm_every_connection_is_served() {
     let storm: Vec<_> = (0..200)
         .map(|_| {
             let addr = addr.clone();
-            std::thread::spawn(move || common::fetch(&addr).is_ok_and(|r| !r.is_empty()))
+            std::thread::spawn(move || {
+                let r = common::fetch(&addr);
+                if std::env::var("DBG_STORM").is_ok() {
+                    eprintln!(
+                        "storm client: {:?}",
+                        r.as_ref().map(|s| s.len()).map_err(|e| e.kind())
+                    );
+                }
+                r.is_ok_and(|r| !r.is_empty())
+            })
         })
         .collect();
     let served_in_storm = storm
@@ -407,4 +416,42 @@ fn a_worker_never_ready_is_replaced_after_the_ready_timeout() {
     assert_eq!(exit["signal"], 9);
     let again = tb.wait_event("fork", Some(0));
     assert_ne!(again["pid"], first["pid"], "replaced");
+}
+
+/// A stopped worker (SIGSTOP, no watchdog) keeps no connection: what it leaves unread past the
+/// handoff timeout is taken back and served by the others, it gets one connection at a time
+/// while stuck, and it serves again once it reads again.
+#[test]
+fn connections_handed_to_a_stopped_worker_are_taken_back_and_served_elsewhere() {
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_LISTEN", &addr),
+        ("TB_HANDOFF_TIMEOUT_MS", "500"),
+    ]);
+    tb.wait_event("listening", None);
+    let second = tb.wait_event("listening", None);
+    let stopped_id = second["id"].as_u64().unwrap();
+    let stopped = nix::unistd::Pid::from_raw(second["pid"].as_u64().unwrap() as i32);
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut slowest = std::time::Duration::ZERO;
+    for n in 0..30 {
+        let started = std::time::Instant::now();
+        let reply = common::fetch(&addr).unwrap_or_default();
+        slowest = slowest.max(started.elapsed());
+        assert!(
+            common::answered_by(&reply).is_some_and(|id| id != stopped_id),
+            "connection {n}: {reply:?} after {:?}",
+            started.elapsed()
+        );
+    }
+    eprintln!("stopped worker: 30 of 30 served by the other, slowest {slowest:?}");
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let back = common::eventually(SOON, || {
+        common::fetch(&addr)
+            .ok()
+            .and_then(|r| common::answered_by(&r))
+            == Some(stopped_id)
+    });
+    assert!(back, "the worker serves again once it reads again");
 }

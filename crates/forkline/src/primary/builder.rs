@@ -262,6 +262,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Round-robin: connections handed to a worker that leaves them unread this long (it was
+    /// stopped, or its event loop hangs) are taken back and handed to other workers, and that
+    /// worker gets one connection at a time until it reads again (default 10 s).
+    pub fn handoff_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.handoff_timeout = timeout;
+        self
+    }
+
     /// Makes the primary a child subreaper (default false): processes that workers' children
     /// leave behind are reparented to the primary instead of PID 1, and the primary reaps them.
     /// Running as PID 1 (a container's init) it reaps orphans either way.

@@ -132,6 +132,7 @@ impl Cluster {
                 Mode::Shared | Mode::Reuseport => {}
             }
         }
+        dispatch::start_reclaiming(&cluster);
         if opts.max_requests.is_some() || opts.max_memory.is_some() {
             task::spawn("recycle", super::recycle::watch(cluster.clone()));
         }

@@ -14,7 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
@@ -50,11 +50,25 @@ struct Target {
     open: u64,
     /// The socket buffer was full on the last send; skipped until the next ack.
     full: bool,
+    /// When it last acked (or was added).
+    last_ack: Instant,
+    /// Its handoffs sat unread past the handoff timeout and were taken back: it gets one
+    /// connection (a probe) per handoff timeout until it reads again.
+    stuck: bool,
+    /// A probe was handed to it while stuck.
+    probed: bool,
+    /// While stuck, no probe before this.
+    probe_after: Instant,
 }
 
 impl Target {
     fn load(&self) -> u64 {
         self.open + self.inflight as u64
+    }
+
+    /// A stuck worker takes nothing but a probe, once per handoff timeout.
+    fn probe_pending(&self) -> bool {
+        self.stuck && (self.probed || Instant::now() < self.probe_after)
     }
 }
 
@@ -99,6 +113,10 @@ impl Dispatcher {
                 inflight: 0,
                 open: 0,
                 full: false,
+                last_ack: Instant::now(),
+                stuck: false,
+                probed: false,
+                probe_after: Instant::now(),
             });
         if !target.listeners.contains(&listener) {
             target.listeners.push(listener);
@@ -148,6 +166,9 @@ impl Dispatcher {
                 target.open = open;
             }
             target.full = false;
+            target.last_ack = Instant::now();
+            target.stuck = false;
+            target.probed = false;
         }
         if !state.pending.is_empty() {
             self.flush(&mut state);
@@ -192,6 +213,58 @@ impl Dispatcher {
         self.changed.notify_waiters();
     }
 
+    /// Takes back the handoffs that have sat unread for `deadline` in the socket of a worker
+    /// that stopped reading (SIGSTOP, a hung event loop) and hands them to other workers; that
+    /// worker then gets one connection at a time until it reads again. Handoffs it read but has
+    /// not acked yet (acks come in batches) are its own and stay. Returns how many came back.
+    pub fn reclaim_stuck(&self, deadline: Duration) -> usize {
+        let mut state = self.state.lock().unwrap();
+        let mut reclaimed = Vec::new();
+        for target in state.targets.values_mut() {
+            let Some(worker_end) = target.handle.shared.worker_end.get() else {
+                continue;
+            };
+            if target.stuck && target.probed && !has_unread(worker_end) {
+                // It read its probe: it is serving again.
+                target.stuck = false;
+                target.probed = false;
+                continue;
+            }
+            if target.inflight == 0 || target.last_ack.elapsed() < deadline {
+                continue;
+            }
+            let taken = take_unread_connections(worker_end);
+            if taken.is_empty() {
+                continue;
+            }
+            tracing::warn!(
+                worker = target.handle.id(),
+                pid = target.handle.pid(),
+                count = taken.len(),
+                "worker read no handoff for {deadline:?}; its connections go to other workers"
+            );
+            target.inflight = target.inflight.saturating_sub(taken.len());
+            target.stuck = true;
+            target.probed = false;
+            target.last_ack = Instant::now();
+            // What was taken back goes elsewhere; a probe may follow a timeout later.
+            target.probe_after = Instant::now() + deadline;
+            reclaimed.extend(taken);
+        }
+        let count = reclaimed.len();
+        for conn in reclaimed.into_iter().rev() {
+            state.pending.push_front(conn);
+        }
+        if count > 0 {
+            self.flush(&mut state);
+        }
+        drop(state);
+        if count > 0 {
+            self.changed.notify_waiters();
+        }
+        count
+    }
+
     /// Records a worker's open-connection report.
     pub fn report_load(&self, worker: &WorkerHandle, open: u64) {
         let mut state = self.state.lock().unwrap();
@@ -228,6 +301,7 @@ impl Dispatcher {
         state.pending.is_empty()
             && state.targets.values().any(|t| {
                 !t.full
+                    && !t.probe_pending()
                     && t.inflight < self.window
                     && t.listeners.contains(&listener)
                     && t.handle.takes_connections()
@@ -268,9 +342,11 @@ impl Dispatcher {
         let window = self.window;
         let serves = |t: &Target| t.listeners.contains(&conn.listener);
         let has_room = |key: &u64, t: &Target| {
+            let planned = planned.get(key).copied().unwrap_or(0);
             !t.full
                 && serves(t)
-                && t.inflight + planned.get(key).copied().unwrap_or(0) < window
+                && t.inflight + planned < window
+                && !(t.probe_pending() || (t.stuck && planned > 0))
                 && t.handle.takes_connections()
         };
         match self.balance {
@@ -362,6 +438,9 @@ impl Dispatcher {
         };
         match target.channel.try_send(&packet, &fds) {
             Ok(()) => {
+                if target.stuck {
+                    target.probed = true;
+                }
                 target.handle.count_connections(chunk.len() as u64);
                 // The fds are in the worker's socket now; dropping `chunk` closes our copies.
                 target.inflight += fds.len();
@@ -372,6 +451,9 @@ impl Dispatcher {
                 target.full = true;
                 Err(chunk)
             }
+            // Too many fds in flight for this user (more than RLIMIT_NOFILE queued in sockets):
+            // they wait for the next ack, which frees some.
+            Err(e) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => Err(chunk),
             Err(e) => {
                 tracing::debug!(worker = target.handle.id(), error = %e, "handoff failed");
                 target.listeners.clear();
@@ -564,6 +646,73 @@ pub(crate) fn stop_signal(cluster: &Cluster, listener: &BoundListener) -> watch:
         tx.send_replace(true);
     });
     rx
+}
+
+/// Takes the reclaimer's turns: every quarter of the handoff timeout, takes back handoffs that
+/// stuck workers left unread (see `Dispatcher::reclaim_stuck`), until the cluster stops.
+pub(crate) fn start_reclaiming(cluster: &Cluster) {
+    let dispatcher = cluster.inner.dispatcher.clone();
+    let deadline = cluster.inner.opts.handoff_timeout;
+    let mut stop = cluster.inner.stop_accepting.subscribe();
+    super::task::spawn("reclaim", async move {
+        let mut tick = tokio::time::interval((deadline / 4).max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            dispatcher.reclaim_stuck(deadline);
+        }
+    });
+}
+
+/// True when a packet is queued in the worker's end of its socket.
+fn has_unread(worker_end: &OwnedFd) -> bool {
+    use std::os::fd::AsFd;
+    let mut byte = [0u8; 1];
+    crate::sys::peek_packet(worker_end.as_fd(), &mut byte).is_ok()
+}
+
+/// Takes the `conns` packets at the head of a live worker's queue (stopping at the first other
+/// packet, a message or a reply, which the worker must still read).
+fn take_unread_connections(worker_end: &OwnedFd) -> Vec<Conn> {
+    use std::os::fd::AsFd;
+    let mut taken = Vec::new();
+    let mut buf = vec![0u8; crate::protocol::MAX_PACKET + 1];
+    while let Ok(n) = crate::sys::peek_packet(worker_end.as_fd(), &mut buf) {
+        if !matches!(
+            serde_json::from_slice::<ToWorker>(&buf[..n]),
+            Ok(ToWorker::Conns { .. })
+        ) {
+            break;
+        }
+        // The worker may have taken it meanwhile: then this takes the next packet, whatever it
+        // is, so look again at what was taken.
+        let mut fds = Vec::new();
+        let Ok((n, _)) = crate::sys::recv_packet(worker_end.as_fd(), &mut buf, &mut fds, true)
+        else {
+            break;
+        };
+        match serde_json::from_slice::<ToWorker>(&buf[..n]) {
+            Ok(ToWorker::Conns {
+                listener, peers, ..
+            }) => {
+                let mut peers = peers.iter().map(|p| p.parse().ok());
+                for fd in fds {
+                    let peer = peers.next().flatten();
+                    taken.push(Conn { listener, fd, peer });
+                }
+            }
+            _ => {
+                // Not a handoff after all (the worker read the one peeked): it cannot be put
+                // back, so the worker loses it. Only a packet raced past the peek gets here.
+                tracing::warn!("a packet for a stuck worker was taken back by mistake");
+                break;
+            }
+        }
+    }
+    taken
 }
 
 /// Reads back the `conns` packets a dead worker never read from its end of the IPC socket.

@@ -103,6 +103,9 @@ pub(crate) struct WorkerShared {
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
     /// How the process ended, once it has.
     pub exit: OnceLock<ExitInfo>,
+    /// The primary's copy of the worker's end of the IPC socket: the handoffs it has not read
+    /// are still queued there, and can be taken back (see `dispatch`).
+    pub worker_end: OnceLock<Arc<std::os::fd::OwnedFd>>,
 }
 
 /// A handle to one worker. Cheap to clone; stays valid (reporting `is_dead`) after the worker
@@ -153,6 +156,7 @@ impl WorkerHandle {
                 outbox,
                 inbox: Mutex::new(Some(inbox)),
                 exit: OnceLock::new(),
+                worker_end: OnceLock::new(),
             }),
         }
     }

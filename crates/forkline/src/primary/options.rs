@@ -236,6 +236,9 @@ pub struct ClusterOptions {
     pub tcp_nodelay: bool,
     /// Proxy mode: how long a client waits for some worker to be up before it is closed.
     pub proxy_queue_timeout: Duration,
+    /// Round-robin: handoffs a worker leaves unread this long are taken back and handed to
+    /// other workers (a stopped or hung worker).
+    pub handoff_timeout: Duration,
     /// Make the primary a child subreaper (PR_SET_CHILD_SUBREAPER): what workers leave behind
     /// is reparented to it, and reaped. As PID 1 it reaps orphans either way.
     pub subreaper: bool,
@@ -301,6 +304,7 @@ impl Default for ClusterOptions {
             unix_owner: None,
             tcp_nodelay: true,
             proxy_queue_timeout: Duration::from_secs(5),
+            handoff_timeout: Duration::from_secs(10),
             subreaper: false,
         }
     }

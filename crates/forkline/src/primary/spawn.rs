@@ -28,8 +28,6 @@ pub(crate) struct Spawned {
     pub child: Child,
     /// The primary's end of the IPC channel.
     pub channel: Arc<AsyncChannel>,
-    /// The primary's copy of the worker's end, read back when the worker dies (see `dispatch`).
-    pub worker_end: OwnedFd,
 }
 
 /// Starts the process with its IPC channel and listeners in place, and the tasks that follow
@@ -141,11 +139,8 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
         worker: worker.clone(),
     });
     readiness::on_started(cluster, worker);
-    Ok(Spawned {
-        child,
-        channel,
-        worker_end: worker_end_copy,
-    })
+    let _ = worker.shared.worker_end.set(Arc::new(worker_end_copy));
+    Ok(Spawned { child, channel })
 }
 
 /// Places the listeners bound up front, by the mode:

@@ -4,7 +4,6 @@
 //! and do it. Also the two ways workers are stopped on purpose: scaling down, and a graceful
 //! stop that ends in SIGKILL after the graceful timeout.
 
-use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -84,43 +83,33 @@ fn register(cluster: &Cluster, state: &mut State, slot: usize, seq: Seq) -> Work
 
 /// The whole life of one worker process.
 async fn live(cluster: Cluster, worker: WorkerHandle) {
-    let (exit, worker_end) = run(&cluster, &worker).await;
-    let next = record_exit(&cluster, &worker, exit, worker_end);
+    let exit = run(&cluster, &worker).await;
+    let next = record_exit(&cluster, &worker, exit);
     follow_up(&cluster, next).await;
 }
 
 /// Starts the process and serves its channel until it has exited and every packet it sent has
-/// been read. Also returns the primary's copy of the worker's end of the channel, whose unread
-/// handoffs are re-dispatched.
-async fn run(cluster: &Cluster, worker: &WorkerHandle) -> (ExitInfo, Option<OwnedFd>) {
+/// been read.
+async fn run(cluster: &Cluster, worker: &WorkerHandle) -> ExitInfo {
     match spawn::spawn(cluster, worker).await {
-        Ok(spawned) => {
-            let exit = ipc::serve(cluster, worker, spawned.child, spawned.channel).await;
-            (exit, Some(spawned.worker_end))
-        }
+        Ok(spawned) => ipc::serve(cluster, worker, spawned.child, spawned.channel).await,
         Err(e) => {
             tracing::error!(worker = worker.id(), error = %e, "could not start worker");
             cluster.inner.events.emit(Event::WorkerError {
                 worker: worker.clone(),
                 error: format!("could not start: {e}"),
             });
-            let exit = ExitInfo {
+            ExitInfo {
                 code: Some(127),
                 signal: None,
-            };
-            (exit, None)
+            }
         }
     }
 }
 
 /// Records the exit — the slot's decision first, so an `exit` handler that forks finds the
 /// slot free — then Node's `disconnect` (if the channel was still open) and `exit` events.
-fn record_exit(
-    cluster: &Cluster,
-    worker: &WorkerHandle,
-    exit: ExitInfo,
-    worker_end: Option<OwnedFd>,
-) -> OnExit {
+fn record_exit(cluster: &Cluster, worker: &WorkerHandle, exit: ExitInfo) -> OnExit {
     let _ = worker.shared.exit.set(exit);
     worker.shared.dead.store(true, Ordering::Release);
     worker.set_state(WorkerState::Exited);
@@ -137,7 +126,7 @@ fn record_exit(
     cluster
         .inner
         .dispatcher
-        .remove_target(worker, worker_end.as_ref());
+        .remove_target(worker, worker.shared.worker_end.get().map(|fd| &**fd));
     cluster.inner.proxy.remove(worker);
     let planned = worker.exited_after_disconnect();
     let next = {

@@ -8,7 +8,7 @@
 //! `TB_READY` (online|listen), `TB_ARGS` (worker arguments separated by \x1f), `TB_PLAIN`
 //! (workers do not speak the protocol), `TB_PREBIND` (a TCP listener bound up front),
 //! `TB_MAX_REQUESTS`, `TB_NOTIFY` (serve NOTIFY_SOCKET, readiness by READY=1) and
-//! `TB_WATCHDOG_MS`, `TB_SUBREAPER`, `TB_NOFILE` (the open-file limit of the primary and its
+//! `TB_WATCHDOG_MS`, `TB_HANDOFF_TIMEOUT_MS`,  `TB_SUBREAPER`, `TB_NOFILE` (the open-file limit of the primary and its
 //! workers), `TB_CWD` (the workers' directory), `TB_SETTLE_MS`, `TB_READY_TIMEOUT_MS`, `TB_SEND_ON_FORK` (a JSON message
 //! sent to every worker from its `fork` event, before its handshake) and `TB_SHUTDOWN_AT_START`
 //! (shut down right after start, before any worker is online). Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
@@ -59,6 +59,7 @@ fn emit(start: Instant, mut value: Value) {
 #[tokio::main]
 async fn primary() {
     let start = Instant::now();
+
     if let Some(limit) = env("TB_NOFILE").and_then(|n| n.parse::<u64>().ok()) {
         // The primary's open-file limit, inherited by its workers.
         let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -139,6 +140,9 @@ async fn primary() {
     if let Some(timeout) = env_ms("TB_READY_TIMEOUT_MS") {
         let readiness = builder.options().readiness;
         builder = builder.readiness(readiness, timeout);
+    }
+    if let Some(timeout) = env_ms("TB_HANDOFF_TIMEOUT_MS") {
+        builder = builder.handoff_timeout(timeout);
     }
     if let Some(settle) = env_ms("TB_SETTLE_MS") {
         builder = builder.settle_time(settle);
