@@ -455,3 +455,91 @@ fn connections_handed_to_a_stopped_worker_are_taken_back_and_served_elsewhere() 
     });
     assert!(back, "the worker serves again once it reads again");
 }
+
+/// Resident memory of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// 200 workers in a row each send the primary one of 20 kinds of malformed or hostile IPC
+/// (seeded: `TB_FUZZ_SEED` and the worker's pid, printed per case): every one ends with the
+/// worker killed or gone and replaced, the primary keeps serving, and its fds and memory come
+/// back to where they were.
+#[test]
+fn two_hundred_fuzz_cases_of_bad_ipc_leave_the_primary_as_it_was() {
+    let dir = std::env::temp_dir().join(format!("forkline-edges-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("fuzz");
+    let _ = std::fs::remove_file(&marker);
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "4"),
+        ("TB_LISTEN", &addr),
+        ("TB_BAD_IF", marker.to_str().unwrap()),
+        ("TB_BAD", "fuzz"),
+        ("TB_FUZZ_SEED", "20261130"),
+        ("TB_MIN_UPTIME_MS", "0"),
+        ("TB_BACKOFF_MS", "50"),
+        ("TB_BACKOFF_MAX_MS", "50"),
+    ]);
+    let primary = tb.pid();
+    let workers: Vec<u64> = (0..4)
+        .map(|_| tb.wait_event("listening", None)["pid"].as_u64().unwrap())
+        .collect();
+    let (fds_before, rss_before) = (open_fds(primary), rss_kib(primary));
+
+    std::fs::write(&marker, b"").unwrap();
+    for pid in workers {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let mut cases = 0;
+    let mut killed = 0;
+    while cases < 204 {
+        let exit = tb.wait_for(
+            "a fuzz worker's end",
+            std::time::Duration::from_secs(60),
+            |e| e["event"] == "exit",
+        );
+        cases += 1;
+        if exit["signal"] == 9 {
+            killed += 1;
+        }
+    }
+    std::fs::remove_file(&marker).unwrap();
+    // Well-behaved workers again in every slot, serving.
+    let mut back = std::collections::HashSet::new();
+    while back.len() < 4 {
+        let e = tb.wait_for(
+            "a well-behaved worker",
+            std::time::Duration::from_secs(60),
+            |e| e["event"] == "listening",
+        );
+        back.insert(e["id"].as_u64().unwrap());
+    }
+    assert!(common::answered_by(&common::fetch(&addr).unwrap()).is_some());
+    // Released listeners and finished tasks: the fds come back.
+    let settled = common::eventually(SOON, || open_fds(primary) <= fds_before + 2);
+    let (fds_after, rss_after) = (open_fds(primary), rss_kib(primary));
+    eprintln!(
+        "fuzz: {} cases ({killed} killed by the primary); primary fds {fds_before} -> \
+         {fds_after}, RSS {rss_before} -> {rss_after} KiB",
+        cases - 4
+    );
+    assert!(settled, "fds {fds_before} -> {fds_after}");
+    assert!(
+        rss_after <= rss_before + 4096,
+        "RSS {rss_before} -> {rss_after} KiB"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -189,18 +189,35 @@ impl Dispatcher {
 
     /// `worker` does not serve `listener` any more and gave back `count` handed-off
     /// connections: they count as acknowledged, go to other workers first, and the worker gets
-    /// no more connections of that listener.
-    pub fn give_back(&self, worker: &WorkerHandle, listener: u64, count: usize, fds: Vec<OwnedFd>) {
+    /// no more connections of that listener. An error (the worker is lying: more than it holds,
+    /// a listener it was never given, fds that are not connections) leaves everything as it was.
+    pub fn give_back(
+        &self,
+        worker: &WorkerHandle,
+        listener: u64,
+        count: usize,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), String> {
+        let mut state = self.state.lock().unwrap();
+        let Some(target) = state.targets.get_mut(&worker.unique_id()) else {
+            return Err("returned connections it was never handed".into());
+        };
+        if count > target.inflight {
+            return Err(format!(
+                "returned {count} connections but holds {} unacknowledged",
+                target.inflight
+            ));
+        }
+        if let Some(bad) = fds.iter().position(|fd| !is_connection(fd)) {
+            return Err(format!("returned fd {bad} is not a stream socket"));
+        }
         tracing::debug!(
             worker = worker.id(),
             count,
             "a worker gave connections back; handing them to others"
         );
-        let mut state = self.state.lock().unwrap();
-        if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
-            target.inflight = target.inflight.saturating_sub(count);
-            target.listeners.retain(|l| *l != listener);
-        }
+        target.inflight -= count;
+        target.listeners.retain(|l| *l != listener);
         for fd in fds.into_iter().rev() {
             state.pending.push_front(Conn {
                 listener,
@@ -211,6 +228,7 @@ impl Dispatcher {
         self.flush(&mut state);
         drop(state);
         self.changed.notify_waiters();
+        Ok(())
     }
 
     /// Takes back the handoffs that have sat unread for `deadline` in the socket of a worker
@@ -741,6 +759,14 @@ fn unread_connections(worker_end: &OwnedFd) -> Vec<Conn> {
         }
     }
     orphans
+}
+
+/// True for a stream socket (what a handed-off connection is; its client may have gone since),
+/// not a pipe, a file or a datagram socket.
+fn is_connection(fd: &OwnedFd) -> bool {
+    socket2::SockRef::from(fd)
+        .r#type()
+        .is_ok_and(|t| t == socket2::Type::STREAM)
 }
 
 /// Accepts one connection; `None` when none is waiting.

@@ -193,12 +193,11 @@ async fn handle_packet(
             worker: worker.clone(),
             payload: data,
         }),
-        FromWorker::Returned { listener, seqs } => {
-            cluster
-                .inner
-                .dispatcher
-                .give_back(worker, listener, seqs.len(), packet.fds);
-        }
+        FromWorker::Returned { listener, seqs } => cluster
+            .inner
+            .dispatcher
+            .give_back(worker, listener, seqs.len(), packet.fds)
+            .map_err(Error::Protocol)?,
         FromWorker::Disconnecting => {
             worker
                 .shared

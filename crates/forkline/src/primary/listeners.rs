@@ -69,7 +69,8 @@ pub(crate) struct BoundListener {
 /// Who holds a listener. It is released (its socket closed, its Unix file removed, so new
 /// connections are refused rather than parked) when its last holder exits, unless that
 /// worker's slot restarts: then it waits for the slot's next worker, and is released if that
-/// one exits without listening on it too. Listeners bound up front are never released.
+/// one exits, or has been ready for the settle time, without listening on it. Listeners bound
+/// up front are never released.
 #[derive(Debug, Default)]
 struct Lifetime {
     /// Workers (unique ids) that listened on it and have not exited.

@@ -94,6 +94,22 @@ pub(crate) fn set_ready(cluster: &Cluster, worker: &WorkerHandle) {
     cluster.inner.changed.notify_waiters();
     // Round-robin may hand it connections now.
     cluster.inner.dispatcher.wake();
+    release_unclaimed_listeners(cluster, worker);
+}
+
+/// Listeners kept for this worker's slot (its predecessor held them and the slot restarted)
+/// that it has not listened on once it has been ready for the settle time are released: the
+/// new worker does not want them.
+fn release_unclaimed_listeners(cluster: &Cluster, worker: &WorkerHandle) {
+    let (cluster, worker) = (cluster.clone(), worker.clone());
+    task::spawn("unclaimed-listeners", async move {
+        tokio::time::sleep(cluster.inner.opts.settle_time).await;
+        if worker.is_dead() {
+            return;
+        }
+        let released = cluster.inner.listeners.release_awaiting(worker.id());
+        super::supervisor::forget_listeners(&cluster, released);
+    });
 }
 
 /// How waiting for a worker to be ready ended.

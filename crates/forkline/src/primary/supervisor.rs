@@ -243,7 +243,7 @@ pub(crate) fn rescale(cluster: &Cluster, workers: usize) -> Result<()> {
 }
 
 /// The primary stops routing to listeners that were released.
-fn forget_listeners(cluster: &Cluster, released: Vec<std::sync::Arc<BoundListener>>) {
+pub(crate) fn forget_listeners(cluster: &Cluster, released: Vec<std::sync::Arc<BoundListener>>) {
     for listener in released {
         tracing::info!(address = %listener.local, "no worker listens any more; socket closed");
         cluster.inner.dispatcher.forget_listener(listener.id);

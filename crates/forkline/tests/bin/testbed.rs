@@ -3,7 +3,7 @@
 //! garbage on the IPC socket, ...) is chosen by environment variables.
 //!
 //! Primary settings: `TB_WORKERS`, `TB_RESTART` (always|on-failure|never), `TB_GRACE_MS`,
-//! `TB_MIN_UPTIME_MS`, `TB_BACKOFF_MS`, `TB_MODE`, `TB_BALANCE`, `TB_CREDIT_WINDOW`,
+//! `TB_MIN_UPTIME_MS`, `TB_BACKOFF_MS`, `TB_BACKOFF_MAX_MS`, `TB_MODE`, `TB_BALANCE`, `TB_CREDIT_WINDOW`,
 //! `TB_COALESCE_ALWAYS` (coalesce without the governor), `TB_EXEC`, `TB_UID`,
 //! `TB_READY` (online|listen), `TB_ARGS` (worker arguments separated by \x1f), `TB_PLAIN`
 //! (workers do not speak the protocol), `TB_PREBIND` (a TCP listener bound up front),
@@ -85,6 +85,9 @@ async fn primary() {
     }
     if let Some(d) = env_ms("TB_BACKOFF_MS") {
         backoff.initial = d;
+    }
+    if let Some(d) = env_ms("TB_BACKOFF_MAX_MS") {
+        backoff.max = d;
     }
     builder = builder.backoff(backoff);
     if let Some(mode) = env("TB_MODE") {
@@ -378,6 +381,7 @@ fn worker(id: usize) {
                 nix::sys::socket::send(fd, &vec![b'{'; size], nix::sys::socket::MsgFlags::empty());
             std::thread::sleep(Duration::from_secs(60));
         }
+        "fuzz" => fuzz(),
         "garbage" => {
             // Not JSON, not hello: the primary must kill and replace this worker.
             let fd: i32 = env("FORKLINE_IPC_FD").unwrap().parse().unwrap();
@@ -475,6 +479,103 @@ fn report_listen_error(worker: &forkline::Worker, e: &forkline::Error) {
         _ => (String::new(), None),
     };
     let _ = worker.send(&json!({"listen_error": e.to_string(), "kind": kind, "errno": errno}));
+}
+
+/// The fuzz cases a "fuzz" worker picks from, by its seed.
+const FUZZ_CASES: usize = 20;
+
+/// A worker that speaks the protocol badly on purpose: one of `FUZZ_CASES` kinds of hostile or
+/// malformed input, chosen and filled from `TB_FUZZ_SEED` plus its pid (printed, to replay),
+/// sent raw on the IPC socket; then it exits by itself if the primary did not kill it.
+fn fuzz() {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let fd: i32 = env("FORKLINE_IPC_FD").unwrap().parse().unwrap();
+    let base: u64 = env("TB_FUZZ_SEED")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let seed = base ^ (u64::from(std::process::id()) << 17);
+    let mut rng = seed.max(1);
+    let mut next = move || {
+        // xorshift64: reproducible from the seed, no dependency.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let case = (next() % FUZZ_CASES as u64) as usize;
+    eprintln!(
+        "fuzz worker {}: seed {seed} case {case}",
+        std::process::id()
+    );
+    let send = |bytes: &[u8], fds: &[i32]| {
+        let iov = [std::io::IoSlice::new(bytes)];
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+        let _ = sendmsg::<UnixAddr>(fd, &iov, cmsgs, MsgFlags::empty(), None);
+    };
+    let hello = format!(
+        r#"{{"type":"hello","version":1,"pid":{}}}"#,
+        std::process::id()
+    );
+    let random: Vec<u8> = (0..1 + next() % 300).map(|_| next() as u8).collect();
+    let address = format!("127.0.{}.{}:{}", next() % 256, next() % 256, next() % 65536);
+    match case {
+        0 => send(b"", &[]),
+        1 => send(&vec![b'{'; 70 * 1024], &[]),
+        2 => send(&random, &[]),
+        3 => send(br#"{"type":"nope"}"#, &[]),
+        4 => send(b"[1,2,3]", &[]),
+        5 => send(br#"{"type":"hello","version":99,"pid":1}"#, &[]),
+        6 => send(br#"{"type":"message","data":1}"#, &[]),
+        case => {
+            send(hello.as_bytes(), &[]);
+            match case {
+                7 => send(hello.as_bytes(), &[]),
+                8 => send(
+                    format!(r#"{{"type":"listen","req":1,"kind":"tcp","address":{}}}"#, json!(String::from_utf8_lossy(&random))).as_bytes(),
+                    &[],
+                ),
+                9 => {
+                    for req in 0..20 {
+                        let address = format!("127.0.0.{}:0", 2 + req);
+                        send(
+                            format!(r#"{{"type":"listen","req":{req},"kind":"tcp","address":"{address}"}}"#).as_bytes(),
+                            &[],
+                        );
+                    }
+                    send(&random, &[]);
+                }
+                10 => send(format!(r#"{{"type":"ack","seqs":[{},{}]}}"#, next(), next()).as_bytes(), &[]),
+                11 => send(br#"{"type":"returned","listener":0,"seqs":[1,2]}"#, &[]),
+                12 => {
+                    let (read, _write) = nix::unistd::pipe().unwrap();
+                    use std::os::fd::AsRawFd;
+                    send(br#"{"type":"returned","listener":0,"seqs":[1]}"#, &[read.as_raw_fd()]);
+                }
+                13 => send(br#"{"type":"message","data":1}"#, &[0]),
+                14 => send(format!(r#"{{"type":"load","open":{}}}"#, next()).as_bytes(), &[]),
+                15 => send(br#"{"type":"mess"#, &[]),
+                16 => send(
+                    format!(r#"{{"type":"message","data":{}1{}}}"#, "[".repeat(200), "]".repeat(200)).as_bytes(),
+                    &[],
+                ),
+                17 => send(
+                    format!(r#"{{"type":"message","data":"{}"}}"#, "x".repeat(60 * 1024)).as_bytes(),
+                    &[],
+                ),
+                18 => {
+                    send(br#"{"type":"disconnecting"}"#, &[]);
+                    send(&random, &[]);
+                }
+                _ => send(
+                    format!(r#"{{"type":"listen","req":1,"kind":"udp","address":"{address}","mode":"reuseport"}}"#).as_bytes(),
+                    &[],
+                ),
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    std::process::exit(5);
 }
 
 /// A worker setting: `NAME_<id>` if set, else `NAME`.
