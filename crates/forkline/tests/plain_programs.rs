@@ -318,3 +318,39 @@ fn proxy_mode_leaves_no_connection_hanging_while_workers_keep_dying() {
     assert_eq!(hung, 0, "{answered} answered, {closed} closed");
     assert!(answered > 0);
 }
+
+/// Proxy mode stops sending connections to a stopped worker (SIGSTOP: its port still completes
+/// handshakes in the kernel, but nothing answers), and sends them again once it runs.
+#[test]
+fn proxy_mode_skips_a_stopped_worker() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut tb = proxied_port_servers(&addr, &[]);
+    tb.command("status");
+    let status = tb.wait_for("status", SOON, |e| e["command"] == "status");
+    let slot = &status["slots"][1];
+    let stopped_id = slot["id"].as_u64().unwrap();
+    let pid = nix::unistd::Pid::from_raw(slot["pid"].as_u64().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let answered_by_other = || {
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = String::new();
+        let _ = std::io::Read::read_to_string(&mut stream, &mut reply);
+        answered_by(&reply).is_some_and(|id| id != stopped_id)
+    };
+    // Connections made before the primary noticed may wait; once it has, every one is served.
+    assert!(common::eventually(SOON, || (0..4).all(|_| answered_by_other())));
+    for n in 0..20 {
+        assert!(
+            answered_by_other(),
+            "connection {n} after the stop was noticed"
+        );
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(common::eventually(SOON, || {
+        fetch(&addr).ok().and_then(|r| answered_by(&r)) == Some(stopped_id)
+    }));
+}

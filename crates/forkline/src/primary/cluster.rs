@@ -133,6 +133,9 @@ impl Cluster {
             }
         }
         dispatch::start_reclaiming(&cluster);
+        if opts.mode == Mode::Proxy {
+            proxy::start_stopped_checks(&cluster);
+        }
         if opts.max_requests.is_some() || opts.max_memory.is_some() {
             task::spawn("recycle", super::recycle::watch(cluster.clone()));
         }

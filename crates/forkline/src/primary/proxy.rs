@@ -29,6 +29,9 @@ struct Backend {
     handle: WorkerHandle,
     port: u16,
     up: bool,
+    /// The worker process is stopped (SIGSTOP, a debugger): its port still completes
+    /// handshakes in the kernel, but nothing would answer, so it gets no new connection.
+    stopped: bool,
     active: Arc<AtomicUsize>,
 }
 
@@ -74,6 +77,7 @@ impl ProxyTable {
                 handle: worker.clone(),
                 port,
                 up: false,
+                stopped: false,
                 active: Arc::new(AtomicUsize::new(0)),
             },
         );
@@ -114,6 +118,26 @@ impl ProxyTable {
         self.remove(worker);
     }
 
+    /// Looks at every worker's process state: a stopped one is skipped until it runs again.
+    pub fn check_stopped(&self) {
+        let mut backends = self.backends.lock().unwrap();
+        for backend in backends.values_mut() {
+            let stopped = process_stopped(backend.handle.pid());
+            if stopped != backend.stopped {
+                if stopped {
+                    tracing::warn!(
+                        worker = backend.handle.id(),
+                        pid = backend.handle.pid(),
+                        "worker is stopped; no new connections go to it"
+                    );
+                } else {
+                    tracing::info!(worker = backend.handle.id(), "worker runs again");
+                }
+                backend.stopped = stopped;
+            }
+        }
+    }
+
     /// Candidates for a client, best first, by the balancing strategy.
     fn candidates(
         &self,
@@ -123,7 +147,7 @@ impl ProxyTable {
         let backends = self.backends.lock().unwrap();
         let mut up: Vec<&Backend> = backends
             .values()
-            .filter(|b| b.up && b.handle.takes_connections())
+            .filter(|b| b.up && !b.stopped && b.handle.takes_connections())
             .collect();
         if up.is_empty() {
             return Vec::new();
@@ -162,6 +186,32 @@ pub(crate) fn watch_worker(cluster: &Cluster, worker: &WorkerHandle) -> io::Resu
         }
     });
     Ok(())
+}
+
+/// How often the proxy looks for stopped workers.
+const STOPPED_CHECK: Duration = Duration::from_millis(250);
+
+/// True when process `pid` is stopped (state `T`, or `t` under a debugger).
+fn process_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        state.starts_with('T') || state.starts_with('t')
+    })
+}
+
+/// Starts the proxy's check for stopped workers.
+pub(crate) fn start_stopped_checks(cluster: &Cluster) {
+    let table = cluster.inner.proxy.clone();
+    let mut stop = cluster.inner.stop_accepting.subscribe();
+    super::task::spawn("proxy-stopped", async move {
+        let mut tick = tokio::time::interval(STOPPED_CHECK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => table.check_stopped(),
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
 }
 
 /// Starts the proxy's accept loop for a listener bound up front.
