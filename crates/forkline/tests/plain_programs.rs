@@ -296,11 +296,8 @@ fn proxy_mode_leaves_no_connection_hanging_while_workers_keep_dying() {
         tb.command("status");
         let status = tb.wait_for("status", SOON, |e| e["command"] == "status");
         for slot in status["slots"].as_array().unwrap() {
-            if let Some(pid) = slot["pid"].as_u64() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+            if let Some(pid) = slot["pid"].as_u64().filter(|pid| *pid > 1) {
+                common::kill_pid(pid);
                 break;
             }
         }

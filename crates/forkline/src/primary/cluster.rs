@@ -225,9 +225,13 @@ impl Cluster {
                 let current = state.worker(slot.current);
                 SlotStatus {
                     id,
-                    pid: current.as_ref().map(|w| w.pid()),
+                    // 0 until the process exists: no pid yet.
+                    pid: current.as_ref().map(|w| w.pid()).filter(|pid| *pid != 0),
                     state: current.as_ref().map(|w| w.state()),
-                    replacement_pid: state.worker(slot.candidate).map(|w| w.pid()),
+                    replacement_pid: state
+                        .worker(slot.candidate)
+                        .map(|w| w.pid())
+                        .filter(|pid| *pid != 0),
                     restarts: slot.restarts,
                     failures: slot.failures,
                     crash_loop: slot.crash_loop,

@@ -278,10 +278,25 @@ pub fn children_of(pid: u32) -> Vec<(u32, u32)> {
         .collect()
 }
 
-/// SIGKILLs every process of group `pgid` (test cleanup).
+/// SIGKILLs every process of group `pgid` (test cleanup). Never 0 or 1: those would name the
+/// test's own group, or every process.
 pub fn kill_group(pgid: u32) {
+    if pgid <= 1 {
+        return;
+    }
     let _ = nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(pgid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// SIGKILLs process `pid` (a worker a test crashes on purpose). Never 0 or 1, which would name
+/// the test's own process group or init: a pid from an event or status is 0 until the
+/// process exists.
+pub fn kill_pid(pid: u64) {
+    assert!(pid > 1, "refusing to kill pid {pid}");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     );
 }
