@@ -434,6 +434,10 @@ fn connections_handed_to_a_stopped_worker_are_taken_back_and_served_elsewhere() 
     let stopped_id = second["id"].as_u64().unwrap();
     let stopped = nix::unistd::Pid::from_raw(second["pid"].as_u64().unwrap() as i32);
     nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // Stopped for real: a thread woken by a handoff before the stop takes effect reads it.
+    assert!(common::eventually(SOON, || {
+        common::all_threads_stopped(stopped.as_raw() as u32)
+    }));
     let mut slowest = std::time::Duration::ZERO;
     for n in 0..30 {
         let started = std::time::Instant::now();

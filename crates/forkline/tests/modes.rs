@@ -126,21 +126,6 @@ fn accept_queue_length(port: u16) -> Option<u64> {
 }
 
 /// True when every thread of process `pid` is stopped (state `T`).
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|task| {
-        std::fs::read_to_string(task.path().join("stat"))
-            .ok()
-            .and_then(|stat| {
-                stat.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('T'))
-            })
-            .unwrap_or(false)
-    })
-}
-
 /// Round-robin with the longest accept coalescing window (1 s, so that waiting for the timer
 /// shows), coalescing whenever connections queue (`accept_coalesce_always`; the governor that
 /// decides by default is tested in `coalesce.rs`). The primary is stopped while 16 clients
@@ -166,7 +151,7 @@ fn accept_coalescing_batches_a_queue_on_a_timer_and_never_delays_a_lone_client()
     // The stop takes effect a moment later; a connection accepted in that moment would be
     // held, unsent, until the primary resumes.
     assert!(
-        eventually(SOON, || all_threads_stopped(tb.pid())),
+        eventually(SOON, || common::all_threads_stopped(tb.pid())),
         "the primary did not stop"
     );
     let (answered, took) = std::thread::scope(|s| {
@@ -297,6 +282,9 @@ fn a_stopped_worker_is_handed_no_more_than_its_credit_window() {
     // Warm up: both workers answer, so both have taken (and maybe not yet acked) handoffs.
     assert_eq!(ids_answering(&addr, 2, 100), HashSet::from([0, 1]));
     nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    assert!(common::eventually(SOON, || common::all_threads_stopped(
+        stopped.as_raw() as u32
+    )));
     let mut waiting = Vec::new();
     let mut answered = BTreeMap::new();
     for _ in 0..20 {
@@ -331,6 +319,9 @@ fn a_worker_whose_channel_filled_up_is_handed_connections_again() {
     let tb = serving(2, &addr, &[("TB_CREDIT_WINDOW", "1000000")]);
     let stopped = listening_pid(&tb, 0);
     nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    assert!(common::eventually(SOON, || common::all_threads_stopped(
+        stopped.as_raw() as u32
+    )));
     // Enough connections, one at a time (so each travels in a packet of its own), to fill the
     // stopped worker's channel. Each client waits briefly for an answer to pace the next one;
     // those not answered yet are read after the worker resumes.

@@ -328,6 +328,9 @@ fn proxy_mode_skips_a_stopped_worker() {
     let stopped_id = slot["id"].as_u64().unwrap();
     let pid = nix::unistd::Pid::from_raw(slot["pid"].as_u64().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    assert!(common::eventually(SOON, || common::all_threads_stopped(
+        pid.as_raw() as u32
+    )));
     let answered_by_other = || {
         let addr: std::net::SocketAddr = addr.parse().unwrap();
         let Ok(mut stream) = std::net::TcpStream::connect(addr) else {

@@ -300,3 +300,20 @@ pub fn kill_pid(pid: u64) {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
+
+/// True once every thread of `pid` is stopped (after SIGSTOP, the stop takes effect only when
+/// each thread next runs: a thread woken by data in the meantime may read it first).
+pub fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false)
+    })
+}
