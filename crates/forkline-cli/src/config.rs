@@ -27,6 +27,7 @@ struct RawFile {
     mode: Option<Spanned<Value>>,
     balance: Option<Spanned<Value>>,
     proxy_queue_timeout: Option<Spanned<Value>>,
+    handoff_timeout: Option<Spanned<Value>>,
     name: Option<Spanned<Value>>,
     env: Option<Spanned<BTreeMap<String, Spanned<Value>>>>,
     cwd: Option<Spanned<Value>>,
@@ -68,6 +69,8 @@ pub struct FileSettings {
     pub balance: Option<Balance>,
     /// Proxy mode: how long a client waits for a worker to be up.
     pub proxy_queue_timeout: Option<Duration>,
+    /// Round-robin: how long handoffs may sit unread before they are taken back.
+    pub handoff_timeout: Option<Duration>,
     /// Name used in log prefixes.
     pub name: Option<String>,
     /// Extra environment for workers.
@@ -365,6 +368,7 @@ impl FileSettings {
                 raw.proxy_queue_timeout,
                 duration,
             )?,
+            handoff_timeout: field(located, "handoff-timeout", raw.handoff_timeout, duration)?,
             name: field(located, "name", raw.name, string)?,
             env,
             cwd: field(located, "cwd", raw.cwd, |v| Ok(base.join(string(v)?)))?,

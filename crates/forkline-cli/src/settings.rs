@@ -68,6 +68,12 @@ pub struct SettingsArgs {
           value_parser = parse::duration)]
     pub proxy_queue_timeout: Option<Duration>,
 
+    /// Round-robin: connections handed to a worker that leaves them unread this long (it is
+    /// stopped, or its event loop hangs) are taken back and served by the others [default: 10s]
+    #[arg(long, env = "FORKLINE_HANDOFF_TIMEOUT", value_name = "DURATION",
+          value_parser = parse::duration)]
+    pub handoff_timeout: Option<Duration>,
+
     /// Name shown in log prefixes [NAME:ID PID] [default: the command's file name]
     #[arg(long, env = "FORKLINE_NAME", value_name = "NAME")]
     pub name: Option<String>,
@@ -226,6 +232,8 @@ pub struct Settings {
     pub balance: Sourced<Balance>,
     /// Proxy mode: how long a client waits for a worker to be up before it is closed.
     pub proxy_queue_timeout: Sourced<Duration>,
+    /// Round-robin: how long handoffs may sit unread before they are taken back.
+    pub handoff_timeout: Sourced<Duration>,
     /// Name for log prefixes.
     pub name: Sourced<String>,
     /// Extra environment for workers: the file's `[env]`, then `--env` flags (later wins).
@@ -478,6 +486,14 @@ impl Settings {
                 file.proxy_queue_timeout,
                 library.proxy_queue_timeout,
             ),
+            handoff_timeout: pick(
+                m,
+                "handoff_timeout",
+                Some("FORKLINE_HANDOFF_TIMEOUT"),
+                args.handoff_timeout,
+                file.handoff_timeout,
+                library.handoff_timeout,
+            ),
             name: pick(
                 m,
                 "name",
@@ -701,6 +717,7 @@ impl Settings {
             // Looked up by `run` (user names), then set there.
             unix_owner: None,
             proxy_queue_timeout: self.proxy_queue_timeout.value,
+            handoff_timeout: self.handoff_timeout.value,
             ..ClusterOptions::default()
         }
     }
@@ -780,6 +797,11 @@ impl Settings {
             "proxy-queue-timeout",
             Some(dur(self.proxy_queue_timeout.value)),
             self.proxy_queue_timeout.source,
+        );
+        line(
+            "handoff-timeout",
+            Some(dur(self.handoff_timeout.value)),
+            self.handoff_timeout.source,
         );
         line("name", Some(quote(&self.name.value)), self.name.source);
         line(

@@ -400,3 +400,37 @@ fn the_documented_example_is_valid() {
     let finished = run_to_end(command, Duration::from_secs(30));
     assert_eq!(finished.code, Some(0), "{}", finished.stderr);
 }
+
+/// `handoff-timeout` from the default, the file, its environment variable and its flag, each
+/// overriding the one before.
+#[test]
+fn handoff_timeout_from_each_layer() {
+    let dir = TempDir::new("handoff-timeout");
+    let file = dir.write(
+        "forkline.toml",
+        "command = [\"true\"]\nhandoff-timeout = \"3s\"\n",
+    );
+    let plain = dir.write("plain.toml", "command = [\"true\"]\n");
+    let check = |file: &PathBuf, args: &[&str], var: Option<&str>| {
+        let mut command = forkline();
+        command.env_remove("FORKLINE_HANDOFF_TIMEOUT");
+        if let Some(value) = var {
+            command.env("FORKLINE_HANDOFF_TIMEOUT", value);
+        }
+        command.arg("check-config").args(args).arg(file);
+        let finished = run_to_end(command, Duration::from_secs(30));
+        assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+        setting(&finished.stdout, "handoff-timeout")
+    };
+    let expect = |value: &str, source: &str| (value.to_string(), source.to_string());
+    assert_eq!(check(&plain, &[], None), expect("\"10s\"", "default"));
+    assert_eq!(check(&file, &[], None).0, "\"3s\"");
+    assert_eq!(
+        check(&file, &[], Some("4s")),
+        expect("\"4s\"", "env FORKLINE_HANDOFF_TIMEOUT")
+    );
+    assert_eq!(
+        check(&file, &["--handoff-timeout", "500ms"], Some("4s")).0,
+        "\"500ms\""
+    );
+}
