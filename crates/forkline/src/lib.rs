@@ -47,8 +47,9 @@ pub use error::{Error, Result};
 pub use primary::{
     accept_coalesce_from_env, check_accept_coalesce, Backoff, Balance, Cluster, ClusterBuilder,
     ClusterOptions, Event, EventStream, ListenSpec, Readiness, ReplaceFailure, Replacement,
-    RestartPolicy, Shutdown, SlotStatus, WorkerHandle, WorkerState, WorkerStdio,
-    DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME, ENV_ACCEPT_COALESCE_US, MAX_ACCEPT_COALESCE,
+    RestartPolicy, Shutdown, SlotStatus, Stats, WorkerHandle, WorkerState, WorkerStats,
+    WorkerStdio, DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME, ENV_ACCEPT_COALESCE_US,
+    MAX_ACCEPT_COALESCE,
 };
 pub use protocol::{Mode, SocketKind};
 pub use role::{role, Role};

@@ -270,6 +270,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// Serves a control socket at `path` (0600, its directory created 0700 if missing): one
+    /// JSON request per line — status, reload, scale, restart, stop — from this user or root
+    /// only (`docs/CONTROL.md`). A stale socket file is replaced; one a live cluster serves is
+    /// an error.
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.opts.control = Some(path.into());
+        self
+    }
+
     /// Makes the primary a child subreaper (default false): processes that workers' children
     /// leave behind are reparented to the primary instead of PID 1, and the primary reaps them.
     /// Running as PID 1 (a container's init) it reaps orphans either way.

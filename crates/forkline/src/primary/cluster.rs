@@ -106,6 +106,11 @@ impl Cluster {
             listener.pin();
             prebound.push(listener);
         }
+        // Bound before anything starts: a clash is a start error naming the path.
+        let control = match &opts.control {
+            Some(path) => Some((super::control::bind(path)?, path.clone())),
+            None => None,
+        };
         let notify_dir = if opts.notify_socket {
             Some(NotifyDir::create(Some((opts.uid, opts.gid)))?)
         } else {
@@ -116,6 +121,9 @@ impl Cluster {
             inner: Arc::new(core),
         };
         let opts = &cluster.inner.opts;
+        if let Some((listener, path)) = control {
+            super::control::serve(cluster.clone(), listener, path);
+        }
         if opts.subreaper {
             super::reaper::become_subreaper()?;
         }

@@ -62,6 +62,8 @@ pub(crate) struct Core {
     pub keeper: Option<Keeper>,
     /// Notify messages dropped because they did not come from the worker's process group.
     pub notify_rejected: std::sync::atomic::AtomicU64,
+    /// When the cluster started.
+    pub started: std::time::Instant,
 }
 
 impl Core {
@@ -97,6 +99,7 @@ impl Core {
             reload_lock: tokio::sync::Mutex::new(()),
             keeper: start_keeper(),
             notify_rejected: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
             opts,
         }
     }

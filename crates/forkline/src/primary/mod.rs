@@ -4,6 +4,7 @@
 mod builder;
 mod cluster;
 mod coalesce;
+pub mod control;
 mod core;
 mod dispatch;
 mod event;
@@ -25,6 +26,7 @@ mod slots;
 mod spawn;
 mod spawner;
 mod splice;
+mod stats;
 mod supervisor;
 mod task;
 
@@ -37,3 +39,4 @@ pub use options::{
     Readiness, RestartPolicy, WorkerStdio, DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME,
     ENV_ACCEPT_COALESCE_US, MAX_ACCEPT_COALESCE,
 };
+pub use stats::{Stats, WorkerStats};

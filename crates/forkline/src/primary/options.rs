@@ -239,6 +239,8 @@ pub struct ClusterOptions {
     /// Round-robin: handoffs a worker leaves unread this long are taken back and handed to
     /// other workers (a stopped or hung worker).
     pub handoff_timeout: Duration,
+    /// Serve a control socket at this path (`forkline status`, `reload`, `scale`, `stop`).
+    pub control: Option<PathBuf>,
     /// Make the primary a child subreaper (PR_SET_CHILD_SUBREAPER): what workers leave behind
     /// is reparented to it, and reaped. As PID 1 it reaps orphans either way.
     pub subreaper: bool,
@@ -306,6 +308,7 @@ impl Default for ClusterOptions {
             proxy_queue_timeout: Duration::from_secs(5),
             handoff_timeout: Duration::from_secs(10),
             subreaper: false,
+            control: None,
         }
     }
 }

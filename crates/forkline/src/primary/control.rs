@@ -1,0 +1,266 @@
+//! The control socket: a Unix stream socket the primary serves so that a running cluster can
+//! be asked what it is doing and told what to do (`forkline status`, `reload`, `scale`,
+//! `stop`, `restart`). One JSON object per line each way, versioned (`docs/CONTROL.md`).
+//!
+//! The socket is 0600 in a directory the primary creates 0700, and each connection is checked
+//! against the peer's credentials (SO_PEERCRED): only the primary's own user, or root, is
+//! served. A malformed request gets an error reply; the primary carries on.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::cluster::Cluster;
+use super::event::Replacement;
+use super::{replace, task};
+use crate::error::{Error, Result};
+
+/// The version of the control protocol this primary speaks.
+pub const CONTROL_VERSION: u32 = 1;
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// A request on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// The cluster and every worker.
+    Status,
+    /// A rolling reload; answered when it has finished or failed.
+    Reload,
+    /// A new number of workers: `workers`, or the current number plus `delta`.
+    Scale {
+        /// The new number of workers.
+        #[serde(default)]
+        workers: Option<usize>,
+        /// Workers to add (or remove, when negative).
+        #[serde(default)]
+        delta: Option<i64>,
+    },
+    /// Replace one slot's worker (start a new one, then stop the old one).
+    Restart {
+        /// The slot.
+        slot: usize,
+    },
+    /// Stop the cluster gracefully (or at once with `now`).
+    Stop {
+        /// SIGKILL the workers instead of asking them to finish.
+        #[serde(default)]
+        now: bool,
+    },
+}
+
+/// A request line: the protocol version and the request.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    v: u32,
+    #[serde(flatten)]
+    request: Request,
+}
+
+/// Binds the control socket at `path`: creates its directory (0700) if missing, replaces a
+/// stale socket file left by a primary that was killed, and refuses one a live cluster serves.
+pub(crate) fn bind(path: &Path) -> Result<UnixListener> {
+    let control_error = |source: io::Error| Error::Listen {
+        address: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .create(dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(control_error)?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(control_error(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "a running cluster serves this control socket",
+            )));
+        }
+        std::fs::remove_file(path).map_err(control_error)?;
+    }
+    let listener = UnixListener::bind(path).map_err(control_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(control_error)?;
+    Ok(listener)
+}
+
+/// Serves the control socket until the cluster has stopped, then removes its file.
+pub(crate) fn serve(cluster: Cluster, listener: UnixListener, path: PathBuf) {
+    task::spawn("control", async move {
+        let mut finished = cluster.inner.finished.subscribe();
+        let mut stopped = std::pin::pin!(async move {
+            let _ = finished.wait_for(|f| f.is_some()).await;
+        });
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        task::spawn("control-client", client(cluster.clone(), stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = &mut stopped => break,
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+/// True when the peer is this process's user or root.
+fn authorized(stream: &UnixStream) -> bool {
+    let me = nix::unistd::Uid::effective().as_raw();
+    stream
+        .peer_cred()
+        .is_ok_and(|cred| cred.uid() == me || cred.uid() == 0)
+}
+
+/// Serves one client: a reply line for each request line.
+async fn client(cluster: Cluster, stream: UnixStream) {
+    if !authorized(&stream) {
+        let (_, mut writer) = stream.into_split();
+        let reply = json!({"ok": false, "error": "permission denied: not the cluster's user"});
+        let _ = writer.write_all(format!("{reply}\n").as_bytes()).await;
+        return;
+    }
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // One line, at most MAX_REQUEST bytes: a client cannot make the primary buffer more.
+        match (&mut reader)
+            .take(MAX_REQUEST + 1)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let reply = if line.len() as u64 > MAX_REQUEST {
+            json!({"ok": false, "error": "request too long"})
+        } else {
+            answer(&cluster, &String::from_utf8_lossy(&line)).await
+        };
+        if writer
+            .write_all(format!("{reply}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if line.len() as u64 > MAX_REQUEST {
+            // The rest of that line would be read as requests: end the connection instead.
+            return;
+        }
+    }
+}
+
+/// The reply to one request line.
+async fn answer(cluster: &Cluster, line: &str) -> Value {
+    let envelope: Envelope = match serde_json::from_str(line) {
+        Ok(envelope) => envelope,
+        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
+    };
+    if envelope.v != CONTROL_VERSION {
+        return json!({"ok": false, "error": format!(
+            "unsupported control protocol version {}; this primary speaks {CONTROL_VERSION}",
+            envelope.v
+        )});
+    }
+    match envelope.request {
+        Request::Status => {
+            let mut status = serde_json::to_value(cluster.stats()).unwrap_or(Value::Null);
+            status["ok"] = json!(true);
+            status
+        }
+        Request::Reload => match cluster.reload().await {
+            Ok(()) => json!({"ok": true}),
+            Err(Error::ReloadFailed { slot, reason }) => json!({
+                "ok": false, "slot": slot, "error": format!("slot {slot}: the new worker {reason}")
+            }),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        },
+        Request::Scale { workers, delta } => {
+            let target = match (workers, delta) {
+                (Some(n), None) => Some(n as i64),
+                (None, Some(d)) => Some(cluster.target() as i64 + d),
+                _ => None,
+            };
+            match target {
+                Some(n) if n >= 1 => match cluster.scale(n as usize) {
+                    Ok(()) => json!({"ok": true, "workers": n}),
+                    Err(e) => json!({"ok": false, "error": e.to_string()}),
+                },
+                Some(n) => {
+                    json!({"ok": false, "error": format!("cannot scale to {n}: at least 1 worker")})
+                }
+                None => json!({"ok": false, "error": "scale needs `workers` or `delta`"}),
+            }
+        }
+        Request::Restart { slot } => {
+            if cluster.worker(slot).is_none() {
+                return json!({"ok": false, "error": format!("no worker in slot {slot}")});
+            }
+            match replace::replace(cluster, slot, Replacement::Reload, None).await {
+                Ok(()) => json!({"ok": true}),
+                Err(reason) => {
+                    json!({"ok": false, "slot": slot, "error": format!("slot {slot}: the new worker {reason}")})
+                }
+            }
+        }
+        Request::Stop { now } => {
+            if now {
+                cluster.shutdown_now();
+            } else {
+                cluster.shutdown();
+            }
+            json!({"ok": true})
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_with_their_version() {
+        let parse = |line: &str| serde_json::from_str::<Envelope>(line).map(|e| (e.v, e.request));
+        assert_eq!(
+            parse(r#"{"v":1,"cmd":"status"}"#).unwrap(),
+            (1, Request::Status)
+        );
+        assert_eq!(
+            parse(r#"{"v":1,"cmd":"scale","delta":-1}"#).unwrap().1,
+            Request::Scale {
+                workers: None,
+                delta: Some(-1)
+            }
+        );
+        assert_eq!(
+            parse(r#"{"v":1,"cmd":"stop","now":true}"#).unwrap().1,
+            Request::Stop { now: true }
+        );
+        assert!(parse(r#"{"v":1,"cmd":"explode"}"#).is_err());
+        assert!(
+            parse(r#"{"cmd":"status"}"#).is_err(),
+            "the version is required"
+        );
+    }
+}
