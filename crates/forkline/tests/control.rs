@@ -145,3 +145,106 @@ fn another_user_cannot_reach_the_control_socket() {
         "still running"
     );
 }
+
+/// An HTTP GET on 127.0.0.1: the status code and the body.
+fn get(address: &str, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the metrics port");
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (code, body)
+}
+
+/// The value of the sample `series` (with its labels, as printed) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn metrics_and_probes_follow_the_cluster() {
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let path = control_path("metrics");
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_METRICS", &metrics),
+        ("TB_CONTROL", path.to_str().unwrap()),
+    ]);
+    tb.wait_online(2);
+    assert_eq!(get(&metrics, "/healthz").0, 200);
+    assert_eq!(get(&metrics, "/readyz").0, 200);
+    let (code, text) = get(&metrics, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text: {text}"
+    );
+    assert_eq!(
+        sample(&text, "forkline_workers{state=\"ready\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "forkline_worker_slots"), Some(2.0), "{text}");
+    assert_eq!(
+        sample(&text, "forkline_reloads_total{result=\"ok\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(sample(&text, "forkline_worker_resident_memory_bytes{slot=\"0\"}").unwrap() > 0.0);
+
+    assert_eq!(ask(&path, r#"{"v":1,"cmd":"reload"}"#)["ok"], true);
+    let (_, text) = get(&metrics, "/metrics");
+    assert_eq!(
+        sample(&text, "forkline_reloads_total{result=\"ok\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "forkline_restarts_total"),
+        Some(0.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn readyz_fails_while_no_worker_is_ready_and_a_taken_metrics_port_is_named() {
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_PLAIN", "1"),
+        ("TB_EXEC", "/bin/sleep"),
+        ("TB_ARGS", "300"),
+        ("TB_NOTIFY", "1"),
+        ("TB_METRICS", &metrics),
+    ]);
+    tb.wait_event("fork", Some(0));
+    assert_eq!(get(&metrics, "/healthz").0, 200);
+    assert_eq!(get(&metrics, "/readyz").0, 503);
+    // The same address again: a start error naming it.
+    let mut second = Testbed::start(&[("TB_WORKERS", "1"), ("TB_METRICS", &metrics)]);
+    let error = second.wait_event("error", None);
+    assert!(
+        error["error"].as_str().unwrap().contains(&metrics),
+        "{error}"
+    );
+}

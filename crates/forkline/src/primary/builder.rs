@@ -279,6 +279,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// Serves HTTP at `address` (`HOST:PORT`): Prometheus text at `/metrics` (every series
+    /// named `forkline_…`), `/healthz` (200 while the primary runs) and `/readyz` (200 while at
+    /// least one worker is ready, 503 otherwise), for Kubernetes probes. An address in use is a
+    /// start error naming it. Needs the `axum` feature (on by default).
+    pub fn metrics(mut self, address: impl Into<String>) -> Self {
+        self.opts.metrics = Some(address.into());
+        self
+    }
+
     /// Makes the primary a child subreaper (default false): processes that workers' children
     /// leave behind are reparented to the primary instead of PID 1, and the primary reaps them.
     /// Running as PID 1 (a container's init) it reaps orphans either way.

@@ -19,6 +19,28 @@ use super::{dispatch, proxy, replace, shutdown, signals, task};
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
 
+/// Binds `address` and serves `/metrics`, `/healthz` and `/readyz` there.
+#[cfg(feature = "axum")]
+async fn start_metrics(cluster: &Cluster, address: &str) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| Error::Listen {
+            address: address.to_string(),
+            source,
+        })?;
+    tracing::info!(%address, "metrics at /metrics, probes at /healthz and /readyz");
+    super::metrics::serve(cluster.clone(), listener);
+    Ok(())
+}
+
+#[cfg(not(feature = "axum"))]
+async fn start_metrics(_: &Cluster, _: &str) -> Result<()> {
+    Err(Error::InvalidOption {
+        field: "metrics",
+        reason: "forkline was built without its `axum` feature".into(),
+    })
+}
+
 /// How the cluster ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shutdown {
@@ -121,6 +143,9 @@ impl Cluster {
             inner: Arc::new(core),
         };
         let opts = &cluster.inner.opts;
+        if let Some(address) = &opts.metrics {
+            start_metrics(&cluster, address).await?;
+        }
         if let Some((listener, path)) = control {
             super::control::serve(cluster.clone(), listener, path);
         }
@@ -305,11 +330,14 @@ impl Cluster {
             state.slots.all().map(|(id, _)| id).collect()
         };
         tracing::info!(slots = slots.len(), "rolling reload started");
+        use std::sync::atomic::Ordering::Relaxed;
         for slot in slots {
             if let Err(reason) = replace::replace(self, slot, Replacement::Reload, None).await {
+                self.inner.reloads_failed.fetch_add(1, Relaxed);
                 return Err(Error::ReloadFailed { slot, reason });
             }
         }
+        self.inner.reloads_ok.fetch_add(1, Relaxed);
         tracing::info!("rolling reload finished");
         Ok(())
     }

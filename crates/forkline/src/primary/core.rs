@@ -64,6 +64,9 @@ pub(crate) struct Core {
     pub notify_rejected: std::sync::atomic::AtomicU64,
     /// When the cluster started.
     pub started: std::time::Instant,
+    /// Rolling reloads that finished, and that failed.
+    pub reloads_ok: std::sync::atomic::AtomicU64,
+    pub reloads_failed: std::sync::atomic::AtomicU64,
 }
 
 impl Core {
@@ -100,6 +103,8 @@ impl Core {
             keeper: start_keeper(),
             notify_rejected: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
+            reloads_ok: std::sync::atomic::AtomicU64::new(0),
+            reloads_failed: std::sync::atomic::AtomicU64::new(0),
             opts,
         }
     }

@@ -12,6 +12,8 @@ mod handle;
 mod ipc;
 mod keeper;
 mod listeners;
+#[cfg(feature = "axum")]
+mod metrics;
 mod notify;
 mod options;
 mod output;

@@ -239,6 +239,8 @@ pub struct ClusterOptions {
     /// Round-robin: handoffs a worker leaves unread this long are taken back and handed to
     /// other workers (a stopped or hung worker).
     pub handoff_timeout: Duration,
+    /// Serve Prometheus metrics and health probes over HTTP at this address (`HOST:PORT`).
+    pub metrics: Option<String>,
     /// Serve a control socket at this path (`forkline status`, `reload`, `scale`, `stop`).
     pub control: Option<PathBuf>,
     /// Make the primary a child subreaper (PR_SET_CHILD_SUBREAPER): what workers leave behind
@@ -309,6 +311,7 @@ impl Default for ClusterOptions {
             handoff_timeout: Duration::from_secs(10),
             subreaper: false,
             control: None,
+            metrics: None,
         }
     }
 }

@@ -58,6 +58,15 @@ pub struct WorkerStats {
 }
 
 impl Cluster {
+    /// Rolling reloads so far: (finished, failed).
+    pub fn reload_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.reloads_ok.load(Relaxed),
+            self.inner.reloads_failed.load(Relaxed),
+        )
+    }
+
     /// A snapshot of the cluster and each slot's worker.
     pub fn stats(&self) -> Stats {
         let workers: Vec<WorkerStats> = self
