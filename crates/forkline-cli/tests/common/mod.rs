@@ -15,10 +15,20 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// The `forkline` binary under test.
+/// The `forkline` binary under test. Each command gets its own XDG_RUNTIME_DIR, so the
+/// control sockets of clusters that tests run side by side (often with the same default name)
+/// never clash; tests of the control commands set one shared by a cluster and its clients.
 pub fn forkline() -> Command {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let runtime_dir = std::env::temp_dir().join(format!(
+        "forkline-cli-run-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut command = Command::new(env!("CARGO_BIN_EXE_forkline"));
     command.env("RUST_LOG", "info");
+    command.env("XDG_RUNTIME_DIR", runtime_dir);
+    command.env_remove("FORKLINE_CONTROL");
     command
 }
 
