@@ -443,3 +443,24 @@ fn control_path_given_explicitly() {
         out.stderr
     );
 }
+
+/// Another user's cluster: the client is told permission was denied (exit 1). Needs root, to
+/// run the client as `nobody`; skipped otherwise.
+#[test]
+fn another_users_cluster_is_permission_denied() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    let world = World::new("denied");
+    let mut cluster = world.start("web", 1);
+    let mut command = world.forkline();
+    command.uid(65534).gid(65534);
+    command.args(["status", "web"]);
+    let out = run_to_end(command, Duration::from_secs(30));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let line = one_line(&out);
+    assert!(line.contains("permission denied"), "{line}");
+    assert!(line.contains("another user"), "{line}");
+    cluster.stop_cleanly();
+}
