@@ -29,6 +29,7 @@ struct RawFile {
     proxy_queue_timeout: Option<Spanned<Value>>,
     handoff_timeout: Option<Spanned<Value>>,
     name: Option<Spanned<Value>>,
+    control: Option<Spanned<Value>>,
     env: Option<Spanned<BTreeMap<String, Spanned<Value>>>>,
     cwd: Option<Spanned<Value>>,
     user: Option<Spanned<Value>>,
@@ -73,6 +74,8 @@ pub struct FileSettings {
     pub handoff_timeout: Option<Duration>,
     /// Name used in log prefixes.
     pub name: Option<String>,
+    /// The control socket's path (relative paths are relative to the file's directory).
+    pub control: Option<PathBuf>,
     /// Extra environment for workers.
     pub env: Vec<(String, String)>,
     /// Working directory of workers (relative paths are relative to the file's directory).
@@ -370,6 +373,9 @@ impl FileSettings {
             )?,
             handoff_timeout: field(located, "handoff-timeout", raw.handoff_timeout, duration)?,
             name: field(located, "name", raw.name, string)?,
+            control: field(located, "control", raw.control, |v| {
+                Ok(base.join(string(v)?))
+            })?,
             env,
             cwd: field(located, "cwd", raw.cwd, |v| Ok(base.join(string(v)?)))?,
             user: field(located, "user", raw.user, |v| match v {

@@ -10,6 +10,7 @@
 mod activation;
 mod cli;
 mod config;
+mod control;
 mod error;
 mod logging;
 mod parse;
@@ -39,6 +40,12 @@ fn main() {
         Command::Exec(args) => std::process::exit(cli::exec::exec(args)),
         Command::Run(args) => cli::run::run(args, &sub),
         Command::CheckConfig(args) => cli::check_config::check_config(args, &sub).map(|()| 0),
+        Command::Status(args) => cli::status::status(args),
+        Command::Ls(args) => cli::ls::ls(args),
+        Command::Reload(args) => cli::reload::reload(args),
+        Command::Scale(args) => cli::scale::scale(args),
+        Command::Restart(args) => cli::restart::restart(args),
+        Command::Stop(args) => cli::stop::stop(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

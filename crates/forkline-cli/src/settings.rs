@@ -78,6 +78,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "FORKLINE_NAME", value_name = "NAME")]
     pub name: Option<String>,
 
+    /// Serve the control socket here (`forkline status` etc.) [default: DIR/NAME.sock, DIR
+    /// being $XDG_RUNTIME_DIR/forkline, /run/forkline for root, else $TMPDIR/forkline-UID]
+    #[arg(long, env = "FORKLINE_CONTROL", value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
     /// Extra environment variable for workers (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse::env_pair)]
     pub env: Vec<(String, String)>,
@@ -236,6 +241,8 @@ pub struct Settings {
     pub handoff_timeout: Sourced<Duration>,
     /// Name for log prefixes.
     pub name: Sourced<String>,
+    /// The control socket's path.
+    pub control: Sourced<PathBuf>,
     /// Extra environment for workers: the file's `[env]`, then `--env` flags (later wins).
     pub env: Vec<(String, String)>,
     /// Working directory of workers.
@@ -420,6 +427,14 @@ impl Settings {
                 .map(|dir| std::path::absolute(&dir).unwrap_or(dir)),
             source: cwd.source,
         };
+        let name = pick(
+            m,
+            "name",
+            Some("FORKLINE_NAME"),
+            args.name.clone(),
+            file.name.clone(),
+            default_name,
+        );
         let mut env = file.env.clone();
         env.extend(args.env.iter().cloned());
         let library = ClusterOptions::default();
@@ -494,14 +509,15 @@ impl Settings {
                 file.handoff_timeout,
                 library.handoff_timeout,
             ),
-            name: pick(
+            control: pick(
                 m,
-                "name",
-                Some("FORKLINE_NAME"),
-                args.name.clone(),
-                file.name.clone(),
-                default_name,
+                "control",
+                Some("FORKLINE_CONTROL"),
+                args.control.clone(),
+                file.control.clone(),
+                crate::control::default_path(&name.value),
             ),
+            name,
             env,
             cwd,
             user: pick(
@@ -679,6 +695,7 @@ impl Settings {
                 forkline::WorkerStdio::Inherit
             },
             name: Some(self.name.value.clone()),
+            control: Some(self.control.value.clone()),
             uid,
             gid,
             restart: self.restart.value,
@@ -804,6 +821,11 @@ impl Settings {
             self.handoff_timeout.source,
         );
         line("name", Some(quote(&self.name.value)), self.name.source);
+        line(
+            "control",
+            Some(quote(&self.control.value.display().to_string())),
+            self.control.source,
+        );
         line(
             "cwd",
             self.cwd

@@ -20,7 +20,10 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// by a replacement, and SIGTERM must still stop the primary with exit code 0.
 #[test]
 fn closed_stdout_and_stderr_do_not_stop_supervision() {
+    // Its control socket in a directory removed at the end (not spawned by `Running`).
+    let runtime_dir = TempDir::new("quiet");
     let mut command = forkline();
+    command.env("XDG_RUNTIME_DIR", runtime_dir.path());
     command.args(["run", "-w", "2", "--min-uptime", "0", "--name", "quiet"]);
     command.args(["--", "sh", "-c", "echo started; exec sleep 3600"]);
     command

@@ -1,9 +1,16 @@
 //! The command line: the top-level `forkline` parser and one module per subcommand
-//! (`run`, `check-config`, and the hidden `__exec` shim that starts each worker).
+//! (`run`, `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`
+//! and `stop`, and the hidden `__exec` shim that starts each worker).
 
 pub mod check_config;
 pub mod exec;
+pub mod ls;
+pub mod reload;
+pub mod restart;
 pub mod run;
+pub mod scale;
+pub mod status;
+pub mod stop;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +37,18 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check a config file and print the effective settings
     CheckConfig(check_config::CheckConfigArgs),
+    /// Show a running cluster's workers
+    Status(status::StatusArgs),
+    /// List this user's running clusters
+    Ls(ls::LsArgs),
+    /// Replace every worker of a running cluster, one at a time, and wait for it
+    Reload(reload::ReloadArgs),
+    /// Set a running cluster's number of workers: N, +K or -K
+    Scale(scale::ScaleArgs),
+    /// Replace one worker of a running cluster
+    Restart(restart::RestartArgs),
+    /// Stop a running cluster
+    Stop(stop::StopArgs),
     /// (internal) Start one worker: set LISTEN_PID to our own pid, then exec COMMAND
     #[command(name = "__exec", hide = true)]
     Exec(exec::ExecArgs),

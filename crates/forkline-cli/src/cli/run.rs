@@ -265,9 +265,23 @@ fn socket_owner(owner: &SocketOwner, source: Source) -> Result<(u32, u32), CliEr
     Ok((uid, gid))
 }
 
-/// A start error, naming a listen address the way the user wrote it.
-fn start_error(e: forkline::Error, specs: &[ListenSpec]) -> CliError {
+/// A start error, naming a listen address the way the user wrote it, or the cluster that
+/// already serves our control socket.
+fn start_error(e: forkline::Error, specs: &[ListenSpec], settings: &Settings) -> CliError {
     if let forkline::Error::Listen { address, source } = &e {
+        let control = settings.control.value.display().to_string();
+        if *address == control {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                return CliError::Runtime(format!(
+                    "a cluster named `{}` is already running: its control socket is {control} \
+                     (give this one another --name or --control)",
+                    settings.name.value
+                ));
+            }
+            return CliError::Runtime(format!(
+                "cannot serve the control socket {control}: {source}"
+            ));
+        }
         if let Some(spec) = specs.iter().find(|s| &s.address == address) {
             let shown = ListenAddr::unnamed(spec.kind, spec.address.clone());
             return CliError::Runtime(format!("cannot listen on {shown}: {source}"));
@@ -287,7 +301,7 @@ async fn supervise(
     let cluster = ClusterBuilder::from_options(opts)
         .start()
         .await
-        .map_err(|e| start_error(e, &specs))?;
+        .map_err(|e| start_error(e, &specs, settings))?;
     let command: Vec<String> = settings
         .command
         .value
@@ -299,6 +313,11 @@ async fn supervise(
         mode = settings.mode.value.name(),
         command = %command.join(" "),
         "forkline started"
+    );
+    tracing::info!(
+        "control socket: {} (forkline status {})",
+        settings.control.value.display(),
+        settings.name.value
     );
     let addresses = cluster.listen_addresses();
     if !addresses.is_empty() {

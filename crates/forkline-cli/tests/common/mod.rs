@@ -15,10 +15,24 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// The `forkline` binary under test.
+/// The name of the runtime directories [`forkline`] gives each command, removed when the
+/// [`Running`] process that used one is dropped.
+const RUN_DIR_PREFIX: &str = "forkline-cli-run-";
+
+/// The `forkline` binary under test. Each command gets its own XDG_RUNTIME_DIR, so the
+/// control sockets of clusters that tests run side by side (often with the same default name)
+/// never clash; tests of the control commands set one shared by a cluster and its clients.
 pub fn forkline() -> Command {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let runtime_dir = std::env::temp_dir().join(format!(
+        "{RUN_DIR_PREFIX}{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut command = Command::new(env!("CARGO_BIN_EXE_forkline"));
     command.env("RUST_LOG", "info");
+    command.env("XDG_RUNTIME_DIR", runtime_dir);
+    command.env_remove("FORKLINE_CONTROL");
     command
 }
 
@@ -158,6 +172,8 @@ impl Lines {
 /// A running process with its output collected. Killed (by pid) when dropped.
 pub struct Running {
     child: Child,
+    /// The private XDG_RUNTIME_DIR [`forkline`] gave it, removed on drop.
+    runtime_dir: Option<PathBuf>,
     /// Its stdout, line by line.
     pub stdout: Lines,
     /// Its stderr, line by line.
@@ -172,11 +188,21 @@ impl Running {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let runtime_dir = command
+            .get_envs()
+            .find(|(key, _)| *key == "XDG_RUNTIME_DIR")
+            .and_then(|(_, value)| value)
+            .map(PathBuf::from)
+            .filter(|dir| {
+                dir.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(RUN_DIR_PREFIX))
+            });
         let mut child = command.spawn().expect("start process");
         let stdout = Lines::collect(child.stdout.take().unwrap());
         let stderr = Lines::collect(child.stderr.take().unwrap());
         Running {
             child,
+            runtime_dir,
             stdout,
             stderr,
             status: None,
@@ -232,6 +258,9 @@ impl Drop for Running {
             // The primary's workers die with it (PR_SET_PDEATHSIG).
             self.signal(Signal::SIGKILL);
             let _ = self.child.wait();
+        }
+        if let Some(dir) = &self.runtime_dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -1,0 +1,43 @@
+//! `forkline reload NAME`: a rolling reload, waited for. Prints success, or the slot whose new
+//! worker failed and why (exit 1; the old worker keeps serving).
+
+use clap::Args;
+use serde_json::json;
+
+use crate::control::{self, Target, TargetArgs};
+use crate::error::CliError;
+
+/// Arguments of `forkline reload`.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The cluster's name (see forkline ls)
+    #[arg(value_name = "NAME", required_unless_present = "control")]
+    pub name: Option<String>,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// Runs `reload`.
+pub fn reload(args: ReloadArgs) -> Result<i32, CliError> {
+    let target = Target::new(args.name.as_deref(), &args.target)?;
+    let reply = target.send(json!({"cmd": "reload"}), None)?;
+    if reply["ok"] == json!(true) {
+        control::print(&format!(
+            "{}: reloaded: every worker replaced\n",
+            target.name
+        ));
+        return Ok(0);
+    }
+    let error = reply["error"].as_str().unwrap_or("the reload failed");
+    match reply["slot"].as_u64() {
+        Some(slot) => Err(CliError::Runtime(format!(
+            "{}: reload failed at slot {slot}: {error}; the old worker keeps serving",
+            target.name
+        ))),
+        None => Err(CliError::Runtime(format!(
+            "{}: reload failed: {error}",
+            target.name
+        ))),
+    }
+}

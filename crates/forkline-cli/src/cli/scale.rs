@@ -1,0 +1,95 @@
+//! `forkline scale NAME N|+K|-K`: sets the number of workers, or adds or removes some.
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::control::{self, Target, TargetArgs};
+use crate::error::CliError;
+
+/// Arguments of `forkline scale`.
+#[derive(Debug, Args)]
+#[command(
+    allow_negative_numbers = true,
+    override_usage = "forkline scale NAME N|+K|-K\n       forkline scale --control PATH N|+K|-K"
+)]
+pub struct ScaleArgs {
+    /// The cluster's name (see forkline ls)
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// N workers, or K more (+K) or fewer (-K)
+    #[arg(value_name = "N|+K|-K", allow_hyphen_values = true)]
+    pub count: Option<String>,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// Runs `scale`.
+pub fn scale(args: ScaleArgs) -> Result<i32, CliError> {
+    let (name, count) = match (&args.count, &args.target.control) {
+        (Some(count), _) => (Some(args.name.as_str()), count.as_str()),
+        (None, Some(_)) => (None, args.name.as_str()),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "scale: give the cluster's name and N, +K or -K".into(),
+            ))
+        }
+    };
+    let request = parse_count(count)?;
+    let target = Target::new(name, &args.target)?;
+    let reply = target.call(request, Some(control::QUICK))?;
+    control::print(&format!(
+        "{}: scaled to {} workers\n",
+        target.name, reply["workers"]
+    ));
+    Ok(0)
+}
+
+/// `N` (at least 1), `+K` or `-K` (K at least 1) as a scale request.
+fn parse_count(count: &str) -> Result<Value, CliError> {
+    let bad = |why: &str| CliError::Usage(format!("scale: invalid count `{count}`: {why}"));
+    let number = |digits: &str| -> Result<u64, CliError> {
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("expected N, +K or -K (whole numbers)"));
+        }
+        digits.parse().map_err(|_| bad("too large"))
+    };
+    if let Some(k) = count.strip_prefix('+') {
+        let k = number(k)?;
+        if k == 0 {
+            return Err(bad("K must be at least 1"));
+        }
+        return Ok(json!({"cmd": "scale", "delta": k}));
+    }
+    if let Some(k) = count.strip_prefix('-') {
+        let k = number(k)?;
+        if k == 0 {
+            return Err(bad("K must be at least 1"));
+        }
+        let k = i64::try_from(k).map_err(|_| bad("too large"))?;
+        return Ok(json!({"cmd": "scale", "delta": -k}));
+    }
+    match number(count)? {
+        0 => Err(bad(
+            "a cluster needs at least 1 worker (stop it with forkline stop)",
+        )),
+        n => Ok(json!({"cmd": "scale", "workers": n})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts() {
+        assert_eq!(parse_count("3").unwrap()["workers"], 3);
+        assert_eq!(parse_count("+2").unwrap()["delta"], 2);
+        assert_eq!(parse_count("-1").unwrap()["delta"], -1);
+        for bad in ["0", "abc", "+0", "-", "+", "1.5", "", "-0", " 2"] {
+            let e = parse_count(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
+    }
+}
