@@ -30,6 +30,7 @@ struct RawFile {
     handoff_timeout: Option<Spanned<Value>>,
     name: Option<Spanned<Value>>,
     control: Option<Spanned<Value>>,
+    metrics: Option<Spanned<Value>>,
     env: Option<Spanned<BTreeMap<String, Spanned<Value>>>>,
     cwd: Option<Spanned<Value>>,
     user: Option<Spanned<Value>>,
@@ -76,6 +77,8 @@ pub struct FileSettings {
     pub name: Option<String>,
     /// The control socket's path (relative paths are relative to the file's directory).
     pub control: Option<PathBuf>,
+    /// Where to serve metrics and probes (`HOST:PORT`).
+    pub metrics: Option<String>,
     /// Extra environment for workers.
     pub env: Vec<(String, String)>,
     /// Working directory of workers (relative paths are relative to the file's directory).
@@ -373,6 +376,7 @@ impl FileSettings {
             )?,
             handoff_timeout: field(located, "handoff-timeout", raw.handoff_timeout, duration)?,
             name: field(located, "name", raw.name, string)?,
+            metrics: field(located, "metrics", raw.metrics, string)?,
             control: field(located, "control", raw.control, |v| {
                 Ok(base.join(string(v)?))
             })?,

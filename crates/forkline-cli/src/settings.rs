@@ -83,6 +83,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "FORKLINE_CONTROL", value_name = "PATH")]
     pub control: Option<PathBuf>,
 
+    /// Serve HTTP at HOST:PORT: Prometheus metrics at /metrics, probes at /healthz and /readyz
+    /// [default: off]
+    #[arg(long, env = "FORKLINE_METRICS", value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
+
     /// Extra environment variable for workers (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse::env_pair)]
     pub env: Vec<(String, String)>,
@@ -243,6 +248,8 @@ pub struct Settings {
     pub name: Sourced<String>,
     /// The control socket's path.
     pub control: Sourced<PathBuf>,
+    /// Where metrics and probes are served, if anywhere.
+    pub metrics: Sourced<Option<String>>,
     /// Extra environment for workers: the file's `[env]`, then `--env` flags (later wins).
     pub env: Vec<(String, String)>,
     /// Working directory of workers.
@@ -517,6 +524,14 @@ impl Settings {
                 file.control.clone(),
                 crate::control::default_path(&name.value),
             ),
+            metrics: pick(
+                m,
+                "metrics",
+                Some("FORKLINE_METRICS"),
+                args.metrics.clone().map(Some),
+                file.metrics.clone().map(Some),
+                None,
+            ),
             name,
             env,
             cwd,
@@ -696,6 +711,7 @@ impl Settings {
             },
             name: Some(self.name.value.clone()),
             control: Some(self.control.value.clone()),
+            metrics: self.metrics.value.clone(),
             uid,
             gid,
             restart: self.restart.value,
@@ -825,6 +841,11 @@ impl Settings {
             "control",
             Some(quote(&self.control.value.display().to_string())),
             self.control.source,
+        );
+        line(
+            "metrics",
+            self.metrics.value.as_deref().map(quote),
+            self.metrics.source,
         );
         line(
             "cwd",

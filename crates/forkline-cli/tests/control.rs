@@ -80,8 +80,14 @@ impl World {
     }
 
     fn run_command(&self, name: &str, workers: usize) -> Command {
+        self.run_command_with(name, workers, &[])
+    }
+
+    /// `run_command` with more `forkline run` options.
+    fn run_command_with(&self, name: &str, workers: usize, extra: &[&str]) -> Command {
         let mut command = self.forkline();
         command.args(["run", "--name", name, "-w", &workers.to_string()]);
+        command.args(extra);
         command.args(["--ready", "notify", "--settle-time", "200ms"]);
         command.arg("-l").arg(format!("127.0.0.1:{}", free_port()));
         command
@@ -463,4 +469,37 @@ fn another_users_cluster_is_permission_denied() {
     assert!(line.contains("permission denied"), "{line}");
     assert!(line.contains("another user"), "{line}");
     cluster.stop_cleanly();
+}
+
+/// `--metrics ADDR` serves Prometheus text and the probes from `forkline run`.
+#[test]
+fn metrics_flag_serves_metrics_and_probes() {
+    use std::io::{Read, Write};
+    let world = World::new("metrics");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _cluster = Running::spawn(world.run_command_with("measured", 2, &["--metrics", &metrics]));
+    let get = |path: &str| -> Option<(u16, String)> {
+        let mut stream = std::net::TcpStream::connect(&metrics).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, response))
+    };
+    let ready = until(STARTUP, || get("/readyz").filter(|(code, _)| *code == 200));
+    assert!(ready.is_some(), "/readyz never said ready");
+    assert_eq!(get("/healthz").map(|r| r.0), Some(200));
+    let (code, text) = get("/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        text.contains("forkline_workers{state=\"ready\"} 2"),
+        "{text}"
+    );
 }
