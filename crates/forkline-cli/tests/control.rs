@@ -496,10 +496,11 @@ fn metrics_flag_serves_metrics_and_probes() {
     let ready = until(STARTUP, || get("/readyz").filter(|(code, _)| *code == 200));
     assert!(ready.is_some(), "/readyz never said ready");
     assert_eq!(get("/healthz").map(|r| r.0), Some(200));
-    let (code, text) = get("/metrics").unwrap();
-    assert_eq!(code, 200);
-    assert!(
-        text.contains("forkline_workers{state=\"ready\"} 2"),
-        "{text}"
-    );
+    // /readyz says ready with one worker ready; wait for both.
+    let both = until(STARTUP, || {
+        get("/metrics").filter(|(code, text)| {
+            *code == 200 && text.contains("forkline_workers{state=\"ready\"} 2")
+        })
+    });
+    assert!(both.is_some(), "{:?}", get("/metrics"));
 }

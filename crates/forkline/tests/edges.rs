@@ -433,6 +433,18 @@ fn connections_handed_to_a_stopped_worker_are_taken_back_and_served_elsewhere() 
     let second = tb.wait_event("listening", None);
     let stopped_id = second["id"].as_u64().unwrap();
     let stopped = nix::unistd::Pid::from_raw(second["pid"].as_u64().unwrap() as i32);
+    // The worker says it listens once it has read the primary's answer: stopped before that,
+    // the answer would sit unread ahead of its handoffs, which cannot be taken back past it.
+    let says_it_listens = |e: &Value| {
+        e["event"] == "message" && e["id"] == stopped_id && e["payload"].get("listening").is_some()
+    };
+    if !tb.seen.iter().any(says_it_listens) {
+        tb.wait_for(
+            "the worker's own word that it listens",
+            SOON,
+            says_it_listens,
+        );
+    }
     nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
     // Stopped for real: a thread woken by a handoff before the stop takes effect reads it.
     assert!(common::eventually(SOON, || {

@@ -273,11 +273,14 @@ impl Dispatcher {
         for conn in reclaimed.into_iter().rev() {
             state.pending.push_front(conn);
         }
-        if count > 0 {
+        // Also when nothing came back: connections may wait for a stuck worker's probe time,
+        // which passes without any ack or accept to flush them.
+        let waiting = !state.pending.is_empty();
+        if waiting {
             self.flush(&mut state);
         }
         drop(state);
-        if count > 0 {
+        if waiting {
             self.changed.notify_waiters();
         }
         count
