@@ -109,6 +109,24 @@ impl Core {
         }
     }
 
+    /// Waits until `done` holds, checked now and after every worker change, or until
+    /// `deadline`; true when it holds.
+    pub async fn wait_until(&self, deadline: std::time::Instant, done: impl Fn() -> bool) -> bool {
+        loop {
+            // Created before the check, so a change between the check and the wait is seen.
+            let changed = self.changed.notified();
+            if done() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                return done();
+            }
+        }
+    }
+
     /// The slot state and live workers, locked. Hold it briefly; never across an `await`.
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state

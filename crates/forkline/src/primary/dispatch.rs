@@ -715,17 +715,9 @@ fn take_unread_connections(worker_end: &OwnedFd) -> Vec<Conn> {
         else {
             break;
         };
-        match serde_json::from_slice::<ToWorker>(&buf[..n]) {
-            Ok(ToWorker::Conns {
-                listener, peers, ..
-            }) => {
-                let mut peers = peers.iter().map(|p| p.parse().ok());
-                for fd in fds {
-                    let peer = peers.next().flatten();
-                    taken.push(Conn { listener, fd, peer });
-                }
-            }
-            _ => {
+        match conns_in(&buf[..n], fds) {
+            Some(conns) => taken.extend(conns),
+            None => {
                 // Not a handoff after all (the worker read the one peeked): it cannot be put
                 // back, so the worker loses it. Only a packet raced past the peek gets here.
                 tracing::warn!("a packet for a stuck worker was taken back by mistake");
@@ -734,6 +726,27 @@ fn take_unread_connections(worker_end: &OwnedFd) -> Vec<Conn> {
         }
     }
     taken
+}
+
+/// The connections a `conns` packet carries (`None` for any other packet). At the fd limit
+/// only the first fds arrive: those are the connections.
+fn conns_in(packet: &[u8], fds: Vec<OwnedFd>) -> Option<Vec<Conn>> {
+    let Ok(ToWorker::Conns {
+        listener, peers, ..
+    }) = serde_json::from_slice::<ToWorker>(packet)
+    else {
+        return None;
+    };
+    let mut peers = peers.iter().map(|p| p.parse().ok());
+    Some(
+        fds.into_iter()
+            .map(|fd| Conn {
+                listener,
+                fd,
+                peer: peers.next().flatten(),
+            })
+            .collect(),
+    )
 }
 
 /// Reads back the `conns` packets a dead worker never read from its end of the IPC socket.
@@ -746,19 +759,7 @@ fn unread_connections(worker_end: &OwnedFd) -> Vec<Conn> {
         match crate::sys::recv_packet(worker_end.as_fd(), &mut buf, &mut fds, true) {
             Ok((0, _)) | Err(_) => break,
             // At the fd limit only the first fds arrive: those are re-dispatched.
-            Ok((n, _)) => {
-                let Ok(ToWorker::Conns {
-                    listener, peers, ..
-                }) = serde_json::from_slice::<ToWorker>(&buf[..n])
-                else {
-                    continue;
-                };
-                let mut peers = peers.iter().map(|p| p.parse().ok());
-                for fd in fds {
-                    let peer = peers.next().flatten();
-                    orphans.push(Conn { listener, fd, peer });
-                }
-            }
+            Ok((n, _)) => orphans.extend(conns_in(&buf[..n], fds).unwrap_or_default()),
         }
     }
     orphans

@@ -130,24 +130,15 @@ pub(crate) async fn wait_ready(
     worker: &WorkerHandle,
     deadline: Instant,
 ) -> Waited {
-    loop {
-        let changed = cluster.inner.changed.notified();
-        match worker.state() {
-            WorkerState::Ready => return Waited::Ready,
-            WorkerState::Exited | WorkerState::Draining => return Waited::Gone,
-            WorkerState::Starting | WorkerState::Online => {}
-        }
-        if cluster.is_stopping() {
-            return Waited::Stopping;
-        }
-        if tokio::time::timeout_at(deadline.into(), changed)
-            .await
-            .is_err()
-        {
-            return match worker.state() {
-                WorkerState::Ready => Waited::Ready,
-                _ => Waited::TimedOut,
-            };
-        }
+    let waiting = || {
+        matches!(worker.state(), WorkerState::Starting | WorkerState::Online)
+            && !cluster.is_stopping()
+    };
+    cluster.inner.wait_until(deadline, || !waiting()).await;
+    match worker.state() {
+        WorkerState::Ready => Waited::Ready,
+        WorkerState::Exited | WorkerState::Draining => Waited::Gone,
+        _ if cluster.is_stopping() => Waited::Stopping,
+        _ => Waited::TimedOut,
     }
 }

@@ -70,16 +70,8 @@ async fn finish(cluster: Cluster, grace: Duration) {
 }
 
 async fn wait_all_exited(cluster: &Cluster, deadline: Instant) -> bool {
-    loop {
-        let changed = cluster.inner.changed.notified();
-        if cluster.inner.state().live.is_empty() {
-            return true;
-        }
-        if tokio::time::timeout_at(deadline.into(), changed)
-            .await
-            .is_err()
-        {
-            return cluster.inner.state().live.is_empty();
-        }
-    }
+    cluster
+        .inner
+        .wait_until(deadline, || cluster.inner.state().live.is_empty())
+        .await
 }

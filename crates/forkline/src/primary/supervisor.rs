@@ -272,18 +272,10 @@ pub(crate) fn stop_worker(cluster: &Cluster, worker: &WorkerHandle) {
 
 /// Waits until `worker` has exited; false if `deadline` passed first.
 pub(crate) async fn wait_exit(cluster: &Cluster, worker: &WorkerHandle, deadline: Instant) -> bool {
-    loop {
-        let changed = cluster.inner.changed.notified();
-        if worker.is_dead() {
-            return true;
-        }
-        if tokio::time::timeout_at(deadline.into(), changed)
-            .await
-            .is_err()
-        {
-            return worker.is_dead();
-        }
-    }
+    cluster
+        .inner
+        .wait_until(deadline, || worker.is_dead())
+        .await
 }
 
 /// Forgets the reuseport sockets of `slot` (no immediate replacement will accept on them).
