@@ -79,7 +79,6 @@ pub(crate) struct WorkerShared {
     pub state: AtomicU8,
     /// Node's `isConnected()`: true from `fork()` until the channel closes.
     pub connected: AtomicBool,
-    pub dead: AtomicBool,
     pub exited_after_disconnect: AtomicBool,
     /// A graceful stop was asked for (sent once).
     stop_asked: AtomicBool,
@@ -101,7 +100,7 @@ pub(crate) struct WorkerShared {
     /// The queue's other end, taken by the writer task once `welcome` is sent, so nothing
     /// overtakes the handshake.
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
-    /// How the process ended, once it has.
+    /// How the process ended, once it has (Node's `isDead()` is its being set).
     pub exit: OnceLock<ExitInfo>,
     /// The primary's copy of the worker's end of the IPC socket: the handoffs it has not read
     /// are still queued there, and can be taken back (see `dispatch`).
@@ -143,7 +142,6 @@ impl WorkerHandle {
                 pending_signals: Mutex::new(Vec::new()),
                 state: AtomicU8::new(WorkerState::Starting as u8),
                 connected: AtomicBool::new(true),
-                dead: AtomicBool::new(false),
                 exited_after_disconnect: AtomicBool::new(false),
                 stop_asked: AtomicBool::new(false),
                 on_trial: AtomicBool::new(false),
@@ -253,7 +251,7 @@ impl WorkerHandle {
 
     /// True once the process has exited (Node's `isDead()`).
     pub fn is_dead(&self) -> bool {
-        self.shared.dead.load(Ordering::Acquire)
+        self.shared.exit.get().is_some()
     }
 
     /// True when the worker was disconnected or killed on purpose, so its exit is expected and

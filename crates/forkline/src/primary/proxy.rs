@@ -193,10 +193,7 @@ const STOPPED_CHECK: Duration = Duration::from_millis(250);
 
 /// True when process `pid` is stopped (state `T`, or `t` under a debugger).
 fn process_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-        state.starts_with('T') || state.starts_with('t')
-    })
+    super::reaper::stat(pid).is_some_and(|s| matches!(s.state, 'T' | 't'))
 }
 
 /// Starts the proxy's check for stopped workers.

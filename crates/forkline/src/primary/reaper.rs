@@ -222,14 +222,16 @@ fn children_from_stat_scan(me: u32) -> io::Result<Vec<u32>> {
         .collect())
 }
 
-/// What the reaper needs from `/proc/PID/stat`.
-struct Stat {
-    state: char,
-    ppid: u32,
+/// What the primary needs from `/proc/PID/stat`.
+pub(crate) struct Stat {
+    /// The state letter: `Z` zombie, `T` stopped, `t` stopped by a debugger, ...
+    pub state: char,
+    /// The parent's pid.
+    pub ppid: u32,
 }
 
 /// Reads `/proc/PID/stat`; `None` if the process is gone (or the line unreadable).
-fn stat(pid: u32) -> Option<Stat> {
+pub(crate) fn stat(pid: u32) -> Option<Stat> {
     let line = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so start after the
     // last ')'.

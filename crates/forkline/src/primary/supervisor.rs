@@ -4,7 +4,6 @@
 //! and do it. Also the two ways workers are stopped on purpose: scaling down, and a graceful
 //! stop that ends in SIGKILL after the graceful timeout.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
@@ -111,7 +110,6 @@ async fn run(cluster: &Cluster, worker: &WorkerHandle) -> ExitInfo {
 /// slot free — then Node's `disconnect` (if the channel was still open) and `exit` events.
 fn record_exit(cluster: &Cluster, worker: &WorkerHandle, exit: ExitInfo) -> OnExit {
     let _ = worker.shared.exit.set(exit);
-    worker.shared.dead.store(true, Ordering::Release);
     worker.set_state(WorkerState::Exited);
     let pid = worker.pid();
     if pid != 0 {
