@@ -22,11 +22,17 @@ pub fn init() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .log_internal_errors(false);
-    let installed = if std::env::var_os("JOURNAL_STREAM").is_some() {
+    let installed = if !timestamps() {
         builder.without_time().try_init()
     } else {
         builder.try_init()
     };
     // A second call (there is none) would only keep the first subscriber.
     let _ = installed;
+}
+
+/// True unless journald collects the output (it stamps each line itself): every line the
+/// primary writes, its own and its workers', then starts with a timestamp.
+pub fn timestamps() -> bool {
+    std::env::var_os("JOURNAL_STREAM").is_none()
 }

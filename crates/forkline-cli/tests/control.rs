@@ -1,7 +1,7 @@
 //! The control commands against real `forkline run` clusters of a small Python server on
 //! 127.0.0.1: `status` (table and `--json`), `ls`, `scale`, `restart`, `reload` (one that
 //! succeeds and one whose new worker fails), `stop`, unknown names, bad scale values and a name
-//! clash. Each test has its own XDG_RUNTIME_DIR, so tests never see each other's clusters.
+//! clash, and `logs` (recent lines, one slot, following). Each test has its own XDG_RUNTIME_DIR, so tests never see each other's clusters.
 
 mod common;
 
@@ -26,8 +26,10 @@ addr = os.environ["NOTIFY_SOCKET"]
 if addr.startswith("@"):
     addr = "\0" + addr[1:]
 socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
+print(f"serving pid={os.getpid()}", flush=True)
 while True:
     c, _ = s.accept()
+    print(f"answered pid={os.getpid()}", flush=True)
     c.sendall(f"pid={os.getpid()} id={os.environ['FORKLINE_WORKER_ID']}\n".encode())
     c.close()
 "#;
@@ -503,4 +505,85 @@ fn metrics_flag_serves_metrics_and_probes() {
         })
     });
     assert!(both.is_some(), "{:?}", get("/metrics"));
+}
+
+/// True for `TIME [NAME:SLOT PID] TEXT` with an RFC 3339 UTC time.
+fn stamped(line: &str, name: &str, text: &str) -> bool {
+    let Some((time, rest)) = line.split_once(' ') else {
+        return false;
+    };
+    time.len() == "2026-11-30T06:00:00.000000Z".len()
+        && time.ends_with('Z')
+        && time.as_bytes()[10] == b'T'
+        && rest.starts_with(&format!("[{name}:"))
+        && rest.ends_with(text)
+}
+
+#[test]
+fn logs_prints_recent_worker_lines_then_follows() {
+    let world = World::new("logs");
+    let mut cluster = world.start("logs", 2);
+    let status = world.status("logs");
+    let pids = pids(&status);
+    let port: u16 = status["addresses"][0]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a TCP address in status");
+
+    // Every worker's first line is in the buffer, stamped and attributed.
+    let recent = until(STARTUP, || {
+        let out = world.ctl(&["logs", "logs"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        pids.iter()
+            .all(|(_, pid)| out.stdout.contains(&format!("serving pid={pid}")))
+            .then_some(out.stdout)
+    })
+    .expect("both workers' first lines in forkline logs");
+    for line in recent.lines() {
+        assert!(stamped(line, "logs", ""), "not TIME [logs:SLOT PID]: {line}");
+    }
+    // The primary's own output carries the same lines, stamped too.
+    let written = cluster.stdout.text();
+    assert!(
+        written
+            .lines()
+            .any(|l| stamped(l, "logs", &format!("serving pid={}", pids[0].1))),
+        "{written}"
+    );
+
+    // One slot only.
+    let (slot, pid) = pids[1];
+    let one = world.ctl(&["logs", "logs", "--slot", &slot.to_string(), "--json"]);
+    assert_eq!(one.code, Some(0), "{}", one.stderr);
+    let lines: Vec<Value> = one
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(lines.iter().all(|l| l["slot"] == slot && l["pid"] == pid), "{lines:?}");
+
+    // Following: a connection made now shows up in the follower.
+    let mut follow = world.forkline();
+    follow.args(["logs", "logs", "-f", "-n", "0"]);
+    let mut follower = Running::spawn(follow);
+    let seen = until(STARTUP, || {
+        let _ = read_line_from(port);
+        follower
+            .stdout
+            .text()
+            .contains("answered pid=")
+            .then_some(())
+    });
+    assert!(seen.is_some(), "follower saw no new line\n{}", follower.output());
+    assert!(
+        !follower.stdout.text().contains("serving pid="),
+        "-n 0 printed old lines"
+    );
+
+    // The follower ends, exit 0, when the cluster stops.
+    cluster.stop_cleanly();
+    let ended = follower.wait_exit(Duration::from_secs(20));
+    assert_eq!(ended.and_then(|s| s.code()), Some(0), "{}", follower.output());
 }

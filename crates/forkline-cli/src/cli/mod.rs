@@ -1,9 +1,10 @@
 //! The command line: the top-level `forkline` parser and one module per subcommand
 //! (`run`, `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`
-//! and `stop`, and the hidden `__exec` shim that starts each worker).
+//! `stop` and `logs`, and the hidden `__exec` shim that starts each worker).
 
 pub mod check_config;
 pub mod exec;
+pub mod logs;
 pub mod ls;
 pub mod reload;
 pub mod restart;
@@ -49,6 +50,8 @@ pub enum Command {
     Restart(restart::RestartArgs),
     /// Stop a running cluster
     Stop(stop::StopArgs),
+    /// Print a running cluster's recent worker output, and follow it with -f
+    Logs(logs::LogsArgs),
     /// (internal) Start one worker: set LISTEN_PID to our own pid, then exec COMMAND
     #[command(name = "__exec", hide = true)]
     Exec(exec::ExecArgs),

@@ -157,6 +157,7 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot find the forkline executable: {e}")))?;
     let mut opts = settings.cluster_options(exe, &program, uid, gid);
     opts.unix_owner = socket_owner;
+    opts.log_timestamps = logging::timestamps();
     opts.inherited = activation.sockets;
     opts.inherited_names = activation.names;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::cluster::{Cluster, Shutdown};
 use super::event::Event;
 use super::options::{
-    Backoff, Balance, ClusterOptions, ListenSpec, Readiness, RestartPolicy, WorkerStdio,
+    Backoff, Balance, ClusterOptions, ListenSpec, LogFormat, Readiness, RestartPolicy, WorkerStdio,
 };
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
@@ -98,6 +98,26 @@ impl ClusterBuilder {
     /// What happens to worker stdout/stderr.
     pub fn stdio(mut self, stdio: WorkerStdio) -> Self {
         self.opts.stdio = stdio;
+        self
+    }
+
+    /// How copied worker output is written: text lines (default) or JSON objects.
+    pub fn log_format(mut self, format: LogFormat) -> Self {
+        self.opts.log_format = format;
+        self
+    }
+
+    /// Put a timestamp (RFC 3339, UTC) on each copied worker line (default false).
+    pub fn log_timestamps(mut self, on: bool) -> Self {
+        self.opts.log_timestamps = on;
+        self
+    }
+
+    /// Bytes of recent worker output the primary keeps for `forkline logs` and
+    /// `Cluster::recent_output` (default 256 KiB; 0 keeps none). Only output the primary copies
+    /// (`WorkerStdio::Prefixed`, `WorkerStdio::Captured`) is kept.
+    pub fn output_buffer(mut self, bytes: usize) -> Self {
+        self.opts.output_buffer = bytes;
         self
     }
 

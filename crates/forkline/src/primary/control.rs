@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast;
 
 use super::cluster::Cluster;
 use super::event::Replacement;
@@ -47,6 +49,19 @@ pub enum Request {
     Restart {
         /// The slot.
         slot: usize,
+    },
+    /// Recent worker output: up to `lines` lines (default 100) as `{"time","slot","pid",
+    /// "stream","line"}` objects, then, with `follow`, every new line until the client hangs up.
+    Logs {
+        /// How many recent lines.
+        #[serde(default)]
+        lines: Option<usize>,
+        /// Keep sending new lines.
+        #[serde(default)]
+        follow: bool,
+        /// Only this slot's lines.
+        #[serde(default)]
+        slot: Option<usize>,
     },
     /// Stop the cluster gracefully (or at once with `now`).
     Stop {
@@ -155,7 +170,17 @@ async fn client(cluster: Cluster, stream: UnixStream) {
         let reply = if line.len() as u64 > MAX_REQUEST {
             json!({"ok": false, "error": "request too long"})
         } else {
-            answer(&cluster, &String::from_utf8_lossy(&line)).await
+            let text = String::from_utf8_lossy(&line);
+            if let Ok(Envelope {
+                v: CONTROL_VERSION,
+                request: Request::Logs { lines, follow, slot },
+            }) = serde_json::from_str(&text)
+            {
+                let lines = lines.unwrap_or(DEFAULT_LOG_LINES);
+                logs(&cluster, reader, writer, lines, follow, slot).await;
+                return;
+            }
+            answer(&cluster, &text).await
         };
         if writer
             .write_all(format!("{reply}\n").as_bytes())
@@ -169,6 +194,58 @@ async fn client(cluster: Cluster, stream: UnixStream) {
             return;
         }
     }
+}
+
+/// Lines of output sent for a `logs` request that does not say how many.
+const DEFAULT_LOG_LINES: usize = 100;
+
+/// Answers a `logs` request: the recent lines, then (with `follow`) each new one until the
+/// client hangs up or the cluster stops, then `{"ok":true,"end":true}` (or, for a follower
+/// that fell too far behind, a `{"skipped":N}` object in place of the lines it missed).
+async fn logs(
+    cluster: &Cluster,
+    mut reader: BufReader<OwnedReadHalf>,
+    mut writer: OwnedWriteHalf,
+    lines: usize,
+    follow: bool,
+    slot: Option<usize>,
+) {
+    let (recent, mut new_lines) = cluster.inner.output.recent_and_follow(lines, slot);
+    for line in recent {
+        if send(&mut writer, &json!(*line)).await.is_err() {
+            return;
+        }
+    }
+    if follow {
+        let mut finished = cluster.inner.finished.subscribe();
+        let mut rest = [0u8; 512];
+        loop {
+            let next = tokio::select! {
+                next = new_lines.recv() => next,
+                // Anything more from the client is ignored; its hang-up ends the stream.
+                read = reader.read(&mut rest) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                },
+                _ = finished.wait_for(|f| f.is_some()) => break,
+            };
+            let reply = match next {
+                Ok(line) if slot.is_none_or(|s| line.slot == s) => json!(*line),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(skipped)) => json!({"skipped": skipped}),
+                Err(broadcast::error::RecvError::Closed) => break,
+            };
+            if send(&mut writer, &reply).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = send(&mut writer, &json!({"ok": true, "end": true})).await;
+}
+
+/// Writes one reply line.
+async fn send(writer: &mut OwnedWriteHalf, reply: &Value) -> io::Result<()> {
+    writer.write_all(format!("{reply}\n").as_bytes()).await
 }
 
 /// The reply to one request line.
@@ -224,6 +301,7 @@ async fn answer(cluster: &Cluster, line: &str) -> Value {
                 }
             }
         }
+        Request::Logs { .. } => json!({"ok": false, "error": "logs is answered as a stream"}),
         Request::Stop { now } => {
             if now {
                 cluster.shutdown_now();

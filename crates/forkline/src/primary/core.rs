@@ -67,6 +67,8 @@ pub(crate) struct Core {
     /// Rolling reloads that finished, and that failed.
     pub reloads_ok: std::sync::atomic::AtomicU64,
     pub reloads_failed: std::sync::atomic::AtomicU64,
+    /// Recent worker output, for `forkline logs`.
+    pub output: super::output_buffer::OutputBuffer,
 }
 
 impl Core {
@@ -105,6 +107,7 @@ impl Core {
             started: std::time::Instant::now(),
             reloads_ok: std::sync::atomic::AtomicU64::new(0),
             reloads_failed: std::sync::atomic::AtomicU64::new(0),
+            output: super::output_buffer::OutputBuffer::new(opts.output_buffer),
             opts,
         }
     }

@@ -17,6 +17,7 @@ mod metrics;
 mod notify;
 mod options;
 mod output;
+mod output_buffer;
 mod proxy;
 mod readiness;
 mod reaper;
@@ -38,7 +39,8 @@ pub use event::{Event, EventStream, ReplaceFailure, Replacement};
 pub use handle::{WorkerHandle, WorkerState};
 pub use options::{
     accept_coalesce_from_env, check_accept_coalesce, Backoff, Balance, ClusterOptions, ListenSpec,
-    Readiness, RestartPolicy, WorkerStdio, DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME,
+    LogFormat, Readiness, RestartPolicy, WorkerStdio, DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME,
     ENV_ACCEPT_COALESCE_US, MAX_ACCEPT_COALESCE,
 };
+pub use output_buffer::{OutputLine, OutputStream, DEFAULT_OUTPUT_BUFFER};
 pub use stats::{Stats, WorkerStats};

@@ -16,8 +16,21 @@ pub enum WorkerStdio {
     /// Each line is prefixed with `[worker ID pid PID]` (or `[NAME:ID PID]` when a name is set)
     /// and written whole, never interleaved mid-line.
     Prefixed,
+    /// Copied line by line as written (no prefix, no timestamp; an object per line in the JSON
+    /// format), and kept for `forkline logs`.
+    Captured,
     /// Discarded.
     Null,
+}
+
+/// How the primary writes the worker output it copies (`Prefixed`, `Captured`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Lines of text: `[TIMESTAMP ][NAME:ID PID] line`.
+    #[default]
+    Text,
+    /// One JSON object per line, shaped like tracing-subscriber's JSON format.
+    Json,
 }
 
 /// When a worker that exited is started again.
@@ -176,6 +189,12 @@ pub struct ClusterOptions {
     pub cwd: Option<PathBuf>,
     /// What happens to worker output.
     pub stdio: WorkerStdio,
+    /// How copied worker output is written.
+    pub log_format: LogFormat,
+    /// Put a timestamp on each copied worker line.
+    pub log_timestamps: bool,
+    /// Bytes of recent worker output kept for `forkline logs` (0 keeps none).
+    pub output_buffer: usize,
     /// A name for log prefixes and status (`[NAME:ID PID]`).
     pub name: Option<String>,
     /// Run workers as this user id.
@@ -276,6 +295,9 @@ impl Default for ClusterOptions {
             env: Vec::new(),
             cwd: None,
             stdio: WorkerStdio::default(),
+            log_format: LogFormat::default(),
+            log_timestamps: false,
+            output_buffer: super::output_buffer::DEFAULT_OUTPUT_BUFFER,
             name: None,
             uid: None,
             gid: None,

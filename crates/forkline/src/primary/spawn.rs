@@ -13,6 +13,7 @@ use tokio::process::Child;
 use super::cluster::Cluster;
 use super::handle::WorkerHandle;
 use super::options::WorkerStdio;
+use super::output_buffer::OutputStream;
 use super::{notify, output, proxy, readiness, spawner, task};
 use crate::error::{Error, Result};
 use crate::protocol::channel::AsyncChannel;
@@ -84,7 +85,7 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
         WorkerStdio::Null => {
             command.stdout(Stdio::null()).stderr(Stdio::null());
         }
-        WorkerStdio::Prefixed => {
+        WorkerStdio::Prefixed | WorkerStdio::Captured => {
             command.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
     }
@@ -112,17 +113,13 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
             .limit_reached
             .set(cluster.inner.limit_reached.clone());
     }
-    if opts.stdio == WorkerStdio::Prefixed {
-        let prefix = output::prefix(opts.name.as_deref(), worker.id(), pid);
-        if let Some(out) = child.stdout.take() {
-            task::spawn(
-                "output",
-                output::pump(out, prefix.clone(), output::Sink::Stdout),
-            );
-        }
-        if let Some(err) = child.stderr.take() {
-            task::spawn("output", output::pump(err, prefix, output::Sink::Stderr));
-        }
+    if let Some(out) = child.stdout.take() {
+        let pump = output::pump(out, cluster.clone(), worker.id(), pid, OutputStream::Stdout);
+        task::spawn("output", pump);
+    }
+    if let Some(err) = child.stderr.take() {
+        let pump = output::pump(err, cluster.clone(), worker.id(), pid, OutputStream::Stderr);
+        task::spawn("output", pump);
     }
     if let Some(socket) = notify {
         task::spawn(
