@@ -372,7 +372,7 @@ fn run_takes_its_settings_from_the_file() {
     let mut lines: Vec<String> = finished
         .stdout
         .lines()
-        .map(|l| l.split_once("] ").unwrap().1.to_string())
+        .map(|l| unstamped(l).split_once("] ").unwrap().1.to_string())
         .collect();
     lines.sort();
     assert_eq!(
@@ -385,7 +385,7 @@ fn run_takes_its_settings_from_the_file() {
         finished
             .stdout
             .lines()
-            .all(|l| l.starts_with("[from-file:")),
+            .all(|l| unstamped(l).starts_with("[from-file:")),
         "{}",
         finished.stdout
     );

@@ -541,7 +541,10 @@ fn logs_prints_recent_worker_lines_then_follows() {
     })
     .expect("both workers' first lines in forkline logs");
     for line in recent.lines() {
-        assert!(stamped(line, "logs", ""), "not TIME [logs:SLOT PID]: {line}");
+        assert!(
+            stamped(line, "logs", ""),
+            "not TIME [logs:SLOT PID]: {line}"
+        );
     }
     // The primary's own output carries the same lines, stamped too.
     let written = cluster.stdout.text();
@@ -562,7 +565,10 @@ fn logs_prints_recent_worker_lines_then_follows() {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert!(!lines.is_empty());
-    assert!(lines.iter().all(|l| l["slot"] == slot && l["pid"] == pid), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l["slot"] == slot && l["pid"] == pid),
+        "{lines:?}"
+    );
 
     // Following: a connection made now shows up in the follower.
     let mut follow = world.forkline();
@@ -576,7 +582,11 @@ fn logs_prints_recent_worker_lines_then_follows() {
             .contains("answered pid=")
             .then_some(())
     });
-    assert!(seen.is_some(), "follower saw no new line\n{}", follower.output());
+    assert!(
+        seen.is_some(),
+        "follower saw no new line\n{}",
+        follower.output()
+    );
     assert!(
         !follower.stdout.text().contains("serving pid="),
         "-n 0 printed old lines"
@@ -585,5 +595,10 @@ fn logs_prints_recent_worker_lines_then_follows() {
     // The follower ends, exit 0, when the cluster stops.
     cluster.stop_cleanly();
     let ended = follower.wait_exit(Duration::from_secs(20));
-    assert_eq!(ended.and_then(|s| s.code()), Some(0), "{}", follower.output());
+    assert_eq!(
+        ended.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        follower.output()
+    );
 }

@@ -92,7 +92,7 @@ fn python_http_server_in_proxy_mode() {
             .all()
             .iter()
             .filter(|l| l.contains("\"GET / HTTP/1.0\" 200"))
-            .filter_map(|l| l.strip_prefix("[python3:"))
+            .filter_map(|l| unstamped(l).strip_prefix("[python3:"))
             .filter_map(|l| l.split(' ').next().map(str::to_string))
             .collect();
         (ids.len() == 2).then_some(ids)
@@ -192,7 +192,7 @@ fn max_requests_recycles_workers() {
     cluster.stop_cleanly();
 }
 
-/// Each line of worker output is prefixed `[NAME:ID PID]` and written whole: long lines from
+/// Each line of worker output is stamped, prefixed `[NAME:ID PID]` and written whole: long lines from
 /// two busy workers never interleave.
 #[test]
 fn worker_output_is_prefixed_line_by_line() {
@@ -213,7 +213,8 @@ fn worker_output_is_prefixed_line_by_line() {
     let lines: Vec<&str> = finished.stdout.lines().collect();
     assert_eq!(lines.len(), 600, "{}", finished.stderr);
     for line in &lines {
-        let (prefix, body) = line.split_once("] ").expect("prefixed line");
+        assert_ne!(unstamped(line), *line, "no timestamp first: {line}");
+        let (prefix, body) = unstamped(line).split_once("] ").expect("prefixed line");
         let mut words = prefix.trim_start_matches('[').split(' ');
         let name_id = words.next().unwrap();
         let pid = words.next().unwrap();
@@ -226,7 +227,7 @@ fn worker_output_is_prefixed_line_by_line() {
             finished
                 .stderr
                 .lines()
-                .any(|l| l.starts_with(&format!("[demo:{id} "))
+                .any(|l| unstamped(l).starts_with(&format!("[demo:{id} "))
                     && l.ends_with(&format!("] err from {id}"))),
             "{}",
             finished.stderr

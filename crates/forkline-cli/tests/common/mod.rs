@@ -336,6 +336,14 @@ pub fn read_line_from(port: u16) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// A worker output line without the timestamp the primary puts first (`2026-…Z `).
+pub fn unstamped(line: &str) -> &str {
+    match line.split_once(' ') {
+        Some((time, rest)) if time.ends_with('Z') && time.as_bytes().get(10) == Some(&b'T') => rest,
+        _ => line,
+    }
+}
+
 /// `key=value` fields of a line like `pid=12 id=0 port=8080`.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()

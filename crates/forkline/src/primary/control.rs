@@ -173,7 +173,12 @@ async fn client(cluster: Cluster, stream: UnixStream) {
             let text = String::from_utf8_lossy(&line);
             if let Ok(Envelope {
                 v: CONTROL_VERSION,
-                request: Request::Logs { lines, follow, slot },
+                request:
+                    Request::Logs {
+                        lines,
+                        follow,
+                        slot,
+                    },
             }) = serde_json::from_str(&text)
             {
                 let lines = lines.unwrap_or(DEFAULT_LOG_LINES);
