@@ -12,8 +12,10 @@ mod cli;
 mod config;
 mod control;
 mod error;
+mod hints;
 mod logging;
 mod parse;
+mod proc_net;
 mod settings;
 mod systemd;
 

@@ -65,5 +65,10 @@ fn library_worker_in_round_robin_mode() {
         (n == 2).then_some(())
     });
     assert!(listening.is_some(), "{}", cluster.output());
+    assert!(
+        !cluster.stderr.text().contains("hint: round-robin"),
+        "a library worker was taken for a plain program\n{}",
+        cluster.output()
+    );
     cluster.stop_cleanly();
 }

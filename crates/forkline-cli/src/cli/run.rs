@@ -20,7 +20,7 @@ use crate::error::{self, CliError};
 use crate::parse::{ListenAddr, SocketOwner};
 use crate::settings::{Settings, SettingsArgs, Source, Sourced};
 use crate::systemd::Notifier;
-use crate::{activation, logging, systemd};
+use crate::{activation, hints, logging, systemd};
 
 /// How long "no worker left and none to restart" must hold before the primary stops.
 const NOTHING_LEFT_GRACE: Duration = Duration::from_millis(250);
@@ -122,6 +122,11 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
             settings.mode.value.name()
         );
     }
+    hints::at_start(
+        settings.mode.value,
+        &program,
+        !settings.listen.value.is_empty(),
+    );
     let sets_socket_files =
         settings.socket_mode.value.is_some() || settings.socket_owner.value.is_some();
     let binds_unix = activation.listeners.is_empty()
@@ -320,6 +325,7 @@ async fn supervise(
         settings.control.value.display(),
         settings.name.value
     );
+    hints::watch(cluster.clone(), settings.mode.value);
     let addresses = cluster.listen_addresses();
     if !addresses.is_empty() {
         tracing::info!(
