@@ -1,6 +1,7 @@
-//! The primary's own log: `tracing` to stderr, filtered by `RUST_LOG` (default `info`),
-//! without colours unless stderr is a terminal and without timestamps under journald (which
-//! adds its own). Worker output does not go through here: the library copies it line by line.
+//! The primary's own log: `tracing` to stderr as text or JSON (`--log-format`), filtered by
+//! `--log-level` or `RUST_LOG` (default `info`), without colours unless stderr is a terminal and
+//! without timestamps under journald (which adds its own). Worker output does not go through
+//! here: the library copies it line by line in the same format.
 //!
 //! Logging must never take the primary down. When nobody reads stderr any more (`forkline run
 //! ... 2>&1 | head -1`, a log collector that died), every write fails with EPIPE. By default
@@ -11,24 +12,31 @@
 
 use std::io::IsTerminal;
 
+use forkline::LogFormat;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the subscriber. Call once, after the environment has been read.
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the subscriber: `format` text or JSON (tracing-subscriber's, one object per line),
+/// filtered by `level` (an `EnvFilter` directive such as `debug` or `forkline=debug`) when one
+/// was set, else by `RUST_LOG`, else `info`. Call once, after the environment has been read.
+pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level).map_err(|e| format!("{level:?}: {e}"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(format == LogFormat::Text && std::io::stderr().is_terminal())
         .with_target(false)
         .log_internal_errors(false);
-    let installed = if !timestamps() {
-        builder.without_time().try_init()
-    } else {
-        builder.try_init()
-    };
     // A second call (there is none) would only keep the first subscriber.
-    let _ = installed;
+    let _ = match (format, timestamps()) {
+        (LogFormat::Text, true) => builder.try_init(),
+        (LogFormat::Text, false) => builder.without_time().try_init(),
+        (LogFormat::Json, true) => builder.json().try_init(),
+        (LogFormat::Json, false) => builder.json().without_time().try_init(),
+    };
+    Ok(())
 }
 
 /// True unless journald collects the output (it stamps each line itself): every line the

@@ -109,7 +109,7 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     }
     settings.check()?;
 
-    logging::init();
+    logging::init(forkline::LogFormat::Text, None).map_err(CliError::Usage)?;
     if let Some(why) = &activation.ignored {
         tracing::warn!("{why}");
     }
