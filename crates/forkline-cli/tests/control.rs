@@ -186,8 +186,10 @@ fn status_as_a_table_and_as_json() {
             "STATE",
             "UPTIME",
             "RESTARTS",
-            "CONNECTIONS",
-            "RSS"
+            "IN-FLIGHT",
+            "SERVED",
+            "RSS",
+            "CPU"
         ]
     );
     for (slot, pid) in &workers {

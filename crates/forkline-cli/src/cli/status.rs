@@ -1,5 +1,6 @@
 //! `forkline status NAME [--json]`: one row per worker slot (slot, pid, state, uptime,
-//! restarts, connections, RSS), or the cluster's status object as JSON.
+//! restarts, connections in flight and served, RSS, CPU%), or the cluster's status object as
+//! JSON.
 
 use clap::Args;
 use serde_json::{json, Value};
@@ -68,11 +69,16 @@ fn render(name: &str, status: &Value) -> String {
         "STATE",
         "UPTIME",
         "RESTARTS",
-        "CONNECTIONS",
+        "IN-FLIGHT",
+        "SERVED",
         "RSS",
+        "CPU",
     ]
     .map(String::from)
     .to_vec()];
+    // Only round-robin and proxy put the primary on the connection path, where it counts.
+    let counted = matches!(status["mode"].as_str(), Some("round-robin" | "proxy"));
+    let count = |v: &Value| if counted { text(v) } else { "-".into() };
     for worker in status["workers"].as_array().into_iter().flatten() {
         let mut state = text(&worker["state"]);
         if worker["gave_up"] == json!(true) {
@@ -92,10 +98,15 @@ fn render(name: &str, status: &Value) -> String {
                 .map(control::format_uptime)
                 .unwrap_or_else(|| "-".into()),
             text(&worker["restarts"]),
-            text(&worker["connections"]),
+            count(&worker["connections_in_flight"]),
+            count(&worker["connections_served"]),
             worker["rss_bytes"]
                 .as_u64()
                 .map(control::format_bytes)
+                .unwrap_or_else(|| "-".into()),
+            worker["cpu_percent"]
+                .as_f64()
+                .map(|cpu| format!("{cpu:.1}%"))
                 .unwrap_or_else(|| "-".into()),
         ]);
     }
