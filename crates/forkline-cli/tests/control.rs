@@ -604,3 +604,20 @@ fn logs_prints_recent_worker_lines_then_follows() {
         follower.output()
     );
 }
+
+#[test]
+fn a_metrics_address_in_use_is_named() {
+    let world = World::new("metrics-in-use");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = run_to_end(
+        world.run_command_with("busy", 1, &["--metrics", &address]),
+        STARTUP,
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let line = one_line(&out);
+    assert!(
+        line.contains(&format!("cannot serve --metrics on {address}")) && line.contains("in use"),
+        "{line}"
+    );
+}

@@ -288,6 +288,9 @@ fn start_error(e: forkline::Error, specs: &[ListenSpec], settings: &Settings) ->
                 "cannot serve the control socket {control}: {source}"
             ));
         }
+        if settings.metrics.value.as_ref() == Some(address) {
+            return CliError::Runtime(format!("cannot serve --metrics on {address}: {source}"));
+        }
         if let Some(spec) = specs.iter().find(|s| &s.address == address) {
             let shown = ListenAddr::unnamed(spec.kind, spec.address.clone());
             return CliError::Runtime(format!("cannot listen on {shown}: {source}"));
