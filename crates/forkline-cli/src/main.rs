@@ -46,6 +46,7 @@ fn main() {
         Command::Scale(args) => cli::scale::scale(args),
         Command::Restart(args) => cli::restart::restart(args),
         Command::Stop(args) => cli::stop::stop(args),
+        Command::Top(args) => cli::top::top(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

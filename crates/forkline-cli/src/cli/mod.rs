@@ -11,6 +11,8 @@ pub mod run;
 pub mod scale;
 pub mod status;
 pub mod stop;
+pub mod top;
+pub mod top_model;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +51,8 @@ pub enum Command {
     Restart(restart::RestartArgs),
     /// Stop a running cluster
     Stop(stop::StopArgs),
+    /// Watch a running cluster live: workers, rates, reload and scale keys
+    Top(top::TopArgs),
     /// (internal) Start one worker: set LISTEN_PID to our own pid, then exec COMMAND
     #[command(name = "__exec", hide = true)]
     Exec(exec::ExecArgs),
