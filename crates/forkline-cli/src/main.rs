@@ -49,6 +49,7 @@ fn main() {
         Command::Restart(args) => cli::restart::restart(args),
         Command::Stop(args) => cli::stop::stop(args),
         Command::Logs(args) => cli::logs::logs(args),
+        Command::Top(args) => cli::top::top(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,6 +1,6 @@
 //! The command line: the top-level `forkline` parser and one module per subcommand
-//! (`run`, `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`
-//! `stop` and `logs`, and the hidden `__exec` shim that starts each worker).
+//! (`run`, `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`,
+//! `stop`, `logs` and `top`, and the hidden `__exec` shim that starts each worker).
 
 pub mod check_config;
 pub mod exec;
@@ -12,6 +12,8 @@ pub mod run;
 pub mod scale;
 pub mod status;
 pub mod stop;
+pub mod top;
+pub mod top_model;
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +54,8 @@ pub enum Command {
     Stop(stop::StopArgs),
     /// Print a running cluster's recent worker output, and follow it with -f
     Logs(logs::LogsArgs),
+    /// Watch a running cluster live: workers, rates, reload and scale keys
+    Top(top::TopArgs),
     /// (internal) Start one worker: set LISTEN_PID to our own pid, then exec COMMAND
     #[command(name = "__exec", hide = true)]
     Exec(exec::ExecArgs),
