@@ -66,6 +66,13 @@ pub enum Error {
         reason: crate::primary::ReplaceFailure,
     },
     /// An operating-system error.
+    /// A new primary did not take over (`Cluster::upgrade`); the running one carries on.
+    #[error("upgrade failed: {reason}; the running primary carries on")]
+    UpgradeFailed {
+        /// What went wrong (`the new primary (pid 12) exited with code 1`).
+        reason: String,
+    },
+
     #[error(transparent)]
     Io(#[from] io::Error),
 }

@@ -169,6 +169,20 @@ pub fn prepare_child(
     cmd: &mut std::process::Command,
     fds: Vec<(OwnedFd, RawFd)>,
 ) -> io::Result<()> {
+    arrange_child(cmd, fds, true)
+}
+
+/// Like [`prepare_child`], for a child that must outlive this process (a new primary taking
+/// over): the fds are placed and the signal mask emptied, with no death signal.
+pub fn place_fds(cmd: &mut std::process::Command, fds: Vec<(OwnedFd, RawFd)>) -> io::Result<()> {
+    arrange_child(cmd, fds, false)
+}
+
+fn arrange_child(
+    cmd: &mut std::process::Command,
+    fds: Vec<(OwnedFd, RawFd)>,
+    die_with_parent: bool,
+) -> io::Result<()> {
     if fds.len() > MAX_PLACED_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -203,11 +217,13 @@ pub fn prepare_child(
                     return Err(io::Error::last_os_error());
                 }
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
+            if die_with_parent {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
             }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);

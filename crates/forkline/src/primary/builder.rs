@@ -299,6 +299,20 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long a new primary may take to start its workers and get them ready before an
+    /// upgrade (`Cluster::upgrade`, SIGUSR2) is called failed (default 60 s).
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.upgrade_timeout = timeout;
+        self
+    }
+
+    /// Sets `key=value` in a new primary's environment (`Cluster::upgrade`), for what this
+    /// process took out of its own (a service manager's `NOTIFY_SOCKET`, say).
+    pub fn upgrade_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.opts.upgrade_env.push((key.into(), value.into()));
+        self
+    }
+
     /// Serves HTTP at `address` (`HOST:PORT`): Prometheus text at `/metrics` (every series
     /// named `forkline_…`), `/healthz` (200 while the primary runs) and `/readyz` (200 while at
     /// least one worker is ready, 503 otherwise), for Kubernetes probes. An address in use is a

@@ -2,6 +2,7 @@
 //! asks the slot state machine (`slots`) what to do, through `supervisor`, `replace` and
 //! `shutdown`, which apply its decisions.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,24 +22,53 @@ use crate::protocol::Mode;
 
 /// Binds `address` and serves `/metrics`, `/healthz` and `/readyz` there.
 #[cfg(feature = "axum")]
-async fn start_metrics(cluster: &Cluster, address: &str) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|source| Error::Listen {
-            address: address.to_string(),
-            source,
-        })?;
+async fn bind_metrics(
+    address: &str,
+    inherited: Option<OwnedFd>,
+) -> Result<tokio::net::TcpListener> {
+    let listen_error = |source| Error::Listen {
+        address: address.to_string(),
+        source,
+    };
+    let listener = match inherited {
+        Some(fd) => {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true).map_err(listen_error)?;
+            tokio::net::TcpListener::from_std(listener).map_err(listen_error)?
+        }
+        None => tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(listen_error)?,
+    };
+    Ok(listener)
+}
+
+#[cfg(feature = "axum")]
+fn serve_metrics(cluster: &Cluster, address: &str, listener: tokio::net::TcpListener) {
+    if let Ok(copy) = crate::sys::dup_cloexec(std::os::fd::AsFd::as_fd(&listener)) {
+        cluster.inner.upgrades.keep_metrics(copy);
+    }
     tracing::info!(%address, "metrics at /metrics, probes at /healthz and /readyz");
     super::metrics::serve(cluster.clone(), listener);
-    Ok(())
 }
 
 #[cfg(not(feature = "axum"))]
-async fn start_metrics(_: &Cluster, _: &str) -> Result<()> {
-    Err(Error::InvalidOption {
-        field: "metrics",
-        reason: "forkline was built without its `axum` feature".into(),
-    })
+fn serve_metrics(_: &Cluster, _: &str, _: tokio::net::TcpListener) {}
+
+#[cfg(not(feature = "axum"))]
+fn check_metrics_feature(opts: &ClusterOptions) -> Result<()> {
+    match opts.metrics {
+        Some(_) => Err(Error::InvalidOption {
+            field: "metrics",
+            reason: "forkline was built without its `axum` feature".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(feature = "axum")]
+fn check_metrics_feature(_: &ClusterOptions) -> Result<()> {
+    Ok(())
 }
 
 /// How the cluster ended.
@@ -107,7 +137,16 @@ impl Cluster {
         ClusterBuilder::new()
     }
 
-    pub(crate) async fn start(opts: ClusterOptions, expect_protocol: bool) -> Result<Cluster> {
+    pub(crate) async fn start(mut opts: ClusterOptions, expect_protocol: bool) -> Result<Cluster> {
+        check_metrics_feature(&opts)?;
+        // Started by an upgrade: the old primary's sockets are ours to serve.
+        let mut successor = super::upgrade::Successor::take();
+        if let Some(successor) = successor.as_mut() {
+            if opts.inherited.is_empty() {
+                let listeners = std::mem::take(&mut successor.listeners);
+                opts.inherited = listeners.into_iter().map(Arc::new).collect();
+            }
+        }
         let listeners = ListenerTable::new(BindOptions {
             nodelay: opts.tcp_nodelay,
             unix_mode: opts.unix_mode,
@@ -129,8 +168,17 @@ impl Cluster {
             prebound.push(listener);
         }
         // Bound before anything starts: a clash is a start error naming the path.
-        let control = match &opts.control {
-            Some(path) => Some((super::control::bind(path)?, path.clone())),
+        let handed_control = successor.as_mut().and_then(|s| s.control.take());
+        let control = match (&opts.control, handed_control) {
+            (Some(path), Some(fd)) => Some((super::control::adopt(path, fd)?, path.clone())),
+            (Some(path), None) => Some((super::control::bind(path)?, path.clone())),
+            (None, _) => None,
+        };
+        let metrics = match &opts.metrics {
+            Some(address) => {
+                let handed = successor.as_mut().and_then(|s| s.metrics.take());
+                Some((address.clone(), bind_metrics(address, handed).await?))
+            }
             None => None,
         };
         let notify_dir = if opts.notify_socket {
@@ -143,12 +191,6 @@ impl Cluster {
             inner: Arc::new(core),
         };
         let opts = &cluster.inner.opts;
-        if let Some(address) = &opts.metrics {
-            start_metrics(&cluster, address).await?;
-        }
-        if let Some((listener, path)) = control {
-            super::control::serve(cluster.clone(), listener, path);
-        }
         if opts.subreaper {
             super::reaper::become_subreaper()?;
         }
@@ -158,12 +200,27 @@ impl Cluster {
         if opts.handle_signals {
             signals::handle(cluster.clone())?;
         }
-        for listener in &cluster.inner.prebound {
-            match opts.mode {
-                Mode::RoundRobin => dispatch::start_accepting(&cluster, listener),
-                Mode::Proxy => proxy::start_accepting(&cluster, listener),
-                Mode::Shared | Mode::Reuseport => {}
+        // What serves the outside: at once, or, started by an upgrade, once this primary's
+        // workers are ready and the old primary has stopped accepting.
+        let serving = cluster.clone();
+        let serve = move || {
+            if let Some((listener, path)) = control {
+                super::control::serve(serving.clone(), listener, path);
             }
+            if let Some((address, listener)) = metrics {
+                serve_metrics(&serving, &address, listener);
+            }
+            for listener in &serving.inner.prebound {
+                match serving.inner.opts.mode {
+                    Mode::RoundRobin => dispatch::start_accepting(&serving, listener),
+                    Mode::Proxy => proxy::start_accepting(&serving, listener),
+                    Mode::Shared | Mode::Reuseport => {}
+                }
+            }
+        };
+        match successor {
+            Some(successor) => super::upgrade::take_over_when_ready(&cluster, successor, serve),
+            None => serve(),
         }
         dispatch::start_reclaiming(&cluster);
         if opts.mode == Mode::Proxy {

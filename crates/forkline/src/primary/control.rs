@@ -63,6 +63,9 @@ pub enum Request {
         #[serde(default)]
         slot: Option<usize>,
     },
+    /// Replace the primary itself: start the program again as a new primary, which takes
+    /// over once its workers are ready. Answered when it has, or has failed.
+    Upgrade,
     /// Stop the cluster gracefully (or at once with `now`).
     Stop {
         /// SIGKILL the workers instead of asking them to finish.
@@ -112,12 +115,33 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the control socket until the cluster has stopped, then removes its file.
+/// Takes over the control socket a previous primary served at `path` (`Cluster::upgrade`).
+pub(crate) fn adopt(path: &Path, fd: std::os::fd::OwnedFd) -> Result<UnixListener> {
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(listener))
+        .map_err(|source| Error::Listen {
+            address: path.display().to_string(),
+            source,
+        })
+}
+
+/// Serves the control socket until the cluster has stopped, then removes its file — unless a
+/// new primary took it over (`Cluster::upgrade`): then this one stops accepting at the
+/// handover and leaves the file to it.
 pub(crate) fn serve(cluster: Cluster, listener: UnixListener, path: PathBuf) {
+    if let Ok(copy) = crate::sys::dup_cloexec(std::os::fd::AsFd::as_fd(&listener)) {
+        cluster.inner.upgrades.keep_control(copy);
+    }
     task::spawn("control", async move {
         let mut finished = cluster.inner.finished.subscribe();
+        let mut handover = cluster.inner.upgrades.handover.subscribe();
         let mut stopped = std::pin::pin!(async move {
-            let _ = finished.wait_for(|f| f.is_some()).await;
+            tokio::select! {
+                _ = finished.wait_for(|f| f.is_some()) => {}
+                _ = handover.wait_for(|h| *h) => {}
+            }
         });
         loop {
             tokio::select! {
@@ -133,7 +157,9 @@ pub(crate) fn serve(cluster: Cluster, listener: UnixListener, path: PathBuf) {
                 _ = &mut stopped => break,
             }
         }
-        let _ = std::fs::remove_file(&path);
+        if !cluster.inner.upgrades.handed_over() {
+            let _ = std::fs::remove_file(&path);
+        }
     });
 }
 
@@ -307,6 +333,10 @@ async fn answer(cluster: &Cluster, line: &str) -> Value {
             }
         }
         Request::Logs { .. } => json!({"ok": false, "error": "logs is answered as a stream"}),
+        Request::Upgrade => match cluster.upgrade().await {
+            Ok(pid) => json!({"ok": true, "pid": pid}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        },
         Request::Stop { now } => {
             if now {
                 cluster.shutdown_now();

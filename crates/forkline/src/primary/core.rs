@@ -67,6 +67,8 @@ pub(crate) struct Core {
     /// Rolling reloads that finished, and that failed.
     pub reloads_ok: std::sync::atomic::AtomicU64,
     pub reloads_failed: std::sync::atomic::AtomicU64,
+    /// Upgrades: one at a time, the program to start again, the handover.
+    pub upgrades: super::upgrade::Upgrades,
     /// Recent worker output, for `forkline logs`.
     pub output: super::output_buffer::OutputBuffer,
 }
@@ -108,6 +110,7 @@ impl Core {
             reloads_ok: std::sync::atomic::AtomicU64::new(0),
             reloads_failed: std::sync::atomic::AtomicU64::new(0),
             output: super::output_buffer::OutputBuffer::new(opts.output_buffer),
+            upgrades: super::upgrade::Upgrades::new(),
             opts,
         }
     }

@@ -84,6 +84,17 @@ pub enum Event {
         /// What went wrong with the new worker.
         reason: ReplaceFailure,
     },
+    /// A new primary is ready and takes over (`Cluster::upgrade`): this one stops accepting
+    /// and drains its workers.
+    Upgraded {
+        /// The new primary's pid.
+        pid: u32,
+    },
+    /// An upgrade failed: the new primary was stopped, this one carries on.
+    UpgradeFailed {
+        /// What went wrong.
+        reason: String,
+    },
     /// A worker broke the protocol or timed out and was killed.
     WorkerError {
         /// The worker.
@@ -107,6 +118,8 @@ impl Event {
             Event::Message { .. } => "message",
             Event::Restarting { .. } => "restarting",
             Event::GaveUp { .. } => "gave-up",
+            Event::Upgraded { .. } => "upgraded",
+            Event::UpgradeFailed { .. } => "upgrade-failed",
             Event::ReplaceFailed { .. } => "replace-failed",
             Event::WorkerError { .. } => "worker-error",
         }

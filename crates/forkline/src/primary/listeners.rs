@@ -104,6 +104,20 @@ impl BoundListener {
         Ok(sock)
     }
 
+    /// A socket of this listener to hand to a new primary (`Cluster::upgrade`): the primary's
+    /// own, or in reuseport mode one of the group's (the spare, else the lowest slot's).
+    pub fn socket_to_pass(&self) -> Option<Arc<OwnedFd>> {
+        if let Some(socket) = &self.socket {
+            return Some(socket.clone());
+        }
+        if let Some(spare) = self.spare.lock().unwrap().as_ref() {
+            return spare.try_clone().ok().map(Arc::new);
+        }
+        let slots = self.per_slot.lock().unwrap();
+        let lowest = slots.keys().min()?;
+        slots.get(lowest).cloned()
+    }
+
     /// Forgets `slot`'s reuseport socket (its worker is gone and no immediate replacement
     /// follows). With `net.ipv4.tcp_migrate_req=1` the kernel moves its queued connections to
     /// the other sockets of the group.

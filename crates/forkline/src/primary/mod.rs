@@ -32,6 +32,7 @@ mod splice;
 mod stats;
 mod supervisor;
 mod task;
+mod upgrade;
 
 pub use builder::{resolve_program, ClusterBuilder};
 pub use cluster::{Cluster, Shutdown, SlotStatus};
@@ -44,3 +45,4 @@ pub use options::{
 };
 pub use output_buffer::{OutputLine, OutputStream, DEFAULT_OUTPUT_BUFFER};
 pub use stats::{Stats, WorkerStats};
+pub use upgrade::{ENV_UPGRADE_CONTROL_FD, ENV_UPGRADE_FD, ENV_UPGRADE_METRICS_FD};

@@ -260,6 +260,11 @@ pub struct ClusterOptions {
     pub handoff_timeout: Duration,
     /// Serve Prometheus metrics and health probes over HTTP at this address (`HOST:PORT`).
     pub metrics: Option<String>,
+    /// How long a new primary may take to get its workers ready (`Cluster::upgrade`).
+    pub upgrade_timeout: Duration,
+    /// Extra environment for a new primary (`Cluster::upgrade`), e.g. a `NOTIFY_SOCKET` this
+    /// process took out of its own environment.
+    pub upgrade_env: Vec<(OsString, OsString)>,
     /// Serve a control socket at this path (`forkline status`, `reload`, `scale`, `stop`).
     pub control: Option<PathBuf>,
     /// Make the primary a child subreaper (PR_SET_CHILD_SUBREAPER): what workers leave behind
@@ -333,6 +338,8 @@ impl Default for ClusterOptions {
             handoff_timeout: Duration::from_secs(10),
             subreaper: false,
             control: None,
+            upgrade_timeout: Duration::from_secs(60),
+            upgrade_env: Vec::new(),
             metrics: None,
         }
     }

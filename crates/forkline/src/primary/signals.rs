@@ -1,5 +1,5 @@
 //! The primary's signals, gunicorn's conventions: TERM/INT graceful stop, QUIT quick stop, HUP
-//! rolling reload, TTIN/TTOU one worker more/less. The handler only notes the signal; this
+//! rolling reload, TTIN/TTOU one worker more/less, USR2 upgrade (a new primary takes over). The handler only notes the signal; this
 //! task's loop acts on it.
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -16,6 +16,7 @@ pub(crate) fn handle(cluster: Cluster) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut ttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
     let mut ttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     task::spawn("signals", async move {
         loop {
             tokio::select! {
@@ -27,6 +28,13 @@ pub(crate) fn handle(cluster: Cluster) -> Result<()> {
                     task::spawn("reload", async move {
                         // A failed replacement is logged and reported where it happens.
                         let _ = cluster.reload().await;
+                    });
+                }
+                _ = usr2.recv() => {
+                    let cluster = cluster.clone();
+                    task::spawn("upgrade", async move {
+                        // A failed upgrade is logged and reported where it happens.
+                        let _ = cluster.upgrade().await;
                     });
                 }
                 _ = ttin.recv() => {

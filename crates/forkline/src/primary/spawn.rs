@@ -12,6 +12,7 @@ use tokio::process::Child;
 
 use super::cluster::Cluster;
 use super::handle::WorkerHandle;
+use super::listeners::BoundListener;
 use super::options::WorkerStdio;
 use super::output_buffer::OutputStream;
 use super::{notify, output, proxy, readiness, spawner, task};
@@ -44,7 +45,10 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
         "LISTEN_FDNAMES",
         "LISTEN_PID",
         "NOTIFY_SOCKET",
-    ] {
+    ]
+    .into_iter()
+    .chain(super::upgrade::UPGRADE_ENV)
+    {
         command.env_remove(inherited);
     }
     let mut placed = prebound_sockets(cluster, worker, &mut command)?;
@@ -180,20 +184,7 @@ fn prebound_sockets(
                     sys::dup_cloexec(socket.as_fd())?,
                     FIRST_FD + placed.len() as RawFd,
                 ));
-                let inherited = inner
-                    .opts
-                    .inherited_names
-                    .get(index)
-                    .filter(|n| !n.is_empty());
-                let given = inner
-                    .opts
-                    .listeners
-                    .get(index)
-                    .and_then(|l| l.name.as_ref());
-                let name = inherited
-                    .or(given)
-                    .cloned()
-                    .unwrap_or_else(|| super::options::fd_name_for(&listener.local));
+                let name = fd_name(cluster, index, listener);
                 names.push(name);
             }
             command.env("LISTEN_FDS", names.len().to_string());
@@ -204,4 +195,16 @@ fn prebound_sockets(
         }
     }
     Ok(placed)
+}
+
+/// The name of prebound listener `index` under `LISTEN_FDNAMES`: the service manager's name
+/// for it, else the `--listen NAME=` given, else its address with `:` replaced.
+pub(crate) fn fd_name(cluster: &Cluster, index: usize, listener: &BoundListener) -> String {
+    let opts = &cluster.inner.opts;
+    let inherited = opts.inherited_names.get(index).filter(|n| !n.is_empty());
+    let given = opts.listeners.get(index).and_then(|l| l.name.as_ref());
+    inherited
+        .or(given)
+        .cloned()
+        .unwrap_or_else(|| super::options::fd_name_for(&listener.local))
 }

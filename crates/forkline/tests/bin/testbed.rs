@@ -364,6 +364,8 @@ fn describe(event: &Event) -> Value {
             value["pid"] = json!(worker.pid());
             value["error"] = json!(error);
         }
+        Event::Upgraded { pid } => value["pid"] = json!(pid),
+        Event::UpgradeFailed { reason } => value["reason"] = json!(reason),
     }
     value
 }

@@ -1,0 +1,379 @@
+//! Replacing the primary itself (`Cluster::upgrade`, SIGUSR2, the control socket's `upgrade`):
+//! the running primary starts its program again from disk as a new primary and hands it the
+//! listening sockets, the control socket and the metrics socket; only once the new primary's
+//! workers are all ready does the old one stop accepting, drain its workers and exit. A new
+//! primary that exits or is not ready in time is stopped, and the old one carries on.
+//!
+//! The two talk over a stream socket pair whose end the new primary finds in
+//! `FORKLINE_UPGRADE_FD`: the new one writes `ready`, the old one stops accepting and writes
+//! `go`, and only then does the new one serve the control and metrics sockets and accept in
+//! round-robin and proxy modes. The listening sockets arrive by the systemd convention (fds
+//! from 3, `LISTEN_FDS`, `LISTEN_FDNAMES`), but with `FORKLINE_UPGRADE_FD` in place of
+//! `LISTEN_PID`, which the old primary cannot know before the new one exists.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use super::cluster::Cluster;
+use super::event::Event;
+use super::{spawner, task};
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// The new primary's end of the handover channel.
+pub const ENV_UPGRADE_FD: &str = "FORKLINE_UPGRADE_FD";
+/// The control socket's listening fd, handed to the new primary.
+pub const ENV_UPGRADE_CONTROL_FD: &str = "FORKLINE_UPGRADE_CONTROL_FD";
+/// The metrics endpoint's listening fd, handed to the new primary.
+pub const ENV_UPGRADE_METRICS_FD: &str = "FORKLINE_UPGRADE_METRICS_FD";
+
+/// The environment variables of a handover, never passed on to workers.
+pub(crate) const UPGRADE_ENV: [&str; 3] = [
+    ENV_UPGRADE_FD,
+    ENV_UPGRADE_CONTROL_FD,
+    ENV_UPGRADE_METRICS_FD,
+];
+
+/// First fd of the listening sockets, as in systemd.
+const FIRST_FD: RawFd = 3;
+
+/// What the old primary keeps for upgrades.
+pub(crate) struct Upgrades {
+    /// One upgrade at a time.
+    lock: tokio::sync::Mutex<()>,
+    /// The program to start again and its arguments, as this primary was started.
+    program: Option<(PathBuf, Vec<OsString>)>,
+    /// Copies of the control and metrics listening sockets, for the new primary.
+    control: Mutex<Option<OwnedFd>>,
+    metrics: Mutex<Option<OwnedFd>>,
+    /// Set once a new primary took over: files it now serves are not removed at exit.
+    handed_over: AtomicBool,
+    /// Woken when the handover happens (the control and metrics servers stop accepting).
+    pub handover: tokio::sync::watch::Sender<bool>,
+}
+
+impl Upgrades {
+    /// Remembers the program this process runs (its path now, before a deploy replaces the
+    /// file, and its arguments).
+    pub fn new() -> Upgrades {
+        let program = std::env::current_exe().ok().map(|exe| {
+            // A binary deleted since start shows as "PATH (deleted)": the path is what counts.
+            let text = exe.as_os_str().to_string_lossy();
+            let path = match text.strip_suffix(" (deleted)") {
+                Some(path) => PathBuf::from(path),
+                None => exe,
+            };
+            (path, std::env::args_os().skip(1).collect())
+        });
+        Upgrades {
+            lock: tokio::sync::Mutex::new(()),
+            program,
+            control: Mutex::new(None),
+            metrics: Mutex::new(None),
+            handed_over: AtomicBool::new(false),
+            handover: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Keeps a copy of the control socket's listener for a new primary.
+    pub fn keep_control(&self, fd: OwnedFd) {
+        *self.control.lock().unwrap() = Some(fd);
+    }
+
+    /// Keeps a copy of the metrics endpoint's listener for a new primary.
+    pub fn keep_metrics(&self, fd: OwnedFd) {
+        *self.metrics.lock().unwrap() = Some(fd);
+    }
+
+    /// True once a new primary took over.
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Relaxed)
+    }
+}
+
+impl Cluster {
+    /// Replaces this primary with a new one started from the same program file and arguments
+    /// (what SIGUSR2 and `forkline upgrade` do). The new primary gets the listening sockets,
+    /// starts its own workers and, once they are all ready, takes over; this one then stops
+    /// accepting, drains its workers gracefully and stops (`Cluster::wait` returns). Returns
+    /// the new primary's pid.
+    ///
+    /// If the new primary exits, or is not ready within `upgrade_timeout`, it is stopped and
+    /// this one carries on: `Error::UpgradeFailed` says why. One upgrade at a time; refused
+    /// as PID 1 (a container's init cannot hand over: roll the container instead).
+    pub async fn upgrade(&self) -> Result<u32> {
+        let failed = |reason: String| Error::UpgradeFailed { reason };
+        let upgrades = &self.inner.upgrades;
+        let Ok(_one_at_a_time) = upgrades.lock.try_lock() else {
+            return Err(failed("an upgrade is already in progress".into()));
+        };
+        if self.is_stopping() {
+            return Err(Error::ShutDown);
+        }
+        if std::process::id() == 1 {
+            return Err(failed(
+                "the primary is PID 1, which cannot hand over; replace the container instead"
+                    .into(),
+            ));
+        }
+        let Some((program, args)) = upgrades.program.clone() else {
+            return Err(failed("cannot find this program's executable".into()));
+        };
+        tracing::info!(program = %program.display(), "upgrade: starting a new primary");
+        let result = start_successor(self, &program, &args).await;
+        match result {
+            Ok(pid) => {
+                tracing::info!(pid, "upgrade: the new primary is ready and takes over");
+                self.inner.events.emit(Event::Upgraded { pid });
+                Ok(pid)
+            }
+            Err(reason) => {
+                tracing::error!("upgrade failed: the new primary {reason}; this one carries on");
+                self.inner.events.emit(Event::UpgradeFailed {
+                    reason: reason.clone(),
+                });
+                Err(failed(format!("the new primary {reason}")))
+            }
+        }
+    }
+}
+
+/// Starts the new primary and waits for its `ready`; on success hands over (this primary stops
+/// accepting and begins its graceful stop) and returns its pid, else stops it and says why.
+async fn start_successor(
+    cluster: &Cluster,
+    program: &std::path::Path,
+    args: &[OsString],
+) -> std::result::Result<u32, String> {
+    let io_error = |what: &str, e: io::Error| format!("could not be started: {what}: {e}");
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| io_error("socket pair", e))?;
+    let mut placed: Vec<(OwnedFd, RawFd)> = Vec::new();
+    let mut names = Vec::new();
+    for (index, listener) in cluster.inner.prebound.iter().enumerate() {
+        let Some(socket) = listener.socket_to_pass() else {
+            continue;
+        };
+        let fd = sys::dup_cloexec(socket.as_fd()).map_err(|e| io_error("dup", e))?;
+        placed.push((fd, FIRST_FD + placed.len() as RawFd));
+        names.push(super::spawn::fd_name(cluster, index, listener));
+    }
+    let mut command = std::process::Command::new(program);
+    command.args(args);
+    command.env("LISTEN_FDS", placed.len().to_string());
+    command.env("LISTEN_FDNAMES", names.join(":"));
+    command.env_remove("LISTEN_PID");
+    for (key, value) in &cluster.inner.opts.upgrade_env {
+        command.env(key, value);
+    }
+    let mut next = FIRST_FD + placed.len() as RawFd;
+    let mut place = |fd: OwnedFd, var: &str, command: &mut std::process::Command| {
+        command.env(var, next.to_string());
+        placed.push((fd, next));
+        next += 1;
+    };
+    let upgrades = &cluster.inner.upgrades;
+    let control = upgrades
+        .control
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|fd| sys::dup_cloexec(fd.as_fd()));
+    if let Some(fd) = control.transpose().map_err(|e| io_error("dup", e))? {
+        place(fd, ENV_UPGRADE_CONTROL_FD, &mut command);
+    }
+    let metrics = upgrades
+        .metrics
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|fd| sys::dup_cloexec(fd.as_fd()));
+    if let Some(fd) = metrics.transpose().map_err(|e| io_error("dup", e))? {
+        place(fd, ENV_UPGRADE_METRICS_FD, &mut command);
+    }
+    place(OwnedFd::from(theirs), ENV_UPGRADE_FD, &mut command);
+    sys::place_fds(&mut command, placed).map_err(|e| io_error("fds", e))?;
+    let mut child = spawner::spawn(command)
+        .await
+        .map_err(|e| format!("could not be started: {}: {e}", program.display()))?;
+    let pid = child.id().unwrap_or(0);
+    ours.set_nonblocking(true)
+        .map_err(|e| io_error("socket pair", e))?;
+    let mut channel = UnixStream::from_std(ours).map_err(|e| io_error("socket pair", e))?;
+
+    let timeout = cluster.inner.opts.upgrade_timeout;
+    let outcome = tokio::select! {
+        ready = read_line(&mut channel) => match ready {
+            Ok(line) if line == "ready" => Ok(()),
+            Ok(line) => Err(format!("(pid {pid}) said {line:?} instead of ready")),
+            Err(_) => Err(format!("(pid {pid}) closed the handover channel")),
+        },
+        status = child.wait() => Err(match status {
+            Ok(status) => format!("(pid {pid}) {}", describe_exit(status)),
+            Err(e) => format!("(pid {pid}) could not be waited for: {e}"),
+        }),
+        _ = tokio::time::sleep(timeout) => {
+            Err(format!("(pid {pid}) was not ready within {}", humantime::format_duration(timeout)))
+        }
+    };
+    if let Err(reason) = outcome {
+        task::spawn(
+            "upgrade-stop",
+            stop_failed(child, cluster.inner.opts.graceful_timeout),
+        );
+        return Err(reason);
+    }
+    // Hand over: from here on the new primary serves; this one only drains.
+    upgrades.handed_over.store(true, Ordering::Relaxed);
+    upgrades.handover.send_replace(true);
+    cluster.shutdown();
+    if channel.write_all(b"go\n").await.is_err() {
+        tracing::warn!(
+            pid,
+            "upgrade: the new primary went away during the handover"
+        );
+    }
+    // Not waited for: it outlives this process, and its new parent reaps it.
+    drop(child);
+    Ok(pid)
+}
+
+/// Reads one line (without its newline) from the handover channel.
+async fn read_line(channel: &mut UnixStream) -> io::Result<String> {
+    let mut line = String::new();
+    let read = BufReader::new(channel).read_line(&mut line).await?;
+    if read == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(line.trim_end().to_string())
+}
+
+/// `exited with code 1` / `was killed by signal 9`.
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "exited".into(),
+    }
+}
+
+/// Stops a new primary that failed: SIGTERM (it stops its workers), SIGKILL after `grace`.
+async fn stop_failed(mut child: tokio::process::Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+/// What a new primary was handed by the old one.
+pub(crate) struct Successor {
+    channel: std::os::unix::net::UnixStream,
+    /// The control socket's listener, if the old primary served one.
+    pub control: Option<OwnedFd>,
+    /// The metrics endpoint's listener, if the old primary served one.
+    pub metrics: Option<OwnedFd>,
+    /// The listening sockets (when the caller did not take them already), and their names.
+    pub listeners: Vec<OwnedFd>,
+}
+
+impl Successor {
+    /// The handover, when this process was started by an upgrade; `None` otherwise. The fds
+    /// are adopted (close-on-exec) once: a second call finds nothing.
+    pub fn take() -> Option<Successor> {
+        static TAKEN: AtomicBool = AtomicBool::new(false);
+        let fd = env_fd(ENV_UPGRADE_FD)?;
+        if TAKEN.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let channel = sys::adopt_inherited_fd(fd).ok()?;
+        let adopt = |var| env_fd(var).and_then(|fd| sys::adopt_inherited_fd(fd).ok());
+        // LISTEN_FDS is left for the caller when it took the sockets itself (and removed it).
+        let count: RawFd = match std::env::var("LISTEN_PID") {
+            Ok(_) => 0,
+            Err(_) => std::env::var("LISTEN_FDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        };
+        let listeners = (FIRST_FD..FIRST_FD + count)
+            .filter_map(|fd| sys::adopt_inherited_fd(fd).ok())
+            .collect();
+        Some(Successor {
+            channel: channel.into(),
+            control: adopt(ENV_UPGRADE_CONTROL_FD),
+            metrics: adopt(ENV_UPGRADE_METRICS_FD),
+            listeners,
+        })
+    }
+
+    /// Tells the old primary this one is ready, and waits until it has stopped accepting
+    /// (`go`), or is gone: either way this one serves from then on.
+    pub async fn take_over(self) {
+        let Ok(()) = self.channel.set_nonblocking(true) else {
+            return;
+        };
+        let Ok(mut channel) = UnixStream::from_std(self.channel) else {
+            return;
+        };
+        if channel.write_all(b"ready\n").await.is_err() {
+            return;
+        }
+        match read_line(&mut channel).await {
+            Ok(line) if line == "go" => tracing::info!("upgrade: took over from the old primary"),
+            _ => tracing::warn!("upgrade: the old primary went away; taking over"),
+        }
+    }
+}
+
+/// The fd number in environment variable `var`, if set.
+fn env_fd(var: &str) -> Option<RawFd> {
+    std::env::var(var).ok()?.parse().ok().filter(|fd| *fd >= 0)
+}
+
+/// True when every slot the cluster keeps has a ready worker and no restart is due: the new
+/// primary is ready to take over.
+pub(crate) fn all_ready(cluster: &Cluster) -> bool {
+    let slots = cluster.status();
+    slots.len() >= cluster.target()
+        && slots
+            .iter()
+            .all(|s| s.state == Some(super::handle::WorkerState::Ready) && s.restart_at.is_none())
+}
+
+/// In a new primary: waits until its workers are ready, then takes over from the old one, and
+/// only then runs `serve` (the control socket, metrics, accepting).
+pub(crate) fn take_over_when_ready(
+    cluster: &Cluster,
+    successor: Successor,
+    serve: impl FnOnce() + Send + 'static,
+) {
+    let cluster = cluster.clone();
+    task::spawn("upgrade-take-over", async move {
+        loop {
+            let changed = cluster.inner.changed.notified();
+            if all_ready(&cluster) {
+                break;
+            }
+            if cluster.is_stopping() {
+                return;
+            }
+            changed.await;
+        }
+        successor.take_over().await;
+        serve();
+    });
+}
