@@ -1,10 +1,12 @@
 //! The command line: the top-level `forkline` parser and one module per subcommand
 //! (`run`, `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`
-//! and `stop`, and the hidden `__exec` shim that starts each worker).
+//! and `stop`, `completions` and `man`, and the hidden `__exec` shim that starts each worker).
 
 pub mod check_config;
+pub mod completions;
 pub mod exec;
 pub mod ls;
+pub mod man;
 pub mod reload;
 pub mod restart;
 pub mod run;
@@ -49,6 +51,10 @@ pub enum Command {
     Restart(restart::RestartArgs),
     /// Stop a running cluster
     Stop(stop::StopArgs),
+    /// Print a shell completion script for forkline
+    Completions(completions::CompletionsArgs),
+    /// Print forkline's man page (roff)
+    Man(man::ManArgs),
     /// (internal) Start one worker: set LISTEN_PID to our own pid, then exec COMMAND
     #[command(name = "__exec", hide = true)]
     Exec(exec::ExecArgs),
