@@ -1,5 +1,5 @@
 //! The primary's own log: `tracing` to stderr as text or JSON (`--log-format`), filtered by
-//! `--log-level` or `RUST_LOG` (default `info`), without colours unless stderr is a terminal and
+//! `--log-level` (else `RUST_LOG`, else `info`), without colours unless stderr is a terminal and
 //! without timestamps under journald (which adds its own). Worker output does not go through
 //! here: the library copies it line by line in the same format.
 //!
@@ -16,13 +16,10 @@ use forkline::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the subscriber: `format` text or JSON (tracing-subscriber's, one object per line),
-/// filtered by `level` (an `EnvFilter` directive such as `debug` or `forkline=debug`) when one
-/// was set, else by `RUST_LOG`, else `info`. Call once, after the environment has been read.
-pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
-    let filter = match level {
-        Some(level) => EnvFilter::try_new(level).map_err(|e| format!("{level:?}: {e}"))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
+/// filtered by `level` (an `EnvFilter` directive such as `debug` or `forkline=debug`; the
+/// settings fall back to `RUST_LOG`, then `info`). Call once, after the environment was read.
+pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -50,6 +50,11 @@ fn main() {
         Command::Stop(args) => cli::stop::stop(args),
         Command::Logs(args) => cli::logs::logs(args),
         Command::Top(args) => cli::top::top(args),
+        Command::Completions(args) => {
+            cli::completions::completions(args);
+            Ok(0)
+        }
+        Command::Man(args) => cli::man::man(args).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),
@@ -66,7 +71,8 @@ fn error_line(error: &CliError) {
     let _ = writeln!(std::io::stderr(), "forkline: error: {error}");
 }
 
-/// Help and version go out as clap prints them; any other parse error becomes one line.
+/// Help and version go out as clap prints them; any other parse error becomes one line, with
+/// clap's suggestion when it has one (`...; did you mean '--workers'? (see forkline --help)`).
 fn usage_error(e: clap::Error) -> ! {
     match e.kind() {
         ErrorKind::DisplayHelp
@@ -79,15 +85,35 @@ fn usage_error(e: clap::Error) -> ! {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("invalid arguments");
             let message = first.strip_prefix("error: ").unwrap_or(first);
+            let tip = match suggestion(&e) {
+                Some(similar) => format!("; did you mean '{similar}'?"),
+                None => String::new(),
+            };
             let hint = match env_origin(&e) {
                 Some(var) => format!("from environment variable {var}"),
                 None => "see forkline --help".into(),
             };
-            let error = CliError::Usage(format!("{message} ({hint})"));
+            let error = CliError::Usage(format!("{message}{tip} ({hint})"));
             error_line(&error);
             std::process::exit(error.exit_code());
         }
     }
+}
+
+/// The argument, value or subcommand clap found close to what was given, if any.
+fn suggestion(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    [
+        ContextKind::SuggestedArg,
+        ContextKind::SuggestedValue,
+        ContextKind::SuggestedSubcommand,
+    ]
+    .into_iter()
+    .find_map(|kind| match e.get(kind)? {
+        ContextValue::String(s) => Some(s.clone()),
+        ContextValue::Strings(list) => list.first().cloned(),
+        _ => None,
+    })
 }
 
 /// The environment variable a bad value came from, when it did not come from a flag.

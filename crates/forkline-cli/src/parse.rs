@@ -1,13 +1,20 @@
 //! Parsing of setting values as people write them — `30s`, `512M`, `127.0.0.1:8080`,
 //! `unix:/run/app.sock`, `max` — and their canonical spelling back. The same functions serve
-//! the flags, the environment variables and the config file, so a value means the same thing
-//! wherever it is written, and every error says what was expected.
+//! the flags (as clap value parsers), the environment variables and the config file (through
+//! serde, see [`Text`]), so a value means the same thing wherever it is written, and every
+//! error says what was expected.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use forkline::{Balance, Mode, Readiness, RestartPolicy, SocketKind};
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes with the NUL).
 const MAX_UNIX_PATH: usize = 107;
@@ -28,6 +35,22 @@ impl Workers {
             Workers::Count(n) => n,
             Workers::Max => cores(),
         }
+    }
+}
+
+/// `4` or `"max"`, as the config file has it.
+impl Serialize for Workers {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Workers::Count(n) => serializer.serialize_u64(n as u64),
+            Workers::Max => serializer.serialize_str("max"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        text::deserialize(deserializer)
     }
 }
 
@@ -219,52 +242,19 @@ fn port_number(s: &str) -> Result<u16, String> {
         .map_err(|_| format!("`{s}` is not a port number (0-65535)"))
 }
 
-/// Parses a duration: `500ms`, `30s`, `5m`, `1h`, `1m30s`, `1.5s`; a bare number is seconds.
+/// Parses a duration: `500ms`, `30s`, `5m`, `1h`, `1m30s`, `1.5s` (humantime's units); a bare
+/// number is seconds.
 pub fn duration(s: &str) -> Result<Duration, String> {
     let text = s.trim();
-    let bad = || {
+    let parsed = match text.parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs).ok(),
+        Err(_) => humantime::parse_duration(text).ok(),
+    };
+    parsed.ok_or_else(|| {
         format!(
             "`{s}` is not a duration (expected a number with a unit, like 250us, 500ms, 30s, 5m or 1h)"
         )
-    };
-    if text.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(secs) = text.parse::<f64>() {
-        return seconds(secs).ok_or_else(bad);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if number_len == 0 {
-            return Err(bad());
-        }
-        let value: f64 = rest[..number_len].parse().map_err(|_| bad())?;
-        rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let scale = match unit {
-            "us" | "µs" => 0.000_001,
-            "ms" => 0.001,
-            "s" | "sec" | "secs" => 1.0,
-            "m" | "min" | "mins" => 60.0,
-            "h" | "hr" | "hrs" => 3600.0,
-            "d" => 86400.0,
-            _ => return Err(bad()),
-        };
-        total += seconds(value * scale).ok_or_else(bad)?;
-    }
-    Ok(total)
-}
-
-fn seconds(secs: f64) -> Option<Duration> {
-    Duration::try_from_secs_f64(secs).ok()
+    })
 }
 
 /// The shortest exact spelling of `d` that [`duration`] reads back: `30s`, `500ms`, `5m`,
@@ -277,52 +267,39 @@ pub fn format_duration(d: Duration) -> String {
     if d.subsec_nanos() % 1_000_000 != 0 {
         return format!("{}us", d.as_micros());
     }
-    if ms == 0 {
-        "0s".into()
-    } else if ms % 3_600_000 == 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
+    match ms {
+        0 => "0s".into(),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
     }
 }
 
-/// Parses a size in bytes: `1048576`, `64K`, `512M`, `1.5G`, `2T` (binary multiples; `B`, `iB`
-/// and lower case accepted: `512MiB`, `512mb`).
-pub fn size(s: &str) -> Result<u64, String> {
+/// Parses a size: bytes, or a number with `K`, `M`, `G` or `T` — binary multiples, as in `ps`,
+/// `top` and systemd's `MemoryMax=`, whether written `512M`, `512MB`, `512mb` or `512MiB`.
+pub fn size(s: &str) -> Result<ByteSize, String> {
     let text = s.trim();
-    let bad =
-        || format!("`{s}` is not a size (expected bytes or a number with K, M, G or T, like 512M)");
-    let upper = text.to_ascii_uppercase();
-    let body = upper
-        .strip_suffix("IB")
-        .or_else(|| upper.strip_suffix('B'))
-        .unwrap_or(&upper);
-    let (number, scale) = match body.chars().last() {
-        Some('K') => (&body[..body.len() - 1], 1u64 << 10),
-        Some('M') => (&body[..body.len() - 1], 1 << 20),
-        Some('G') => (&body[..body.len() - 1], 1 << 30),
-        Some('T') => (&body[..body.len() - 1], 1 << 40),
-        Some(c) if c.is_ascii_digit() => (body, 1),
-        _ => return Err(bad()),
+    let (number, unit) = text.split_at(text.find(char::is_alphabetic).unwrap_or(text.len()));
+    // bytesize reads `M` and `MB` as 10^6: spell every unit the binary way, `MiB`, for it.
+    let unit = unit
+        .trim_end_matches(['b', 'B'])
+        .trim_end_matches(['i', 'I']);
+    let binary = if unit.is_empty() {
+        String::new()
+    } else {
+        format!("{unit}iB")
     };
-    let number = number.trim();
-    if let Ok(n) = number.parse::<u64>() {
-        return n.checked_mul(scale).ok_or_else(bad);
-    }
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let bytes = value * scale as f64;
-    if !(0.0..=u64::MAX as f64).contains(&bytes) || !bytes.is_finite() {
-        return Err(bad());
-    }
-    Ok(bytes.round() as u64)
+    format!("{number}{binary}")
+        .parse::<ByteSize>()
+        .map_err(|_| {
+            format!("`{s}` is not a size (expected bytes or a number with K, M, G or T, like 512M)")
+        })
 }
 
-/// The shortest exact spelling of a byte count: `512M`, `1G`, `1000`.
-pub fn format_size(bytes: u64) -> String {
+/// The shortest exact spelling of a size: `512M`, `1G`, `1000`.
+pub fn format_size(size: ByteSize) -> String {
+    let bytes = size.as_u64();
     for (suffix, scale) in [
         ("T", 1u64 << 40),
         ("G", 1 << 30),
@@ -353,8 +330,12 @@ pub fn env_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `--socket-mode`: the permission bits of the Unix socket files forkline creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
 /// Parses `--socket-mode`: permission bits in octal, `660`, `0660` or `0o660`.
-pub fn socket_mode(s: &str) -> Result<u32, String> {
+pub fn socket_mode(s: &str) -> Result<SocketMode, String> {
     let text = s.trim();
     let digits = text.strip_prefix("0o").unwrap_or(text);
     let bad = || {
@@ -370,12 +351,7 @@ pub fn socket_mode(s: &str) -> Result<u32, String> {
             "`{s}`: only permission bits (at most 0777) can be set on a socket file"
         ));
     }
-    Ok(mode)
-}
-
-/// The canonical spelling of a socket mode: four octal digits, `0660`.
-pub fn format_socket_mode(mode: u32) -> String {
-    format!("{mode:04o}")
+    Ok(SocketMode(mode))
 }
 
 /// `--socket-owner USER[:GROUP]`, as written: names or numbers, looked up by `run`.
@@ -415,17 +391,42 @@ pub fn socket_owner(s: &str) -> Result<SocketOwner, String> {
     })
 }
 
+/// The choice closest to `value`, if one is close enough to be a likely typo.
+pub fn closest<'a>(value: &str, choices: &[&'a str]) -> Option<&'a str> {
+    choices
+        .iter()
+        .map(|choice| (strsim::jaro_winkler(value, choice), *choice))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, choice)| choice)
+}
+
+/// `; did you mean `CHOICE`?` when `value` is close to one of `choices`, else nothing.
+pub fn did_you_mean(value: &str, choices: &[&str]) -> String {
+    closest(value, choices)
+        .map(|choice| format!("; did you mean `{choice}`?"))
+        .unwrap_or_default()
+}
+
 /// Parses `--mode`.
 pub fn mode(s: &str) -> Result<Mode, String> {
     Mode::parse(s.trim()).ok_or_else(|| {
-        format!("unknown mode `{s}` (expected shared, reuseport, proxy or round-robin)")
+        let choices = ["shared", "reuseport", "proxy", "round-robin"];
+        format!(
+            "unknown mode `{s}` (expected shared, reuseport, proxy or round-robin{})",
+            did_you_mean(s, &choices)
+        )
     })
 }
 
 /// Parses `--balance`.
 pub fn balance(s: &str) -> Result<Balance, String> {
     Balance::parse(s.trim()).ok_or_else(|| {
-        format!("unknown balancing strategy `{s}` (expected round-robin, least-conn or ip-hash)")
+        let choices = ["round-robin", "least-conn", "ip-hash"];
+        format!(
+            "unknown balancing strategy `{s}` (expected round-robin, least-conn or ip-hash{})",
+            did_you_mean(s, &choices)
+        )
     })
 }
 
@@ -436,17 +437,9 @@ pub fn restart(s: &str) -> Result<RestartPolicy, String> {
         "on-failure" => Ok(RestartPolicy::OnFailure),
         "never" => Ok(RestartPolicy::Never),
         _ => Err(format!(
-            "unknown restart policy `{s}` (expected always, on-failure or never)"
+            "unknown restart policy `{s}` (expected always, on-failure or never{})",
+            did_you_mean(s, &["always", "on-failure", "never"])
         )),
-    }
-}
-
-/// The canonical name of a restart policy.
-pub fn restart_name(policy: RestartPolicy) -> &'static str {
-    match policy {
-        RestartPolicy::Always => "always",
-        RestartPolicy::OnFailure => "on-failure",
-        RestartPolicy::Never => "never",
     }
 }
 
@@ -461,20 +454,340 @@ pub fn ready(s: &str) -> Result<Readiness, String> {
         _ => match s.strip_prefix("delay:") {
             Some(d) => duration(d).map(Readiness::Delay),
             None => Err(format!(
-                "unknown readiness `{s}` (expected notify, listen, online, delay:DURATION or none)"
+                "unknown readiness `{s}` (expected notify, listen, online, delay:DURATION or \
+                 none{})",
+                did_you_mean(s, &["notify", "listen", "online", "none"])
             )),
         },
     }
 }
 
-/// The canonical spelling of a readiness setting.
-pub fn ready_name(readiness: Readiness) -> String {
-    match readiness {
-        Readiness::Notify => "notify".into(),
-        Readiness::Listen => "listen".into(),
-        Readiness::Online => "online".into(),
-        Readiness::None => "none".into(),
-        Readiness::Delay(d) => format!("delay:{}", format_duration(d)),
+/// Parses `--log-level`: a tracing `EnvFilter` directive, such as `debug` or `forkline=debug`.
+pub fn log_level(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| {
+            format!("`{s}` is not a log filter ({e}; expected a level like debug, or target=level)")
+        })
+}
+
+/// `#[serde(deserialize_with = "log_filter")]`: a `log-level`, checked as [`log_level`] does.
+pub fn log_filter<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    log_level(&String::deserialize(deserializer)?).map_err(de::Error::custom)
+}
+
+/// A setting value as people write it: the same parser reads it from a flag, an environment
+/// variable or the config file, and [`Text::text`] spells it back for `check-config`. Settings
+/// of library and std types are (de)serialized through it with `#[serde(with = "text")]`.
+pub trait Text: Sized {
+    /// What a value looks like, for the "expected ..." of a type error.
+    const EXPECTED: &'static str;
+    /// Parses a value as written.
+    fn parse(s: &str) -> Result<Self, String>;
+    /// The canonical spelling, which [`Text::parse`] reads back.
+    fn text(&self) -> String;
+    /// Parses a number or boolean that the config file gives unquoted (`workers = 4`,
+    /// `min-uptime = 2`): by default, as its text.
+    fn parse_unquoted(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+impl Text for Duration {
+    const EXPECTED: &'static str = "a duration like \"30s\"";
+    fn parse(s: &str) -> Result<Self, String> {
+        duration(s)
+    }
+    fn text(&self) -> String {
+        format_duration(*self)
+    }
+}
+
+impl Text for ByteSize {
+    const EXPECTED: &'static str = "a size like \"512M\"";
+    fn parse(s: &str) -> Result<Self, String> {
+        size(s)
+    }
+    fn text(&self) -> String {
+        format_size(*self)
+    }
+}
+
+impl Text for Workers {
+    const EXPECTED: &'static str = "a number or \"max\"";
+    fn parse(s: &str) -> Result<Self, String> {
+        workers(s)
+    }
+    fn text(&self) -> String {
+        match self {
+            Workers::Count(n) => n.to_string(),
+            Workers::Max => "max".into(),
+        }
+    }
+}
+
+impl Text for ListenAddr {
+    const EXPECTED: &'static str = "an address like \"127.0.0.1:8080\"";
+    fn parse(s: &str) -> Result<Self, String> {
+        listen_addr(s)
+    }
+    fn text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Text for SocketMode {
+    const EXPECTED: &'static str = "an octal mode in quotes, like \"0660\"";
+    fn parse(s: &str) -> Result<Self, String> {
+        socket_mode(s)
+    }
+    fn text(&self) -> String {
+        format!("{:04o}", self.0)
+    }
+    /// TOML reads `660` as decimal and `0o660` as the number 432: a mode must be quoted.
+    fn parse_unquoted(s: &str) -> Result<Self, String> {
+        Err(format!(
+            "expected an octal mode in quotes, like \"0660\", found {s}"
+        ))
+    }
+}
+
+impl Text for SocketOwner {
+    const EXPECTED: &'static str = "an owner like \"www-data\" or \"www-data:adm\"";
+    fn parse(s: &str) -> Result<Self, String> {
+        socket_owner(s)
+    }
+    fn text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Text for Mode {
+    const EXPECTED: &'static str = "a mode: shared, reuseport, proxy or round-robin";
+    fn parse(s: &str) -> Result<Self, String> {
+        mode(s)
+    }
+    fn text(&self) -> String {
+        self.name().into()
+    }
+}
+
+impl Text for Balance {
+    const EXPECTED: &'static str = "a strategy: round-robin, least-conn or ip-hash";
+    fn parse(s: &str) -> Result<Self, String> {
+        balance(s)
+    }
+    fn text(&self) -> String {
+        self.name().into()
+    }
+}
+
+impl Text for RestartPolicy {
+    const EXPECTED: &'static str = "a policy: always, on-failure or never";
+    fn parse(s: &str) -> Result<Self, String> {
+        restart(s)
+    }
+    fn text(&self) -> String {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+        .into()
+    }
+}
+
+impl Text for Readiness {
+    const EXPECTED: &'static str = "notify, listen, online, delay:DURATION or none";
+    fn parse(s: &str) -> Result<Self, String> {
+        ready(s)
+    }
+    fn text(&self) -> String {
+        match self {
+            Readiness::Notify => "notify".into(),
+            Readiness::Listen => "listen".into(),
+            Readiness::Online => "online".into(),
+            Readiness::None => "none".into(),
+            Readiness::Delay(d) => format!("delay:{}", format_duration(*d)),
+        }
+    }
+}
+
+/// Names and ids (`user = 33`) and `[env]` values (`THREADS = 4`) are text, numbers included.
+impl Text for String {
+    const EXPECTED: &'static str = "a string";
+    fn parse(s: &str) -> Result<Self, String> {
+        Ok(s.to_string())
+    }
+    fn text(&self) -> String {
+        self.clone()
+    }
+}
+
+/// Reads a [`Text`] value from a string, or from a number or boolean through
+/// [`Text::parse_unquoted`].
+struct TextVisitor<T>(PhantomData<T>);
+
+impl<T: Text> Visitor<'_> for TextVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(T::EXPECTED)
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        T::parse(s).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        T::parse_unquoted(&n.to_string()).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+        T::parse_unquoted(&n.to_string()).map_err(E::custom)
+    }
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<T, E> {
+        T::parse_unquoted(&n.to_string()).map_err(E::custom)
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<T, E> {
+        T::parse_unquoted(&b.to_string()).map_err(E::custom)
+    }
+}
+
+/// `#[serde(with = "text")]`: a [`Text`] value as its text.
+pub mod text {
+    use super::*;
+
+    /// Writes the value's text.
+    pub fn serialize<T: Text, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.text())
+    }
+
+    /// Parses the value.
+    pub fn deserialize<'de, T: Text, D: Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
+        deserializer.deserialize_any(TextVisitor(PhantomData))
+    }
+}
+
+/// `#[serde(default, with = "opt_text")]`: an optional [`Text`] value; `None` is left out.
+pub mod opt_text {
+    use super::*;
+
+    /// Writes the value's text, or nothing.
+    pub fn serialize<T: Text, S: Serializer>(
+        value: &Option<T>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => serializer.serialize_str(&value.text()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    /// Parses the value.
+    pub fn deserialize<'de, T: Text, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<T>, D::Error> {
+        text::deserialize(deserializer).map(Some)
+    }
+}
+
+/// A [`Text`] value where serde wants a `Deserialize` type: an array's items, a table's values.
+pub struct Parsed<T>(pub T);
+
+impl<'de, T: Text> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        text::deserialize(deserializer).map(Parsed)
+    }
+}
+
+/// `#[serde(with = "text_list")]`: a list of [`Text`] values, which the config file may also
+/// give as one string (`listen = "127.0.0.1:8080"`).
+pub mod text_list {
+    use super::*;
+
+    /// Writes an array of texts.
+    pub fn serialize<T: Text, S: Serializer>(
+        values: &[T],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(values.iter().map(Text::text))
+    }
+
+    /// Parses one value or an array of them.
+    pub fn deserialize<'de, T: Text, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<T>, D::Error> {
+        struct List<T>(PhantomData<T>);
+        impl<'de, T: Text> Visitor<'de> for List<T> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}, or an array of them", T::EXPECTED)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<T>, E> {
+                T::parse(s).map(|value| vec![value]).map_err(E::custom)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Vec<T>, A::Error> {
+                let mut values = Vec::new();
+                while let Some(Parsed(value)) = items.next_element()? {
+                    values.push(value);
+                }
+                Ok(values)
+            }
+        }
+        deserializer.deserialize_any(List(PhantomData))
+    }
+}
+
+/// `#[serde(with = "env_table")]`: `--env KEY=VALUE` pairs as the config file's `[env]`
+/// table, whose values may be numbers or booleans too (`THREADS = 4`).
+pub mod env_table {
+    use super::*;
+
+    /// Writes a table; of two pairs with the same key, the later wins.
+    pub fn serialize<S: Serializer>(
+        pairs: &[(String, String)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let table: BTreeMap<&String, &String> = pairs.iter().map(|(k, v)| (k, v)).collect();
+        serializer.collect_map(table)
+    }
+
+    /// Reads a table of names and values.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(String, String)>, D::Error> {
+        BTreeMap::<String, Parsed<String>>::deserialize(deserializer)?
+            .into_iter()
+            .map(|(key, Parsed(value))| {
+                env_key(&key).map_err(de::Error::custom)?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+}
+
+/// `#[serde(default, with = "command")]`: the worker command and its arguments, as an array
+/// of strings; none is left out.
+pub mod command {
+    use super::*;
+
+    /// Writes an array of strings (lossily, for words that are not UTF-8), or nothing.
+    pub fn serialize<S: Serializer>(words: &[OsString], serializer: S) -> Result<S::Ok, S::Error> {
+        if words.is_empty() {
+            return serializer.serialize_none();
+        }
+        serializer.collect_seq(words.iter().map(|word| word.to_string_lossy()))
+    }
+
+    /// Reads a program and its arguments.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<OsString>, D::Error> {
+        let words = Vec::<String>::deserialize(deserializer)?;
+        if words.first().is_none_or(String::is_empty) {
+            return Err(de::Error::custom(
+                "the command is empty (expected an array like [\"node\", \"server.js\"])",
+            ));
+        }
+        Ok(words.into_iter().map(OsString::from).collect())
     }
 }
 
@@ -602,15 +915,15 @@ mod tests {
 
     #[test]
     fn socket_modes_and_owners() {
-        assert_eq!(socket_mode("660"), Ok(0o660));
-        assert_eq!(socket_mode("0660"), Ok(0o660));
-        assert_eq!(socket_mode("0o600"), Ok(0o600));
-        assert_eq!(socket_mode("777"), Ok(0o777));
+        assert_eq!(socket_mode("660"), Ok(SocketMode(0o660)));
+        assert_eq!(socket_mode("0660"), Ok(SocketMode(0o660)));
+        assert_eq!(socket_mode("0o600"), Ok(SocketMode(0o600)));
+        assert_eq!(socket_mode("777"), Ok(SocketMode(0o777)));
         for bad in ["", "rw", "680", "0x660", "-660", "01777", "12345", "0o"] {
             assert!(socket_mode(bad).is_err(), "{bad} should be rejected");
         }
-        assert_eq!(format_socket_mode(0o660), "0660");
-        assert_eq!(format_socket_mode(0o7), "0007");
+        assert_eq!(SocketMode(0o660).text(), "0660");
+        assert_eq!(SocketMode(0o7).text(), "0007");
         assert_eq!(
             socket_owner("www-data"),
             Ok(SocketOwner {
@@ -632,7 +945,10 @@ mod tests {
         assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(duration("10"), Ok(Duration::from_secs(10)));
-        for bad in ["", "s", "10x", "-1s", "1..5s", "ms"] {
+        assert_eq!(duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(duration("1 min"), Ok(Duration::from_secs(60)));
+        for bad in ["", "s", "10x", "-1s", "1..5s", "ms", "5 parsecs"] {
             assert!(duration(bad).is_err(), "{bad} should be rejected");
         }
         for d in ["30s", "500ms", "5m", "1h", "0s", "1500ms"] {
@@ -642,31 +958,40 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(size("512M"), Ok(512 << 20));
-        assert_eq!(size("1G"), Ok(1 << 30));
-        assert_eq!(size("1.5G"), Ok(3 << 29));
-        assert_eq!(size("64k"), Ok(64 << 10));
-        assert_eq!(size("512MiB"), Ok(512 << 20));
-        assert_eq!(size("512mb"), Ok(512 << 20));
-        assert_eq!(size("1000"), Ok(1000));
-        for bad in ["", "M", "12Q", "-1M", "1.2.3G"] {
+        let bytes = |s: &str| size(s).map(|size| size.as_u64());
+        assert_eq!(bytes("512M"), Ok(512 << 20));
+        assert_eq!(bytes("1G"), Ok(1 << 30));
+        assert_eq!(bytes("1.5G"), Ok(3 << 29));
+        assert_eq!(bytes("64k"), Ok(64 << 10));
+        assert_eq!(bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(bytes("512mb"), Ok(512 << 20));
+        assert_eq!(bytes("512 M"), Ok(512 << 20));
+        assert_eq!(bytes("1000"), Ok(1000));
+        assert_eq!(bytes("1000B"), Ok(1000));
+        for bad in ["", "M", "12Q", "-1M", "1.2.3G", "1Gx"] {
             assert!(size(bad).is_err(), "{bad} should be rejected");
         }
-        assert_eq!(format_size(512 << 20), "512M");
-        assert_eq!(format_size(1000), "1000");
+        assert_eq!(format_size(ByteSize::mib(512)), "512M");
+        assert_eq!(format_size(ByteSize::b(1000)), "1000");
     }
 
     #[test]
     fn enums() {
         assert_eq!(mode("proxy"), Ok(Mode::Proxy));
         assert!(mode("fast").unwrap_err().contains("shared, reuseport"));
+        assert!(mode("prxy")
+            .unwrap_err()
+            .ends_with("; did you mean `proxy`?)"));
+        assert!(!mode("fast").unwrap_err().contains("did you mean"));
         assert_eq!(balance("ip-hash"), Ok(Balance::IpHash));
         assert_eq!(restart("on-failure"), Ok(RestartPolicy::OnFailure));
         assert_eq!(
             ready("delay:2s"),
             Ok(Readiness::Delay(Duration::from_secs(2)))
         );
-        assert_eq!(ready_name(ready("delay:500ms").unwrap()), "delay:500ms");
+        assert_eq!(ready("delay:500ms").unwrap().text(), "delay:500ms");
+        assert!(log_level("forkline=debug,info").is_ok());
+        assert!(log_level("forkline=loud").is_err());
         assert!(ready("soon").is_err());
         assert_eq!(env_pair("A=b=c"), Ok(("A".into(), "b=c".into())));
         assert!(env_pair("novalue").is_err());

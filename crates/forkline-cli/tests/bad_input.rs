@@ -48,6 +48,54 @@ fn unknown_flag() {
     fails(no_subcommand, 2, &["fly"]);
 }
 
+/// clap's suggestion stays in the one line, and so does ours for values and config keys.
+#[test]
+fn did_you_mean() {
+    fails(
+        run(&["--worker", "2", "--", "true"]),
+        2,
+        &[
+            "'--worker'",
+            "did you mean '--workers'?",
+            "(see forkline --help)",
+        ],
+    );
+    fails(
+        run(&["--log-format", "jsn", "--", "true"]),
+        2,
+        &["--log-format", "did you mean 'json'?"],
+    );
+    let mut from_env = run(&["--", "true"]);
+    from_env.env("FORKLINE_LOG_FORMAT", "jsn");
+    fails(
+        from_env,
+        2,
+        &["did you mean 'json'?", "FORKLINE_LOG_FORMAT"],
+    );
+    let mut from_env = run(&["--", "true"]);
+    from_env.env("FORKLINE_MODE", "prxy");
+    fails(
+        from_env,
+        2,
+        &["FORKLINE_MODE", "prxy", "did you mean `proxy`?"],
+    );
+    let dir = TempDir::new("did-you-mean");
+    let path = dir.write(
+        "forkline.toml",
+        "workers = 2
+
+wrokers = 3
+",
+    );
+    let mut check = forkline();
+    check.arg("check-config").arg(&path);
+    fails(
+        check,
+        2,
+        &["forkline.toml:3:", "`wrokers`", "did you mean `workers`?"],
+    );
+}
+
 #[test]
 fn malformed_addresses() {
     for bad in [
@@ -216,6 +264,16 @@ fn bad_values() {
     );
     fails(run(&["--ready", "soon", "--", "true"]), 2, &["--ready"]);
     fails(
+        run(&["--log-level", "forkline=loud", "--", "true"]),
+        2,
+        &["--log-level", "forkline=loud"],
+    );
+    fails(
+        run(&["--readyz-all=maybe", "--", "true"]),
+        2,
+        &["--readyz-all", "maybe"],
+    );
+    fails(
         run(&["--graceful-timeout", "a while", "--", "true"]),
         2,
         &["--graceful-timeout"],
@@ -338,6 +396,16 @@ fn bad_config_files() {
             ":1:",
             "listen",
         ),
+        (
+            "format.toml",
+            "\nlog-format = \"xml\"\n",
+            ":2:",
+            "log-format",
+        ),
+        ("level.toml", "log-level = \"a=b=c\"\n", ":1:", "log-level"),
+        ("readyz.toml", "readyz-all = \"yes\"\n", ":1:", "readyz-all"),
+        // Checked even where a flag (below, `--`) overrides it.
+        ("command.toml", "command = []\n", ":1:", "command"),
     ];
     for (name, text, line, key) in cases {
         let path = dir.write(name, text);

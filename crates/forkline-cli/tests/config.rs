@@ -434,3 +434,88 @@ fn handoff_timeout_from_each_layer() {
         "\"500ms\""
     );
 }
+
+/// `log-format`, `log-level` and `readyz-all` from each layer; `RUST_LOG` gives the level only
+/// when no flag, `FORKLINE_LOG_LEVEL` or file key does.
+#[test]
+fn logging_and_readyz_settings_from_each_layer() {
+    let dir = TempDir::new("logging-settings");
+    let file = dir.write(
+        "forkline.toml",
+        "command = [\"true\"]\nlog-format = \"json\"\nlog-level = \"warn\"\nreadyz-all = true\n",
+    );
+    let plain = dir.write("plain.toml", "command = [\"true\"]\n");
+    let check = |file: &PathBuf, args: &[&str], vars: &[(&str, &str)]| {
+        let mut command = forkline();
+        for var in [
+            "RUST_LOG",
+            "FORKLINE_LOG_FORMAT",
+            "FORKLINE_LOG_LEVEL",
+            "FORKLINE_READYZ_ALL",
+        ] {
+            command.env_remove(var);
+        }
+        command.envs(vars.iter().copied());
+        command.arg("check-config").args(args).arg(file);
+        let finished = run_to_end(command, Duration::from_secs(30));
+        assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+        let out = finished.stdout;
+        ["log-format", "log-level", "readyz-all"].map(|key| setting(&out, key))
+    };
+    let expect = |value: &str, source: &str| (value.to_string(), source.to_string());
+
+    assert_eq!(
+        check(&plain, &[], &[]),
+        [
+            expect("\"text\"", "default"),
+            expect("\"info\"", "default"),
+            expect("false", "default")
+        ]
+    );
+    let [_, level, _] = check(&plain, &[], &[("RUST_LOG", "debug")]);
+    assert_eq!(level, expect("\"debug\"", "env RUST_LOG"));
+    assert_eq!(
+        check(&file, &[], &[("RUST_LOG", "debug")]),
+        [
+            expect("\"json\"", "config file"),
+            expect("\"warn\"", "config file"),
+            expect("true", "config file")
+        ]
+    );
+    assert_eq!(
+        check(
+            &file,
+            &[],
+            &[
+                ("FORKLINE_LOG_FORMAT", "text"),
+                ("FORKLINE_LOG_LEVEL", "forkline=debug,info"),
+                ("FORKLINE_READYZ_ALL", "no"),
+            ]
+        ),
+        [
+            expect("\"text\"", "env FORKLINE_LOG_FORMAT"),
+            expect("\"forkline=debug,info\"", "env FORKLINE_LOG_LEVEL"),
+            expect("false", "env FORKLINE_READYZ_ALL")
+        ]
+    );
+    assert_eq!(
+        check(
+            &file,
+            &[
+                "--log-format",
+                "text",
+                "--log-level",
+                "error",
+                "--readyz-all=false"
+            ],
+            &[("FORKLINE_LOG_LEVEL", "debug")]
+        ),
+        [
+            expect("\"text\"", "flag"),
+            expect("\"error\"", "flag"),
+            expect("false", "flag")
+        ]
+    );
+    let [_, _, readyz] = check(&plain, &["--readyz-all"], &[]);
+    assert_eq!(readyz, expect("true", "flag"));
+}

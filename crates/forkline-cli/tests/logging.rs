@@ -1,3 +1,6 @@
+//! Log formats: `--log-format json` makes every line, the primary's and the workers', one JSON
+//! object; `--log-level` filters the primary's; redirected output carries no colour codes.
+//!
 //! The primary's own log never takes it down. With nobody reading its stdout and stderr any
 //! more (`forkline run ... 2>&1 | head -1`, a log collector that died), every write fails with
 //! EPIPE: the primary must ignore that, keep restarting workers, and still stop cleanly.
@@ -129,4 +132,85 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
     }
+}
+
+/// `--log-format json`: every line on stdout and stderr is a JSON object; worker lines carry
+/// the message, slot, pid and stream; the primary's are tracing-subscriber's. No escape codes.
+#[test]
+fn json_log_format_for_primary_and_worker_lines() {
+    let mut command = forkline();
+    command.args(["run", "-w", "2", "--restart", "never", "--name", "js"]);
+    command.args(["--log-format", "json"]);
+    command.args([
+        "--",
+        "sh",
+        "-c",
+        "echo \"out $FORKLINE_WORKER_ID\"; echo err >&2",
+    ]);
+    let finished = run_to_end(command, DEADLINE);
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+    let parse = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| {
+                assert!(!l.contains('\x1b'), "escape codes in {l:?}");
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+            })
+            .collect()
+    };
+    let out = parse(&finished.stdout);
+    let mut slots: Vec<u64> = out
+        .iter()
+        .inspect(|o| {
+            assert_eq!(o["stream"], "stdout");
+            assert_eq!(o["name"], "js");
+            assert!(o["pid"].as_u64().is_some_and(|p| p > 1), "{o}");
+            assert!(
+                o["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+                "{o}"
+            );
+        })
+        .map(|o| o["slot"].as_u64().unwrap())
+        .collect();
+    slots.sort();
+    assert_eq!(slots, [0, 1], "{}", finished.stdout);
+    assert!(out.iter().any(|o| o["fields"]["message"] == "out 0"));
+    let err = parse(&finished.stderr);
+    assert_eq!(
+        err.iter().filter(|o| o["stream"] == "stderr").count(),
+        2,
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        err.iter()
+            .any(|o| o["fields"]["message"] == "forkline started" && o["level"] == "INFO"),
+        "{}",
+        finished.stderr
+    );
+}
+
+/// `--log-level warn` drops the primary's info lines but keeps its warnings (a hint here) and
+/// every worker line.
+#[test]
+fn log_level_filters_the_primarys_lines() {
+    let mut command = forkline();
+    command.args([
+        "run",
+        "-w",
+        "1",
+        "--restart",
+        "never",
+        "--log-level",
+        "warn",
+    ]);
+    command.args(["--", "sh", "-c", "echo hello"]);
+    let finished = run_to_end(command, DEADLINE);
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+    assert!(!finished.stderr.contains("INFO"), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("hint: no --listen"),
+        "{}",
+        finished.stderr
+    );
+    assert!(finished.stdout.contains("hello"), "{}", finished.stdout);
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use clap::{ArgMatches, Args};
 
 use crate::error::CliError;
-use crate::settings::{Settings, SettingsArgs};
+use crate::settings::Settings;
 
 /// Arguments of `forkline check-config`.
 #[derive(Debug, Args)]
@@ -21,7 +21,7 @@ pub struct CheckConfigArgs {
 
     /// Settings to apply over the file, as for `forkline run`.
     #[command(flatten)]
-    pub settings: SettingsArgs,
+    pub settings: Settings,
 
     /// The worker command, as for `forkline run` (overrides the file's `command`)
     #[arg(last = true, value_name = "COMMAND")]
@@ -41,7 +41,9 @@ pub fn check_config(args: CheckConfigArgs, matches: &ArgMatches) -> Result<(), C
                 .into(),
         ));
     }
-    let settings = Settings::resolve(&args.settings, matches, args.command, file.as_deref())?;
+    let settings = args
+        .settings
+        .resolve(matches, args.command, file.as_deref())?;
     settings.check()?;
     let path = settings.config.as_ref().expect("a file was given");
     let mut out = std::io::stdout().lock();

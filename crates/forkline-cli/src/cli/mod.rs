@@ -1,11 +1,15 @@
 //! The command line: the top-level `forkline` parser and one module per subcommand
 //! (`run`, `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`,
 //! `stop`, `logs` and `top`, and the hidden `__exec` shim that starts each worker).
+//! (`run`, `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`
+//! and `stop`, `completions` and `man`, and the hidden `__exec` shim that starts each worker).
 
 pub mod check_config;
+pub mod completions;
 pub mod exec;
 pub mod logs;
 pub mod ls;
+pub mod man;
 pub mod reload;
 pub mod restart;
 pub mod run;
@@ -56,6 +60,10 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Watch a running cluster live: workers, rates, reload and scale keys
     Top(top::TopArgs),
+    /// Print a shell completion script for forkline
+    Completions(completions::CompletionsArgs),
+    /// Print forkline's man page (roff)
+    Man(man::ManArgs),
     /// (internal) Start one worker: set LISTEN_PID to our own pid, then exec COMMAND
     #[command(name = "__exec", hide = true)]
     Exec(exec::ExecArgs),

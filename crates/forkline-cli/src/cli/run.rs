@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::error::{self, CliError};
 use crate::parse::{ListenAddr, SocketOwner};
-use crate::settings::{Settings, SettingsArgs, Source, Sourced};
+use crate::settings::{Settings, Source};
 use crate::systemd::Notifier;
 use crate::{activation, hints, logging, systemd};
 
@@ -47,7 +47,7 @@ Signals: TERM/INT graceful stop, QUIT immediate stop, HUP rolling restart, TTIN/
 pub struct RunArgs {
     /// Settings (each also readable from an environment variable or the config file).
     #[command(flatten)]
-    pub settings: SettingsArgs,
+    pub settings: Settings,
 
     /// The program each worker runs, and its arguments [default: the config file's `command`]
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
@@ -56,13 +56,13 @@ pub struct RunArgs {
 
 /// Runs the cluster until it stops; returns the exit code.
 pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
-    let mut settings = Settings::resolve(&args.settings, matches, args.command, None)?;
-    let Some(command) = settings.command.value.first().cloned() else {
+    let mut settings = args.settings.resolve(matches, args.command, None)?;
+    let Some(command) = settings.command.first().cloned() else {
         return Err(CliError::Usage(
             "no command to run: forkline run [OPTIONS] -- COMMAND [ARGS...]".into(),
         ));
     };
-    if let Some(cwd) = &settings.cwd.value {
+    if let Some(cwd) = &settings.cwd {
         if !cwd.is_dir() {
             return Err(CliError::Usage(format!(
                 "--cwd {}: not a directory",
@@ -70,18 +70,13 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
             )));
         }
     }
-    let program =
-        forkline::primary::resolve_program(Path::new(&command), settings.cwd.value.as_deref())
-            .map_err(error::from_library)?;
-    let (uid, gid) = user_and_group(
-        settings.user.value.as_deref(),
-        settings.group.value.as_deref(),
-    )?;
+    let program = forkline::primary::resolve_program(Path::new(&command), settings.cwd.as_deref())
+        .map_err(error::from_library)?;
+    let (uid, gid) = user_and_group(settings.user.as_deref(), settings.group.as_deref())?;
     let socket_owner = settings
         .socket_owner
-        .value
         .as_ref()
-        .map(|owner| socket_owner(owner, settings.socket_owner.source))
+        .map(|owner| socket_owner(owner, settings.source("socket-owner")))
         .transpose()?;
 
     // Both take variables out of the environment: they must run before any thread exists.
@@ -89,13 +84,10 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     let notifier = systemd::take()
         .map_err(|e| CliError::Runtime(format!("NOTIFY_SOCKET: cannot use it: {e}")))?;
 
-    let asked_for = settings.listen.value.clone();
+    let asked_for = settings.listen.clone();
     if !activation.listeners.is_empty() {
-        settings.listen = Sourced {
-            value: activation.addresses(),
-            source: Source::Env("LISTEN_FDS"),
-        };
-        if settings.mode.value == Mode::Reuseport
+        settings.listen = activation.addresses();
+        if settings.mode == Mode::Reuseport
             && !activation
                 .sockets
                 .iter()
@@ -109,30 +101,22 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     }
     settings.check()?;
 
-    logging::init(forkline::LogFormat::Text, None).map_err(CliError::Usage)?;
+    logging::init(settings.log_format.into(), &settings.log_level).map_err(CliError::Usage)?;
     if let Some(why) = &activation.ignored {
         tracing::warn!("{why}");
     }
-    if settings.max_requests.value.is_some()
-        && matches!(settings.mode.value, Mode::Shared | Mode::Reuseport)
-    {
+    if settings.max_requests.is_some() && matches!(settings.mode, Mode::Shared | Mode::Reuseport) {
         tracing::warn!(
             "--max-requests counts connections only in proxy and round-robin modes, where the \
              primary accepts; in {} mode workers accept on their own and are not recycled by count",
-            settings.mode.value.name()
+            settings.mode.name()
         );
     }
-    hints::at_start(
-        settings.mode.value,
-        &program,
-        !settings.listen.value.is_empty(),
-    );
-    let sets_socket_files =
-        settings.socket_mode.value.is_some() || settings.socket_owner.value.is_some();
+    hints::at_start(settings.mode, &program, !settings.listen.is_empty());
+    let sets_socket_files = settings.socket_mode.is_some() || settings.socket_owner.is_some();
     let binds_unix = activation.listeners.is_empty()
         && settings
             .listen
-            .value
             .iter()
             .any(|l| l.kind == forkline::SocketKind::Unix);
     if sets_socket_files && !binds_unix {
@@ -142,18 +126,13 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
         );
     }
     if !activation.listeners.is_empty() {
-        let addresses: Vec<String> = settings
-            .listen
-            .value
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
+        let addresses: Vec<String> = settings.listen.iter().map(|a| a.to_string()).collect();
         tracing::info!(
             sockets = %addresses.join(", "),
             names = %activation.names.join(":"),
             "socket activation: serving on the sockets passed by the service manager"
         );
-        if !asked_for.is_empty() && asked_for != settings.listen.value {
+        if !asked_for.is_empty() && asked_for != settings.listen {
             tracing::info!("socket activation: --listen addresses are not bound");
         }
     }
@@ -162,7 +141,6 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot find the forkline executable: {e}")))?;
     let mut opts = settings.cluster_options(exe, &program, uid, gid);
     opts.unix_owner = socket_owner;
-    opts.log_timestamps = logging::timestamps();
     opts.inherited = activation.sockets;
     opts.inherited_names = activation.names;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -275,20 +253,20 @@ fn socket_owner(owner: &SocketOwner, source: Source) -> Result<(u32, u32), CliEr
 /// already serves our control socket.
 fn start_error(e: forkline::Error, specs: &[ListenSpec], settings: &Settings) -> CliError {
     if let forkline::Error::Listen { address, source } = &e {
-        let control = settings.control.value.display().to_string();
+        let control = settings.control().display().to_string();
         if *address == control {
             if source.kind() == std::io::ErrorKind::AddrInUse {
                 return CliError::Runtime(format!(
                     "a cluster named `{}` is already running: its control socket is {control} \
                      (give this one another --name or --control)",
-                    settings.name.value
+                    settings.name()
                 ));
             }
             return CliError::Runtime(format!(
                 "cannot serve the control socket {control}: {source}"
             ));
         }
-        if settings.metrics.value.as_ref() == Some(address) {
+        if settings.metrics.as_ref() == Some(address) {
             return CliError::Runtime(format!("cannot serve --metrics on {address}: {source}"));
         }
         if let Some(spec) = specs.iter().find(|s| &s.address == address) {
@@ -313,28 +291,27 @@ async fn supervise(
         .map_err(|e| start_error(e, &specs, settings))?;
     let command: Vec<String> = settings
         .command
-        .value
         .iter()
         .map(|w| w.to_string_lossy().into_owned())
         .collect();
     tracing::info!(
-        workers = settings.workers.value,
-        mode = settings.mode.value.name(),
+        workers = settings.workers.resolve(),
+        mode = settings.mode.name(),
         command = %command.join(" "),
         "forkline started"
     );
     tracing::info!(
         "control socket: {} (forkline status {})",
-        settings.control.value.display(),
-        settings.name.value
+        settings.control().display(),
+        settings.name()
     );
-    hints::watch(cluster.clone(), settings.mode.value);
+    hints::watch(cluster.clone(), settings.mode);
     let addresses = cluster.listen_addresses();
     if !addresses.is_empty() {
         tracing::info!(
             "listening on {} ({})",
             addresses.join(", "),
-            settings.mode.value.name()
+            settings.mode.name()
         );
     }
 
@@ -343,7 +320,7 @@ async fn supervise(
     let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut quit = signal(SignalKind::quit()).map_err(signal_error)?;
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
-    let mut monitor = Monitor::new(cluster.clone(), settings.workers.value, notifier);
+    let mut monitor = Monitor::new(cluster.clone(), settings.workers.resolve(), notifier);
     let mut events = cluster.events();
     let mut confirm_at: Option<Instant> = None;
     loop {
