@@ -1,6 +1,7 @@
 //! Socket activation in: when systemd (or `systemd-socket-activate`) started forkline with
-//! `LISTEN_FDS` and `LISTEN_PID` = our pid, the primary serves on those sockets instead of
-//! binding its own. The `LISTEN_*` variables are removed from the process environment before
+//! `LISTEN_FDS` and `LISTEN_PID` = our pid — or an old primary did, for an upgrade, with
+//! `FORKLINE_UPGRADE_FD` in place of `LISTEN_PID` — the primary serves on those sockets instead
+//! of binding its own. The `LISTEN_*` variables are removed from the process environment before
 //! any thread starts, so workers never inherit the primary's copies: they get their own from
 //! the library, describing the sockets handed to *them*.
 
@@ -49,6 +50,14 @@ const VARS: [&str; 4] = [
 /// Must run before any thread is started (it changes the process environment).
 pub fn take() -> Result<Activation, CliError> {
     let fds = std::env::var("LISTEN_FDS").ok();
+    // An old primary handing over (`forkline upgrade`) cannot know our pid: its
+    // FORKLINE_UPGRADE_FD stands for LISTEN_PID.
+    if fds.is_some()
+        && std::env::var_os("LISTEN_PID").is_none()
+        && std::env::var_os(forkline::primary::ENV_UPGRADE_FD).is_some()
+    {
+        std::env::set_var("LISTEN_PID", std::process::id().to_string());
+    }
     let pid = std::env::var("LISTEN_PID").ok();
     let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
         .map(|n| n.split(':').map(str::to_string).collect())

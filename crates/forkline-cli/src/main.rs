@@ -50,6 +50,7 @@ fn main() {
         Command::Stop(args) => cli::stop::stop(args),
         Command::Logs(args) => cli::logs::logs(args),
         Command::Top(args) => cli::top::top(args),
+        Command::Upgrade(args) => cli::upgrade::upgrade(args),
         Command::Completions(args) => {
             cli::completions::completions(args);
             Ok(0)

@@ -187,6 +187,13 @@ pub struct Settings {
     #[serde(with = "parse::text")]
     pub settle_time: Duration,
 
+    /// How long a new primary (`forkline upgrade`, SIGUSR2) may take to get its workers ready
+    /// before the upgrade is called failed and the running primary carries on
+    #[arg(long, env = "FORKLINE_UPGRADE_TIMEOUT", value_name = "DURATION",
+          value_parser = parse::duration, default_value = "60s")]
+    #[serde(with = "parse::text")]
+    pub upgrade_timeout: Duration,
+
     /// Kill and replace a worker that goes this long without sending WATCHDOG=1 on its
     /// NOTIFY_SOCKET (workers find it in WATCHDOG_USEC) [default: off]
     #[arg(long, env = "FORKLINE_WORKER_TIMEOUT", value_name = "DURATION",
@@ -549,6 +556,7 @@ impl Settings {
             readiness: self.ready,
             ready_timeout: self.ready_timeout,
             settle_time: self.settle_time,
+            upgrade_timeout: self.upgrade_timeout,
             accept_coalesce: Some(self.accept_coalesce).filter(|w| !w.is_zero()),
             max_requests: self.max_requests.map(NonZeroU64::get),
             max_requests_jitter: self.max_requests_jitter,
@@ -762,6 +770,10 @@ mod tests {
         unless_set(
             "settle-time",
             opts.settle_time == forkline::DEFAULT_SETTLE_TIME,
+        );
+        unless_set(
+            "upgrade-timeout",
+            opts.upgrade_timeout == library.upgrade_timeout,
         );
         unless_set(
             "min-uptime",

@@ -1,6 +1,7 @@
 //! Systemd out: when the primary was started with `NOTIFY_SOCKET` (a `Type=notify` service),
 //! it tells the service manager `READY=1` once all initial workers are ready, `STATUS=` lines as
-//! workers come and go, `STOPPING=1` on shutdown, and `WATCHDOG=1` keep-alives when
+//! workers come and go, `RELOADING=1` … `READY=1` around an upgrade (with `MAINPID=` of the
+//! new primary once it takes over), `STOPPING=1` on shutdown, and `WATCHDOG=1` keep-alives when
 //! `WATCHDOG_USEC` asks for them.
 //!
 //! The address is read once and the variables are removed from the process environment before
@@ -19,6 +20,9 @@ pub struct Notifier {
     address: SocketAddr,
     /// How often systemd wants `WATCHDOG=1` (half of `WATCHDOG_USEC`), if at all.
     pub watchdog_every: Option<Duration>,
+    /// The variables as they were, for a new primary that takes over (`forkline upgrade`):
+    /// `NOTIFY_SOCKET`, and `WATCHDOG_USEC` when the watchdog is ours.
+    pub inherited: Vec<(String, String)>,
 }
 
 /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` and removes them from the
@@ -37,6 +41,10 @@ pub fn take() -> io::Result<Option<Notifier>> {
     };
     let address = socket_address(&path)?;
     let ours = watchdog_pid.is_none_or(|pid| pid == std::process::id().to_string());
+    let mut inherited = vec![("NOTIFY_SOCKET".into(), path.to_string_lossy().into_owned())];
+    if let Some(usec) = watchdog_usec.as_ref().filter(|_| ours) {
+        inherited.push(("WATCHDOG_USEC".into(), usec.clone()));
+    }
     let watchdog_every = watchdog_usec
         .and_then(|usec| usec.parse::<u64>().ok())
         .filter(|&usec| usec > 0 && ours)
@@ -45,6 +53,7 @@ pub fn take() -> io::Result<Option<Notifier>> {
         socket: UnixDatagram::unbound()?,
         address,
         watchdog_every,
+        inherited,
     }))
 }
 
@@ -65,4 +74,12 @@ impl Notifier {
             tracing::warn!(error = %e, "could not notify the service manager");
         }
     }
+}
+
+/// `MONOTONIC_USEC=…`, which systemd wants with `RELOADING=1`.
+pub fn monotonic_usec() -> String {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0);
+    format!("MONOTONIC_USEC={now}")
 }

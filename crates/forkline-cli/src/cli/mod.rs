@@ -1,6 +1,6 @@
 //! The command line: the top-level `forkline` parser and one module per subcommand
 //! (`run`, `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`,
-//! `stop`, `logs` and `top`, and the hidden `__exec` shim that starts each worker).
+//! `stop`, `logs`, `top` and `upgrade`, and the hidden `__exec` shim that starts each worker).
 //! (`run`, `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`
 //! and `stop`, `completions` and `man`, and the hidden `__exec` shim that starts each worker).
 
@@ -18,6 +18,7 @@ pub mod status;
 pub mod stop;
 pub mod top;
 pub mod top_model;
+pub mod upgrade;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +59,8 @@ pub enum Command {
     Stop(stop::StopArgs),
     /// Print a running cluster's recent worker output, and follow it with -f
     Logs(logs::LogsArgs),
+    /// Replace a running cluster's primary with a new one started from disk, and wait for it
+    Upgrade(upgrade::UpgradeArgs),
     /// Watch a running cluster live: workers, rates, reload and scale keys
     Top(top::TopArgs),
     /// Print a shell completion script for forkline

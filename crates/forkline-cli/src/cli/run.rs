@@ -127,10 +127,15 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     }
     if !activation.listeners.is_empty() {
         let addresses: Vec<String> = settings.listen.iter().map(|a| a.to_string()).collect();
+        let from = if std::env::var_os(forkline::primary::ENV_UPGRADE_FD).is_some() {
+            "upgrade: serving on the sockets the old primary passed"
+        } else {
+            "socket activation: serving on the sockets passed by the service manager"
+        };
         tracing::info!(
             sockets = %addresses.join(", "),
             names = %activation.names.join(":"),
-            "socket activation: serving on the sockets passed by the service manager"
+            "{from}"
         );
         if !asked_for.is_empty() && asked_for != settings.listen {
             tracing::info!("socket activation: --listen addresses are not bound");
@@ -143,6 +148,14 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     opts.unix_owner = socket_owner;
     opts.inherited = activation.sockets;
     opts.inherited_names = activation.names;
+    // A new primary (`forkline upgrade`) talks to systemd as this one does.
+    if let Some(notifier) = &notifier {
+        opts.upgrade_env = notifier
+            .inherited
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -368,7 +381,9 @@ struct Monitor {
     /// Workers to wait for before `READY=1`.
     initial: usize,
     notifier: Option<Notifier>,
-    ready_sent: bool,
+    ready_logged: bool,
+    /// Started by an upgrade: the old primary sends `READY=1` when this one takes over.
+    successor: bool,
     stopping_sent: bool,
     last_status: String,
     /// The last replacement (reload, recycling) that failed, until its slot is replaced: while
@@ -379,6 +394,8 @@ struct Monitor {
     gave_up: bool,
     /// True when the primary stopped because no worker was left to run.
     stopped_by_us: bool,
+    /// Set once a new primary took over (`forkline upgrade`): systemd hears only from it.
+    handed_over: bool,
 }
 
 impl Monitor {
@@ -387,13 +404,15 @@ impl Monitor {
             cluster,
             initial,
             notifier,
-            ready_sent: false,
+            ready_logged: false,
+            successor: std::env::var_os(forkline::primary::ENV_UPGRADE_FD).is_some(),
             stopping_sent: false,
             last_status: String::new(),
             failed_replacement: None,
             last_exit_failed: BTreeMap::new(),
             gave_up: false,
             stopped_by_us: false,
+            handed_over: false,
         }
     }
 
@@ -402,10 +421,13 @@ impl Monitor {
             Event::Fork { worker } => {
                 self.last_exit_failed.remove(&worker.id());
             }
-            Event::Ready { .. } if !self.ready_sent && self.all_ready() => {
-                self.ready_sent = true;
+            Event::Ready { .. } if !self.ready_logged && self.all_ready() => {
+                self.ready_logged = true;
                 tracing::info!(workers = self.initial, "all workers ready");
-                self.notify("READY=1");
+                // Started by an upgrade: the old primary tells systemd, with MAINPID=.
+                if !self.successor {
+                    self.notify("READY=1");
+                }
             }
             Event::Exit {
                 worker,
@@ -428,6 +450,22 @@ impl Monitor {
                 purpose,
                 reason,
             } => self.replace_failed(*id, *purpose, reason),
+            Event::UpgradeStarted { pid } => self.notify(&format!(
+                "RELOADING=1\n{}\nSTATUS=upgrading: new primary {pid} starting",
+                systemd::monotonic_usec()
+            )),
+            Event::Upgraded { pid } => {
+                self.notify(&format!(
+                    "MAINPID={pid}\nREADY=1\nSTATUS=upgraded: primary {pid} took over"
+                ));
+                self.handed_over = true;
+            }
+            Event::UpgradeFailed { reason } => {
+                self.notify("READY=1");
+                self.last_status = format!("upgrade failed: the new primary {reason}");
+                self.notify(&format!("STATUS={}", self.last_status));
+                return;
+            }
             _ => {}
         }
         self.update_status();
@@ -526,6 +564,9 @@ impl Monitor {
     }
 
     fn notify(&self, state: &str) {
+        if self.handed_over {
+            return;
+        }
         if let Some(notifier) = &self.notifier {
             notifier.notify(state);
         }

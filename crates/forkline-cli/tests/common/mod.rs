@@ -376,7 +376,7 @@ pub fn children_of(pid: u32) -> std::collections::BTreeSet<u32> {
 }
 
 /// True when `pid` has exited but was not reaped yet (or does not exist).
-fn zombie(pid: u32) -> bool {
+pub fn zombie(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
             .rsplit(')')

@@ -84,6 +84,11 @@ pub enum Event {
         /// What went wrong with the new worker.
         reason: ReplaceFailure,
     },
+    /// An upgrade began (`Cluster::upgrade`): a new primary was started.
+    UpgradeStarted {
+        /// The new primary's pid.
+        pid: u32,
+    },
     /// A new primary is ready and takes over (`Cluster::upgrade`): this one stops accepting
     /// and drains its workers.
     Upgraded {
@@ -118,6 +123,7 @@ impl Event {
             Event::Message { .. } => "message",
             Event::Restarting { .. } => "restarting",
             Event::GaveUp { .. } => "gave-up",
+            Event::UpgradeStarted { .. } => "upgrade-started",
             Event::Upgraded { .. } => "upgraded",
             Event::UpgradeFailed { .. } => "upgrade-failed",
             Event::ReplaceFailed { .. } => "replace-failed",

@@ -171,6 +171,10 @@ async fn start_successor(
     command.env("LISTEN_FDS", placed.len().to_string());
     command.env("LISTEN_FDNAMES", names.join(":"));
     command.env_remove("LISTEN_PID");
+    // A handover this process got itself is not the new primary's.
+    for var in UPGRADE_ENV {
+        command.env_remove(var);
+    }
     for (key, value) in &cluster.inner.opts.upgrade_env {
         command.env(key, value);
     }
@@ -205,6 +209,7 @@ async fn start_successor(
         .await
         .map_err(|e| format!("could not be started: {}: {e}", program.display()))?;
     let pid = child.id().unwrap_or(0);
+    cluster.inner.events.emit(Event::UpgradeStarted { pid });
     ours.set_nonblocking(true)
         .map_err(|e| io_error("socket pair", e))?;
     let mut channel = UnixStream::from_std(ours).map_err(|e| io_error("socket pair", e))?;

@@ -364,7 +364,7 @@ fn describe(event: &Event) -> Value {
             value["pid"] = json!(worker.pid());
             value["error"] = json!(error);
         }
-        Event::Upgraded { pid } => value["pid"] = json!(pid),
+        Event::UpgradeStarted { pid } | Event::Upgraded { pid } => value["pid"] = json!(pid),
         Event::UpgradeFailed { reason } => value["reason"] = json!(reason),
     }
     value

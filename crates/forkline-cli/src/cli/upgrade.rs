@@ -1,0 +1,32 @@
+//! `forkline upgrade NAME`: replace the cluster's primary itself (what SIGUSR2 does), waited
+//! for. The running primary starts its program again from disk as a new primary, which takes
+//! over once its workers are ready; prints the new primary's pid, or why it did not take over
+//! (exit 1; the running primary carries on).
+
+use clap::Args;
+use serde_json::json;
+
+use crate::control::{self, Target, TargetArgs};
+use crate::error::CliError;
+
+/// Arguments of `forkline upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The cluster's name (see forkline ls)
+    #[arg(value_name = "NAME", required_unless_present = "control")]
+    pub name: Option<String>,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// Runs `upgrade`.
+pub fn upgrade(args: UpgradeArgs) -> Result<i32, CliError> {
+    let target = Target::new(args.name.as_deref(), &args.target)?;
+    let reply = target.call(json!({"cmd": "upgrade"}), None)?;
+    control::print(&format!(
+        "{}: upgraded: primary {} took over\n",
+        target.name, reply["pid"]
+    ));
+    Ok(0)
+}
