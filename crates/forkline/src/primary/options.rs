@@ -241,6 +241,9 @@ pub struct ClusterOptions {
     pub handoff_timeout: Duration,
     /// Serve Prometheus metrics and health probes over HTTP at this address (`HOST:PORT`).
     pub metrics: Option<String>,
+    /// `/readyz` answers 200 only while every slot's worker is ready (default: while at least
+    /// one is).
+    pub readyz_requires_all: bool,
     /// Serve a control socket at this path (`forkline status`, `reload`, `scale`, `stop`).
     pub control: Option<PathBuf>,
     /// Make the primary a child subreaper (PR_SET_CHILD_SUBREAPER): what workers leave behind
@@ -312,6 +315,7 @@ impl Default for ClusterOptions {
             subreaper: false,
             control: None,
             metrics: None,
+            readyz_requires_all: false,
         }
     }
 }
