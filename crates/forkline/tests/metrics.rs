@@ -359,3 +359,45 @@ fn readyz_requires_all_follows_a_restart_and_a_failed_reload() {
     );
     assert_eq!(get(&metrics, "/readyz").0, 200);
 }
+
+#[test]
+fn restarts_after_a_ready_timeout_or_a_protocol_error_say_so() {
+    // Never ready (it sends no READY=1): killed at the ready timeout, then restarted.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_PLAIN", "1"),
+        ("TB_EXEC", "/bin/sleep"),
+        ("TB_ARGS", "300"),
+        ("TB_NOTIFY", "1"),
+        ("TB_READY_TIMEOUT_MS", "300"),
+        ("TB_METRICS", &metrics),
+    ]);
+    tb.wait_event("restarting", Some(0));
+    let m = Metrics::scrape(&metrics);
+    assert!(m.get("forkline_restarts_total", &[("reason", "ready_timeout")]) >= 1.0);
+    assert_eq!(
+        m.get("forkline_restarts_total", &[("reason", "signal")]),
+        0.0
+    );
+    drop(tb);
+
+    // Garbage on the IPC channel: the primary kills it.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "1"),
+        ("TB_BEHAVIOR", "garbage"),
+        ("TB_METRICS", &metrics),
+    ]);
+    tb.wait_event("restarting", Some(0));
+    let m = Metrics::scrape(&metrics);
+    assert!(m.get("forkline_restarts_total", &[("reason", "killed")]) >= 1.0);
+    assert_eq!(
+        m.get("forkline_restarts_total", &[("reason", "signal")]),
+        0.0
+    );
+    assert_eq!(
+        m.get("forkline_restarts_total", &[("reason", "crash")]),
+        0.0
+    );
+}
