@@ -97,15 +97,21 @@ impl Target {
     /// connection of a batch is the one whose arrival made the worker ack, so its latency is
     /// the handoff's own (the others' would include the wait for the rest of the batch).
     fn acked(&mut self, last: u64, now: Instant, latency: &mut LatencyHistogram) {
-        while self.sent.front().is_some_and(|s| s.end <= last) {
-            self.sent.pop_front();
-        }
-        if let Some(sent) = self.sent.front().copied() {
-            if sent.first <= last {
-                latency.observe(now.saturating_duration_since(sent.accepted));
-                if last + 1 == sent.end {
-                    self.sent.pop_front();
-                }
+        observe_ack(&mut self.sent, last, now, latency);
+    }
+}
+
+/// Drops the packets of `sent` before the one holding seq `last`, and observes that one's
+/// latency (once: it is dropped too when `last` is its last seq).
+fn observe_ack(sent: &mut VecDeque<Sent>, last: u64, now: Instant, latency: &mut LatencyHistogram) {
+    while sent.front().is_some_and(|s| s.end <= last) {
+        sent.pop_front();
+    }
+    if let Some(packet) = sent.front().copied() {
+        if packet.first <= last {
+            latency.observe(now.saturating_duration_since(packet.accepted));
+            if last + 1 == packet.end {
+                sent.pop_front();
             }
         }
     }
@@ -569,6 +575,11 @@ impl Dispatcher {
                 target.inflight += fds.len();
                 let end = first + fds.len() as u64;
                 if let Some(accepted) = accepted {
+                    // Packets given back are dropped from the front only by a later ack: a
+                    // worker that stopped acking must not grow this without bound.
+                    if target.sent.len() >= 2 * self.window {
+                        target.sent.pop_front();
+                    }
                     target.sent.push_back(Sent {
                         first,
                         end,
@@ -962,4 +973,37 @@ fn chunked(items: Vec<Conn>, size: usize) -> Vec<Vec<Conn>> {
         out.push(current);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ack_observes_the_packet_of_its_last_seq_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let packet = |first, end, at| Sent {
+            first,
+            end,
+            accepted: t0 + at,
+        };
+        let mut sent = VecDeque::from([
+            packet(0, 1, ms(0)),
+            packet(1, 3, ms(1)),
+            packet(3, 4, ms(2)),
+        ]);
+        let mut latency = LatencyHistogram::default();
+        // Acks seqs 0..=2: packet 0 is done unobserved, packet 1..3 gives the sample.
+        observe_ack(&mut sent, 2, t0 + ms(11), &mut latency);
+        assert_eq!(latency.count, 1);
+        assert!((latency.sum - 0.010).abs() < 1e-9, "{}", latency.sum);
+        assert_eq!(sent.len(), 1);
+        // An ack of a seq already observed observes nothing.
+        observe_ack(&mut sent, 2, t0 + ms(20), &mut latency);
+        assert_eq!(latency.count, 1);
+        observe_ack(&mut sent, 3, t0 + ms(22), &mut latency);
+        assert_eq!(latency.count, 2);
+        assert!(sent.is_empty());
+    }
 }
