@@ -283,8 +283,9 @@ fn readyz_requires_all_follows_a_restart_and_a_failed_reload() {
             ("TB_BAD_IF", marker.to_str().unwrap()),
             // The replacement comes up, listens, is ready, then exits 4 during its settle time.
             ("TB_BAD", "die-later"),
+            // Any death is young and waits 2 s for its restart: /readyz is seen failing.
             ("TB_MIN_UPTIME_MS", "600000"),
-            ("TB_BACKOFF_MS", "1000"),
+            ("TB_BACKOFF_MS", "2000"),
         ],
     );
     assert_eq!(get(&metrics, "/readyz").0, 200);
