@@ -19,8 +19,12 @@ It prints, per run and as medians:
     ROUNDS=5 SECS=6 CONCURRENCY=32 python3 bench/cpu_per_conn.py limit rr rr-nocoalesce
 
 Configurations: limit (2 x limit-server), rr, rr-nocoalesce, shared, reuseport (the seed
-example, target/release/examples/cluster, 2 workers). Build first:
+example, target/release/examples/cluster, 2 workers); rr-base (the same from another build:
+BASE_CLUSTER=path/to/cluster, for a before/after); ops-off and ops-on (target/release/ops-server,
+round-robin, without and with metrics + control socket; ops-on has /metrics scraped every
+second from this script). The primary's own CPU per connection is printed too. Build first:
 cargo build --release -p forkline-loadgen && cargo build --release --example cluster -p forkline
+cargo build --release -p forkline-loadgen --features ops --bin ops-server   # for ops-*
 """
 
 import json
@@ -30,7 +34,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
@@ -50,7 +56,14 @@ def free_port():
 def start(config, port):
     addr = f"127.0.0.1:{port}"
     env = dict(os.environ)
-    if config == "limit":
+    if config in ("ops-off", "ops-on"):
+        cmd = [os.path.join(TARGET, "ops-server"), addr, "0", "2"]
+        if config == "ops-on":
+            env["BENCH_METRICS"] = f"127.0.0.1:{free_port()}"
+            env["BENCH_CONTROL"] = f"/tmp/forkline-cpu-per-conn-{port}.sock"
+    elif config == "rr-base":
+        cmd = [os.environ["BASE_CLUSTER"], addr, "0", "2"]
+    elif config == "limit":
         server = os.path.join(TARGET, "limit-server")
         cmd = ["bash", "-c", f'"{server}" {addr} 0 & "{server}" {addr} 0 & wait']
     else:
@@ -59,8 +72,10 @@ def start(config, port):
         if config == "rr-nocoalesce":
             env["FORKLINE_ACCEPT_COALESCE_US"] = "0"
         cmd = [os.path.join(TARGET, "examples", "cluster"), addr, "0", "2"]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    server.metrics = env.get("BENCH_METRICS")
+    return server
 
 
 def session_pids(sid):
@@ -106,9 +121,28 @@ def loadgen(port, secs):
     return json.loads(lines[-1]) if lines else None
 
 
+def scrape_every_second(address, stop):
+    """A Prometheus of sorts: the whole /metrics once a second until `stop` is set."""
+    while not stop.wait(1.0):
+        try:
+            urllib.request.urlopen(f"http://{address}/metrics", timeout=2).read()
+        except OSError:
+            pass
+
+
+def own_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def measure(config):
     port = free_port()
     server = start(config, port)
+    stop = threading.Event()
     try:
         for _ in range(75):
             probe = [LOADGEN, "--addr", f"127.0.0.1:{port}", "-c", "1", "-n", "1", "-d", "1s",
@@ -117,12 +151,23 @@ def measure(config):
                 break
             time.sleep(0.2)
         loadgen(port, "1s")
+        if config == "ops-on":
+            threading.Thread(target=scrape_every_second, args=(server.metrics, stop),
+                             daemon=True).start()
         before, busy_before = server_counters(server.pid), machine_busy()
+        primary_before = own_ticks(server.pid)
         result = loadgen(port, SECS + "s")
         after, busy_after = server_counters(server.pid), machine_busy()
+        primary_after = own_ticks(server.pid)
     finally:
+        stop.set()
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+        if config == "ops-on":  # killed, the primary left its control socket file
+            try:
+                os.unlink(f"/tmp/forkline-cpu-per-conn-{port}.sock")
+            except OSError:
+                pass
     if not result or not result.get("total"):
         return None
     n = result["total"]
@@ -130,6 +175,7 @@ def measure(config):
     return {
         "rps": result["rps"],
         "server_us": per_conn((after[0] - before[0]) + (after[1] - before[1])),
+        "primary_us": per_conn(primary_after - primary_before),
         "user_us": per_conn(after[0] - before[0]),
         "switches": (after[2] - before[2]) / n,
         "machine_us": per_conn(busy_after - busy_before),
@@ -137,7 +183,8 @@ def measure(config):
 
 
 def show(m):
-    return (f"{m['rps']:7.0f} req/s  server {m['server_us']:5.1f} µs (user {m['user_us']:4.1f})  "
+    return (f"{m['rps']:7.0f} req/s  server {m['server_us']:5.1f} µs (user {m['user_us']:4.1f}, "
+            f"primary {m['primary_us']:4.1f})  "
             f"switches {m['switches']:4.2f}  machine {m['machine_us']:5.1f} µs")
 
 

@@ -9,12 +9,15 @@
 #   node-rr / node-none                                  bench/node/cluster.js
 #   limit                                                2 x limit-server on SO_REUSEPORT
 #   forkline-proxy                                       forkline run --mode proxy -- limit-server
+#   forkline-rr-ops-off / forkline-rr-ops-on             ops-server (the seed cluster, rr) without
+#                               and with metrics + control socket, /metrics scraped every second
 # Then a keep-alive HTTP section with wrk (node http.js vs target/release/examples/http).
 # Configurations whose binary is missing are skipped, not fatal.
 #
 # Knobs (environment): BENCH_SECS=8 BENCH_ROUNDS=1 BENCH_WARMUP=1 BENCH_WORKERS=2
 #   BENCH_CONCURRENCY=32 BENCH_DELAYS="0 10" BENCH_CONFIGS="<ids>" BENCH_BUILD=1 BENCH_HTTP=1
-#   BENCH_INSTALL=1 (apt-get install wrk if missing) CARGO_TARGET_DIR (where binaries are).
+#   BENCH_INSTALL=1 (apt-get install wrk if missing) CARGO_TARGET_DIR (where binaries are)
+#   BENCH_SCRAPE_SECS=1 (how often the forkline-rr-ops-on row's /metrics is scraped).
 # All traffic goes to 127.0.0.1. Every wait is bounded; every server is killed by its group id.
 set -euo pipefail
 
@@ -27,7 +30,7 @@ WARMUP=${BENCH_WARMUP:-1}
 WORKERS=${BENCH_WORKERS:-2}
 CONC=${BENCH_CONCURRENCY:-32}
 DELAYS=${BENCH_DELAYS:-"0 10"}
-CONFIGS=${BENCH_CONFIGS:-"limit node-rr node-none forkline-rr forkline-rr-nocoalesce forkline-shared forkline-reuseport forkline-proxy"}
+CONFIGS=${BENCH_CONFIGS:-"limit node-rr node-none forkline-rr forkline-rr-nocoalesce forkline-shared forkline-reuseport forkline-proxy forkline-rr-ops-off forkline-rr-ops-on"}
 HTTP_CONFIGS=${BENCH_HTTP_CONFIGS:-"node-http-rr node-http-none forkline-http-rr forkline-http-shared forkline-http-reuseport"}
 BUILD=${BENCH_BUILD:-1}
 HTTP=${BENCH_HTTP:-1}
@@ -35,12 +38,14 @@ INSTALL=${BENCH_INSTALL:-1}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 TARGET=${TARGET%/}/release
 READY_TIMEOUT=15 # seconds a server gets to come up
+SCRAPE_SECS=${BENCH_SCRAPE_SECS:-1}
 
 LOADGEN=$TARGET/loadgen
 LIMIT_SERVER=$TARGET/limit-server
 FL_CLUSTER=$TARGET/examples/cluster
 FL_HTTP=$TARGET/examples/http
 FL_CLI=$TARGET/forkline
+OPS_SERVER=$TARGET/ops-server
 NODE_CLUSTER=$ROOT/bench/node/cluster.js
 NODE_HTTP=$ROOT/bench/node/http.js
 
@@ -57,6 +62,7 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 # Process handling: each server runs in its own session (setsid, no fork: $! is the leader), so
 # one `kill -- -PGID` reaches the primary and every worker it forked.
 CURRENT_PGID=""
+SCRAPER_PGID=""
 
 # True while a process of group PGID is alive (zombies waiting to be reaped do not count).
 group_alive() {
@@ -84,6 +90,10 @@ cleanup() {
   if [ -n "$CURRENT_PGID" ]; then
     stop_group "$CURRENT_PGID"
     CURRENT_PGID=""
+  fi
+  if [ -n "$SCRAPER_PGID" ]; then
+    stop_group "$SCRAPER_PGID"
+    SCRAPER_PGID=""
   fi
 }
 trap cleanup EXIT
@@ -128,6 +138,9 @@ why_skip() {
       case "$1" in node-http-*) [ -f "$NODE_HTTP" ] || echo "no $NODE_HTTP" ;;
         *) [ -f "$NODE_CLUSTER" ] || echo "no $NODE_CLUSTER" ;; esac ;;
     forkline-http-*) [ -x "$FL_HTTP" ] || echo "no $FL_HTTP (example not built yet)" ;;
+    forkline-rr-ops-*)
+      if [ ! -x "$OPS_SERVER" ]; then echo "no $OPS_SERVER"
+      elif [ "$1" = forkline-rr-ops-on ] && ! command -v curl >/dev/null; then echo "curl not installed"; fi ;;
     forkline-proxy)
       if [ ! -x "$FL_CLI" ]; then echo "no $FL_CLI"
       elif ! "$FL_CLI" run --help >/dev/null 2>&1; then echo "$FL_CLI has no 'run' subcommand"
@@ -147,6 +160,8 @@ label() {
     forkline-shared) echo "forkline shared (none)" ;;
     forkline-reuseport) echo "forkline reuseport" ;;
     forkline-proxy) echo "forkline proxy -> limit-server" ;;
+    forkline-rr-ops-off) echo "forkline rr (ops-server), metrics + control off" ;;
+    forkline-rr-ops-on) echo "forkline rr (ops-server), metrics + control on, scraped every ${SCRAPE_SECS}s" ;;
     node-http-rr) echo "node http.js rr" ;;
     node-http-none) echo "node http.js none" ;;
     forkline-http-rr) echo "forkline http rr" ;;
@@ -156,11 +171,26 @@ label() {
   esac
 }
 
-# start CONFIG PORT DELAY LOGFILE: sets CURRENT_PGID and PRIMARY (pid whose RSS is reported).
+# start CONFIG PORT DELAY LOGFILE: sets CURRENT_PGID and PRIMARY (pid whose RSS is reported),
+# and SCRAPER_PGID for a configuration scraped while it runs.
 start() {
   local cfg=$1 port=$2 delay=$3 logf=$4 addr=127.0.0.1:$2
   PRIMARY=""
   case "$cfg" in
+    forkline-rr-ops-off)
+      setsid "$OPS_SERVER" "$addr" "$delay" "$WORKERS" >"$logf" 2>&1 </dev/null &
+      CURRENT_PGID=$! PRIMARY=$CURRENT_PGID ;;
+    forkline-rr-ops-on)
+      local metrics
+      metrics=127.0.0.1:$(free_port)
+      BENCH_METRICS=$metrics BENCH_CONTROL=$LOGS/ops-$port.sock \
+        setsid "$OPS_SERVER" "$addr" "$delay" "$WORKERS" >"$logf" 2>&1 </dev/null &
+      CURRENT_PGID=$! PRIMARY=$CURRENT_PGID
+      # A Prometheus of sorts: the whole /metrics every SCRAPE_SECS, for as long as it runs.
+      # shellcheck disable=SC2016 # expanded by the inner shell
+      setsid bash -c 'while sleep "$1"; do curl -s -o /dev/null --max-time 2 "http://$0/metrics"; done' \
+        "$metrics" "$SCRAPE_SECS" >/dev/null 2>&1 </dev/null &
+      SCRAPER_PGID=$! ;;
     limit)
       # shellcheck disable=SC2016 # expanded by the inner shell
       setsid bash -c 'for _ in $(seq 1 "$3"); do "$0" "$1" "$2" & done; wait' \
@@ -201,7 +231,7 @@ start() {
 expected_lines() {
   case "$1" in
     limit) echo "$WORKERS" ;;
-    node-* | forkline-rr | forkline-rr-nocoalesce | forkline-shared | forkline-reuseport | forkline-http-*) echo "$WORKERS" ;;
+    node-* | forkline-rr | forkline-rr-nocoalesce | forkline-shared | forkline-reuseport | forkline-http-* | forkline-rr-ops-*) echo "$WORKERS" ;;
     *) echo 0 ;;
   esac
 }
@@ -241,6 +271,7 @@ run_seed() {
   if ! wait_ready "$cfg" "$port" "$logf" seed_probe; then
     log "  $cfg did not come up within ${READY_TIMEOUT}s (see $logf)"
     stop_group "$CURRENT_PGID"; CURRENT_PGID=""
+    if [ -n "$SCRAPER_PGID" ]; then stop_group "$SCRAPER_PGID"; SCRAPER_PGID=; fi
     printf '%s\t%s\t%s\t\t\t\t\t\t%s\n' "$round" "$cfg" "$delay" "did not start" >>"$RAW"
     return 0
   fi
@@ -254,6 +285,7 @@ run_seed() {
   # Worker deaths during the measurement (counted before the shutdown's own exits).
   exits=$(grep -c 'died with code' "$logf" 2>/dev/null || true)
   stop_group "$CURRENT_PGID"; CURRENT_PGID=
+  if [ -n "$SCRAPER_PGID" ]; then stop_group "$SCRAPER_PGID"; SCRAPER_PGID=; fi
   rps=$(json_num rps "$json"); cv=$(json_num cv "$json"); errors=$(json_num errors "$json")
   if [ -z "$rps" ]; then
     printf '%s\t%s\t%s\t\t\t\t\t\t%s\n' "$round" "$cfg" "$delay" "loadgen failed" >>"$RAW"
@@ -305,6 +337,9 @@ if [ "$BUILD" = 1 ]; then
   log "building forkline's examples (missing ones are skipped later)"
   cargo build --release --example cluster -p forkline || log "examples/cluster did not build: forkline rows will be skipped"
   cargo build --release --example http -p forkline || log "examples/http did not build: forkline HTTP rows will be skipped"
+  log "building ops-server (the seed cluster with metrics and control switchable)"
+  cargo build --release -p forkline-loadgen --features ops --bin ops-server ||
+    log "ops-server did not build: the forkline-rr-ops rows will be skipped"
   if [ -f crates/forkline-cli/Cargo.toml ]; then
     cargo build --release -p forkline-cli || log "forkline-cli did not build: the proxy row will be skipped"
   fi
@@ -406,6 +441,23 @@ fmt_mib() { awk -v k="$1" 'BEGIN { if (k == "-" || k == "") printf "-"; else pri
         "$(awk -v c="$cv" 'BEGIN{print c*100}')" "$errors" "$(fmt_mib "$rss")" "$notes"
     done
   done
+  if [[ " $CONFIGS " == *" forkline-rr-ops-off "* && " $CONFIGS " == *" forkline-rr-ops-on "* ]]; then
+    echo
+    echo "Metrics and control socket, on against off (the same ops-server binary, rows of one round run" \
+      "back to back; on: /metrics scraped every ${SCRAPE_SECS}s by curl, the control socket served):"
+    echo
+    echo "| delay ms | off req/s | on req/s | on / off | per round | primary RSS MiB off | on |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for delay in $DELAYS; do
+      off=$(aggregate forkline-rr-ops-off "$delay"); on=$(aggregate forkline-rr-ops-on "$delay")
+      [ -n "$off" ] && [ -n "$on" ] || continue
+      read -r off_rps _ _ off_rss _ _ <<<"$off"
+      read -r on_rps _ _ on_rss _ _ <<<"$on"
+      printf '| %s | %.0f | %.0f | %s | %s | %s | %s |\n' "$delay" "$off_rps" "$on_rps" \
+        "$(awk -v a="$on_rps" -v b="$off_rps" 'BEGIN { if (b > 0) printf "%.3f", a/b; else printf "-" }')" \
+        "$(round_ratios forkline-rr-ops-on "$delay" forkline-rr-ops-off)" "$(fmt_mib "$off_rss")" "$(fmt_mib "$on_rss")"
+    done
+  fi
   if [ "$HTTP" = 1 ]; then
     echo
     echo "HTTP keep-alive (wrk -t2 -c$CONC -d${SECS}s, hello world, delay 0, $WORKERS workers):"

@@ -530,6 +530,7 @@ impl Settings {
             name: Some(self.name().to_string()),
             control: Some(self.control()),
             metrics: self.metrics.clone(),
+            readyz_requires_all: self.readyz_all,
             uid,
             gid,
             restart: self.restart,
@@ -825,6 +826,9 @@ THREADS = 4
         assert_eq!(settings.log_format, LogFormat::Json);
         assert_eq!(settings.log_level, "forkline=debug");
         assert!(settings.readyz_all);
+        let opts = options(&settings);
+        assert!(opts.readyz_requires_all);
+        assert_eq!(opts.log_format, forkline::LogFormat::Json);
         assert_eq!(settings.cwd, Some(PathBuf::from("/etc/app")));
         assert_eq!(settings.command, [OsString::from("true")]);
         assert_eq!(

@@ -81,12 +81,14 @@ impl Cluster {
         let port = free_port();
         let mut command = world(&dir);
         command.args(["run", "--name", name, "-w", "2", "--mode", mode]);
-        command.args(["--ready", "notify", "--settle-time", "100ms"]);
+        command.args(["--settle-time", "100ms"]);
         command.args(extra);
         command.arg("-l").arg(format!("127.0.0.1:{port}"));
         if mode == "round-robin" {
+            // Ready once it listens through the primary.
             command.arg("--").arg(rr_worker());
         } else {
+            command.args(["--ready", "notify"]);
             command
                 .arg("--")
                 .arg("python3")
@@ -445,7 +447,7 @@ fn systemd_hears_the_new_main_pid() {
         first,
     };
     let mut received: Vec<(u32, String)> = Vec::new();
-    let mut receive = |received: &mut Vec<(u32, String)>| {
+    let receive = |received: &mut Vec<(u32, String)>| {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
         let mut buf = [0u8; 4096];
         let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);

@@ -220,7 +220,12 @@ fn metrics_and_probes_follow_the_cluster() {
         "{text}"
     );
     assert_eq!(
-        sample(&text, "forkline_restarts_total"),
+        sample(&text, "forkline_restarts_total{reason=\"reload\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "forkline_restarts_total{reason=\"crash\"}"),
         Some(0.0),
         "{text}"
     );

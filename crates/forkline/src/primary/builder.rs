@@ -315,10 +315,20 @@ impl ClusterBuilder {
 
     /// Serves HTTP at `address` (`HOST:PORT`): Prometheus text at `/metrics` (every series
     /// named `forkline_…`), `/healthz` (200 while the primary runs) and `/readyz` (200 while at
-    /// least one worker is ready, 503 otherwise), for Kubernetes probes. An address in use is a
+    /// least one worker is ready, or every slot's with [`readyz_requires_all`]
+    /// (Self::readyz_requires_all); 503 otherwise), for Kubernetes probes. An address in use is a
     /// start error naming it. Needs the `axum` feature (on by default).
     pub fn metrics(mut self, address: impl Into<String>) -> Self {
         self.opts.metrics = Some(address.into());
+        self
+    }
+
+    /// With `true`, the metrics endpoint's `/readyz` answers 200 only while every slot's
+    /// worker is ready, 503 otherwise (a slot restarting, a worker still starting). Default
+    /// `false`: 200 while at least one worker is ready. Either way a replacement on trial
+    /// (reload, recycling) does not count: the worker it would replace keeps its slot ready.
+    pub fn readyz_requires_all(mut self, on: bool) -> Self {
+        self.opts.readyz_requires_all = on;
         self
     }
 

@@ -14,6 +14,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::time::TimeSpec;
@@ -27,15 +29,24 @@ pub(crate) struct Coalescer {
     /// What decides whether coalescing is used; `None` to coalesce whenever connections queue.
     governor: Option<Governor>,
     hot: bool,
+    /// Whether coalescing is on now (the governor allows it, or always), for monitoring:
+    /// written only when it changes.
+    on: Arc<AtomicBool>,
+    shown: bool,
 }
 
 impl Coalescer {
-    /// Coalescing with `window`, decided by a governor unless `always`.
-    pub fn new(window: Duration, always: bool) -> io::Result<Self> {
+    /// Coalescing with `window`, decided by a governor unless `always`. `on` shows whether
+    /// coalescing is on (the governor's decision, or its probe with coalescing; always true
+    /// with `always`).
+    pub fn new(window: Duration, always: bool, on: Arc<AtomicBool>) -> io::Result<Self> {
+        on.store(always, Ordering::Relaxed);
         Ok(Self {
             timer: CoalesceTimer::new(window)?,
             governor: (!always).then(|| Governor::new(window, Instant::now())),
             hot: false,
+            on,
+            shown: always,
         })
     }
 
@@ -62,6 +73,10 @@ impl Coalescer {
             }
             None => true,
         };
+        if allowed != self.shown {
+            self.shown = allowed;
+            self.on.store(allowed, Ordering::Relaxed);
+        }
         self.hot = allowed && accepted >= 2;
     }
 }

@@ -8,11 +8,17 @@
 //! reads them back and hands their fds to other workers. The primary closes its copy of each
 //! connection fd as soon as it is sent, so the worker's close is the last one and the TCP
 //! teardown costs the worker, not the primary — as when a worker accepts by itself.
+//!
+//! The dispatcher counts what it does for monitoring (`Cluster::stats`, `/metrics`) as plain
+//! integers under the lock it takes anyway, once per batch: connections accepted, handed off
+//! and re-dispatched, and a histogram of the time from accept to the worker's ack, observed once
+//! per ack. The accept path reads the clock once per batch of accepts, to stamp it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +29,7 @@ use super::coalesce::Coalescer;
 use super::handle::WorkerHandle;
 use super::listeners::BoundListener;
 use super::options::{sticky_index, Balance};
+use super::stats::{AcceptErrorKind, LatencyHistogram, Traffic};
 use crate::protocol::channel::{encode, AsyncChannel};
 use crate::protocol::ToWorker;
 use crate::sys::MAX_FDS_PER_PACKET;
@@ -36,6 +43,18 @@ struct Conn {
     listener: u64,
     fd: OwnedFd,
     peer: Option<SocketAddr>,
+    /// When its batch was accepted (or, for one taken back from a worker, when it was taken
+    /// back): where its handoff latency starts.
+    accepted: Instant,
+}
+
+/// A `conns` packet sent to a worker and not acknowledged yet: its seqs `first..end`, and when
+/// its last connection was accepted.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    first: u64,
+    end: u64,
+    accepted: Instant,
 }
 
 /// A worker that takes handoffs.
@@ -59,6 +78,8 @@ struct Target {
     probed: bool,
     /// While stuck, no probe before this.
     probe_after: Instant,
+    /// Packets sent and not acknowledged yet, oldest first (for the handoff latency).
+    sent: VecDeque<Sent>,
 }
 
 impl Target {
@@ -70,6 +91,39 @@ impl Target {
     fn probe_pending(&self) -> bool {
         self.stuck && (self.probed || Instant::now() < self.probe_after)
     }
+
+    /// The worker acked up to seq `last` at `now`: the packet holding `last` gives one
+    /// latency sample, and the packets before it are done. Acks come in batches, and the last
+    /// connection of a batch is the one whose arrival made the worker ack, so its latency is
+    /// the handoff's own (the others' would include the wait for the rest of the batch).
+    fn acked(&mut self, last: u64, now: Instant, latency: &mut LatencyHistogram) {
+        observe_ack(&mut self.sent, last, now, latency);
+    }
+}
+
+/// Drops the packets of `sent` before the one holding seq `last`, and observes that one's
+/// latency (once: it is dropped too when `last` is its last seq).
+fn observe_ack(sent: &mut VecDeque<Sent>, last: u64, now: Instant, latency: &mut LatencyHistogram) {
+    while sent.front().is_some_and(|s| s.end <= last) {
+        sent.pop_front();
+    }
+    if let Some(packet) = sent.front().copied() {
+        if packet.first <= last {
+            latency.observe(now.saturating_duration_since(packet.accepted));
+            if last + 1 == packet.end {
+                sent.pop_front();
+            }
+        }
+    }
+}
+
+/// What the dispatcher counts (see `Traffic`).
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: u64,
+    handed_off: u64,
+    redispatched: u64,
+    latency: LatencyHistogram,
 }
 
 #[derive(Default)]
@@ -79,6 +133,7 @@ struct State {
     pending: VecDeque<Conn>,
     cursor: usize,
     next_seq: u64,
+    counters: Counters,
 }
 
 /// Hands accepted connections to workers. Shared by the accept loops and the IPC readers.
@@ -87,6 +142,10 @@ pub(crate) struct Dispatcher {
     changed: Notify,
     balance: Balance,
     window: usize,
+    /// Failed accepts by `AcceptErrorKind` (rare: counted where they happen).
+    accept_errors: [AtomicU64; AcceptErrorKind::ALL.len()],
+    /// Whether each accept loop coalesces now, by listener id (see `coalesce`).
+    coalescing: Mutex<BTreeMap<u64, Arc<AtomicBool>>>,
 }
 
 impl Dispatcher {
@@ -97,7 +156,38 @@ impl Dispatcher {
             changed: Notify::new(),
             balance,
             window: window.max(1),
+            accept_errors: Default::default(),
+            coalescing: Mutex::default(),
         }
+    }
+
+    /// The counters as they are now, and what each worker has in flight.
+    pub fn traffic(&self) -> Traffic {
+        let state = self.state.lock().unwrap();
+        let mut traffic = Traffic {
+            accepted: state.counters.accepted,
+            handed_off: state.counters.handed_off,
+            redispatched: state.counters.redispatched,
+            latency: state.counters.latency.clone(),
+            in_flight: state
+                .targets
+                .iter()
+                .map(|(key, t)| (*key, t.inflight as u64))
+                .collect(),
+            ..Traffic::default()
+        };
+        drop(state);
+        for (count, total) in self.accept_errors.iter().zip(&mut traffic.accept_errors) {
+            *total = count.load(Ordering::Relaxed);
+        }
+        traffic.coalescing = self
+            .coalescing
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(listener, on)| (*listener, on.load(Ordering::Relaxed)))
+            .collect();
+        traffic
     }
 
     /// Starts handing `listener`'s connections to `worker`.
@@ -117,6 +207,7 @@ impl Dispatcher {
                 stuck: false,
                 probed: false,
                 probe_after: Instant::now(),
+                sent: VecDeque::with_capacity(self.window),
             });
         if !target.listeners.contains(&listener) {
             target.listeners.push(listener);
@@ -147,8 +238,10 @@ impl Dispatcher {
                 "re-dispatching connections the worker never took"
             );
         }
+        worker.count_taken_back(orphans.len() as u64);
         let mut state = self.state.lock().unwrap();
         state.targets.remove(&worker.unique_id());
+        state.counters.redispatched += orphans.len() as u64;
         for conn in orphans.into_iter().rev() {
             state.pending.push_front(conn);
         }
@@ -159,21 +252,26 @@ impl Dispatcher {
 
     /// The worker now owns `seqs`; `open` is its reported open-connection count.
     pub fn ack(&self, worker: &WorkerHandle, seqs: &[u64], open: Option<u64>) {
-        let mut state = self.state.lock().unwrap();
+        let now = Instant::now();
+        let mut guard = self.state.lock().unwrap();
+        let state = &mut *guard;
         if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
             target.inflight = target.inflight.saturating_sub(seqs.len());
             if let Some(open) = open {
                 target.open = open;
             }
+            if let Some(last) = seqs.iter().max() {
+                target.acked(*last, now, &mut state.counters.latency);
+            }
             target.full = false;
-            target.last_ack = Instant::now();
+            target.last_ack = now;
             target.stuck = false;
             target.probed = false;
         }
         if !state.pending.is_empty() {
-            self.flush(&mut state);
+            self.flush(state);
         }
-        drop(state);
+        drop(guard);
         self.changed.notify_waiters();
     }
 
@@ -218,11 +316,15 @@ impl Dispatcher {
         );
         target.inflight -= count;
         target.listeners.retain(|l| *l != listener);
+        worker.count_taken_back(count as u64);
+        state.counters.redispatched += fds.len() as u64;
+        let now = Instant::now();
         for fd in fds.into_iter().rev() {
             state.pending.push_front(Conn {
                 listener,
                 fd,
                 peer: None,
+                accepted: now,
             });
         }
         self.flush(&mut state);
@@ -262,6 +364,9 @@ impl Dispatcher {
                 "worker read no handoff for {deadline:?}; its connections go to other workers"
             );
             target.inflight = target.inflight.saturating_sub(taken.len());
+            target.handle.count_taken_back(taken.len() as u64);
+            // Those packets are gone: their stamps would only be dropped by later acks.
+            target.sent.clear();
             target.stuck = true;
             target.probed = false;
             target.last_ack = Instant::now();
@@ -270,6 +375,7 @@ impl Dispatcher {
             reclaimed.extend(taken);
         }
         let count = reclaimed.len();
+        state.counters.redispatched += count as u64;
         for conn in reclaimed.into_iter().rev() {
             state.pending.push_front(conn);
         }
@@ -304,6 +410,11 @@ impl Dispatcher {
         }
     }
 
+    /// True while connections wait for a worker to take them.
+    pub fn has_pending(&self) -> bool {
+        !self.state.lock().unwrap().pending.is_empty()
+    }
+
     /// Drops connections still waiting for a worker (shutdown): their clients see the close.
     pub fn drop_pending(&self) {
         self.state.lock().unwrap().pending.clear();
@@ -312,6 +423,7 @@ impl Dispatcher {
     /// Hands out `conns`; what no worker can take now waits in `pending`.
     fn dispatch(&self, conns: Vec<Conn>) {
         let mut state = self.state.lock().unwrap();
+        state.counters.accepted += conns.len() as u64;
         state.pending.extend(conns);
         self.flush(&mut state);
     }
@@ -454,6 +566,7 @@ impl Dispatcher {
         })
         .expect("a conns packet always fits");
         let fds: Vec<RawFd> = chunk.iter().map(|c| c.fd.as_raw_fd()).collect();
+        let accepted = chunk.last().map(|c| c.accepted);
         let Some(target) = state.targets.get_mut(&key) else {
             return Err(chunk);
         };
@@ -465,7 +578,21 @@ impl Dispatcher {
                 target.handle.count_connections(chunk.len() as u64);
                 // The fds are in the worker's socket now; dropping `chunk` closes our copies.
                 target.inflight += fds.len();
-                state.next_seq = first + fds.len() as u64;
+                let end = first + fds.len() as u64;
+                if let Some(accepted) = accepted {
+                    // Packets given back are dropped from the front only by a later ack: a
+                    // worker that stopped acking must not grow this without bound.
+                    if target.sent.len() >= 2 * self.window {
+                        target.sent.pop_front();
+                    }
+                    target.sent.push_back(Sent {
+                        first,
+                        end,
+                        accepted,
+                    });
+                }
+                state.next_seq = end;
+                state.counters.handed_off += fds.len() as u64;
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -500,9 +627,13 @@ impl Dispatcher {
         let dup = socket.try_clone()?;
         set_nonblocking(&dup)?;
         let async_fd = crate::sys::async_fd(dup, tokio::io::Interest::READABLE)?;
+        let coalescing = Arc::new(AtomicBool::new(false));
         let mut coalescer = coalesce
-            .map(|window| Coalescer::new(window, always))
+            .map(|window| Coalescer::new(window, always, coalescing.clone()))
             .transpose()?;
+        let _shown = coalescer
+            .is_some()
+            .then(|| CoalescingShown::new(&self, listener, coalescing));
         let mut errors = AcceptErrors::default();
         loop {
             // Wait for room (a worker with credit), or stop.
@@ -544,6 +675,8 @@ impl Dispatcher {
             }
             match stopped {
                 Stopped::Failed(error) => {
+                    self.accept_errors[AcceptErrorKind::of(&error).index()]
+                        .fetch_add(1, Ordering::Relaxed);
                     errors.failed(&error);
                     tokio::select! {
                         _ = tokio::time::sleep(ACCEPT_RETRY) => {}
@@ -563,9 +696,16 @@ impl Dispatcher {
         loop {
             let mut batch = Vec::new();
             let mut stopped = None;
+            // One clock read per batch: where the handoff latency of its connections starts.
+            let accepted = Instant::now();
             while batch.len() < ACCEPT_BATCH {
                 match accept(socket) {
-                    Ok(Some((fd, peer))) => batch.push(Conn { listener, fd, peer }),
+                    Ok(Some((fd, peer))) => batch.push(Conn {
+                        listener,
+                        fd,
+                        peer,
+                        accepted,
+                    }),
                     Ok(None) => {
                         stopped = Some(Stopped::Drained);
                         break;
@@ -631,6 +771,32 @@ impl AcceptErrors {
             );
             self.retries = 0;
         }
+    }
+}
+
+/// Shows an accept loop's coalescing flag in `Dispatcher::traffic` while the loop runs.
+struct CoalescingShown<'a> {
+    dispatcher: &'a Dispatcher,
+    listener: u64,
+}
+
+impl<'a> CoalescingShown<'a> {
+    fn new(dispatcher: &'a Dispatcher, listener: u64, on: Arc<AtomicBool>) -> Self {
+        dispatcher.coalescing.lock().unwrap().insert(listener, on);
+        Self {
+            dispatcher,
+            listener,
+        }
+    }
+}
+
+impl Drop for CoalescingShown<'_> {
+    fn drop(&mut self) {
+        self.dispatcher
+            .coalescing
+            .lock()
+            .unwrap()
+            .remove(&self.listener);
     }
 }
 
@@ -738,12 +904,14 @@ fn conns_in(packet: &[u8], fds: Vec<OwnedFd>) -> Option<Vec<Conn>> {
         return None;
     };
     let mut peers = peers.iter().map(|p| p.parse().ok());
+    let now = Instant::now();
     Some(
         fds.into_iter()
             .map(|fd| Conn {
                 listener,
                 fd,
                 peer: peers.next().flatten(),
+                accepted: now,
             })
             .collect(),
     )
@@ -810,4 +978,37 @@ fn chunked(items: Vec<Conn>, size: usize) -> Vec<Vec<Conn>> {
         out.push(current);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ack_observes_the_packet_of_its_last_seq_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let packet = |first, end, at| Sent {
+            first,
+            end,
+            accepted: t0 + at,
+        };
+        let mut sent = VecDeque::from([
+            packet(0, 1, ms(0)),
+            packet(1, 3, ms(1)),
+            packet(3, 4, ms(2)),
+        ]);
+        let mut latency = LatencyHistogram::default();
+        // Acks seqs 0..=2: packet 0 is done unobserved, packet 1..3 gives the sample.
+        observe_ack(&mut sent, 2, t0 + ms(11), &mut latency);
+        assert_eq!(latency.count, 1);
+        assert!((latency.sum - 0.010).abs() < 1e-9, "{}", latency.sum);
+        assert_eq!(sent.len(), 1);
+        // An ack of a seq already observed observes nothing.
+        observe_ack(&mut sent, 2, t0 + ms(20), &mut latency);
+        assert_eq!(latency.count, 1);
+        observe_ack(&mut sent, 3, t0 + ms(22), &mut latency);
+        assert_eq!(latency.count, 2);
+        assert!(sent.is_empty());
+    }
 }

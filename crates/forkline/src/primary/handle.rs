@@ -9,6 +9,8 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::slots::RestartReason;
+use super::stats::CpuWindow;
 use crate::error::{Error, Result};
 use crate::protocol::channel::encode;
 use crate::protocol::ToWorker;
@@ -105,6 +107,13 @@ pub(crate) struct WorkerShared {
     /// The primary's copy of the worker's end of the IPC socket: the handoffs it has not read
     /// are still queued there, and can be taken back (see `dispatch`).
     pub worker_end: OnceLock<Arc<std::os::fd::OwnedFd>>,
+    /// Connections handed to it (counted in `accepted`) and then taken back for other
+    /// workers: it died or stopped reading before it took them, or gave them back.
+    pub taken_back: AtomicU64,
+    /// Why the primary killed it, if it did: what a restart after its exit is counted as.
+    pub kill_reason: OnceLock<RestartReason>,
+    /// Its CPU time at the previous looks, for `WorkerStats::cpu_percent`.
+    pub cpu: Mutex<CpuWindow>,
 }
 
 /// A handle to one worker. Cheap to clone; stays valid (reporting `is_dead`) after the worker
@@ -155,6 +164,9 @@ impl WorkerHandle {
                 inbox: Mutex::new(Some(inbox)),
                 exit: OnceLock::new(),
                 worker_end: OnceLock::new(),
+                taken_back: AtomicU64::new(0),
+                kill_reason: OnceLock::new(),
+                cpu: Mutex::new(CpuWindow::default()),
             }),
         }
     }
@@ -231,6 +243,19 @@ impl WorkerHandle {
     /// Connections handed to this worker (round-robin and proxy modes).
     pub fn connections_accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections handed to this worker that it kept: [`connections_accepted`]
+    /// (Self::connections_accepted) less those taken back for other workers (it stopped
+    /// reading, or gave them back).
+    pub fn connections_served(&self) -> u64 {
+        let taken_back = self.shared.taken_back.load(Ordering::Relaxed);
+        self.connections_accepted().saturating_sub(taken_back)
+    }
+
+    /// Counts `n` connections handed to this worker that went to other workers instead.
+    pub(crate) fn count_taken_back(&self, n: u64) {
+        self.shared.taken_back.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts `n` more connections handed to this worker, waking the recycler at the limit.
@@ -347,6 +372,12 @@ impl WorkerHandle {
             }
             pid
         };
+        if signal == Signal::SIGKILL && reach == Reach::Group {
+            // The primary kills a worker's group outside a stop only when the worker broke the
+            // protocol or its watchdog fired (a ready timeout says so first): a restart after
+            // this exit counts as `killed`. A planned stop books no restart, so it counts nothing.
+            let _ = self.shared.kill_reason.set(RestartReason::Killed);
+        }
         match reach {
             Reach::Process => sys::signal_pid(pid, signal),
             Reach::Group => sys::signal_group(pid, signal),

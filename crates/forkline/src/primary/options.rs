@@ -265,6 +265,9 @@ pub struct ClusterOptions {
     /// Extra environment for a new primary (`Cluster::upgrade`), e.g. a `NOTIFY_SOCKET` this
     /// process took out of its own environment.
     pub upgrade_env: Vec<(OsString, OsString)>,
+    /// `/readyz` answers 200 only while every slot's worker is ready (default: while at least
+    /// one is).
+    pub readyz_requires_all: bool,
     /// Serve a control socket at this path (`forkline status`, `reload`, `scale`, `stop`).
     pub control: Option<PathBuf>,
     /// Make the primary a child subreaper (PR_SET_CHILD_SUBREAPER): what workers leave behind
@@ -341,6 +344,7 @@ impl Default for ClusterOptions {
             upgrade_timeout: Duration::from_secs(60),
             upgrade_env: Vec::new(),
             metrics: None,
+            readyz_requires_all: false,
         }
     }
 }

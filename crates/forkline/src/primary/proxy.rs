@@ -2,12 +2,17 @@
 //! accepts on the public address and relays bytes to a worker that is up. Works with programs
 //! that know nothing of fds. A worker is up once its port accepts; new connections skip workers
 //! that are down, and a worker that refuses is skipped for the next one.
+//!
+//! For monitoring it counts connections accepted, handed off (connected to a worker's port)
+//! and re-dispatched (refused by a worker, so the next one got them) in relaxed atomics, one
+//! add per connection beside a task spawn, a connect and a relay; the connections in flight at
+//! a worker are its open relays, which it counts anyway.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +23,7 @@ use tokio::sync::watch;
 use super::cluster::Cluster;
 use super::handle::WorkerHandle;
 use super::options::{sticky_index, Balance};
+use super::stats::{AcceptErrorKind, Traffic};
 use crate::protocol::SocketKind;
 
 /// How long a connect to a worker's port may take before trying another worker.
@@ -44,6 +50,16 @@ pub(crate) struct ProxyTable {
     cursor: AtomicUsize,
     /// How long a client waits for some worker to be up before it is closed.
     queue_timeout: Duration,
+    counters: Counters,
+}
+
+/// What the proxy counts (see `Traffic`).
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    handed_off: AtomicU64,
+    redispatched: AtomicU64,
+    accept_errors: [AtomicU64; AcceptErrorKind::ALL.len()],
 }
 
 impl ProxyTable {
@@ -54,7 +70,30 @@ impl ProxyTable {
             ports: Mutex::default(),
             cursor: AtomicUsize::new(0),
             queue_timeout,
+            counters: Counters::default(),
         }
+    }
+
+    /// The counters as they are now, and each worker's open relays.
+    pub fn traffic(&self) -> Traffic {
+        let c = &self.counters;
+        let mut traffic = Traffic {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            handed_off: c.handed_off.load(Ordering::Relaxed),
+            redispatched: c.redispatched.load(Ordering::Relaxed),
+            in_flight: self
+                .backends
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(key, b)| (*key, b.active.load(Ordering::Relaxed) as u64))
+                .collect(),
+            ..Traffic::default()
+        };
+        for (count, total) in c.accept_errors.iter().zip(&mut traffic.accept_errors) {
+            *total = count.load(Ordering::Relaxed);
+        }
+        traffic
     }
 
     /// The loopback port for `worker`, chosen once (a port that was free a moment ago).
@@ -260,13 +299,14 @@ pub(crate) async fn accept_loop(
                 };
                 match accepted {
                     Ok((client, peer)) => {
+                        table.counters.accepted.fetch_add(1, Ordering::Relaxed);
                         let _ = client.set_nodelay(true);
                         super::task::spawn(
                             "relay",
                             relay_tcp(table.clone(), balance, client, peer.ip()),
                         );
                     }
-                    Err(e) => accept_error(e).await,
+                    Err(e) => accept_error(&table, e).await,
                 }
             }
         }
@@ -280,9 +320,10 @@ pub(crate) async fn accept_loop(
                 };
                 match accepted {
                     Ok((client, _)) => {
+                        table.counters.accepted.fetch_add(1, Ordering::Relaxed);
                         super::task::spawn("relay", relay_copy(table.clone(), balance, client));
                     }
-                    Err(e) => accept_error(e).await,
+                    Err(e) => accept_error(&table, e).await,
                 }
             }
         }
@@ -293,7 +334,8 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn accept_error(e: io::Error) {
+async fn accept_error(table: &ProxyTable, e: io::Error) {
+    table.counters.accept_errors[AcceptErrorKind::of(&e).index()].fetch_add(1, Ordering::Relaxed);
     tracing::warn!(error = %e, "proxy accept failed");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
@@ -312,7 +354,7 @@ async fn connect_upstream(
         tokio::time::sleep(Duration::from_millis(20)).await;
         candidates = table.candidates(balance, peer);
     }
-    for (port, handle, active) in candidates {
+    for (tried, (port, handle, active)) in candidates.into_iter().enumerate() {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         // Counted before connecting, so a worker being retired waits for this connection.
         active.fetch_add(1, Ordering::AcqRel);
@@ -320,6 +362,11 @@ async fn connect_upstream(
             Ok(Ok(upstream)) => {
                 let _ = upstream.set_nodelay(true);
                 handle.count_connections(1);
+                let counters = &table.counters;
+                counters.handed_off.fetch_add(1, Ordering::Relaxed);
+                if tried > 0 {
+                    counters.redispatched.fetch_add(1, Ordering::Relaxed);
+                }
                 return Some((upstream, active));
             }
             _ => {

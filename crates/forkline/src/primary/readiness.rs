@@ -62,6 +62,10 @@ fn enforce_ready_timeout(cluster: &Cluster, worker: &WorkerHandle) {
             worker: worker.clone(),
             error,
         });
+        let _ = worker
+            .shared
+            .kill_reason
+            .set(super::slots::RestartReason::ReadyTimeout);
         let _ = worker.signal_group(Signal::SIGKILL);
     });
 }

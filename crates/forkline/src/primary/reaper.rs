@@ -228,6 +228,9 @@ pub(crate) struct Stat {
     pub state: char,
     /// The parent's pid.
     pub ppid: u32,
+    /// CPU time used in user and kernel mode (`utime` + `stime`), in clock ticks
+    /// (`sysconf(_SC_CLK_TCK)` a second).
+    pub cpu_ticks: u64,
 }
 
 /// Reads `/proc/PID/stat`; `None` if the process is gone (or the line unreadable).
@@ -239,7 +242,15 @@ pub(crate) fn stat(pid: u32) -> Option<Stat> {
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
-    Some(Stat { state, ppid })
+    // pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt, then utime and stime.
+    let mut fields = fields.skip(9);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Stat {
+        state,
+        ppid,
+        cpu_ticks: utime + stime,
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::cluster::Cluster;
 use super::event::{Event, ReplaceFailure, Replacement};
 use super::handle::WorkerHandle;
 use super::readiness::{self, Waited};
-use super::slots::{Refused, Seq};
+use super::slots::{Refused, RestartReason, Seq};
 use super::supervisor;
 
 /// How long a reload waits for another replacement of the same slot (recycling) to end.
@@ -45,7 +45,7 @@ pub(crate) async fn replace(
         "starting a replacement"
     );
     let outcome = match trial(cluster, &fresh).await {
-        Ok(()) => commit(cluster, slot, &fresh).await,
+        Ok(()) => commit(cluster, slot, &fresh, purpose).await,
         Err(reason) => Err(reason),
     };
     if let Err(reason) = outcome {
@@ -124,10 +124,15 @@ async fn commit(
     cluster: &Cluster,
     slot: usize,
     fresh: &WorkerHandle,
+    purpose: Replacement,
 ) -> Result<(), ReplaceFailure> {
+    let reason = match purpose {
+        Replacement::Reload => RestartReason::Reload,
+        Replacement::Recycle => RestartReason::Recycle,
+    };
     let old = {
         let mut state = cluster.inner.state();
-        match state.slots.commit(slot, fresh.unique_id()) {
+        match state.slots.commit(slot, fresh.unique_id(), reason) {
             Ok(old) => state.worker(old),
             Err(()) => return Err(ReplaceFailure::Cancelled),
         }

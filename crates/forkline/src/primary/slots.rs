@@ -61,6 +61,58 @@ impl Slot {
     }
 }
 
+/// Why a slot got a new worker in place of another: after an exit (the restart policy), or a
+/// replacement that committed. The label of `forkline_restarts_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RestartReason {
+    /// It exited with code 0 (restarted under `RestartPolicy::Always`).
+    Exit,
+    /// It exited with a non-zero code.
+    Crash,
+    /// A signal the primary did not send killed it.
+    Signal,
+    /// It was not ready within the ready timeout, and the primary killed it.
+    ReadyTimeout,
+    /// The primary killed it: it broke the protocol, or its watchdog fired.
+    Killed,
+    /// A rolling reload (or a control `restart`) replaced it.
+    Reload,
+    /// Recycling (`max_requests`, `max_memory`) replaced it.
+    Recycle,
+}
+
+impl RestartReason {
+    /// Every reason, in the order of `Slots::restarts_by_reason`.
+    pub const ALL: [RestartReason; 7] = [
+        RestartReason::Exit,
+        RestartReason::Crash,
+        RestartReason::Signal,
+        RestartReason::ReadyTimeout,
+        RestartReason::Killed,
+        RestartReason::Reload,
+        RestartReason::Recycle,
+    ];
+
+    /// Its index in `ALL`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label value: `exit`, `crash`, `signal`, `ready_timeout`, `killed`, `reload`,
+    /// `recycle`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartReason::Exit => "exit",
+            RestartReason::Crash => "crash",
+            RestartReason::Signal => "signal",
+            RestartReason::ReadyTimeout => "ready_timeout",
+            RestartReason::Killed => "killed",
+            RestartReason::Reload => "reload",
+            RestartReason::Recycle => "recycle",
+        }
+    }
+}
+
 /// The facts of a worker's exit that decide what happens to its slot.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ExitFacts {
@@ -70,6 +122,8 @@ pub(crate) struct ExitFacts {
     pub failed: bool,
     /// It was stopped on purpose (disconnect, kill, scale-down, replaced).
     pub planned: bool,
+    /// What a restart after this exit is counted as.
+    pub reason: RestartReason,
 }
 
 /// What an exit means for the worker's slot.
@@ -122,6 +176,9 @@ pub(crate) struct Slots {
     backoff: Backoff,
     stopping: bool,
     next_ticket: u64,
+    /// Workers started in place of another, by `RestartReason` (its index in `ALL`), over the
+    /// cluster's life: slots scaled away keep their share, so the totals never go down.
+    restarts_by_reason: [u64; RestartReason::ALL.len()],
 }
 
 impl Slots {
@@ -134,7 +191,16 @@ impl Slots {
             backoff,
             stopping: false,
             next_ticket: 0,
+            restarts_by_reason: [0; RestartReason::ALL.len()],
         }
+    }
+
+    /// Workers started in place of another so far, by reason (the cluster's whole life).
+    pub fn restarts_by_reason(&self) -> impl Iterator<Item = (RestartReason, u64)> + '_ {
+        RestartReason::ALL
+            .iter()
+            .zip(self.restarts_by_reason)
+            .map(|(reason, n)| (*reason, n))
     }
 
     /// How many slots the cluster wants.
@@ -227,11 +293,17 @@ impl Slots {
         Ok(())
     }
 
-    /// The candidate `seq` passed its trial: it becomes current. Returns `Ok(old)` with the
-    /// worker to stop (if the slot still had one), or `Err(())` when the candidate is no
-    /// longer on trial (its slot went away, or the cluster is stopping), so it must be stopped.
+    /// The candidate `seq` passed its trial: it becomes current, counted as a restart for
+    /// `reason` (reload, recycle). Returns `Ok(old)` with the worker to stop (if the slot still
+    /// had one), or `Err(())` when the candidate is no longer on trial (its slot went away, or
+    /// the cluster is stopping), so it must be stopped.
     #[allow(clippy::result_unit_err)]
-    pub fn commit(&mut self, slot: usize, seq: Seq) -> Result<Option<Seq>, ()> {
+    pub fn commit(
+        &mut self,
+        slot: usize,
+        seq: Seq,
+        reason: RestartReason,
+    ) -> Result<Option<Seq>, ()> {
         let entry = self.slots.get_mut(&slot).ok_or(())?;
         if self.stopping || entry.candidate != Some(seq) {
             return Err(());
@@ -239,7 +311,9 @@ impl Slots {
         entry.candidate = None;
         // The old worker may have died during the trial and its restart be on the way.
         entry.restart = None;
-        Ok(entry.current.replace(seq))
+        let old = entry.current.replace(seq);
+        self.restarts_by_reason[reason.index()] += 1;
+        Ok(old)
     }
 
     /// The candidate `seq` failed its trial: it is forgotten and the current worker stays.
@@ -291,6 +365,7 @@ impl Slots {
         );
         entry.crash_loop = failures >= backoff.crash_loop_after;
         entry.restarts += 1;
+        self.restarts_by_reason[exit.reason.index()] += 1;
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         entry.restart = Some(PendingRestart {
@@ -353,6 +428,7 @@ mod tests {
             uptime,
             failed: true,
             planned: false,
+            reason: RestartReason::Crash,
         }
     }
 
@@ -511,7 +587,11 @@ mod tests {
         );
         assert_eq!(s.current(0), Some(1));
         assert!(!s.restart_pending());
-        assert_eq!(s.commit(0, 2), Err(()), "a dead candidate never commits");
+        assert_eq!(
+            s.commit(0, 2, RestartReason::Reload),
+            Err(()),
+            "a dead candidate never commits"
+        );
     }
 
     #[test]
@@ -520,7 +600,7 @@ mod tests {
         let now = Instant::now();
         s.assign(0, 1);
         s.begin_replace(0, 1, 2).unwrap();
-        assert_eq!(s.commit(0, 2), Ok(Some(1)));
+        assert_eq!(s.commit(0, 2, RestartReason::Reload), Ok(Some(1)));
         assert_eq!(s.current(0), Some(2));
         let planned = ExitFacts {
             planned: true,
@@ -536,7 +616,7 @@ mod tests {
         s.begin_replace(0, 1, 2).unwrap();
         s.rollback(0, 2);
         assert_eq!(s.current(0), Some(1));
-        assert_eq!(s.commit(0, 2), Err(()));
+        assert_eq!(s.commit(0, 2, RestartReason::Reload), Err(()));
         assert_eq!(s.begin_replace(0, 1, 3), Ok(()));
     }
 
@@ -550,7 +630,7 @@ mod tests {
             s.on_exit(0, 1, crash(MS), now),
             OnExit::Restart { .. }
         ));
-        assert_eq!(s.commit(0, 2), Ok(None));
+        assert_eq!(s.commit(0, 2, RestartReason::Reload), Ok(None));
         assert_eq!(s.current(0), Some(2));
         assert!(!s.restart_pending());
     }
@@ -593,7 +673,11 @@ mod tests {
         let down = s.set_target(2);
         assert!(down.grow.is_empty());
         assert_eq!(down.shrink, vec![3, 4, 5]);
-        assert_eq!(s.commit(3, 5), Err(()), "the trial of a removed slot ends");
+        assert_eq!(
+            s.commit(3, 5, RestartReason::Reload),
+            Err(()),
+            "the trial of a removed slot ends"
+        );
         let planned = ExitFacts {
             planned: true,
             ..crash(MS)
@@ -611,5 +695,48 @@ mod tests {
         assert_eq!(s.target(), 3);
         s.on_exit(0, 1, crash(MS), Instant::now());
         assert_eq!(s.claim(4), Some(0));
+    }
+
+    #[test]
+    fn restarts_are_counted_by_reason_and_survive_scaling_down() {
+        let mut s = slots(RestartPolicy::Always);
+        let now = Instant::now();
+        for (i, reason) in RestartReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+        let count = |s: &Slots, reason: RestartReason| {
+            s.restarts_by_reason()
+                .find(|(r, _)| *r == reason)
+                .map_or(0, |(_, n)| n)
+        };
+        s.assign(0, 1);
+        s.assign(1, 2);
+        let signal = ExitFacts {
+            reason: RestartReason::Signal,
+            ..crash(MS)
+        };
+        let OnExit::Restart { ticket, .. } = s.on_exit(1, 2, signal, now) else {
+            panic!("restarts")
+        };
+        assert!(s.take_restart(1, ticket, 3));
+        // A failed candidate and a planned exit count nothing; a commit counts its purpose.
+        s.begin_replace(0, 1, 4).unwrap();
+        s.on_exit(0, 4, crash(MS), now);
+        s.begin_replace(0, 1, 5).unwrap();
+        assert_eq!(s.commit(0, 5, RestartReason::Recycle), Ok(Some(1)));
+        let planned = ExitFacts {
+            planned: true,
+            ..crash(MS)
+        };
+        assert_eq!(s.on_exit(0, 1, planned, now), OnExit::Retired);
+        s.set_target(1);
+        assert_eq!(
+            count(&s, RestartReason::Signal),
+            1,
+            "slot 1 is gone, its count stays"
+        );
+        assert_eq!(count(&s, RestartReason::Recycle), 1);
+        assert_eq!(count(&s, RestartReason::Crash), 0);
+        assert_eq!(s.restarts_by_reason().map(|(_, n)| n).sum::<u64>(), 2);
     }
 }

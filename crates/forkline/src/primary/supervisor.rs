@@ -13,7 +13,7 @@ use super::core::State;
 use super::event::Event;
 use super::handle::{ExitInfo, WorkerHandle, WorkerState};
 use super::listeners::BoundListener;
-use super::slots::{ExitFacts, OnExit, Refused, Seq};
+use super::slots::{ExitFacts, OnExit, Refused, RestartReason, Seq};
 use super::{ipc, spawn, task};
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
@@ -134,6 +134,7 @@ fn record_exit(cluster: &Cluster, worker: &WorkerHandle, exit: ExitInfo) -> OnEx
             uptime: worker.uptime(),
             failed: exit.failed(),
             planned,
+            reason: restart_reason(worker, exit),
         };
         state
             .slots
@@ -162,6 +163,17 @@ fn record_exit(cluster: &Cluster, worker: &WorkerHandle, exit: ExitInfo) -> OnEx
     });
     cluster.inner.changed.notify_waiters();
     next
+}
+
+/// What a restart after `worker`'s exit is counted as: why the primary killed it, if it did;
+/// else how it ended.
+fn restart_reason(worker: &WorkerHandle, exit: ExitInfo) -> RestartReason {
+    match (worker.shared.kill_reason.get(), exit.signal, exit.code) {
+        (Some(reason), _, _) => *reason,
+        (None, Some(_), _) => RestartReason::Signal,
+        (None, None, Some(0)) => RestartReason::Exit,
+        (None, None, _) => RestartReason::Crash,
+    }
 }
 
 /// Does what the slot state decided about an exit.

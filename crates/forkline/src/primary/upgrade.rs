@@ -219,7 +219,11 @@ async fn start_successor(
         ready = read_line(&mut channel) => match ready {
             Ok(line) if line == "ready" => Ok(()),
             Ok(line) => Err(format!("(pid {pid}) said {line:?} instead of ready")),
-            Err(_) => Err(format!("(pid {pid}) closed the handover channel")),
+            // It is exiting: its exit status says more than the closed channel.
+            Err(_) => match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(status)) => Err(format!("(pid {pid}) {}", describe_exit(status))),
+                _ => Err(format!("(pid {pid}) closed the handover channel")),
+            },
         },
         status = child.wait() => Err(match status {
             Ok(status) => format!("(pid {pid}) {}", describe_exit(status)),
@@ -236,19 +240,35 @@ async fn start_successor(
         );
         return Err(reason);
     }
-    // Hand over: from here on the new primary serves; this one only drains.
+    // Hand over: from here on the new primary serves; this one only finishes what it took.
     upgrades.handed_over.store(true, Ordering::Relaxed);
     upgrades.handover.send_replace(true);
-    cluster.shutdown();
+    finish_accepted(cluster).await;
     if channel.write_all(b"go\n").await.is_err() {
-        tracing::warn!(
-            pid,
-            "upgrade: the new primary went away during the handover"
-        );
+        tracing::warn!(pid, "upgrade: the new primary went away during the handover");
     }
+    cluster.shutdown();
     // Not waited for: it outlives this process, and its new parent reaps it.
     drop(child);
     Ok(pid)
+}
+
+/// Stops accepting and waits (up to the graceful timeout) until every connection this primary
+/// accepted has reached a worker (round-robin) or finished its relay (proxy), while the
+/// workers still serve: a graceful stop that began now would drop those.
+async fn finish_accepted(cluster: &Cluster) {
+    let inner = &cluster.inner;
+    inner.stop_accepting.send_replace(true);
+    let deadline = tokio::time::Instant::now() + inner.opts.graceful_timeout;
+    let busy = || {
+        inner.dispatcher.has_pending() || inner.proxy.traffic().in_flight.iter().any(|(_, n)| *n > 0)
+    };
+    // Twice idle in a row: a relay between its accept and its count is not missed.
+    let mut idle = 0;
+    while idle < 2 && tokio::time::Instant::now() < deadline {
+        idle = if busy() { 0 } else { idle + 1 };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Reads one line (without its newline) from the handover channel.

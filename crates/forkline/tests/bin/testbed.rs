@@ -8,7 +8,8 @@
 //! `TB_READY` (online|listen), `TB_ARGS` (worker arguments separated by \x1f), `TB_PLAIN`
 //! (workers do not speak the protocol), `TB_PREBIND` (a TCP listener bound up front),
 //! `TB_MAX_REQUESTS`, `TB_NOTIFY` (serve NOTIFY_SOCKET, readiness by READY=1) and
-//! `TB_WATCHDOG_MS`, `TB_HANDOFF_TIMEOUT_MS`, `TB_CONTROL` (a control socket path), `TB_METRICS` (a metrics address),  `TB_SUBREAPER`, `TB_NOFILE` (the open-file limit of the primary and its
+//! `TB_WATCHDOG_MS`, `TB_HANDOFF_TIMEOUT_MS`, `TB_CONTROL` (a control socket path), `TB_METRICS` (a metrics address), `TB_READYZ_ALL`
+//! (`/readyz` wants every slot's worker ready), `TB_SUBREAPER`, `TB_NOFILE` (the open-file limit of the primary and its
 //! workers), `TB_CWD` (the workers' directory), `TB_SETTLE_MS`, `TB_READY_TIMEOUT_MS`, `TB_SEND_ON_FORK` (a JSON message
 //! sent to every worker from its `fork` event, before its handshake) and `TB_SHUTDOWN_AT_START`
 //! (shut down right after start, before any worker is online). Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
@@ -133,6 +134,9 @@ async fn primary() {
     }
     if let Some(address) = env("TB_METRICS") {
         builder = builder.metrics(address);
+    }
+    if env("TB_READYZ_ALL").is_some() {
+        builder = builder.readyz_requires_all(true);
     }
     if let Some(path) = env("TB_CONTROL") {
         builder = builder.control_socket(path);
