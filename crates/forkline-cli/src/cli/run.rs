@@ -450,6 +450,11 @@ impl Monitor {
                 purpose,
                 reason,
             } => self.replace_failed(*id, *purpose, reason),
+            Event::ReloadStarted => self.notify(&format!(
+                "RELOADING=1\n{}\nSTATUS=reloading",
+                systemd::monotonic_usec()
+            )),
+            Event::ReloadFinished { .. } => self.notify("READY=1"),
             Event::UpgradeStarted { pid } => self.notify(&format!(
                 "RELOADING=1\n{}\nSTATUS=upgrading: new primary {pid} starting",
                 systemd::monotonic_usec()

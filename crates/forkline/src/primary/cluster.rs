@@ -387,15 +387,18 @@ impl Cluster {
             state.slots.all().map(|(id, _)| id).collect()
         };
         tracing::info!(slots = slots.len(), "rolling reload started");
+        self.inner.events.emit(Event::ReloadStarted);
         use std::sync::atomic::Ordering::Relaxed;
         for slot in slots {
             if let Err(reason) = replace::replace(self, slot, Replacement::Reload, None).await {
                 self.inner.reloads_failed.fetch_add(1, Relaxed);
+                self.inner.events.emit(Event::ReloadFinished { ok: false });
                 return Err(Error::ReloadFailed { slot, reason });
             }
         }
         self.inner.reloads_ok.fetch_add(1, Relaxed);
         tracing::info!("rolling reload finished");
+        self.inner.events.emit(Event::ReloadFinished { ok: true });
         Ok(())
     }
 

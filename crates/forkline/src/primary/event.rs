@@ -84,6 +84,14 @@ pub enum Event {
         /// What went wrong with the new worker.
         reason: ReplaceFailure,
     },
+    /// A rolling reload began (`Cluster::reload`, SIGHUP).
+    ReloadStarted,
+    /// A rolling reload ended: every worker replaced (`ok`), or stopped at a failed slot (see
+    /// the `ReplaceFailed` before it).
+    ReloadFinished {
+        /// True when every worker was replaced.
+        ok: bool,
+    },
     /// An upgrade began (`Cluster::upgrade`): a new primary was started.
     UpgradeStarted {
         /// The new primary's pid.
@@ -123,6 +131,8 @@ impl Event {
             Event::Message { .. } => "message",
             Event::Restarting { .. } => "restarting",
             Event::GaveUp { .. } => "gave-up",
+            Event::ReloadStarted => "reload-started",
+            Event::ReloadFinished { .. } => "reload-finished",
             Event::UpgradeStarted { .. } => "upgrade-started",
             Event::Upgraded { .. } => "upgraded",
             Event::UpgradeFailed { .. } => "upgrade-failed",

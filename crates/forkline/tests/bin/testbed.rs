@@ -369,6 +369,8 @@ fn describe(event: &Event) -> Value {
             value["error"] = json!(error);
         }
         Event::UpgradeStarted { pid } | Event::Upgraded { pid } => value["pid"] = json!(pid),
+        Event::ReloadStarted => {}
+        Event::ReloadFinished { ok } => value["ok"] = json!(ok),
         Event::UpgradeFailed { reason } => value["reason"] = json!(reason),
     }
     value
