@@ -278,8 +278,9 @@ impl ClusterBuilder {
     /// Reuseport mode: how the connections queued on a worker's socket when it closes (the
     /// worker died, was stopped, or its slot went away) move to the other workers instead of
     /// being reset (default [`Migration::Auto`](crate::Migration::Auto): a BPF program if one
-    /// can be loaded, else `net.ipv4.tcp_migrate_req`). [`Cluster::reuseport_migration`]
-    /// (crate::Cluster::reuseport_migration) says what was chosen.
+    /// can be loaded, else `net.ipv4.tcp_migrate_req`).
+    /// [`Cluster::reuseport_migration`](crate::Cluster::reuseport_migration) says what was
+    /// chosen.
     pub fn reuseport_migration(mut self, migration: crate::Migration) -> Self {
         self.opts.reuseport_migration = migration;
         self

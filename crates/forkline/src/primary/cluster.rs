@@ -291,8 +291,8 @@ impl Cluster {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// How the connections queued on a closing reuseport socket are kept (see [`Migration`]
-    /// (crate::Migration)): `"bpf"` (a BPF program attached to each reuseport group),
+    /// How the connections queued on a closing reuseport socket are kept (see
+    /// [`Migration`](crate::Migration)): `"bpf"` (a BPF program attached to each reuseport group),
     /// `"sysctl"` (`net.ipv4.tcp_migrate_req` is 1) — with both they move to another worker —
     /// or `"off"` (they are reset). `None` until the cluster has bound a reuseport TCP socket
     /// (not reuseport mode).

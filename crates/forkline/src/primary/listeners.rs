@@ -419,3 +419,41 @@ pub(crate) fn local_address(socket: &OwnedFd, kind: SocketKind) -> io::Result<St
         _ => addr.as_socket().map(|a| a.to_string()).unwrap_or_default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reuseport_listener() -> Arc<BoundListener> {
+        let table = ListenerTable::new(BindOptions {
+            migration: Migration::Off,
+            ..BindOptions::default()
+        });
+        let key = ListenKey {
+            kind: SocketKind::Tcp,
+            address: "127.0.0.1:0".into(),
+            mode: Mode::Reuseport,
+            index: 0,
+        };
+        table.get_or_bind(key).unwrap().0
+    }
+
+    #[test]
+    fn a_released_slot_closes_its_socket_but_the_groups_last_waits_for_the_next_worker() {
+        let listener = reuseport_listener();
+        let first = listener.socket_for(0).unwrap();
+        let second = listener.socket_for(1).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second), "one socket per slot");
+        assert!(Arc::ptr_eq(&listener.socket_for(0).unwrap(), &first));
+        // Slot 0 goes: the primary drops its copy (the test's is the only one left).
+        listener.release_slot(0);
+        assert_eq!(Arc::strong_count(&first), 1);
+        // Slot 1 goes too: its socket is the group's last, kept for the next worker.
+        listener.release_slot(1);
+        assert_eq!(Arc::strong_count(&second), 2);
+        assert!(Arc::ptr_eq(&listener.socket_for(5).unwrap(), &second));
+        // Releasing a slot without a socket changes nothing.
+        listener.release_slot(0);
+        assert!(Arc::ptr_eq(&listener.socket_for(5).unwrap(), &second));
+    }
+}

@@ -34,8 +34,8 @@ use crate::sys::{self, BpfInsn};
 
 /// How forkline makes the queues of closing reuseport sockets migrate to the other workers'
 /// sockets instead of being reset (`ClusterBuilder::reuseport_migration`). Decided once, when
-/// the cluster binds its first reuseport TCP socket; [`Cluster::reuseport_migration`]
-/// (crate::Cluster::reuseport_migration) says what was chosen.
+/// the cluster binds its first reuseport TCP socket;
+/// [`Cluster::reuseport_migration`](crate::Cluster::reuseport_migration) says what was chosen.
 ///
 /// What each outcome guarantees: with `bpf` or `sysctl`, the connections queued on a closing
 /// worker's socket (established, not yet accepted) and its half-open ones (SYN_RECV) move to
