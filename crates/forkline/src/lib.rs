@@ -44,6 +44,7 @@ mod sys;
 pub mod worker;
 
 pub use error::{Error, Result};
+pub use primary::Migration;
 pub use primary::{
     accept_coalesce_from_env, check_accept_coalesce, Backoff, Balance, Cluster, ClusterBuilder,
     ClusterOptions, Event, EventStream, ListenSpec, LogFormat, OutputLine, OutputStream, Readiness,

@@ -279,6 +279,188 @@ pub fn async_fd(
 }
 
 // ---------------------------------------------------------------------------------------------
+// eBPF: loading a program with bpf(BPF_PROG_LOAD) and attaching one to a reuseport group
+// (`primary::migration`). No BPF library: the programs are a few instructions assembled in Rust.
+
+/// `bpf(2)` command that loads a program (`BPF_PROG_LOAD` in `linux/bpf.h`).
+const BPF_PROG_LOAD: libc::c_int = 5;
+
+/// `SO_ATTACH_REUSEPORT_EBPF` (`asm-generic/socket.h`; 52 on every architecture Linux gives it
+/// a generic number).
+const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
+
+/// `BPF_OBJ_NAME_LEN`: a program name, its NUL included.
+const BPF_OBJ_NAME_LEN: usize = 16;
+
+/// Size of the verifier log asked for when a load is refused, to explain why.
+const BPF_LOG_SIZE: usize = 64 * 1024;
+
+/// One eBPF instruction, laid out as the kernel's `struct bpf_insn`: an opcode, the destination
+/// and source registers (4 bits each), a signed offset and a signed immediate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct BpfInsn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+impl BpfInsn {
+    /// An instruction from its fields (`dst` and `src` are registers 0 to 10).
+    pub const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Self {
+        // `dst_reg:4, src_reg:4` bitfields: the first field takes the low bits on a
+        // little-endian machine, the high bits on a big-endian one.
+        #[cfg(target_endian = "little")]
+        let regs = (dst & 0x0f) | (src << 4);
+        #[cfg(target_endian = "big")]
+        let regs = (dst << 4) | (src & 0x0f);
+        Self {
+            code,
+            regs,
+            off,
+            imm,
+        }
+    }
+
+    /// `dst = imm` (64-bit move: `BPF_ALU64 | BPF_MOV | BPF_K`).
+    pub const fn mov64_imm(dst: u8, imm: i32) -> Self {
+        Self::new(0x07 | 0xb0, dst, 0, 0, imm)
+    }
+
+    /// `exit`: return `r0` (`BPF_JMP | BPF_EXIT`).
+    pub const fn exit() -> Self {
+        Self::new(0x05 | 0x90, 0, 0, 0, 0)
+    }
+}
+
+/// The `BPF_PROG_LOAD` part of the kernel's `union bpf_attr`, up to `expected_attach_type`. The
+/// kernel takes a shorter attribute than its own and reads the fields it lacks as zero.
+#[repr(C)]
+struct BpfProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; BPF_OBJ_NAME_LEN],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// Loads an eBPF program (`bpf(BPF_PROG_LOAD)`) of `prog_type` with `expected_attach_type`, named
+/// `name` (up to 15 of its bytes, as `bpftool prog` shows it) under `license`. The program fd is
+/// always CLOEXEC (the kernel opens it so). When the kernel refuses the program (EINVAL,
+/// EACCES: the verifier), the load is tried once more with a verifier log, and the error
+/// carries its last lines.
+pub fn bpf_prog_load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    insns: &[BpfInsn],
+    license: &std::ffi::CStr,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let insn_cnt = u32::try_from(insns.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many BPF instructions"))?;
+    let mut prog_name = [0u8; BPF_OBJ_NAME_LEN];
+    for (to, from) in prog_name
+        .iter_mut()
+        .zip(name.bytes().take(BPF_OBJ_NAME_LEN - 1))
+    {
+        *to = from;
+    }
+    let mut attr = BpfProgLoadAttr {
+        prog_type,
+        insn_cnt,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name,
+        prog_ifindex: 0,
+        expected_attach_type,
+    };
+    let error = match prog_load(&attr) {
+        Ok(fd) => return Ok(fd),
+        Err(e) => e,
+    };
+    if !matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EACCES)) {
+        return Err(error);
+    }
+    let mut log = vec![0u8; BPF_LOG_SIZE];
+    attr.log_level = 1;
+    attr.log_size = log.len() as u32;
+    attr.log_buf = log.as_mut_ptr() as u64;
+    let again = prog_load(&attr);
+    let text = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)])
+        .trim()
+        .to_string();
+    match again {
+        Ok(fd) => Ok(fd),
+        Err(e) if text.is_empty() => Err(e),
+        Err(e) => {
+            let tail: Vec<&str> = text.lines().rev().take(4).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err(io::Error::new(
+                e.kind(),
+                format!("{e}; verifier: {}", tail.join(" / ")),
+            ))
+        }
+    }
+}
+
+/// One `bpf(BPF_PROG_LOAD)` call.
+fn prog_load(attr: &BpfProgLoadAttr) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a valid, fully initialised BPF_PROG_LOAD attribute of the size passed;
+    // the instructions, license and log buffer it points to outlive the call (the caller's
+    // borrows), and the kernel writes only into the log buffer, within `log_size`.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr as *const BpfProgLoadAttr,
+            std::mem::size_of::<BpfProgLoadAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a non-negative return of BPF_PROG_LOAD is a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Attaches the eBPF program `prog` to the reuseport group of `socket`
+/// (`SO_ATTACH_REUSEPORT_EBPF`): on a listening socket, it replaces its group's program; on
+/// one not yet listening, it is kept for the group that socket forms (and such a socket can
+/// no longer join an existing group: `listen` fails with EADDRINUSE). The group keeps a
+/// reference to the program, so `prog` may be closed afterwards.
+pub fn attach_reuseport_prog(socket: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let value: libc::c_int = prog.as_raw_fd();
+    // SAFETY: `socket` is an open fd borrowed for the call, and the option value is a valid
+    // `c_int` whose exact size is passed; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_EBPF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // The keeper process (`primary::keeper`): a plain fork of the primary, with no exec, that kills
 // the worker process groups it was told about once the primary's end of its socket closes.
 

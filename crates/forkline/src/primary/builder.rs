@@ -275,6 +275,17 @@ impl ClusterBuilder {
         self
     }
 
+    /// Reuseport mode: how the connections queued on a worker's socket when it closes (the
+    /// worker died, was stopped, or its slot went away) move to the other workers instead of
+    /// being reset (default [`Migration::Auto`](crate::Migration::Auto): a BPF program if one
+    /// can be loaded, else `net.ipv4.tcp_migrate_req`).
+    /// [`Cluster::reuseport_migration`](crate::Cluster::reuseport_migration) says what was
+    /// chosen.
+    pub fn reuseport_migration(mut self, migration: crate::Migration) -> Self {
+        self.opts.reuseport_migration = migration;
+        self
+    }
+
     /// Proxy mode: how long a client may wait for some worker to be up before it is closed
     /// (default 5 s).
     pub fn proxy_queue_timeout(mut self, timeout: Duration) -> Self {

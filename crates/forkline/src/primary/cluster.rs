@@ -151,6 +151,7 @@ impl Cluster {
             nodelay: opts.tcp_nodelay,
             unix_mode: opts.unix_mode,
             unix_owner: opts.unix_owner,
+            migration: opts.reuseport_migration,
         });
         let mut prebound = Vec::new();
         for (index, spec) in opts.listeners.iter().enumerate() {
@@ -345,6 +346,15 @@ impl Cluster {
         self.inner
             .notify_rejected
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How the connections queued on a closing reuseport socket are kept (see
+    /// [`Migration`](crate::Migration)): `"bpf"` (a BPF program attached to each reuseport group),
+    /// `"sysctl"` (`net.ipv4.tcp_migrate_req` is 1) — with both they move to another worker —
+    /// or `"off"` (they are reset). `None` until the cluster has bound a reuseport TCP socket
+    /// (not reuseport mode).
+    pub fn reuseport_migration(&self) -> Option<&'static str> {
+        self.inner.listeners.migration()
     }
 
     /// The addresses the cluster listens on.

@@ -1,6 +1,12 @@
 //! The sockets the primary binds for its workers: each address once (keyed like Node: kind,
 //! address, mode, so `listen(0)` gives every worker the same port), plus one SO_REUSEPORT socket
 //! per worker slot in `reuseport` mode. Bind errors name the address.
+//!
+//! A reuseport group keeps at least one socket while its listener lives: when a slot's socket
+//! is released and it is the group's last, it waits (still listening) for the next worker that
+//! accepts on the address, so the port stays bound and its queue waits instead of being reset.
+//! Every reuseport TCP socket is set up by the cluster's `Migrator` as it starts listening, so
+//! that a closing socket's queue can move to the others (`migration.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -11,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::migration::{Migration, Migrator};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, SocketKind};
 
@@ -27,6 +34,8 @@ pub(crate) struct BindOptions {
     pub unix_mode: Option<u32>,
     /// Owner (uid, gid) for Unix socket files.
     pub unix_owner: Option<(u32, u32)>,
+    /// How the queues of closing reuseport sockets are kept.
+    pub migration: Migration,
 }
 
 /// What identifies one shared listener.
@@ -50,16 +59,20 @@ pub(crate) struct BoundListener {
     /// The address as bound: the real port when 0 was asked for.
     pub local: String,
     /// The primary's socket: accepts in round-robin, is handed out in shared mode. `None` in
-    /// reuseport mode, where the primary keeps no socket of the group for itself (a socket
-    /// nobody accepts on would strand the connections the kernel hashes to it).
+    /// reuseport mode, where the primary keeps no socket of the group for itself while a
+    /// worker has one (a socket nobody accepts on would strand the connections the kernel
+    /// hashes to it).
     pub socket: Option<Arc<OwnedFd>>,
-    /// reuseport: the socket bound first (it fixed the port), waiting for its first worker.
-    spare: Mutex<Option<OwnedFd>>,
+    /// reuseport: a socket waiting for the next worker while no slot has one: the one bound
+    /// first (it fixed the port), or the group's last when its slot was released.
+    spare: Mutex<Option<Arc<OwnedFd>>>,
     /// reuseport: the socket of each worker slot, kept across immediate restarts so a
     /// replacement inherits the queue.
     per_slot: Mutex<HashMap<usize, Arc<OwnedFd>>>,
     /// How its sockets are set up (for the reuseport sockets bound later).
     options: BindOptions,
+    /// Sets up its reuseport sockets so that their queues migrate.
+    migrator: Arc<Migrator>,
     /// Who holds it, which decides when it is released.
     lifetime: Mutex<Lifetime>,
     /// Set when it is released: its accept loop stops.
@@ -92,13 +105,15 @@ impl BoundListener {
             return Ok(sock.clone());
         }
         let sock = match self.spare.lock().unwrap().take() {
-            Some(first) => Arc::new(first),
-            None => Arc::new(bind(self.kind, &self.local, true, self.options).map_err(
-                |source| Error::Listen {
-                    address: self.local.clone(),
-                    source,
-                },
-            )?),
+            Some(waiting) => waiting,
+            None => Arc::new(
+                bind(self.kind, &self.local, Some(&self.migrator), self.options).map_err(
+                    |source| Error::Listen {
+                        address: self.local.clone(),
+                        source,
+                    },
+                )?,
+            ),
         };
         slots.insert(slot, sock.clone());
         Ok(sock)
@@ -119,10 +134,22 @@ impl BoundListener {
     }
 
     /// Forgets `slot`'s reuseport socket (its worker is gone and no immediate replacement
-    /// follows). With `net.ipv4.tcp_migrate_req=1` the kernel moves its queued connections to
-    /// the other sockets of the group.
+    /// follows): the primary closes its copy at once, so that once the worker's copy is closed
+    /// too, the kernel moves its queued and half-open connections to the other sockets of the
+    /// group if migration is on (see `migration.rs`), instead of holding them on a socket
+    /// nobody accepts on. The group's last socket is kept as the spare instead: there is no
+    /// other socket to move its queue to, and the next worker takes it.
     pub fn release_slot(&self, slot: usize) {
-        self.per_slot.lock().unwrap().remove(&slot);
+        let mut slots = self.per_slot.lock().unwrap();
+        let Some(sock) = slots.remove(&slot) else {
+            return;
+        };
+        if slots.is_empty() {
+            let mut spare = self.spare.lock().unwrap();
+            if spare.is_none() {
+                *spare = Some(sock);
+            }
+        }
     }
 
     /// Records that worker `seq` listens on it.
@@ -167,10 +194,12 @@ impl BoundListener {
 }
 
 /// All listeners of a cluster.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ListenerTable {
     /// How the sockets are set up.
     options: BindOptions,
+    /// The cluster's one migration state (what `Cluster::reuseport_migration` reports).
+    migrator: Arc<Migrator>,
     by_key: Mutex<HashMap<ListenKey, Arc<BoundListener>>>,
     next_id: std::sync::atomic::AtomicU64,
 }
@@ -180,8 +209,16 @@ impl ListenerTable {
     pub fn new(options: BindOptions) -> Self {
         Self {
             options,
-            ..Self::default()
+            migrator: Arc::new(Migrator::new(options.migration)),
+            by_key: Mutex::default(),
+            next_id: Default::default(),
         }
+    }
+
+    /// How the queues of closing reuseport sockets are kept: `"bpf"`, `"sysctl"`, `"off"`, or
+    /// `None` before the first reuseport TCP socket.
+    pub fn migration(&self) -> Option<&'static str> {
+        self.migrator.status()
     }
 
     /// The listener for `key`, binding it on first use. The bool is true when it was just bound.
@@ -190,15 +227,12 @@ impl ListenerTable {
         if let Some(found) = table.get(&key) {
             return Ok((found.clone(), false));
         }
-        let socket = bind(
-            key.kind,
-            &key.address,
-            key.mode == Mode::Reuseport,
-            self.options,
-        )
-        .map_err(|source| Error::Listen {
-            address: key.address.clone(),
-            source,
+        let reuseport = (key.mode == Mode::Reuseport).then_some(&*self.migrator);
+        let socket = bind(key.kind, &key.address, reuseport, self.options).map_err(|source| {
+            Error::Listen {
+                address: key.address.clone(),
+                source,
+            }
         })?;
         let listener = self.insert(&mut table, key, socket)?;
         Ok((listener, true))
@@ -222,7 +256,7 @@ impl ListenerTable {
         })?;
         let reuseport = key.mode == Mode::Reuseport;
         let (socket, spare) = if reuseport {
-            (None, Some(socket))
+            (None, Some(Arc::new(socket)))
         } else {
             (Some(Arc::new(socket)), None)
         };
@@ -237,6 +271,7 @@ impl ListenerTable {
             spare: Mutex::new(spare),
             per_slot: Mutex::new(HashMap::new()),
             options: self.options,
+            migrator: self.migrator.clone(),
             lifetime: Mutex::new(Lifetime::default()),
             closed: tokio::sync::watch::channel(false).0,
         });
@@ -306,11 +341,13 @@ pub(crate) fn resolve(address: &str) -> io::Result<SocketAddr> {
 }
 
 /// Binds a socket of `kind` at `address` (CLOEXEC, blocking), listening for stream kinds, set
-/// up by `options`.
+/// up by `options`. `reuseport`: SO_REUSEPORT, and a TCP socket is prepared by the migrator
+/// once it listens (before, it could not join the group: a socket with a program of its own
+/// at `listen` conflicts with the group's sockets, EADDRINUSE).
 pub(crate) fn bind(
     kind: SocketKind,
     address: &str,
-    reuseport: bool,
+    reuseport: Option<&Migrator>,
     options: BindOptions,
 ) -> io::Result<OwnedFd> {
     let socket = match kind {
@@ -318,20 +355,24 @@ pub(crate) fn bind(
             let addr = resolve(address)?;
             let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
             socket.set_reuse_address(true)?;
-            if reuseport {
+            if reuseport.is_some() {
                 socket.set_reuse_port(true)?;
             }
             // Inherited by every accepted connection (Linux).
             socket.set_tcp_nodelay(options.nodelay)?;
             socket.bind(&addr.into())?;
             socket.listen(BACKLOG)?;
+            if let Some(migrator) = reuseport {
+                use std::os::fd::AsFd;
+                migrator.prepare(socket.as_fd())?;
+            }
             socket
         }
         SocketKind::Udp => {
             let addr = resolve(address)?;
             let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
             socket.set_reuse_address(true)?;
-            if reuseport {
+            if reuseport.is_some() {
                 socket.set_reuse_port(true)?;
             }
             socket.bind(&addr.into())?;
@@ -391,4 +432,42 @@ pub(crate) fn local_address(socket: &OwnedFd, kind: SocketKind) -> io::Result<St
             .unwrap_or_default(),
         _ => addr.as_socket().map(|a| a.to_string()).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reuseport_listener() -> Arc<BoundListener> {
+        let table = ListenerTable::new(BindOptions {
+            migration: Migration::Off,
+            ..BindOptions::default()
+        });
+        let key = ListenKey {
+            kind: SocketKind::Tcp,
+            address: "127.0.0.1:0".into(),
+            mode: Mode::Reuseport,
+            index: 0,
+        };
+        table.get_or_bind(key).unwrap().0
+    }
+
+    #[test]
+    fn a_released_slot_closes_its_socket_but_the_groups_last_waits_for_the_next_worker() {
+        let listener = reuseport_listener();
+        let first = listener.socket_for(0).unwrap();
+        let second = listener.socket_for(1).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second), "one socket per slot");
+        assert!(Arc::ptr_eq(&listener.socket_for(0).unwrap(), &first));
+        // Slot 0 goes: the primary drops its copy (the test's is the only one left).
+        listener.release_slot(0);
+        assert_eq!(Arc::strong_count(&first), 1);
+        // Slot 1 goes too: its socket is the group's last, kept for the next worker.
+        listener.release_slot(1);
+        assert_eq!(Arc::strong_count(&second), 2);
+        assert!(Arc::ptr_eq(&listener.socket_for(5).unwrap(), &second));
+        // Releasing a slot without a socket changes nothing.
+        listener.release_slot(0);
+        assert!(Arc::ptr_eq(&listener.socket_for(5).unwrap(), &second));
+    }
 }

@@ -14,6 +14,7 @@ mod keeper;
 mod listeners;
 #[cfg(feature = "axum")]
 mod metrics;
+mod migration;
 mod notify;
 mod options;
 mod output;
@@ -38,6 +39,7 @@ pub use builder::{resolve_program, ClusterBuilder};
 pub use cluster::{Cluster, Shutdown, SlotStatus};
 pub use event::{Event, EventStream, ReplaceFailure, Replacement};
 pub use handle::{WorkerHandle, WorkerState};
+pub use migration::{Migration, ENV_TEST_NO_BPF};
 pub use options::{
     accept_coalesce_from_env, check_accept_coalesce, Backoff, Balance, ClusterOptions, ListenSpec,
     LogFormat, Readiness, RestartPolicy, WorkerStdio, DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME,

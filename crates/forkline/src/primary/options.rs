@@ -273,6 +273,9 @@ pub struct ClusterOptions {
     /// Make the primary a child subreaper (PR_SET_CHILD_SUBREAPER): what workers leave behind
     /// is reparented to it, and reaped. As PID 1 it reaps orphans either way.
     pub subreaper: bool,
+    /// Reuseport mode: how the queues of a closing worker's socket move to the other workers
+    /// instead of being reset (default [`Migration::Auto`](crate::Migration::Auto)).
+    pub reuseport_migration: crate::Migration,
 }
 
 /// The most handoffs a worker may hold unacknowledged before it acks. A full IPC buffer pauses
@@ -345,6 +348,7 @@ impl Default for ClusterOptions {
             upgrade_env: Vec::new(),
             metrics: None,
             readyz_requires_all: false,
+            reuseport_migration: crate::Migration::Auto,
         }
     }
 }

@@ -245,7 +245,10 @@ async fn start_successor(
     upgrades.handover.send_replace(true);
     finish_accepted(cluster).await;
     if channel.write_all(b"go\n").await.is_err() {
-        tracing::warn!(pid, "upgrade: the new primary went away during the handover");
+        tracing::warn!(
+            pid,
+            "upgrade: the new primary went away during the handover"
+        );
     }
     cluster.shutdown();
     // Not waited for: it outlives this process, and its new parent reaps it.
@@ -261,7 +264,8 @@ async fn finish_accepted(cluster: &Cluster) {
     inner.stop_accepting.send_replace(true);
     let deadline = tokio::time::Instant::now() + inner.opts.graceful_timeout;
     let busy = || {
-        inner.dispatcher.has_pending() || inner.proxy.traffic().in_flight.iter().any(|(_, n)| *n > 0)
+        inner.dispatcher.has_pending()
+            || inner.proxy.traffic().in_flight.iter().any(|(_, n)| *n > 0)
     };
     // Twice idle in a row: a relay between its accept and its count is not missed.
     let mut idle = 0;

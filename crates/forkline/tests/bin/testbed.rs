@@ -12,7 +12,9 @@
 //! (`/readyz` wants every slot's worker ready), `TB_SUBREAPER`, `TB_NOFILE` (the open-file limit of the primary and its
 //! workers), `TB_CWD` (the workers' directory), `TB_SETTLE_MS`, `TB_READY_TIMEOUT_MS`, `TB_SEND_ON_FORK` (a JSON message
 //! sent to every worker from its `fork` event, before its handshake) and `TB_SHUTDOWN_AT_START`
-//! (shut down right after start, before any worker is online). Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
+//! (shut down right after start, before any worker is online), `TB_MIGRATION`
+//! (auto|bpf|sysctl|off: reuseport queue migration; `status` replies say what was chosen).
+//! Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
 //! `TB_LISTEN`, `TB_KIND` (tcp|unix|udp), `TB_DELAY_MS` (or `TB_DELAY_MS_<id>`), `TB_HOLD`
 //! (or `TB_HOLD_<id>`: answer only after the client sends a byte), `TB_EXTRA_LISTEN(_<id>)`
 //! (more addresses, comma-separated, listened on and held until exit), and a "bad build":
@@ -160,6 +162,10 @@ async fn primary() {
     if let Some(settle) = env_ms("TB_SETTLE_MS") {
         builder = builder.settle_time(settle);
     }
+    if let Some(migration) = env("TB_MIGRATION") {
+        builder = builder
+            .reuseport_migration(forkline::Migration::parse(&migration).expect("TB_MIGRATION"));
+    }
     let cluster = match builder.start().await {
         Ok(cluster) => cluster,
         Err(e) => {
@@ -291,6 +297,7 @@ async fn command(cluster: &Cluster, start: Instant, line: &str) {
         "status" => Ok(json!({
             "slots": serde_json::to_value(cluster.status()).unwrap(),
             "notify_rejected": cluster.notify_messages_rejected(),
+            "migration": cluster.reuseport_migration(),
         })),
         other => Err(format!("unknown command {other:?}")),
     };
