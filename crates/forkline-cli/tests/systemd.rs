@@ -173,7 +173,8 @@ exec sleep 3600
 
 /// SIGHUP to a cluster whose program now fails: slot 0's replacement exits with code 1, so the
 /// reload fails. forkline logs it as a failed reload, tells systemd in `STATUS=`, and the old
-/// workers keep running. Once the program is fixed, the next SIGHUP reloads every slot and
+/// workers keep running; the reload is framed by `RELOADING=1` and `READY=1`. Once the program
+/// is fixed, the next SIGHUP reloads every slot and
 /// the usual `STATUS=N of M workers ready` line comes back.
 #[test]
 fn failed_reload_is_logged_and_told_to_systemd() {
@@ -213,6 +214,7 @@ fn failed_reload_is_logged_and_told_to_systemd() {
     );
 
     std::fs::write(&marker, "").unwrap();
+    let before_hup = systemd.count();
     cluster.signal(nix::sys::signal::Signal::SIGHUP);
     let failure = "the new worker exited with code 1; the old worker keeps serving";
     let logged = cluster.stderr.wait_for(Duration::from_secs(30), |l| {
@@ -229,6 +231,26 @@ fn failed_reload_is_logged_and_told_to_systemd() {
         "no `{status}`: {:?}",
         systemd.messages()
     );
+    // systemd's reload protocol: RELOADING=1 (with MONOTONIC_USEC=) when the reload starts,
+    // READY=1 when it ends, failed or not (the service is up either way).
+    assert!(
+        systemd
+            .wait_for_since(before_hup, "READY=1", Duration::from_secs(10))
+            .is_some(),
+        "no READY=1 after the reload: {:?}",
+        systemd.messages()
+    );
+    let framed: Vec<String> = systemd.messages()[before_hup..].to_vec();
+    let reloading = framed
+        .iter()
+        .position(|m| m.lines().any(|l| l == "RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1: {framed:?}"));
+    assert!(framed[reloading].contains("MONOTONIC_USEC="), "{framed:?}");
+    let ready = framed
+        .iter()
+        .rposition(|m| m.lines().any(|l| l == "READY=1"))
+        .unwrap();
+    assert!(reloading < ready, "{framed:?}");
     for pid in &old {
         assert!(
             alive(*pid),
@@ -371,4 +393,133 @@ fn socket_activation_with_systemd_socket_activate() {
         "{:?}",
         systemd.messages()
     );
+}
+
+/// A server on the socket at fd 3 that answers `pid=PID`.
+const FD3_SERVER: &str = r#"
+import os, signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+s = socket.socket(fileno=3)
+while True:
+    c, _ = s.accept()
+    c.sendall(f"pid={os.getpid()}\n".encode())
+    c.close()
+"#;
+
+/// Starts `argv` with `fd` at fd 3 and `LISTEN_FDS=1`, `LISTEN_FDNAMES=name` and its own
+/// `LISTEN_PID`, as systemd does when it hands back what its fd store kept.
+const FROM_THE_STORE: &str = r#"
+import os, sys
+fd, name, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+os.dup2(fd, 3)
+os.environ.update(LISTEN_FDS="1", LISTEN_FDNAMES=name, LISTEN_PID=str(os.getpid()))
+os.execv(argv[0], argv)
+"#;
+
+/// With an fd store (`FDSTORE` set, as `FileDescriptorStoreMax=` does), forkline puts the
+/// socket it bound there (`FDSTORE=1`, `FDNAME=`). A restart that gets it back serves the same
+/// port, and a client that connected while no forkline ran is answered: the port never closed.
+#[test]
+fn the_fd_store_keeps_the_socket_across_a_restart() {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    require("python3");
+    let dir = TempDir::new("fdstore");
+    let server = dir.write("server.py", FD3_SERVER);
+    let shim = dir.write("from_store.py", FROM_THE_STORE);
+    let systemd = NotifyListener::new(&dir);
+    let port = free_port();
+    let run_args = |command: &mut std::process::Command| {
+        command.args(["run", "-w", "2", "--name", "stored"]);
+        command.arg("-l").arg(format!("web=127.0.0.1:{port}"));
+        command.arg("--").arg("python3").arg(&server);
+    };
+    let mut command = forkline();
+    command
+        .env("NOTIFY_SOCKET", &systemd.path)
+        .env("FDSTORE", "16");
+    run_args(&mut command);
+    let mut first = Running::spawn(command);
+
+    // The store message: its name and the listening socket itself.
+    let stored = until(Duration::from_secs(30), || {
+        let mut buf = [0u8; 4096];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let message = recvmsg::<UnixAddr>(
+            systemd.socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .ok()?;
+        let fds: Vec<i32> = message
+            .cmsgs()
+            .ok()?
+            .filter_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => Some(fds),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let bytes = message.bytes;
+        let text = String::from_utf8_lossy(&buf[..bytes]).into_owned();
+        // Kept open (never closed) for the rest of the test: this is the store.
+        text.starts_with("FDSTORE=1").then_some((text, fds))
+    })
+    .unwrap_or_else(|| panic!("no FDSTORE=1\n{}", first.output()));
+    let (text, fds) = stored;
+    assert_eq!(text, "FDSTORE=1\nFDNAME=web");
+    assert_eq!(fds.len(), 1);
+    // The stored fd is the socket listening on the port (its inode, in /proc/net/tcp).
+    let inode = std::fs::read_link(format!("/proc/self/fd/{}", fds[0])).unwrap();
+    let inode = inode.to_string_lossy();
+    let inode = inode.trim_start_matches("socket:[").trim_end_matches(']');
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let listening = tcp.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields
+            .get(1)
+            .is_some_and(|local| local.ends_with(&format!(":{port:04X}")))
+            && fields.get(3) == Some(&"0A")
+            && fields.get(9) == Some(&inode)
+    });
+    assert!(
+        listening,
+        "fd {} ({inode}) is not the listener on {port}",
+        fds[0]
+    );
+    assert!(read_line_from(port).unwrap().starts_with("pid="));
+
+    // "systemctl restart": forkline stops; the store keeps the socket, so a client connecting
+    // now is queued, not refused; the new forkline gets the socket back and answers it.
+    first.stop_cleanly();
+    let mut waiting =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("queued, not refused");
+    let mut command = std::process::Command::new("python3");
+    command.arg(&shim).arg(fds[0].to_string()).arg("web");
+    command.arg(env!("CARGO_BIN_EXE_forkline"));
+    run_args(&mut command);
+    command.env("XDG_RUNTIME_DIR", dir.path());
+    let mut second = Running::spawn(command);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    waiting.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("pid="),
+        "{answer:?}\n{}",
+        second.output()
+    );
+    assert!(
+        second
+            .stderr
+            .text()
+            .contains("socket activation: serving on the sockets"),
+        "{}",
+        second.output()
+    );
+    second.stop_cleanly();
 }

@@ -530,3 +530,48 @@ fn systemd_hears_the_new_main_pid() {
     });
     assert!(from_new.is_some(), "{received:?}");
 }
+
+/// A Unix socket survives the upgrade: the old primary leaves its file to the new one, which
+/// serves it; clients connecting by path are answered by the new workers.
+#[test]
+fn a_unix_socket_is_handed_over_with_its_file() {
+    use std::os::unix::net::UnixStream;
+    let _one_at_a_time = LOAD.lock().unwrap_or_else(|p| p.into_inner());
+    require("python3");
+    let dir = TempDir::new("upgrade-unix");
+    let server = dir.write("server.py", SERVER);
+    let path = dir.path().join("app.sock");
+    let mut command = world(&dir);
+    command.args(["run", "--name", "unixy", "-w", "2", "--ready", "notify"]);
+    command.arg("-l").arg(format!("unix:{}", path.display()));
+    command.arg("--").arg("python3").arg(&server);
+    let first = Running::spawn(command);
+    let mut cluster = Cluster {
+        dir,
+        name: "unixy".into(),
+        port: 0,
+        primary: first.pid(),
+        first,
+    };
+    cluster.wait_ready(cluster.primary);
+    let ask = |path: &Path| -> Option<String> {
+        let mut stream = UnixStream::connect(path).ok()?;
+        stream.set_read_timeout(Some(HUNG)).ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    };
+    let new = cluster
+        .upgrade()
+        .unwrap_or_else(|out| panic!("{}", out.stderr));
+    cluster.wait_ready(new);
+    cluster
+        .first
+        .wait_exit(STARTUP)
+        .expect("the old primary exits");
+    let workers = cluster.generation();
+    assert!(path.exists(), "the old primary removed the socket file");
+    let answer = ask(&path).unwrap_or_else(|| panic!("no answer on {}", path.display()));
+    let pid: u32 = answer.trim().trim_start_matches("pid=").parse().unwrap();
+    assert!(workers.contains(&pid), "{answer} not from {workers:?}");
+}

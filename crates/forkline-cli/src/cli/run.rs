@@ -290,6 +290,20 @@ fn start_error(e: forkline::Error, specs: &[ListenSpec], settings: &Settings) ->
     error::from_library(e)
 }
 
+/// Puts the sockets forkline bound itself in systemd's fd store, when the service has one, so
+/// a restart gets them back. Sockets it was given (socket activation, the fd store itself, an
+/// old primary's) are not stored again.
+fn store_sockets(cluster: &Cluster, notifier: Option<&Notifier>) {
+    let Some(notifier) = notifier.filter(|n| n.fd_store) else {
+        return;
+    };
+    for (name, socket) in cluster.listening_sockets() {
+        if let Err(e) = notifier.store_fd(&name, std::os::fd::AsFd::as_fd(&*socket)) {
+            tracing::warn!(%name, error = %e, "could not put the socket in systemd's fd store");
+        }
+    }
+}
+
 /// Starts the cluster and follows it until it stops.
 async fn supervise(
     opts: ClusterOptions,
@@ -297,6 +311,7 @@ async fn supervise(
     notifier: Option<Notifier>,
 ) -> Result<i32, CliError> {
     let specs = opts.listeners.clone();
+    let activated = !opts.inherited.is_empty();
     let watchdog_every = notifier.as_ref().and_then(|n| n.watchdog_every);
     let cluster = ClusterBuilder::from_options(opts)
         .start()
@@ -319,6 +334,9 @@ async fn supervise(
         settings.name()
     );
     hints::watch(cluster.clone(), settings.mode);
+    if !activated {
+        store_sockets(&cluster, notifier.as_ref());
+    }
     let addresses = cluster.listen_addresses();
     if !addresses.is_empty() {
         tracing::info!(

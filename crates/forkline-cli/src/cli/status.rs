@@ -51,9 +51,14 @@ fn render(name: &str, status: &Value) -> String {
         .map(|a| a.iter().map(text).collect())
         .unwrap_or_default();
     let mut out = format!(
-        "{name}: primary pid {}, {} mode, {}/{} workers ready, up {}{}\n",
+        "{name}: primary pid {}, {} mode{}, {}/{} workers ready, up {}{}\n",
         text(&status["pid"]),
         text(&status["mode"]),
+        match status["reuseport_migration"].as_str() {
+            Some("off") => " (queues of closing workers are reset)".to_string(),
+            Some(how) => format!(" (queues migrate: {how})"),
+            None => String::new(),
+        },
         text(&status["ready"]),
         text(&status["target"]),
         control::format_uptime(status["uptime_secs"].as_f64().unwrap_or(0.0)),

@@ -171,8 +171,8 @@ impl Cluster {
         // Bound before anything starts: a clash is a start error naming the path.
         let handed_control = successor.as_mut().and_then(|s| s.control.take());
         let control = match (&opts.control, handed_control) {
-            (Some(path), Some(fd)) => Some((super::control::adopt(path, fd)?, path.clone())),
-            (Some(path), None) => Some((super::control::bind(path)?, path.clone())),
+            (Some(path), Some(fd)) => Some(super::control::adopt(path, fd)?),
+            (Some(path), None) => Some(super::control::bind(path)?),
             (None, _) => None,
         };
         let metrics = match &opts.metrics {
@@ -205,8 +205,8 @@ impl Cluster {
         // workers are ready and the old primary has stopped accepting.
         let serving = cluster.clone();
         let serve = move || {
-            if let Some((listener, path)) = control {
-                super::control::serve(serving.clone(), listener, path);
+            if let Some(listener) = control {
+                super::control::serve(serving.clone(), listener);
             }
             if let Some((address, listener)) = metrics {
                 serve_metrics(&serving, &address, listener);

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -127,10 +127,9 @@ pub(crate) fn adopt(path: &Path, fd: std::os::fd::OwnedFd) -> Result<UnixListene
         })
 }
 
-/// Serves the control socket until the cluster has stopped, then removes its file — unless a
-/// new primary took it over (`Cluster::upgrade`): then this one stops accepting at the
-/// handover and leaves the file to it.
-pub(crate) fn serve(cluster: Cluster, listener: UnixListener, path: PathBuf) {
+/// Serves the control socket until the cluster has stopped (its file is removed by the
+/// shutdown), or until a new primary takes it over (`Cluster::upgrade`).
+pub(crate) fn serve(cluster: Cluster, listener: UnixListener) {
     if let Ok(copy) = crate::sys::dup_cloexec(std::os::fd::AsFd::as_fd(&listener)) {
         cluster.inner.upgrades.keep_control(copy);
     }
@@ -156,9 +155,6 @@ pub(crate) fn serve(cluster: Cluster, listener: UnixListener, path: PathBuf) {
                 },
                 _ = &mut stopped => break,
             }
-        }
-        if !cluster.inner.upgrades.handed_over() {
-            let _ = std::fs::remove_file(&path);
         }
     });
 }

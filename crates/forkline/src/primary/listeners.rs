@@ -320,11 +320,13 @@ impl ListenerTable {
     }
 
     /// Drops every socket we own and removes Unix socket files we created.
-    pub fn close_all(&self) {
+    ///
+    /// With `keep_files`, Unix socket files stay: a new primary serves them (an upgrade).
+    pub fn close_all(&self, keep_files: bool) {
         let mut table = self.by_key.lock().unwrap();
         for (key, listener) in table.drain() {
             listener.closed.send_replace(true);
-            if key.kind == SocketKind::Unix {
+            if key.kind == SocketKind::Unix && !keep_files {
                 let _ = std::fs::remove_file(&listener.local);
             }
         }

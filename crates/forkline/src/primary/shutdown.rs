@@ -1,6 +1,7 @@
 //! Stopping the whole cluster: stop accepting, ask every worker to finish (a worker still
 //! starting gets its `disconnect` right after its handshake), SIGKILL every process group left
-//! after the graceful timeout, then release the listeners and end the event streams.
+//! after the graceful timeout, then release the listeners, remove the control socket's file and
+//! end the event streams.
 
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,13 @@ async fn finish(cluster: Cluster, grace: Duration) {
         wait_all_exited(&cluster, Instant::now() + AFTER_KILL).await;
     }
     cluster.inner.dispatcher.drop_pending();
-    cluster.inner.listeners.close_all();
+    // Files another primary serves (the new one after an upgrade, the old one while a new one
+    // has not taken over) stay; otherwise they go before anyone hears the cluster stopped.
+    let owns_files = cluster.inner.upgrades.owns_files();
+    cluster.inner.listeners.close_all(!owns_files);
+    if let Some(path) = cluster.inner.opts.control.as_ref().filter(|_| owns_files) {
+        let _ = std::fs::remove_file(path);
+    }
     killed.sort();
     let result = Shutdown {
         clean: killed.is_empty() && !grace.is_zero(),

@@ -39,6 +39,9 @@ pub struct Stats {
     pub workers: Vec<WorkerStats>,
     /// Notify messages dropped because they came from outside a worker's process group.
     pub notify_rejected: u64,
+    /// Reuseport mode: how a closing worker's queued connections reach the others (`bpf`,
+    /// `sysctl`) or not (`off`); `None` in other modes (or before the first socket).
+    pub reuseport_migration: Option<&'static str>,
     /// Connections the primary accepted (round-robin and proxy modes; 0 in shared and
     /// reuseport modes, where the workers accept by themselves).
     pub accepted_total: u64,
@@ -181,6 +184,7 @@ impl Cluster {
                 .count(),
             workers,
             notify_rejected: self.notify_messages_rejected(),
+            reuseport_migration: self.reuseport_migration(),
             accepted_total: traffic.accepted,
             handed_off_total: traffic.handed_off,
             redispatched_total: traffic.redispatched,

@@ -56,6 +56,8 @@ pub(crate) struct Upgrades {
     metrics: Mutex<Option<OwnedFd>>,
     /// Set once a new primary took over: files it now serves are not removed at exit.
     handed_over: AtomicBool,
+    /// Clear in a new primary until it has taken over: the files are still its predecessor's.
+    owns_files: AtomicBool,
     /// Woken when the handover happens (the control and metrics servers stop accepting).
     pub handover: tokio::sync::watch::Sender<bool>,
 }
@@ -79,6 +81,7 @@ impl Upgrades {
             control: Mutex::new(None),
             metrics: Mutex::new(None),
             handed_over: AtomicBool::new(false),
+            owns_files: AtomicBool::new(true),
             handover: tokio::sync::watch::channel(false).0,
         }
     }
@@ -97,9 +100,30 @@ impl Upgrades {
     pub fn handed_over(&self) -> bool {
         self.handed_over.load(Ordering::Relaxed)
     }
+
+    /// True when this primary's socket files (the control socket, Unix listeners) are its own
+    /// to remove at exit: not once handed over, nor in a new primary that has not taken over.
+    pub fn owns_files(&self) -> bool {
+        self.owns_files.load(Ordering::Relaxed) && !self.handed_over()
+    }
 }
 
 impl Cluster {
+    /// The listening sockets bound up front (or passed by the service manager), each with its
+    /// `LISTEN_FDNAMES` name: what a new primary (`upgrade`) or a service manager's fd store
+    /// needs to serve the same ports. In reuseport mode, one socket of each group.
+    pub fn listening_sockets(&self) -> Vec<(String, std::sync::Arc<OwnedFd>)> {
+        self.inner
+            .prebound
+            .iter()
+            .enumerate()
+            .filter_map(|(index, listener)| {
+                let socket = listener.socket_to_pass()?;
+                Some((super::spawn::fd_name(self, index, listener), socket))
+            })
+            .collect()
+    }
+
     /// Replaces this primary with a new one started from the same program file and arguments
     /// (what SIGUSR2 and `forkline upgrade` do). The new primary gets the listening sockets,
     /// starts its own workers and, once they are all ready, takes over; this one then stops
@@ -158,13 +182,10 @@ async fn start_successor(
         std::os::unix::net::UnixStream::pair().map_err(|e| io_error("socket pair", e))?;
     let mut placed: Vec<(OwnedFd, RawFd)> = Vec::new();
     let mut names = Vec::new();
-    for (index, listener) in cluster.inner.prebound.iter().enumerate() {
-        let Some(socket) = listener.socket_to_pass() else {
-            continue;
-        };
+    for (name, socket) in cluster.listening_sockets() {
         let fd = sys::dup_cloexec(socket.as_fd()).map_err(|e| io_error("dup", e))?;
         placed.push((fd, FIRST_FD + placed.len() as RawFd));
-        names.push(super::spawn::fd_name(cluster, index, listener));
+        names.push(name);
     }
     let mut command = std::process::Command::new(program);
     command.args(args);
@@ -390,6 +411,11 @@ pub(crate) fn take_over_when_ready(
     successor: Successor,
     serve: impl FnOnce() + Send + 'static,
 ) {
+    cluster
+        .inner
+        .upgrades
+        .owns_files
+        .store(false, Ordering::Relaxed);
     let cluster = cluster.clone();
     task::spawn("upgrade-take-over", async move {
         loop {
@@ -403,6 +429,11 @@ pub(crate) fn take_over_when_ready(
             changed.await;
         }
         successor.take_over().await;
+        cluster
+            .inner
+            .upgrades
+            .owns_files
+            .store(true, Ordering::Relaxed);
         serve();
     });
 }
