@@ -292,6 +292,10 @@ fn three_upgrades_under_load(mode: &str) {
         old_generations.push(old);
     }
     let (answered, failures) = load.finish();
+    eprintln!(
+        "{mode}: 3 upgrades under 32 clients: {answered} answered, {} failed",
+        failures.len()
+    );
     assert!(
         failures.is_empty(),
         "{mode}: {} of {} connections failed: {:?}\n{}",
