@@ -218,7 +218,9 @@ impl Dispatcher {
     }
 
     /// Stops handing new connections to `worker` (it is draining); what it holds unacknowledged
-    /// stays with it until it acks or goes away.
+    /// stays with it until it acks or goes away. Handoffs are sent under the same lock, so once
+    /// this returns none to `worker` is under way: a packet sent to it afterwards (its
+    /// `disconnect`) follows every handoff it will get.
     pub fn stop_new(&self, worker: &WorkerHandle) {
         let mut state = self.state.lock().unwrap();
         if let Some(target) = state.targets.get_mut(&worker.unique_id()) {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::cluster::Cluster;
 use super::event::Event;
-use super::handle::{ExitInfo, Outgoing, WorkerHandle};
+use super::handle::{ExitInfo, Outgoing, WorkerHandle, WorkerState};
 use super::listeners::ListenKey;
 use super::options::{Balance, Readiness};
 use super::{dispatch, readiness, task};
@@ -119,8 +119,23 @@ pub(crate) fn disconnected(cluster: &Cluster, worker: &WorkerHandle) {
 }
 
 /// Sends the packets queued for the worker, in order.
-async fn write_queue(channel: Arc<AsyncChannel>, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
+///
+/// Handoffs (`conns`) do not go through this queue: the dispatcher sends them directly, from
+/// whichever runtime thread accepted. So a packet queued once the worker is draining (its
+/// `disconnect`) first waits for the dispatcher: a handoff sent by a dispatcher that saw the
+/// worker still taking connections, just before the stop, must reach the socket ahead of the
+/// `disconnect`. Queued after it, it would be read by a worker that no longer listens, in the
+/// instant before that worker exits, with nobody left to give it back.
+async fn write_queue(
+    cluster: Cluster,
+    worker: WorkerHandle,
+    channel: Arc<AsyncChannel>,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+) {
     while let Some(packet) = queue.recv().await {
+        if worker.state() == WorkerState::Draining {
+            cluster.inner.dispatcher.stop_new(&worker);
+        }
         if channel.send(&packet, &[]).await.is_err() {
             break;
         }
@@ -235,7 +250,10 @@ async fn hello(
     channel.send(&reply, &[]).await?;
     worker.shared.speaks_protocol.store(true, Ordering::Release);
     if let Some(queue) = worker.take_outbox() {
-        task::spawn("ipc-writer", write_queue(channel.clone(), queue));
+        task::spawn(
+            "ipc-writer",
+            write_queue(cluster.clone(), worker.clone(), channel.clone(), queue),
+        );
     }
     if cluster.inner.expect_protocol {
         readiness::set_online(cluster, worker);
