@@ -26,6 +26,10 @@ const CLIENTS: usize = 40;
 /// Starts `workers` reuseport workers on a free port with `extra` settings and waits until
 /// all listen. A killed worker is always young (`TB_MIN_UPTIME_MS`), so its slot restarts
 /// after a backoff, not at once with the same socket.
+///
+/// "All listen" is each worker's own word, not the primary's `listening` event: that one is
+/// emitted as the primary sends the socket, and a worker stopped before it has read its
+/// answer holds no socket yet (its queue is then nowhere in its `/proc/PID/fd`).
 fn reuseport_cluster(workers: usize, extra: &[(&str, &str)]) -> (Testbed, u16) {
     let port = free_port();
     let address = format!("127.0.0.1:{port}");
@@ -40,7 +44,9 @@ fn reuseport_cluster(workers: usize, extra: &[(&str, &str)]) -> (Testbed, u16) {
     env.extend_from_slice(extra);
     let mut tb = Testbed::start(&env);
     for _ in 0..workers {
-        tb.wait_event("listening", None);
+        tb.wait_for("a worker's word that it listens", SOON, |e| {
+            e["event"] == "message" && e["payload"].get("listening").is_some()
+        });
     }
     (tb, port)
 }
