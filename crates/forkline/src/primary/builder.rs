@@ -248,6 +248,8 @@ impl ClusterBuilder {
 
     /// Kills and replaces a worker that goes `timeout` without sending `WATCHDOG=1` on its
     /// notify socket (sets `WATCHDOG_USEC` for it; needs [`notify_socket`](Self::notify_socket)).
+    /// As with systemd's `WatchdogSec=`, the watchdog is armed once the worker is ready; its
+    /// start-up is judged by the ready timeout.
     pub fn worker_timeout(mut self, timeout: Duration) -> Self {
         self.opts.worker_timeout = Some(timeout);
         self

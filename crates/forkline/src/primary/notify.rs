@@ -47,9 +47,15 @@ pub(crate) fn parse(datagram: &[u8]) -> Vec<Notice> {
 }
 
 /// Serves a worker's notify socket: readiness, watchdog pings, status.
+///
+/// As with systemd's `WatchdogSec=`, the watchdog is armed once start-up is complete, when the
+/// worker is ready: start-up is the ready timeout's to judge. Armed at spawn, it killed a
+/// worker whose start (a Python interpreter on a loaded machine) took longer than the period
+/// just as its `READY=1` arrived, before it could send its first `WATCHDOG=1`.
 pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDatagram) {
     let timeout = cluster.inner.opts.worker_timeout;
-    let mut last_ping = Instant::now();
+    // Since the watchdog was armed, or the last ping; `None` until the worker is ready.
+    let mut last_ping: Option<Instant> = None;
     let mut buf = vec![0u8; 4096];
     let tick = timeout.map_or(Duration::from_millis(500), |t| {
         (t / 4).max(Duration::from_millis(10))
@@ -61,7 +67,9 @@ pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDa
                 for notice in parse(&buf[..n]) {
                     match notice {
                         Notice::Ready => super::readiness::set_ready(&cluster, &worker),
-                        Notice::Watchdog => last_ping = Instant::now(),
+                        // Before the watchdog is armed a ping changes nothing.
+                        Notice::Watchdog if last_ping.is_some() => last_ping = Some(Instant::now()),
+                        Notice::Watchdog => {}
                         Notice::Status(status) => {
                             tracing::info!(worker = worker.id(), pid = worker.pid(), %status, "worker status");
                         }
@@ -86,7 +94,10 @@ pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDa
             Ok(Err(_)) => break,
             Err(_elapsed) => {}
         }
-        if let Some(timeout) = timeout {
+        if last_ping.is_none() && worker.state() == WorkerState::Ready {
+            last_ping = Some(Instant::now());
+        }
+        if let (Some(timeout), Some(last_ping)) = (timeout, last_ping) {
             if last_ping.elapsed() > timeout && !worker.is_dead() {
                 super::ipc::worker_error(
                     &cluster,
