@@ -480,8 +480,22 @@ fn another_users_cluster_is_permission_denied() {
 fn metrics_flag_serves_metrics_and_probes() {
     use std::io::{Read, Write};
     let world = World::new("metrics");
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let _cluster = Running::spawn(world.run_command_with("measured", 2, &["--metrics", &metrics]));
+    // Port 0, and the port bound read from the log: a port picked free beforehand may be
+    // taken (by any client's connect) before the cluster binds it, and it would not start.
+    let cluster =
+        Running::spawn(world.run_command_with("measured", 2, &["--metrics", "127.0.0.1:0"]));
+    let logged = cluster
+        .stderr
+        .wait_for(STARTUP, |l| l.contains("metrics at /metrics"))
+        .unwrap_or_else(|| panic!("no metrics address logged\n{}", cluster.output()));
+    let metrics = logged
+        .rsplit_once("address=")
+        .map(|(_, a)| a.trim().to_string())
+        .expect("address=HOST:PORT");
+    assert!(
+        !metrics.ends_with(":0"),
+        "the bound port is logged: {logged}"
+    );
     let get = |path: &str| -> Option<(u16, String)> {
         let mut stream = std::net::TcpStream::connect(&metrics).ok()?;
         stream
@@ -498,7 +512,11 @@ fn metrics_flag_serves_metrics_and_probes() {
         Some((code, response))
     };
     let ready = until(STARTUP, || get("/readyz").filter(|(code, _)| *code == 200));
-    assert!(ready.is_some(), "/readyz never said ready");
+    assert!(
+        ready.is_some(),
+        "/readyz never said ready\n{}",
+        cluster.output()
+    );
     assert_eq!(get("/healthz").map(|r| r.0), Some(200));
     // /readyz says ready with one worker ready; wait for both.
     let both = until(STARTUP, || {

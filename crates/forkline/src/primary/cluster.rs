@@ -48,6 +48,9 @@ fn serve_metrics(cluster: &Cluster, address: &str, listener: tokio::net::TcpList
     if let Ok(copy) = crate::sys::dup_cloexec(std::os::fd::AsFd::as_fd(&listener)) {
         cluster.inner.upgrades.keep_metrics(copy);
     }
+    // The address as bound: the real port when 0 was asked for.
+    let bound = listener.local_addr().map(|a| a.to_string());
+    let address = bound.as_deref().unwrap_or(address);
     tracing::info!(%address, "metrics at /metrics, probes at /healthz and /readyz");
     super::metrics::serve(cluster.clone(), listener);
 }
