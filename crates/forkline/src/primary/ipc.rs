@@ -6,15 +6,16 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use nix::sys::signal::Signal;
 use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use super::cluster::Cluster;
+use super::dispatch::Dispatcher;
 use super::event::Event;
-use super::handle::{ExitInfo, Outgoing, WorkerHandle, WorkerState};
+use super::handle::{ExitInfo, Outgoing, WorkerHandle, WorkerShared, WorkerState};
 use super::listeners::ListenKey;
 use super::options::{Balance, Readiness};
 use super::{dispatch, readiness, task};
@@ -126,15 +127,21 @@ pub(crate) fn disconnected(cluster: &Cluster, worker: &WorkerHandle) {
 /// worker still taking connections, just before the stop, must reach the socket ahead of the
 /// `disconnect`. Queued after it, it would be read by a worker that no longer listens, in the
 /// instant before that worker exits, with nobody left to give it back.
+///
+/// The worker is held weakly: its handle owns the queue's sender, and the task ends when the
+/// last handle is gone and the queue closes.
 async fn write_queue(
-    cluster: Cluster,
-    worker: WorkerHandle,
+    dispatcher: Arc<Dispatcher>,
+    worker: Weak<WorkerShared>,
     channel: Arc<AsyncChannel>,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     while let Some(packet) = queue.recv().await {
-        if worker.state() == WorkerState::Draining {
-            cluster.inner.dispatcher.stop_new(&worker);
+        if let Some(shared) = worker.upgrade() {
+            let worker = WorkerHandle { shared };
+            if worker.state() == WorkerState::Draining {
+                dispatcher.stop_new(&worker);
+            }
         }
         if channel.send(&packet, &[]).await.is_err() {
             break;
@@ -252,7 +259,12 @@ async fn hello(
     if let Some(queue) = worker.take_outbox() {
         task::spawn(
             "ipc-writer",
-            write_queue(cluster.clone(), worker.clone(), channel.clone(), queue),
+            write_queue(
+                cluster.inner.dispatcher.clone(),
+                Arc::downgrade(&worker.shared),
+                channel.clone(),
+                queue,
+            ),
         );
     }
     if cluster.inner.expect_protocol {
