@@ -194,8 +194,8 @@ pub struct Settings {
     #[serde(with = "parse::text")]
     pub upgrade_timeout: Duration,
 
-    /// Kill and replace a worker that goes this long without sending WATCHDOG=1 on its
-    /// NOTIFY_SOCKET (workers find it in WATCHDOG_USEC) [default: off]
+    /// Kill and replace a worker that, once ready, goes this long without sending WATCHDOG=1 on
+    /// its NOTIFY_SOCKET (workers find it in WATCHDOG_USEC) [default: off]
     #[arg(long, env = "FORKLINE_WORKER_TIMEOUT", value_name = "DURATION",
           value_parser = parse::duration)]
     #[serde(default, with = "parse::opt_text")]
