@@ -53,7 +53,11 @@ fn render(name: &str, status: &Value) -> String {
     let mut out = format!(
         "{name}: primary pid {}, {} mode, {}/{} workers ready, up {}{}\n",
         text(&status["pid"]),
-        text(&status["mode"]),
+        match status["steering"].as_str() {
+            // Steer mode says how: "steer (bpf-round-robin) mode".
+            Some(how) => format!("{} ({how})", text(&status["mode"])),
+            None => text(&status["mode"]),
+        },
         text(&status["ready"]),
         text(&status["target"]),
         control::format_uptime(status["uptime_secs"].as_f64().unwrap_or(0.0)),

@@ -452,6 +452,16 @@ impl ClusterBuilder {
         if let Some(window) = opts.accept_coalesce {
             super::options::check_accept_coalesce(window)?;
         }
+        if opts.mode == Mode::Steer && opts.balance != Balance::RoundRobin {
+            return Err(Error::InvalidOption {
+                field: "balance",
+                reason: format!(
+                    "steer mode balances round-robin in the kernel; {} needs the primary to \
+                     pick (round-robin or proxy mode)",
+                    opts.balance.name()
+                ),
+            });
+        }
         if opts.credit_window == 0 {
             return Err(Error::InvalidOption {
                 field: "credit_window",
