@@ -509,3 +509,31 @@ pub fn resolve_program(program: &Path, cwd: Option<&Path>) -> Result<PathBuf> {
         None => Err(Error::ExecNotFound(program.to_path_buf())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steer_mode_refuses_a_balance_it_cannot_do_in_the_kernel() {
+        let builder = |balance| {
+            ClusterBuilder::new()
+                .exec("true")
+                .mode(Mode::Steer)
+                .balance(balance)
+        };
+        assert!(builder(Balance::RoundRobin).validated().is_ok());
+        for balance in [Balance::LeastConn, Balance::IpHash] {
+            match builder(balance).validated() {
+                Err(Error::InvalidOption { field, reason }) => {
+                    assert_eq!(field, "balance");
+                    assert!(
+                        reason.contains("steer mode balances round-robin"),
+                        "{reason}"
+                    );
+                }
+                other => panic!("{balance:?}: {other:?}"),
+            }
+        }
+    }
+}
