@@ -464,12 +464,27 @@ def main():
                     http.setdefault(c, []).append(m)
                     log(f"  {m['rps']:.0f} req/s, CV {fmt(m['cv'], '.2f')} % ({m['cv_source']})")
     load_after = open("/proc/loadavg").read().split()[:3]
+    data = {"stamp": stamp, "cores": CORES, "workers": workers, "project": PROJECT,
+            "load": [load_before, load_after], "skipped": skipped,
+            "runs": {f"{c}@{w}": v for (c, w), v in runs.items()}, "http": http}
+    with open(os.path.join(OUT, f"scaling-{stamp}.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    report(data)
 
+
+def report(data):
+    """The tables (printed, and written next to the JSON) and the plot, from a run's data."""
+    stamp, workers, skipped, http = data["stamp"], data["workers"], data["skipped"], data["http"]
+    load_before, load_after = data["load"]
+    runs = {}
+    for key, v in data["runs"].items():
+        c, w = key.rsplit("@", 1)
+        runs[(c, int(w))] = v
     med = {k: median_of(v) for k, v in runs.items()}
     ref_w = max((w for w in workers if ("limit", w) in med), default=None)
     lines = []
     lines.append(f"# Scaling, {stamp}\n")
-    lines.append(f"Machine: {CORES} cores, {os.uname().sysname} {os.uname().release}; load "
+    lines.append(f"Machine: {data['cores']} cores, {os.uname().sysname} {os.uname().release}; load "
                  f"average before {' '.join(load_before)}, after {' '.join(load_after)}. "
                  f"Seed workload (connection per request, delay {DELAY} ms), {CONCURRENCY} "
                  f"loadgen clients, {SECS} s per run after 1 s of warm-up, {ROUNDS} round(s); "
@@ -530,15 +545,11 @@ def main():
             errors = statistics.median(m["errors"] for m in ms)
             lines.append(f"| {LABELS.get(c, c)} | {rps:.0f} | {fmt(cv, '.2f')} | "
                          f"{ms[0]['cv_source']} | {errors:.0f} |")
-    report = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
     path = os.path.join(OUT, f"scaling-{stamp}.md")
     with open(path, "w") as f:
-        f.write(report)
-    with open(os.path.join(OUT, f"scaling-{stamp}.json"), "w") as f:
-        json.dump({"cores": CORES, "workers": workers, "ref_w": ref_w, "project": PROJECT,
-                   "runs": {f"{c}@{w}": v for (c, w), v in runs.items()},
-                   "http": http, "projection": projection}, f, indent=1)
-    print(report)
+        f.write(text)
+    print(text)
     log(f"written {path}")
     plot(med, workers, ref_w, projection)
 
@@ -551,8 +562,8 @@ def plot(med, workers, ref_w, projection):
     except ImportError:
         log("no matplotlib (pip install matplotlib): no plot")
         return
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2),
-                                      gridspec_kw={"width_ratios": [3, 2]})
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 5.4),
+                                              gridspec_kw={"width_ratios": [5, 4, 3]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, c in enumerate(CONFIGS):
         color = colors[i % len(colors)]
@@ -572,6 +583,25 @@ def plot(med, workers, ref_w, projection):
                    "(dashed)", fontsize=9)
     left.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=7, loc="upper left")
+    # Ratio to the limit at each W: measured (markers) and projected (dashed).
+    for i, c in enumerate(CONFIGS):
+        color = colors[i % len(colors)]
+        xs = [w for w in workers if (c, w) in med and ("limit", w) in med]
+        if xs:
+            middle.plot(xs, [med[(c, w)]["rps"] / med[("limit", w)]["rps"] for w in xs], "o-",
+                        color=color, lw=2)
+        if c in projection and "limit" in projection:
+            middle.plot(PROJECT, [a / b for a, b in zip(projection[c], projection["limit"])],
+                        "--", color=color, lw=1, alpha=0.8)
+    middle.set_xscale("log", base=2)
+    middle.set_xticks(sorted(set(PROJECT) | set(workers)))
+    middle.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    middle.axhline(0.9, color="grey", lw=0.8, ls=":")
+    middle.set_ylim(0, 1.15)
+    middle.set_xlabel("workers W")
+    middle.set_ylabel("ratio to the limit at the same W")
+    middle.set_title("measured (solid) and projected (dashed); dotted: 0.9", fontsize=9)
+    middle.grid(True, which="both", alpha=0.3)
     if ref_w:
         names = [c for c in CONFIGS if (c, ref_w) in med]
         prim = [med[(c, ref_w)]["primary_us"] for c in names]
@@ -593,4 +623,9 @@ def plot(med, workers, ref_w, projection):
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        # Tables and plot again from a run's JSON: python3 bench/scaling.py --report FILE.json
+        with open(sys.argv[2]) as f:
+            report(json.load(f))
+    else:
+        main()
