@@ -465,6 +465,7 @@ def main():
                     log(f"  {m['rps']:.0f} req/s, CV {fmt(m['cv'], '.2f')} % ({m['cv_source']})")
     load_after = open("/proc/loadavg").read().split()[:3]
     data = {"stamp": stamp, "cores": CORES, "workers": workers, "project": PROJECT,
+            "rounds": ROUNDS, "secs": SECS, "concurrency": CONCURRENCY, "delay": DELAY,
             "load": [load_before, load_after], "skipped": skipped,
             "runs": {f"{c}@{w}": v for (c, w), v in runs.items()}, "http": http}
     with open(os.path.join(OUT, f"scaling-{stamp}.json"), "w") as f:
@@ -476,6 +477,7 @@ def report(data):
     """The tables (printed, and written next to the JSON) and the plot, from a run's data."""
     stamp, workers, skipped, http = data["stamp"], data["workers"], data["skipped"], data["http"]
     load_before, load_after = data["load"]
+    rounds, secs, conc, delay = data["rounds"], data["secs"], data["concurrency"], data["delay"]
     runs = {}
     for key, v in data["runs"].items():
         c, w = key.rsplit("@", 1)
@@ -486,8 +488,8 @@ def report(data):
     lines.append(f"# Scaling, {stamp}\n")
     lines.append(f"Machine: {data['cores']} cores, {os.uname().sysname} {os.uname().release}; load "
                  f"average before {' '.join(load_before)}, after {' '.join(load_after)}. "
-                 f"Seed workload (connection per request, delay {DELAY} ms), {CONCURRENCY} "
-                 f"loadgen clients, {SECS} s per run after 1 s of warm-up, {ROUNDS} round(s); "
+                 f"Seed workload (connection per request, delay {delay} ms), {conc} "
+                 f"loadgen clients, {secs} s per run after 1 s of warm-up, {rounds} round(s); "
                  "medians over rounds. Servers pinned to cores 0..W-1; the load generator to "
                  "the others, or unpinned when W takes every core (\"shared\").\n")
     lines.append("| W | config | conn/s | ratio to limit | CV % | primary µs/conn | "
@@ -504,7 +506,7 @@ def report(data):
             ratio = m["rps"] / limit if limit else None
             lines.append(f"| {w} | {LABELS.get(c, c)} | {m['rps']:.0f} | {fmt(ratio, '.2f')} | "
                          f"{m['cv']:.2f} | {m['primary_us']:.1f} | {m['workers_us']:.1f} | "
-                         f"{m['errors']:.0f} | {'own cores' if w < CORES else 'shared'} |")
+                         f"{m['errors']:.0f} | {'own cores' if w < data['cores'] else 'shared'} |")
     projection = {}
     if ref_w:
         lines.append("")
@@ -528,7 +530,7 @@ def report(data):
             lines.append(f"| {LABELS.get(c, c)} | " + " | ".join(cells) + " |")
     if http:
         lines.append("")
-        lines.append(f"HTTP keep-alive, wrk -t2 -c{CONCURRENCY} -d{SECS}s, W = {CORES}, "
+        lines.append(f"HTTP keep-alive, wrk -t2 -c{conc} -d{secs}s, W = {data['cores']}, "
                      "servers and wrk sharing the cores; CV of responses per worker (from the "
                      "worker named in each body), or of the workers' CPU time where the body "
                      "names none (Node):\n")
@@ -551,10 +553,10 @@ def report(data):
         f.write(text)
     print(text)
     log(f"written {path}")
-    plot(med, workers, ref_w, projection)
+    plot(med, workers, ref_w, projection, data)
 
 
-def plot(med, workers, ref_w, projection):
+def plot(med, workers, ref_w, projection, data):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -579,7 +581,7 @@ def plot(med, workers, ref_w, projection):
     left.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     left.set_xlabel("workers W (servers pinned to W cores)")
     left.set_ylabel("connections / s")
-    left.set_title(f"measured (solid, {CORES} cores) and projected from CPU per connection "
+    left.set_title(f"measured (solid, {data['cores']} cores) and projected from CPU per connection "
                    "(dashed)", fontsize=9)
     left.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=7, loc="upper left")
@@ -616,7 +618,7 @@ def plot(med, workers, ref_w, projection):
         right.legend(fontsize=8)
         right.grid(True, axis="x", alpha=0.3)
     fig.suptitle("forkline scaling: seed workload, connection per request, delay "
-                 f"{DELAY} ms, {CONCURRENCY} clients")
+                 f"{data['delay']} ms, {data['concurrency']} clients")
     fig.tight_layout()
     fig.savefig(PLOT, dpi=110)
     log(f"written {PLOT}")
