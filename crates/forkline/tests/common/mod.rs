@@ -401,6 +401,31 @@ pub fn accept_queue_of(pid: u32, port: u16) -> Option<u64> {
     })
 }
 
+/// The lines of `/proc/PID/net/tcp` (as `pid`'s namespace has it) for local port `port`, in
+/// every state: for failure messages.
+pub fn port_sockets(pid: u32, port: u16) -> String {
+    let local = format!(":{port:04X} ");
+    let show = |path: String| match std::fs::read_to_string(&path) {
+        Ok(table) => format!(
+            "{path}:\n{}",
+            table
+                .lines()
+                .filter(|line| line.contains(&local))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        Err(e) => format!("{path}: {e}"),
+    };
+    let netns = |path: String| std::fs::read_link(&path).map(|l| l.display().to_string());
+    format!(
+        "{}\n{}\nnetns of {pid}: {:?}, of this thread: {:?}",
+        show(format!("/proc/{pid}/net/tcp")),
+        show("/proc/thread-self/net/tcp".into()),
+        netns(format!("/proc/{pid}/ns/net")),
+        netns("/proc/thread-self/ns/net".into()),
+    )
+}
+
 /// What became of the clients of [`kill_a_worker_with_a_queue`].
 #[derive(Debug)]
 pub struct Outcome {
@@ -418,6 +443,13 @@ pub struct Outcome {
 pub fn kill_a_worker_with_a_queue(tb: &Testbed, port: u16, clients: usize) -> Outcome {
     use std::io::Read;
     let stopped = listening_pid(tb, 0);
+    // `listening` is emitted once the primary has sent the socket: wait until the worker has
+    // received it (stopped before, it would hold the socket only in its channel's queue).
+    assert!(
+        eventually(SOON, || accept_queue_of(stopped, port).is_some()),
+        "worker 0 (pid {stopped}) never held its listening socket:\n{}",
+        port_sockets(stopped, port)
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(stopped as i32),
         nix::sys::signal::Signal::SIGSTOP,
@@ -452,8 +484,10 @@ pub fn kill_a_worker_with_a_queue(tb: &Testbed, port: u16, clients: usize) -> Ou
     assert!(
         settled,
         "expected the unanswered clients queued on worker 0: {queued} queued, {} answered of \
-         {clients}",
-        answered.load(Ordering::SeqCst)
+         {clients}; worker 0 (pid {stopped}) has sockets {:?}; the port's sockets:\n{}",
+        answered.load(Ordering::SeqCst),
+        socket_inodes(stopped),
+        port_sockets(stopped, port)
     );
     kill_pid(u64::from(stopped));
     let mut outcome = Outcome {
