@@ -530,3 +530,8 @@ fn systemd_hears_the_new_main_pid() {
     });
     assert!(from_new.is_some(), "{received:?}");
 }
+
+#[test]
+fn upgrades_under_load_in_steer_mode() {
+    three_upgrades_under_load("steer");
+}
