@@ -411,9 +411,9 @@ pub fn did_you_mean(value: &str, choices: &[&str]) -> String {
 /// Parses `--mode`.
 pub fn mode(s: &str) -> Result<Mode, String> {
     Mode::parse(s.trim()).ok_or_else(|| {
-        let choices = ["shared", "reuseport", "proxy", "round-robin"];
+        let choices = ["shared", "reuseport", "steer", "proxy", "round-robin"];
         format!(
-            "unknown mode `{s}` (expected shared, reuseport, proxy or round-robin{})",
+            "unknown mode `{s}` (expected shared, reuseport, steer, proxy or round-robin{})",
             did_you_mean(s, &choices)
         )
     })
@@ -564,7 +564,7 @@ impl Text for SocketOwner {
 }
 
 impl Text for Mode {
-    const EXPECTED: &'static str = "a mode: shared, reuseport, proxy or round-robin";
+    const EXPECTED: &'static str = "a mode: shared, reuseport, steer, proxy or round-robin";
     fn parse(s: &str) -> Result<Self, String> {
         mode(s)
     }
@@ -978,6 +978,10 @@ mod tests {
     #[test]
     fn enums() {
         assert_eq!(mode("proxy"), Ok(Mode::Proxy));
+        assert_eq!(mode("steer"), Ok(Mode::Steer));
+        assert!(mode("steeer")
+            .unwrap_err()
+            .ends_with("; did you mean `steer`?)"));
         assert!(mode("fast").unwrap_err().contains("shared, reuseport"));
         assert!(mode("prxy")
             .unwrap_err()

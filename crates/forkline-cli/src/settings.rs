@@ -73,16 +73,18 @@ pub struct Settings {
     pub socket_owner: Option<SocketOwner>,
 
     /// How connections reach workers: shared (one socket, every worker accepts), reuseport
-    /// (a SO_REUSEPORT socket per worker), proxy (each worker listens on its own loopback
-    /// PORT, the primary relays), round-robin (the primary accepts and hands connections to
-    /// workers built on the forkline library)
+    /// (a SO_REUSEPORT socket per worker), steer (a SO_REUSEPORT socket per worker, and a BPF
+    /// program picks each connection's worker in the kernel, round-robin over the ready ones;
+    /// reuseport where BPF is refused), proxy (each worker listens on its own loopback PORT,
+    /// the primary relays), round-robin (the primary accepts and hands connections to workers
+    /// built on the forkline library)
     #[arg(long, env = "FORKLINE_MODE", value_name = "MODE", value_parser = parse::mode,
           default_value = "shared")]
     #[serde(with = "parse::text")]
     pub mode: Mode,
 
     /// Which worker gets the next connection in proxy and round-robin modes:
-    /// round-robin, least-conn or ip-hash
+    /// round-robin, least-conn or ip-hash (steer mode: round-robin only)
     #[arg(long, env = "FORKLINE_BALANCE", value_name = "STRATEGY", value_parser = parse::balance,
           default_value = "round-robin")]
     #[serde(with = "parse::text")]
@@ -480,6 +482,13 @@ impl Settings {
             return Err(CliError::Usage(
                 "--mode proxy needs a TCP --listen address to relay from".into(),
             ));
+        }
+        if self.mode == Mode::Steer && self.balance != Balance::RoundRobin {
+            return Err(CliError::Usage(format!(
+                "--mode steer balances round-robin in the kernel; --balance {} needs the \
+                 primary to pick (--mode proxy, or round-robin for forkline-library workers)",
+                self.balance.name()
+            )));
         }
         forkline::check_accept_coalesce(self.accept_coalesce)
             .map_err(crate::error::from_library)?;

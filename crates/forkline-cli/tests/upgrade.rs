@@ -579,3 +579,8 @@ fn a_unix_socket_is_handed_over_with_its_file() {
     let pid: u32 = answer.trim().trim_start_matches("pid=").parse().unwrap();
     assert!(workers.contains(&pid), "{answer} not from {workers:?}");
 }
+
+#[test]
+fn upgrades_under_load_in_steer_mode() {
+    three_upgrades_under_load("steer");
+}

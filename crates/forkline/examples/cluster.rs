@@ -14,7 +14,7 @@
 //! reuseport mode, its own socket on the same port) from the primary.
 //!
 //! Usage: `cargo run --release --example cluster -- [ADDR] [DELAY_MS] [WORKERS]`
-//! (defaults `127.0.0.1:8989`, `10`, cores). `FORKLINE_SCHED_POLICY=rr|none|reuseport` picks
+//! (defaults `127.0.0.1:8989`, `10`, cores). `FORKLINE_SCHED_POLICY=rr|none|reuseport|steer` picks
 //! the distribution mode.
 
 use std::io::Write;

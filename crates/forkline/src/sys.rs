@@ -280,9 +280,16 @@ pub fn async_fd(
 
 // ---------------------------------------------------------------------------------------------
 // eBPF: loading a program with bpf(BPF_PROG_LOAD) and attaching one to a reuseport group
-// (`primary::migration`). No BPF library: the programs are a few instructions assembled in Rust.
+// (`primary::migration`, `primary::steer`), and the maps a steering program reads
+// (`BPF_MAP_CREATE`, `BPF_MAP_UPDATE_ELEM`, ...). No BPF library: the programs are a few
+// instructions assembled in Rust.
 
-/// `bpf(2)` command that loads a program (`BPF_PROG_LOAD` in `linux/bpf.h`).
+/// `bpf(2)` commands (`enum bpf_cmd` in `linux/bpf.h`).
+const BPF_MAP_CREATE: libc::c_int = 0;
+#[cfg(test)]
+const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_int = 3;
 const BPF_PROG_LOAD: libc::c_int = 5;
 
 /// `SO_ATTACH_REUSEPORT_EBPF` (`asm-generic/socket.h`; 52 on every architecture Linux gives it
@@ -323,6 +330,12 @@ impl BpfInsn {
         }
     }
 
+    /// The instruction's offset (a jump's distance, a memory access's displacement).
+    #[cfg(test)]
+    pub const fn off(&self) -> i16 {
+        self.off
+    }
+
     /// `dst = imm` (64-bit move: `BPF_ALU64 | BPF_MOV | BPF_K`).
     pub const fn mov64_imm(dst: u8, imm: i32) -> Self {
         Self::new(0x07 | 0xb0, dst, 0, 0, imm)
@@ -331,6 +344,244 @@ impl BpfInsn {
     /// `exit`: return `r0` (`BPF_JMP | BPF_EXIT`).
     pub const fn exit() -> Self {
         Self::new(0x05 | 0x90, 0, 0, 0, 0)
+    }
+
+    /// `dst = src` (64-bit move: `BPF_ALU64 | BPF_MOV | BPF_X`).
+    pub const fn mov64_reg(dst: u8, src: u8) -> Self {
+        Self::new(0x07 | 0xb0 | 0x08, dst, src, 0, 0)
+    }
+
+    /// `dst += imm` (64-bit: `BPF_ALU64 | BPF_ADD | BPF_K`).
+    pub const fn add64_imm(dst: u8, imm: i32) -> Self {
+        Self::new(0x07, dst, 0, 0, imm)
+    }
+
+    /// `dst %= src`, unsigned 64-bit (`BPF_ALU64 | BPF_MOD | BPF_X`; the kernel defines
+    /// `x % 0` as `x`).
+    pub const fn mod64_reg(dst: u8, src: u8) -> Self {
+        Self::new(0x07 | 0x90 | 0x08, dst, src, 0, 0)
+    }
+
+    /// `*(u32 *)(dst + off) = imm` (`BPF_ST | BPF_MEM | BPF_W`).
+    pub const fn store32_imm(dst: u8, off: i16, imm: i32) -> Self {
+        Self::new(0x02 | 0x60, dst, 0, off, imm)
+    }
+
+    /// `*(u32 *)(dst + off) = src` (`BPF_STX | BPF_MEM | BPF_W`).
+    pub const fn store32_reg(dst: u8, off: i16, src: u8) -> Self {
+        Self::new(0x03 | 0x60, dst, src, off, 0)
+    }
+
+    /// `dst = *(u32 *)(src + off)`, zero-extended (`BPF_LDX | BPF_MEM | BPF_W`).
+    pub const fn load32(dst: u8, src: u8, off: i16) -> Self {
+        Self::new(0x01 | 0x60, dst, src, off, 0)
+    }
+
+    /// `src = atomic_fetch_add((u64 *)(dst + off), src)`: adds `src` to the 64-bit word at
+    /// `dst + off` atomically and leaves its previous value in `src` (`BPF_STX | BPF_ATOMIC |
+    /// BPF_DW` with `imm = BPF_ADD | BPF_FETCH`; Linux 5.12+).
+    pub const fn atomic_fetch_add64(dst: u8, off: i16, src: u8) -> Self {
+        Self::new(0x03 | 0xc0 | 0x18, dst, src, off, 0x01)
+    }
+
+    /// `if dst == imm goto pc + 1 + off` (`BPF_JMP | BPF_JEQ | BPF_K`).
+    pub const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Self {
+        Self::new(0x05 | 0x10, dst, 0, off, imm)
+    }
+
+    /// `call helper` (`BPF_JMP | BPF_CALL`): arguments in r1-r5, result in r0; r1-r5 are
+    /// clobbered, r6-r9 kept.
+    pub const fn call(helper: i32) -> Self {
+        Self::new(0x05 | 0x80, 0, 0, 0, helper)
+    }
+
+    /// `dst = map` (`BPF_LD | BPF_DW | BPF_IMM` with `src = BPF_PSEUDO_MAP_FD`): the map's fd
+    /// in the immediate, which the kernel replaces by the map's address at load time. Two
+    /// instructions (a 64-bit immediate); the second carries the upper half, 0.
+    pub const fn load_map_fd(dst: u8, map_fd: i32) -> [Self; 2] {
+        [
+            Self::new(0x18, dst, BPF_PSEUDO_MAP_FD, 0, map_fd),
+            Self::new(0, 0, 0, 0, 0),
+        ]
+    }
+}
+
+/// `BPF_PSEUDO_MAP_FD`: the immediate of a 64-bit load is a map's fd.
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+
+/// A BPF map this process created (`bpf(BPF_MAP_CREATE)`): its fd (CLOEXEC), and the key and
+/// value sizes it was created with, which every access is checked against (the kernel copies
+/// exactly that many bytes from, or to, the buffers it is given).
+#[derive(Debug)]
+pub struct BpfMap {
+    fd: OwnedFd,
+    key_size: usize,
+    value_size: usize,
+}
+
+/// The `BPF_MAP_CREATE` part of `union bpf_attr`, up to `map_name`.
+#[repr(C)]
+struct BpfMapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; BPF_OBJ_NAME_LEN],
+}
+
+/// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
+#[repr(C)]
+struct BpfMapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `BPF_ANY`: create an element or update an existing one.
+pub const BPF_ANY: u64 = 0;
+
+/// `name` as a `BPF_OBJ_NAME_LEN` array: up to 15 of its bytes and a NUL.
+fn bpf_obj_name(name: &str) -> [u8; BPF_OBJ_NAME_LEN] {
+    let mut out = [0u8; BPF_OBJ_NAME_LEN];
+    for (to, from) in out.iter_mut().zip(name.bytes().take(BPF_OBJ_NAME_LEN - 1)) {
+        *to = from;
+    }
+    out
+}
+
+/// One `bpf(cmd, attr)` call whose success value is 0 or a new fd.
+///
+/// # Safety
+///
+/// `attr` must be a fully initialised attribute of `cmd`, and every pointer in it must point to
+/// memory valid for the kernel's reads (and writes, for lookups) of the sizes the command
+/// implies, for the duration of the call.
+unsafe fn bpf_call<T>(cmd: libc::c_int, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: as the caller promises; the size passed is the attribute's own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+impl BpfMap {
+    /// Creates a map (`bpf(BPF_MAP_CREATE)`) of `map_type` with `max_entries` entries of
+    /// `key_size`-byte keys and `value_size`-byte values, named `name` (up to 15 bytes).
+    pub fn create(
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        name: &str,
+    ) -> io::Result<BpfMap> {
+        let attr = BpfMapCreateAttr {
+            map_type,
+            key_size,
+            value_size,
+            max_entries,
+            map_flags: 0,
+            inner_map_fd: 0,
+            numa_node: 0,
+            map_name: bpf_obj_name(name),
+        };
+        // SAFETY: `attr` is a fully initialised BPF_MAP_CREATE attribute with no pointers.
+        let fd = unsafe { bpf_call(BPF_MAP_CREATE, &attr)? };
+        // SAFETY: a non-negative return of BPF_MAP_CREATE is a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        Ok(BpfMap {
+            fd,
+            key_size: key_size as usize,
+            value_size: value_size as usize,
+        })
+    }
+
+    /// The map's fd (for `BpfInsn::load_map_fd`).
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Checks that `key` and `value` are exactly the map's sizes.
+    fn check(&self, key: &[u8], value: Option<usize>) -> io::Result<()> {
+        if key.len() != self.key_size || value.is_some_and(|len| len != self.value_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "BPF map access of {} / {:?} bytes, the map has {} / {}",
+                    key.len(),
+                    value,
+                    self.key_size,
+                    self.value_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets `key` to `value` (`bpf(BPF_MAP_UPDATE_ELEM)`, with `flags` such as [`BPF_ANY`]).
+    /// For a `REUSEPORT_SOCKARRAY` the value is a socket's fd (a `u32` or `u64`), and the kernel
+    /// stores the socket itself.
+    pub fn update(&self, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+        self.check(key, Some(value.len()))?;
+        let attr = BpfMapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: key.as_ptr() as u64,
+            value: value.as_ptr() as u64,
+            flags,
+        };
+        // SAFETY: the key and value buffers are exactly the map's key and value sizes (checked
+        // above) and outlive the call; the kernel only reads them.
+        unsafe { bpf_call(BPF_MAP_UPDATE_ELEM, &attr)? };
+        Ok(())
+    }
+
+    /// Removes `key` (`bpf(BPF_MAP_DELETE_ELEM)`).
+    pub fn delete(&self, key: &[u8]) -> io::Result<()> {
+        self.check(key, None)?;
+        let attr = BpfMapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: key.as_ptr() as u64,
+            value: 0,
+            flags: 0,
+        };
+        // SAFETY: the key buffer is exactly the map's key size (checked above) and outlives
+        // the call; the kernel only reads it.
+        unsafe { bpf_call(BPF_MAP_DELETE_ELEM, &attr)? };
+        Ok(())
+    }
+
+    /// The value at `key` (`bpf(BPF_MAP_LOOKUP_ELEM)`), as many bytes as the map's values.
+    /// Not every map type can be read from user space (a `REUSEPORT_SOCKARRAY` gives socket
+    /// cookies, and only with a `u64` value size).
+    #[cfg(test)]
+    pub fn lookup(&self, key: &[u8]) -> io::Result<Vec<u8>> {
+        self.check(key, None)?;
+        let mut value = vec![0u8; self.value_size];
+        let attr = BpfMapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: key.as_ptr() as u64,
+            value: value.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the key buffer is exactly the map's key size, the value buffer exactly its
+        // value size (the most the kernel writes), and both outlive the call.
+        unsafe { bpf_call(BPF_MAP_LOOKUP_ELEM, &attr)? };
+        Ok(value)
     }
 }
 

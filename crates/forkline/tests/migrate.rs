@@ -11,13 +11,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use common::{eventually, free_port, in_private_netns, kill_pid, Testbed, SOON};
+use common::{
+    free_port, in_private_netns, kill_a_worker_with_a_queue, listening_pid, Testbed, SOON,
+};
 use serde_json::Value;
 
 /// Clients per scenario: the kernel hashes about half of them to worker 0's socket.
@@ -63,128 +59,6 @@ fn migrate_req_sysctl() -> String {
         .unwrap()
         .trim()
         .to_string()
-}
-
-/// The pid of worker `id`, from its `listening` event.
-fn listening_pid(tb: &Testbed, id: u64) -> u32 {
-    let event = tb
-        .seen
-        .iter()
-        .find(|e| e["event"] == "listening" && e["id"] == id)
-        .unwrap_or_else(|| panic!("worker {id} has not listened"));
-    event["pid"].as_u64().unwrap() as u32
-}
-
-/// The inodes of the sockets process `pid` has open.
-fn socket_inodes(pid: u32) -> Vec<u64> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    fds.flatten()
-        .filter_map(|fd| {
-            let target = std::fs::read_link(fd.path()).ok()?;
-            let target = target.to_str()?;
-            target
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-/// The accept-queue length of process `pid`'s listening socket on 127.0.0.1:`port`
-/// (`rx_queue` of a listener in `/proc/PID/net/tcp`, which shows `pid`'s namespace).
-fn accept_queue_of(pid: u32, port: u16) -> Option<u64> {
-    let inodes = socket_inodes(pid);
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
-    let local = format!("0100007F:{port:04X}");
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let listening = fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A");
-        let inode: u64 = fields.get(9)?.parse().ok()?;
-        if !listening || !inodes.contains(&inode) {
-            return None;
-        }
-        u64::from_str_radix(fields.get(4)?.split(':').nth(1)?, 16).ok()
-    })
-}
-
-/// What became of the clients of [`kill_a_worker_with_a_queue`].
-#[derive(Debug)]
-struct Outcome {
-    /// Connections queued on the killed worker's socket just before the kill.
-    queued: u64,
-    /// Replies by worker id, and by the pid that sent them.
-    by_worker: BTreeMap<u64, usize>,
-    by_pid: BTreeMap<u32, usize>,
-    /// Connections reset.
-    resets: usize,
-}
-
-/// Stops worker 0, connects `clients` clients, waits until those on worker 0's socket are all
-/// that is left unanswered (at least one), SIGKILLs worker 0 and collects every reply.
-fn kill_a_worker_with_a_queue(tb: &Testbed, port: u16, clients: usize) -> Outcome {
-    let stopped = listening_pid(tb, 0);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(stopped as i32),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
-    assert!(
-        eventually(SOON, || common::all_threads_stopped(stopped)),
-        "worker 0 did not stop"
-    );
-    let answered = Arc::new(AtomicUsize::new(0));
-    let readers: Vec<_> = (0..clients)
-        .map(|_| {
-            // Connected once the kernel completed the handshake, whether or not it is accepted.
-            let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-            stream.set_read_timeout(Some(SOON)).unwrap();
-            let answered = answered.clone();
-            std::thread::spawn(move || {
-                let mut reply = String::new();
-                let result = stream.read_to_string(&mut reply).map(|_| reply);
-                if result.is_ok() {
-                    answered.fetch_add(1, Ordering::SeqCst);
-                }
-                result
-            })
-        })
-        .collect();
-    let mut queued = 0;
-    let settled = eventually(SOON, || {
-        queued = accept_queue_of(stopped, port).unwrap_or(0);
-        queued > 0 && queued as usize + answered.load(Ordering::SeqCst) == clients
-    });
-    assert!(
-        settled,
-        "expected the unanswered clients queued on worker 0: {queued} queued, {} answered of \
-         {clients}",
-        answered.load(Ordering::SeqCst)
-    );
-    kill_pid(u64::from(stopped));
-    let mut outcome = Outcome {
-        queued,
-        by_worker: BTreeMap::new(),
-        by_pid: BTreeMap::new(),
-        resets: 0,
-    };
-    for reader in readers {
-        match reader.join().unwrap() {
-            Ok(reply) => {
-                let mut words = reply.split_whitespace().skip(1);
-                let id: u64 = words.next().and_then(|w| w.parse().ok()).unwrap();
-                let pid: u32 = words.next().and_then(|w| w.parse().ok()).unwrap();
-                *outcome.by_worker.entry(id).or_default() += 1;
-                *outcome.by_pid.entry(pid).or_default() += 1;
-            }
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => outcome.resets += 1,
-            Err(e) => panic!("a client got neither a reply nor a reset: {e}"),
-        }
-    }
-    eprintln!("{outcome:?}");
-    outcome
 }
 
 #[test]

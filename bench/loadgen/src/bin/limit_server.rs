@@ -1,7 +1,9 @@
 //! `limit-server ADDR DELAY_MS`: the seed example's handler with nothing around it — no
 //! primary, no IPC, no dispatch. Run N of these on one port (each binds with SO_REUSEPORT) and
 //! the kernel spreads connections; what they serve is "the physical limit" the cluster modes
-//! are compared against.
+//! are compared against. With ADDR `fd` it serves the socket passed at fd 3 (`LISTEN_FDS`), so
+//! that `forkline run --mode shared|reuseport|steer -- limit-server fd 0` runs the very same
+//! handler behind each of those modes (`bench/scaling.sh`).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -22,7 +24,8 @@ const BACKLOG: i32 = 511;
 #[derive(Debug, Parser)]
 #[command(name = "limit-server", version)]
 struct Args {
-    /// Address to listen on. `-` means `127.0.0.1:$PORT` (for `forkline run --mode proxy`).
+    /// Address to listen on. `-` means `127.0.0.1:$PORT` (for `forkline run --mode proxy`);
+    /// `fd`, the listening socket passed at fd 3 (`LISTEN_FDS`, systemd's convention).
     addr: String,
 
     /// Milliseconds to wait after a connection arrives before answering (0: answer at once).
@@ -31,20 +34,33 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let addr = match resolve_addr(&args.addr) {
-        Ok(addr) => addr,
-        Err(msg) => {
-            eprintln!("limit-server: {msg}");
-            return ExitCode::from(2);
+    let listener = if args.addr == "fd" {
+        match passed_listener() {
+            Ok(l) => l,
+            Err(msg) => {
+                eprintln!("limit-server: {msg}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        let addr = match resolve_addr(&args.addr) {
+            Ok(addr) => addr,
+            Err(msg) => {
+                eprintln!("limit-server: {msg}");
+                return ExitCode::from(2);
+            }
+        };
+        match bind_reuseport(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("limit-server: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     };
-    let listener = match bind_reuseport(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("limit-server: cannot listen on {addr}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| args.addr.clone(), |a| a.to_string());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -77,6 +93,19 @@ fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
     text.parse().map_err(|_| format!("bad address {text:?}"))
+}
+
+/// The TCP listener passed at fd 3 (`LISTEN_FDS`), non-blocking for tokio.
+fn passed_listener() -> Result<StdListener, String> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let listener = fds
+        .take_tcp_listener(0)
+        .map_err(|e| format!("fd 3: {e}"))?
+        .ok_or("ADDR is `fd` but no socket was passed (LISTEN_FDS)")?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("fd 3: {e}"))?;
+    Ok(listener)
 }
 
 /// A listening socket that shares its port with every other SO_REUSEPORT socket on it.

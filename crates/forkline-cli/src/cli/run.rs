@@ -87,16 +87,16 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     let asked_for = settings.listen.clone();
     if !activation.listeners.is_empty() {
         settings.listen = activation.addresses();
-        if settings.mode == Mode::Reuseport
+        if matches!(settings.mode, Mode::Reuseport | Mode::Steer)
             && !activation
                 .sockets
                 .iter()
                 .all(|s| activation::has_reuseport(s))
         {
-            return Err(CliError::Usage(
-                "--mode reuseport with socket activation needs ReusePort=yes in the .socket unit"
-                    .into(),
-            ));
+            return Err(CliError::Usage(format!(
+                "--mode {} with socket activation needs ReusePort=yes in the .socket unit",
+                settings.mode.name()
+            )));
         }
     }
     settings.check()?;
@@ -105,7 +105,9 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     if let Some(why) = &activation.ignored {
         tracing::warn!("{why}");
     }
-    if settings.max_requests.is_some() && matches!(settings.mode, Mode::Shared | Mode::Reuseport) {
+    if settings.max_requests.is_some()
+        && matches!(settings.mode, Mode::Shared | Mode::Reuseport | Mode::Steer)
+    {
         tracing::warn!(
             "--max-requests counts connections only in proxy and round-robin modes, where the \
              primary accepts; in {} mode workers accept on their own and are not recycled by count",

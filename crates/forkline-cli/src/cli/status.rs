@@ -53,7 +53,11 @@ fn render(name: &str, status: &Value) -> String {
     let mut out = format!(
         "{name}: primary pid {}, {} mode{}, {}/{} workers ready, up {}{}\n",
         text(&status["pid"]),
-        text(&status["mode"]),
+        match status["steering"].as_str() {
+            // Steer mode says how: "steer (bpf-round-robin) mode".
+            Some(how) => format!("{} ({how})", text(&status["mode"])),
+            None => text(&status["mode"]),
+        },
         match status["reuseport_migration"].as_str() {
             Some("off") => " (queues of closing workers are reset)".to_string(),
             Some(how) => format!(" (queues migrate: {how})"),

@@ -257,7 +257,7 @@ impl Model {
             .current
             .as_ref()
             .and_then(|s| s.mode.as_deref())
-            .is_some_and(|m| m == "shared" || m == "reuseport");
+            .is_some_and(|m| matches!(m, "shared" | "reuseport" | "steer"));
         if shared {
             title.push_str(" (workers accept by themselves in this mode: not counted)");
         }

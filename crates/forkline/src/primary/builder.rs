@@ -454,6 +454,16 @@ impl ClusterBuilder {
         if let Some(window) = opts.accept_coalesce {
             super::options::check_accept_coalesce(window)?;
         }
+        if opts.mode == Mode::Steer && opts.balance != Balance::RoundRobin {
+            return Err(Error::InvalidOption {
+                field: "balance",
+                reason: format!(
+                    "steer mode balances round-robin in the kernel; {} needs the primary to \
+                     pick (round-robin or proxy mode)",
+                    opts.balance.name()
+                ),
+            });
+        }
         if opts.credit_window == 0 {
             return Err(Error::InvalidOption {
                 field: "credit_window",
@@ -499,5 +509,33 @@ pub fn resolve_program(program: &Path, cwd: Option<&Path>) -> Result<PathBuf> {
     match found_not_executable {
         Some(path) => Err(Error::ExecNotExecutable(path)),
         None => Err(Error::ExecNotFound(program.to_path_buf())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steer_mode_refuses_a_balance_it_cannot_do_in_the_kernel() {
+        let builder = |balance| {
+            ClusterBuilder::new()
+                .exec("true")
+                .mode(Mode::Steer)
+                .balance(balance)
+        };
+        assert!(builder(Balance::RoundRobin).validated().is_ok());
+        for balance in [Balance::LeastConn, Balance::IpHash] {
+            match builder(balance).validated() {
+                Err(Error::InvalidOption { field, reason }) => {
+                    assert_eq!(field, "balance");
+                    assert!(
+                        reason.contains("steer mode balances round-robin"),
+                        "{reason}"
+                    );
+                }
+                other => panic!("{balance:?}: {other:?}"),
+            }
+        }
     }
 }

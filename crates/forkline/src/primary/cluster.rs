@@ -195,6 +195,9 @@ impl Cluster {
             inner: Arc::new(core),
         };
         let opts = &cluster.inner.opts;
+        if opts.mode == Mode::Steer {
+            super::steer::probe_at_start(&cluster);
+        }
         if opts.subreaper {
             super::reaper::become_subreaper()?;
         }
@@ -218,7 +221,7 @@ impl Cluster {
                 match serving.inner.opts.mode {
                     Mode::RoundRobin => dispatch::start_accepting(&serving, listener),
                     Mode::Proxy => proxy::start_accepting(&serving, listener),
-                    Mode::Shared | Mode::Reuseport => {}
+                    Mode::Shared | Mode::Reuseport | Mode::Steer => {}
                 }
             }
         };
@@ -358,6 +361,15 @@ impl Cluster {
     /// (not reuseport mode).
     pub fn reuseport_migration(&self) -> Option<&'static str> {
         self.inner.listeners.migration()
+    }
+
+    /// How steer mode steers (see [`Mode::Steer`]): `"bpf-round-robin"` (a BPF program picks
+    /// each new connection's worker in the kernel), or, where BPF was refused,
+    /// `"fallback-round-robin"` (library workers: the primary accepts and hands connections
+    /// out) or `"fallback-reuseport"` (each worker accepts on its own socket, the kernel
+    /// hashes). `None` outside steer mode.
+    pub fn steering(&self) -> Option<&'static str> {
+        super::steer::status(self)
     }
 
     /// The addresses the cluster listens on.

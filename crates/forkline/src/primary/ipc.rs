@@ -297,7 +297,10 @@ async fn listen(
         mode,
         index,
     } = request;
-    let mode = effective_mode(kind, mode.unwrap_or(cluster.inner.opts.mode));
+    let mode = super::steer::effective(
+        cluster,
+        effective_mode(kind, mode.unwrap_or(cluster.inner.opts.mode)),
+    );
     let key = ListenKey {
         kind,
         address: address.clone(),
@@ -354,6 +357,8 @@ async fn listen(
             dispatch::start_accepting(cluster, &listener);
         }
     }
+    // Steer mode: a worker ready already is steered to from now on (before `listening`).
+    super::steer::listening(worker, &listener);
     cluster.inner.events.emit(Event::Listening {
         worker: worker.clone(),
         address: listener.local.clone(),
@@ -378,13 +383,13 @@ fn errno_of(error: &std::io::Error) -> Option<i32> {
     })
 }
 
-/// The mode a listener of `kind` really gets: UDP cannot be handed off per connection, and
-/// SO_REUSEPORT means nothing for Unix sockets.
+/// The mode a listener of `kind` really gets: UDP cannot be handed off per connection (nor
+/// steered: forkline's program is for TCP), and SO_REUSEPORT means nothing for Unix sockets.
 fn effective_mode(kind: SocketKind, wanted: Mode) -> Mode {
     match (kind, wanted) {
-        (SocketKind::Udp, Mode::Reuseport) => Mode::Reuseport,
+        (SocketKind::Udp, Mode::Reuseport | Mode::Steer) => Mode::Reuseport,
         (SocketKind::Udp, _) => Mode::Shared,
-        (SocketKind::Unix, Mode::Reuseport) => Mode::Shared,
+        (SocketKind::Unix, Mode::Reuseport | Mode::Steer) => Mode::Shared,
         (_, Mode::Proxy) => Mode::RoundRobin,
         (_, mode) => mode,
     }

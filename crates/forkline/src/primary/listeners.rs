@@ -1,12 +1,14 @@
 //! The sockets the primary binds for its workers: each address once (keyed like Node: kind,
 //! address, mode, so `listen(0)` gives every worker the same port), plus one SO_REUSEPORT socket
-//! per worker slot in `reuseport` mode. Bind errors name the address.
+//! per worker slot in `reuseport` and `steer` modes. Bind errors name the address.
 //!
 //! A reuseport group keeps at least one socket while its listener lives: when a slot's socket
 //! is released and it is the group's last, it waits (still listening) for the next worker that
 //! accepts on the address, so the port stays bound and its queue waits instead of being reset.
 //! Every reuseport TCP socket is set up by the cluster's `Migrator` as it starts listening, so
-//! that a closing socket's queue can move to the others (`migration.rs`).
+//! that a closing socket's queue can move to the others (`migration.rs`). In steer mode, by
+//! its listener's `SteerGroup` instead (`steer.rs`), whose program also migrates; the group's
+//! socket array holds the sockets of the slots whose worker is ready.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -18,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::migration::{Migration, Migrator};
+use super::steer::{SteerGroup, Steerer};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, SocketKind};
 
@@ -36,6 +39,29 @@ pub(crate) struct BindOptions {
     pub unix_owner: Option<(u32, u32)>,
     /// How the queues of closing reuseport sockets are kept.
     pub migration: Migration,
+}
+
+/// How a reuseport TCP socket is set up once it listens.
+#[derive(Clone, Copy)]
+pub(crate) enum Prepare<'a> {
+    /// So that its queue migrates when it closes (reuseport mode).
+    Migrate(&'a Migrator),
+    /// Joins its group's steering (steer mode): the program attached.
+    Steer(&'a SteerGroup),
+}
+
+impl Prepare<'_> {
+    fn apply(self, socket: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        match self {
+            Prepare::Migrate(migrator) => migrator.prepare(socket),
+            Prepare::Steer(group) => group.prepare(socket),
+        }
+    }
+}
+
+/// True for the modes that bind a socket per worker slot.
+fn per_slot_mode(mode: Mode) -> bool {
+    matches!(mode, Mode::Reuseport | Mode::Steer)
 }
 
 /// What identifies one shared listener.
@@ -73,6 +99,9 @@ pub(crate) struct BoundListener {
     options: BindOptions,
     /// Sets up its reuseport sockets so that their queues migrate.
     migrator: Arc<Migrator>,
+    /// Steer mode: the group's maps and program (`None` in other modes, or when BPF was
+    /// refused: its sockets are then set up as in reuseport mode).
+    pub steer: Option<Arc<SteerGroup>>,
     /// Who holds it, which decides when it is released.
     lifetime: Mutex<Lifetime>,
     /// Set when it is released: its accept loop stops.
@@ -107,7 +136,7 @@ impl BoundListener {
         let sock = match self.spare.lock().unwrap().take() {
             Some(waiting) => waiting,
             None => Arc::new(
-                bind(self.kind, &self.local, Some(&self.migrator), self.options).map_err(
+                bind(self.kind, &self.local, Some(self.prepare()), self.options).map_err(
                     |source| Error::Listen {
                         address: self.local.clone(),
                         source,
@@ -117,6 +146,33 @@ impl BoundListener {
         };
         slots.insert(slot, sock.clone());
         Ok(sock)
+    }
+
+    /// How its per-slot sockets are set up.
+    fn prepare(&self) -> Prepare<'_> {
+        match &self.steer {
+            Some(group) => Prepare::Steer(group),
+            None => Prepare::Migrate(&self.migrator),
+        }
+    }
+
+    /// Steer mode: worker `seq` of `slot` is ready (or, ready, has just listened on it): its
+    /// slot's socket enters the group's socket array, if the worker accepts on it (it listened
+    /// on it, or the listener was bound up front and passed at start).
+    pub fn steer_ready(&self, slot: usize, seq: u64) {
+        let Some(group) = &self.steer else {
+            return;
+        };
+        {
+            let lifetime = self.lifetime.lock().unwrap();
+            if !lifetime.pinned && !lifetime.holders.contains(&seq) {
+                return;
+            }
+        }
+        let Some(socket) = self.per_slot.lock().unwrap().get(&slot).cloned() else {
+            return;
+        };
+        super::steer::enter(group, slot, seq, &socket);
     }
 
     /// A socket of this listener to hand to a new primary (`Cluster::upgrade`): the primary's
@@ -140,6 +196,10 @@ impl BoundListener {
     /// nobody accepts on. The group's last socket is kept as the spare instead: there is no
     /// other socket to move its queue to, and the next worker takes it.
     pub fn release_slot(&self, slot: usize) {
+        if let Some(group) = &self.steer {
+            // Out of the socket array first: the group keeps a copy of each socket in it.
+            group.slot_released(slot);
+        }
         let mut slots = self.per_slot.lock().unwrap();
         let Some(sock) = slots.remove(&slot) else {
             return;
@@ -200,6 +260,8 @@ pub(crate) struct ListenerTable {
     options: BindOptions,
     /// The cluster's one migration state (what `Cluster::reuseport_migration` reports).
     migrator: Arc<Migrator>,
+    /// Whether steer mode's BPF could be loaded (what `Cluster::steering` reports).
+    steerer: Steerer,
     by_key: Mutex<HashMap<ListenKey, Arc<BoundListener>>>,
     next_id: std::sync::atomic::AtomicU64,
 }
@@ -210,15 +272,23 @@ impl ListenerTable {
         Self {
             options,
             migrator: Arc::new(Migrator::new(options.migration)),
+            steerer: Steerer::default(),
             by_key: Mutex::default(),
             next_id: Default::default(),
         }
     }
 
     /// How the queues of closing reuseport sockets are kept: `"bpf"`, `"sysctl"`, `"off"`, or
-    /// `None` before the first reuseport TCP socket.
+    /// `None` before the first reuseport TCP socket. Steer mode's program migrates (`"bpf"`).
     pub fn migration(&self) -> Option<&'static str> {
-        self.migrator.status()
+        self.migrator
+            .status()
+            .or_else(|| (self.steerer.status() == Some(true)).then_some("bpf"))
+    }
+
+    /// Steer mode's state: whether BPF could be loaded.
+    pub fn steerer(&self) -> &Steerer {
+        &self.steerer
     }
 
     /// The listener for `key`, binding it on first use. The bool is true when it was just bound.
@@ -227,21 +297,45 @@ impl ListenerTable {
         if let Some(found) = table.get(&key) {
             return Ok((found.clone(), false));
         }
-        let reuseport = (key.mode == Mode::Reuseport).then_some(&*self.migrator);
-        let socket = bind(key.kind, &key.address, reuseport, self.options).map_err(|source| {
+        let steer = self.steer_group(&key);
+        let prepare = match (&steer, per_slot_mode(key.mode)) {
+            (Some(group), _) => Some(Prepare::Steer(group)),
+            (None, true) => Some(Prepare::Migrate(&self.migrator)),
+            (None, false) => None,
+        };
+        let socket = bind(key.kind, &key.address, prepare, self.options).map_err(|source| {
             Error::Listen {
                 address: key.address.clone(),
                 source,
             }
         })?;
-        let listener = self.insert(&mut table, key, socket)?;
+        let listener = self.insert(&mut table, key, socket, steer)?;
         Ok((listener, true))
     }
 
-    /// Registers an already-bound socket (socket activation) under `key`.
+    /// Registers an already-bound socket (socket activation, an upgrade) under `key`. In steer
+    /// mode the group's program is attached to it at once: it replaces the program of the
+    /// primary that passed it, which steers only to that primary's workers.
     pub fn adopt(&self, key: ListenKey, socket: OwnedFd) -> Result<Arc<BoundListener>> {
         let mut table = self.by_key.lock().unwrap();
-        self.insert(&mut table, key, socket)
+        let steer = self.steer_group(&key);
+        if let Some(group) = &steer {
+            use std::os::fd::AsFd;
+            group
+                .prepare(socket.as_fd())
+                .map_err(|source| Error::Listen {
+                    address: key.address.clone(),
+                    source,
+                })?;
+        }
+        self.insert(&mut table, key, socket, steer)
+    }
+
+    /// A steering group for a new listener of `key`, in steer mode (TCP) when BPF works.
+    fn steer_group(&self, key: &ListenKey) -> Option<Arc<SteerGroup>> {
+        (key.mode == Mode::Steer && key.kind == SocketKind::Tcp)
+            .then(|| self.steerer.group())
+            .flatten()
     }
 
     fn insert(
@@ -249,13 +343,13 @@ impl ListenerTable {
         table: &mut HashMap<ListenKey, Arc<BoundListener>>,
         key: ListenKey,
         socket: OwnedFd,
+        steer: Option<Arc<SteerGroup>>,
     ) -> Result<Arc<BoundListener>> {
         let local = local_address(&socket, key.kind).map_err(|source| Error::Listen {
             address: key.address.clone(),
             source,
         })?;
-        let reuseport = key.mode == Mode::Reuseport;
-        let (socket, spare) = if reuseport {
+        let (socket, spare) = if per_slot_mode(key.mode) {
             (None, Some(Arc::new(socket)))
         } else {
             (Some(Arc::new(socket)), None)
@@ -272,6 +366,7 @@ impl ListenerTable {
             per_slot: Mutex::new(HashMap::new()),
             options: self.options,
             migrator: self.migrator.clone(),
+            steer,
             lifetime: Mutex::new(Lifetime::default()),
             closed: tokio::sync::watch::channel(false).0,
         });
@@ -292,6 +387,11 @@ impl ListenerTable {
         slot: usize,
         restarting: bool,
     ) -> Vec<Arc<BoundListener>> {
+        for listener in self.all() {
+            if let Some(group) = &listener.steer {
+                group.worker_gone(slot, seq);
+            }
+        }
         self.release_where(|l| l.unheld_after_exit(seq, slot, restarting))
     }
 
@@ -343,13 +443,14 @@ pub(crate) fn resolve(address: &str) -> io::Result<SocketAddr> {
 }
 
 /// Binds a socket of `kind` at `address` (CLOEXEC, blocking), listening for stream kinds, set
-/// up by `options`. `reuseport`: SO_REUSEPORT, and a TCP socket is prepared by the migrator
-/// once it listens (before, it could not join the group: a socket with a program of its own
-/// at `listen` conflicts with the group's sockets, EADDRINUSE).
+/// up by `options`. `reuseport`: SO_REUSEPORT, and a TCP socket is prepared (the migrator's
+/// or the steering program attached) once it listens (before, it could not join the group: a
+/// socket with a program of its own at `listen` conflicts with the group's sockets,
+/// EADDRINUSE).
 pub(crate) fn bind(
     kind: SocketKind,
     address: &str,
-    reuseport: Option<&Migrator>,
+    reuseport: Option<Prepare<'_>>,
     options: BindOptions,
 ) -> io::Result<OwnedFd> {
     let socket = match kind {
@@ -364,9 +465,9 @@ pub(crate) fn bind(
             socket.set_tcp_nodelay(options.nodelay)?;
             socket.bind(&addr.into())?;
             socket.listen(BACKLOG)?;
-            if let Some(migrator) = reuseport {
+            if let Some(prepare) = reuseport {
                 use std::os::fd::AsFd;
-                migrator.prepare(socket.as_fd())?;
+                prepare.apply(socket.as_fd())?;
             }
             socket
         }

@@ -89,19 +89,19 @@ pub const ENV_TEST_NO_BPF: &str = "FORKLINE_TEST_NO_BPF";
 const TCP_MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 
 /// `BPF_PROG_TYPE_SK_REUSEPORT` (`linux/bpf.h`).
-const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
+pub(super) const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
 /// `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE` (`linux/bpf.h`): the program is also run for the
 /// requests of a closing socket, which makes its group migrate them.
-const BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: u32 = 40;
+pub(super) const BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: u32 = 40;
 /// `SK_PASS`: go on; with no socket selected, the kernel picks one by hash.
-const SK_PASS: i32 = 1;
+pub(super) const SK_PASS: i32 = 1;
 
 /// The program: `r0 = SK_PASS; exit`.
 const PASS_PROGRAM: [BpfInsn; 2] = [BpfInsn::mov64_imm(0, SK_PASS), BpfInsn::exit()];
 
 /// The program's license. The kernel asks for a GPL-compatible one only from programs that
-/// call GPL-only helpers; this one calls none.
-const LICENSE: &std::ffi::CStr = c"MIT OR Apache-2.0";
+/// call GPL-only helpers; this one calls none (nor does the steering program).
+pub(super) const LICENSE: &std::ffi::CStr = c"MIT OR Apache-2.0";
 
 /// The cluster's one migration state, kept by the listener table: what was asked, and, from
 /// the first reuseport TCP socket on, what was chosen.
@@ -205,14 +205,20 @@ fn choose(wanted: Migration) -> Chosen {
     Chosen::Kernel
 }
 
-/// Loads the program (refused when [`ENV_TEST_NO_BPF`] is set).
-fn load_program() -> io::Result<OwnedFd> {
+/// The error a BPF load gets when [`ENV_TEST_NO_BPF`] is set (as if `bpf(2)` were refused).
+pub(super) fn refused_for_tests() -> io::Result<()> {
     if std::env::var_os(ENV_TEST_NO_BPF).is_some() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!("refused by {ENV_TEST_NO_BPF}"),
         ));
     }
+    Ok(())
+}
+
+/// Loads the program (refused when [`ENV_TEST_NO_BPF`] is set).
+fn load_program() -> io::Result<OwnedFd> {
+    refused_for_tests()?;
     sys::bpf_prog_load(
         BPF_PROG_TYPE_SK_REUSEPORT,
         BPF_SK_REUSEPORT_SELECT_OR_MIGRATE,

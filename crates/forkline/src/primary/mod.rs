@@ -31,6 +31,7 @@ mod spawn;
 mod spawner;
 mod splice;
 mod stats;
+mod steer;
 mod supervisor;
 mod task;
 mod upgrade;
@@ -47,4 +48,5 @@ pub use options::{
 };
 pub use output_buffer::{OutputLine, OutputStream, DEFAULT_OUTPUT_BUFFER};
 pub use stats::{Stats, WorkerStats};
+pub use steer::{STEERING_BPF, STEERING_FALLBACK_REUSEPORT, STEERING_FALLBACK_ROUND_ROBIN};
 pub use upgrade::{ENV_UPGRADE_CONTROL_FD, ENV_UPGRADE_FD, ENV_UPGRADE_METRICS_FD};

@@ -403,14 +403,17 @@ pub fn accept_coalesce_from_env() -> crate::error::Result<Option<Option<Duration
 pub fn mode_from_env() -> crate::error::Result<Option<Mode>> {
     use crate::protocol::wire::ENV_SCHED_POLICY;
     match std::env::var(ENV_SCHED_POLICY) {
-        Ok(value) => Mode::parse(&value)
-            .map(Some)
-            .ok_or_else(|| crate::error::Error::InvalidOption {
-                field: ENV_SCHED_POLICY,
-                reason: format!(
-                    "unknown mode `{value}` (expected rr, none, round-robin, shared, reuseport or proxy)"
+        Ok(value) => {
+            Mode::parse(&value)
+                .map(Some)
+                .ok_or_else(|| crate::error::Error::InvalidOption {
+                    field: ENV_SCHED_POLICY,
+                    reason: format!(
+                    "unknown mode `{value}` (expected rr, none, round-robin, shared, reuseport, \
+                     steer or proxy)"
                 ),
-            }),
+                })
+        }
         Err(_) => Ok(None),
     }
 }

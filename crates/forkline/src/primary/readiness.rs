@@ -21,7 +21,7 @@ pub(crate) fn on_started(cluster: &Cluster, worker: &WorkerHandle) {
     if !cluster.inner.expect_protocol {
         set_online(cluster, worker);
         // A socket passed at spawn is listening already.
-        let passed_socket = matches!(opts.mode, Mode::Shared | Mode::Reuseport)
+        let passed_socket = matches!(opts.mode, Mode::Shared | Mode::Reuseport | Mode::Steer)
             && !cluster.inner.prebound.is_empty();
         if opts.readiness == Readiness::Listen && passed_socket {
             set_ready(cluster, worker);
@@ -92,6 +92,8 @@ pub(crate) fn set_ready(cluster: &Cluster, worker: &WorkerHandle) {
         _ => return,
     }
     worker.set_state(WorkerState::Ready);
+    // Steer mode: the kernel may steer to it from now on (before `ready` is seen).
+    super::steer::worker_ready(cluster, worker);
     cluster.inner.events.emit(Event::Ready {
         worker: worker.clone(),
     });

@@ -145,7 +145,7 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
 }
 
 /// Places the listeners bound up front, by the mode:
-/// - `shared` / `reuseport`: the sockets as fds 3.. with `LISTEN_FDS`, `LISTEN_FDNAMES`, `PORT`;
+/// - `shared` / `reuseport` / `steer`: the sockets as fds 3.. with `LISTEN_FDS`, `LISTEN_FDNAMES`, `PORT`;
 /// - `round-robin`: no fds (the primary accepts); `FORKLINE_LISTEN` names the addresses for a
 ///   library worker to `listen` on, and `PORT` the first port;
 /// - `proxy`: no fds; `PORT` is the worker's own loopback port.
@@ -176,7 +176,7 @@ fn prebound_sockets(
                 command.env("PORT", first_port);
             }
         }
-        Mode::Shared | Mode::Reuseport => {
+        Mode::Shared | Mode::Reuseport | Mode::Steer => {
             let mut names = Vec::new();
             for (index, listener) in inner.prebound.iter().enumerate() {
                 let socket = listener.socket_for(worker.id())?;

@@ -27,6 +27,10 @@ pub struct Stats {
     pub pid: u32,
     /// The distribution mode.
     pub mode: &'static str,
+    /// Steer mode: how connections are steered (`Cluster::steering`): `bpf-round-robin`, or
+    /// the fallback taken where BPF was refused (`fallback-round-robin`,
+    /// `fallback-reuseport`). `None` in other modes.
+    pub steering: Option<String>,
     /// The addresses it listens on.
     pub addresses: Vec<String>,
     /// How long the primary has run, in seconds.
@@ -175,6 +179,7 @@ impl Cluster {
             name: self.inner.opts.name.clone(),
             pid: std::process::id(),
             mode: self.inner.opts.mode.name(),
+            steering: self.steering().map(str::to_string),
             addresses: self.listen_addresses(),
             uptime_secs: secs(self.inner.started.elapsed()),
             target: self.target(),

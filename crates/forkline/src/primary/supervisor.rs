@@ -291,7 +291,7 @@ pub(crate) async fn wait_exit(cluster: &Cluster, worker: &WorkerHandle, deadline
 /// Forgets the reuseport sockets of `slot` (no immediate replacement will accept on them).
 pub(crate) fn release_slot_sockets(cluster: &Cluster, slot: usize) {
     for listener in cluster.inner.listeners.all() {
-        if listener.mode == Mode::Reuseport {
+        if matches!(listener.mode, Mode::Reuseport | Mode::Steer) {
             listener.release_slot(slot);
         }
     }

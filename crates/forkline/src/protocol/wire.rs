@@ -41,6 +41,11 @@ pub enum Mode {
     Reuseport,
     /// Every worker listens on its own loopback port; the primary relays bytes (CLI only).
     Proxy,
+    /// Every worker accepts on its own SO_REUSEPORT socket, and a BPF program forkline loads
+    /// picks the socket of each new connection in the kernel (round-robin over the ready
+    /// workers). Falls back to reuseport, or round-robin for library workers, where BPF
+    /// cannot be loaded.
+    Steer,
 }
 
 impl Mode {
@@ -51,6 +56,7 @@ impl Mode {
             "none" | "shared" => Some(Mode::Shared),
             "reuseport" => Some(Mode::Reuseport),
             "proxy" => Some(Mode::Proxy),
+            "steer" => Some(Mode::Steer),
             _ => None,
         }
     }
@@ -62,6 +68,7 @@ impl Mode {
             Mode::Shared => "shared",
             Mode::Reuseport => "reuseport",
             Mode::Proxy => "proxy",
+            Mode::Steer => "steer",
         }
     }
 }

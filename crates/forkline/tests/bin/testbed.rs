@@ -13,7 +13,8 @@
 //! workers), `TB_CWD` (the workers' directory), `TB_SETTLE_MS`, `TB_READY_TIMEOUT_MS`, `TB_SEND_ON_FORK` (a JSON message
 //! sent to every worker from its `fork` event, before its handshake) and `TB_SHUTDOWN_AT_START`
 //! (shut down right after start, before any worker is online), `TB_MIGRATION`
-//! (auto|bpf|sysctl|off: reuseport queue migration; `status` replies say what was chosen).
+//! (auto|bpf|sysctl|off: reuseport queue migration; `status` replies say what was chosen, and
+//! in steer mode how connections are steered).
 //! Worker settings: `TB_BEHAVIOR` (or `TB_BEHAVIOR_<id>`),
 //! `TB_LISTEN`, `TB_KIND` (tcp|unix|udp), `TB_DELAY_MS` (or `TB_DELAY_MS_<id>`), `TB_HOLD`
 //! (or `TB_HOLD_<id>`: answer only after the client sends a byte), `TB_EXTRA_LISTEN(_<id>)`
@@ -298,6 +299,7 @@ async fn command(cluster: &Cluster, start: Instant, line: &str) {
             "slots": serde_json::to_value(cluster.status()).unwrap(),
             "notify_rejected": cluster.notify_messages_rejected(),
             "migration": cluster.reuseport_migration(),
+            "steering": cluster.steering(),
         })),
         other => Err(format!("unknown command {other:?}")),
     };

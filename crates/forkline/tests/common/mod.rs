@@ -3,10 +3,14 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::io::ErrorKind;
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -347,4 +351,164 @@ pub fn in_private_netns<R: Send + 'static>(body: impl FnOnce() -> R + Send + 'st
         }
         Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A worker killed with connections queued on its own socket (reuseport and steer modes).
+
+/// The pid of worker `id`, from its `listening` event.
+pub fn listening_pid(tb: &Testbed, id: u64) -> u32 {
+    let event = tb
+        .seen
+        .iter()
+        .find(|e| e["event"] == "listening" && e["id"] == id)
+        .unwrap_or_else(|| panic!("worker {id} has not listened"));
+    event["pid"].as_u64().unwrap() as u32
+}
+
+/// The inodes of the sockets process `pid` has open.
+pub fn socket_inodes(pid: u32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The accept-queue length of process `pid`'s listening socket on 127.0.0.1:`port`
+/// (`rx_queue` of a listener in `/proc/PID/net/tcp`, which shows `pid`'s namespace).
+pub fn accept_queue_of(pid: u32, port: u16) -> Option<u64> {
+    let inodes = socket_inodes(pid);
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let listening = fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A");
+        let inode: u64 = fields.get(9)?.parse().ok()?;
+        if !listening || !inodes.contains(&inode) {
+            return None;
+        }
+        u64::from_str_radix(fields.get(4)?.split(':').nth(1)?, 16).ok()
+    })
+}
+
+/// The lines of `/proc/PID/net/tcp` (as `pid`'s namespace has it) for local port `port`, in
+/// every state: for failure messages.
+pub fn port_sockets(pid: u32, port: u16) -> String {
+    let local = format!(":{port:04X} ");
+    let show = |path: String| match std::fs::read_to_string(&path) {
+        Ok(table) => format!(
+            "{path}:\n{}",
+            table
+                .lines()
+                .filter(|line| line.contains(&local))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        Err(e) => format!("{path}: {e}"),
+    };
+    let netns = |path: String| std::fs::read_link(&path).map(|l| l.display().to_string());
+    format!(
+        "{}\n{}\nnetns of {pid}: {:?}, of this thread: {:?}",
+        show(format!("/proc/{pid}/net/tcp")),
+        show("/proc/thread-self/net/tcp".into()),
+        netns(format!("/proc/{pid}/ns/net")),
+        netns("/proc/thread-self/ns/net".into()),
+    )
+}
+
+/// What became of the clients of [`kill_a_worker_with_a_queue`].
+#[derive(Debug)]
+pub struct Outcome {
+    /// Connections queued on the killed worker's socket just before the kill.
+    pub queued: u64,
+    /// Replies by worker id, and by the pid that sent them.
+    pub by_worker: BTreeMap<u64, usize>,
+    pub by_pid: BTreeMap<u32, usize>,
+    /// Connections reset.
+    pub resets: usize,
+}
+
+/// Stops worker 0, connects `clients` clients, waits until those on worker 0's socket are all
+/// that is left unanswered (at least one), SIGKILLs worker 0 and collects every reply.
+pub fn kill_a_worker_with_a_queue(tb: &Testbed, port: u16, clients: usize) -> Outcome {
+    use std::io::Read;
+    let stopped = listening_pid(tb, 0);
+    // `listening` is emitted once the primary has sent the socket: wait until the worker has
+    // received it (stopped before, it would hold the socket only in its channel's queue).
+    assert!(
+        eventually(SOON, || accept_queue_of(stopped, port).is_some()),
+        "worker 0 (pid {stopped}) never held its listening socket:\n{}",
+        port_sockets(stopped, port)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stopped as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    assert!(
+        eventually(SOON, || all_threads_stopped(stopped)),
+        "worker 0 did not stop"
+    );
+    let answered = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..clients)
+        .map(|_| {
+            // Connected once the kernel completed the handshake, whether or not it is accepted.
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            stream.set_read_timeout(Some(SOON)).unwrap();
+            let answered = answered.clone();
+            std::thread::spawn(move || {
+                let mut reply = String::new();
+                let result = stream.read_to_string(&mut reply).map(|_| reply);
+                if result.is_ok() {
+                    answered.fetch_add(1, Ordering::SeqCst);
+                }
+                result
+            })
+        })
+        .collect();
+    let mut queued = 0;
+    let settled = eventually(SOON, || {
+        queued = accept_queue_of(stopped, port).unwrap_or(0);
+        queued > 0 && queued as usize + answered.load(Ordering::SeqCst) == clients
+    });
+    assert!(
+        settled,
+        "expected the unanswered clients queued on worker 0: {queued} queued, {} answered of \
+         {clients}; worker 0 (pid {stopped}) has sockets {:?}; the port's sockets:\n{}",
+        answered.load(Ordering::SeqCst),
+        socket_inodes(stopped),
+        port_sockets(stopped, port)
+    );
+    kill_pid(u64::from(stopped));
+    let mut outcome = Outcome {
+        queued,
+        by_worker: BTreeMap::new(),
+        by_pid: BTreeMap::new(),
+        resets: 0,
+    };
+    for reader in readers {
+        match reader.join().unwrap() {
+            Ok(reply) => {
+                let mut words = reply.split_whitespace().skip(1);
+                let id: u64 = words.next().and_then(|w| w.parse().ok()).unwrap();
+                let pid: u32 = words.next().and_then(|w| w.parse().ok()).unwrap();
+                *outcome.by_worker.entry(id).or_default() += 1;
+                *outcome.by_pid.entry(pid).or_default() += 1;
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => outcome.resets += 1,
+            Err(e) => panic!("a client got neither a reply nor a reset: {e}"),
+        }
+    }
+    eprintln!("{outcome:?}");
+    outcome
 }

@@ -1,0 +1,160 @@
+//! `forkline run --mode steer` with a plain Python program that accepts on fd 3 (`LISTEN_FDS`):
+//! the kernel spreads connections round-robin over the workers (a BPF program forkline loads),
+//! `forkline status --json` says how; where BPF is refused (`FORKLINE_TEST_NO_BPF=1`, the
+//! test-only switch) the cluster falls back to reuseport with one log line and says so; and
+//! `--balance least-conn` is refused with steer at start.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// A server that knows nothing of forkline: accepts on the socket at fd 3 and answers each
+/// connection with its pid and worker id.
+const PYTHON_SERVER: &str = r#"
+import os, socket
+server = socket.socket(fileno=3)
+me = f"pid={os.getpid()} id={os.environ['FORKLINE_WORKER_ID']}\n".encode()
+print(f"accepting pid={os.getpid()}", flush=True)
+while True:
+    conn, _ = server.accept()
+    conn.sendall(me)
+    conn.close()
+"#;
+
+/// A steer cluster of `workers` Python workers on a free port, with its control socket.
+struct Steered {
+    cluster: Running,
+    port: u16,
+    control: String,
+    _dir: TempDir,
+}
+
+impl Steered {
+    fn start(tag: &str, workers: usize, env: &[(&str, &str)]) -> Steered {
+        require("python3");
+        let dir = TempDir::new(tag);
+        let server = dir.write("server.py", PYTHON_SERVER);
+        let control = dir
+            .path()
+            .join("control.sock")
+            .to_str()
+            .unwrap()
+            .to_string();
+        let port = free_port();
+        let mut command = forkline();
+        command.args(["run", "--mode", "steer", "-w", &workers.to_string()]);
+        command.args(["--control", &control, "-l", &format!("127.0.0.1:{port}")]);
+        command.arg("--").arg("python3").arg(&server);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let cluster = Running::spawn(command);
+        let up = cluster.stdout.wait_until(STARTUP, |lines| {
+            (lines
+                .iter()
+                .filter(|l| l.contains("accepting pid="))
+                .count()
+                >= workers)
+                .then_some(())
+        });
+        assert!(up.is_some(), "{}", cluster.output());
+        Steered {
+            cluster,
+            port,
+            control,
+            _dir: dir,
+        }
+    }
+
+    /// `forkline status --json`.
+    fn status(&self) -> Value {
+        let mut command = forkline();
+        command.args(["status", "--control", &self.control, "--json"]);
+        let out = run_to_end(command, Duration::from_secs(60));
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        serde_json::from_str(&out.stdout).expect("JSON status")
+    }
+
+    /// Connects `n` times, one after the other, and counts the answers by worker id.
+    fn spread(&self, n: usize) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            let reply = read_line_from(self.port).expect("an answer");
+            let id = field(&reply, "id").expect("a worker reply").to_string();
+            *counts.entry(id).or_default() += 1;
+        }
+        counts
+    }
+}
+
+#[test]
+fn steer_mode_spreads_plain_programs_round_robin() {
+    let steered = Steered::start("steer-bpf", 3, &[]);
+    let status = steered.status();
+    if status["steering"] != "bpf-round-robin" {
+        eprintln!("skipped: no BPF here (steering {})", status["steering"]);
+        return;
+    }
+    assert_eq!(status["mode"], "steer", "{status}");
+    // Strict round-robin: 100 each (the readiness gate put all three in the map at start).
+    let counts = steered.spread(300);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 100), "{counts:?}");
+    let mut cluster = steered.cluster;
+    cluster.stop_cleanly();
+}
+
+#[test]
+fn steer_mode_without_bpf_falls_back_to_reuseport_and_says_so() {
+    let steered = Steered::start("steer-nobpf", 2, &[("FORKLINE_TEST_NO_BPF", "1")]);
+    let said = steered.cluster.stderr.wait_for(STARTUP, |l| {
+        l.contains("steer: BPF refused") && l.contains("falling back to reuseport mode")
+    });
+    assert!(said.is_some(), "{}", steered.cluster.output());
+    let status = steered.status();
+    assert_eq!(status["steering"], "fallback-reuseport", "{status}");
+    // Both workers serve (the kernel hashes: no exact split).
+    let mut counts = BTreeMap::new();
+    let both = until(STARTUP, || {
+        for (id, n) in steered.spread(10) {
+            *counts.entry(id).or_insert(0) += n;
+        }
+        (counts.len() == 2).then_some(())
+    });
+    assert!(both.is_some(), "{counts:?}");
+    // One line, once.
+    let lines = steered.cluster.stderr.all();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("steer: BPF refused"))
+            .count(),
+        1,
+        "{}",
+        steered.cluster.output()
+    );
+    let mut cluster = steered.cluster;
+    cluster.stop_cleanly();
+}
+
+#[test]
+fn steer_mode_refuses_least_conn() {
+    let mut command = forkline();
+    command.args(["run", "--mode", "steer", "--balance", "least-conn", "-l"]);
+    command.arg(format!("127.0.0.1:{}", free_port()));
+    command.args(["--", "true"]);
+    let out = run_to_end(command, Duration::from_secs(60));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("--mode steer balances round-robin in the kernel"),
+        "{}",
+        out.stderr
+    );
+}

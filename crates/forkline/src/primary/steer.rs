@@ -1,0 +1,577 @@
+//! Steer mode: every worker accepts on its own `SO_REUSEPORT` socket, as in reuseport mode,
+//! but the kernel picks the socket of each new connection with a BPF program forkline loads,
+//! instead of a hash of the connection's addresses: strict round-robin over the sockets of the
+//! workers that are ready. No primary on the connection path, any program as a worker.
+//!
+//! Per listener (one reuseport group), forkline creates:
+//! - a `REUSEPORT_SOCKARRAY` map, index → socket, kept dense: indices `0..n` hold the sockets
+//!   of the slots whose worker is ready ([`SteerGroup::worker_ready`]); when one leaves, the
+//!   last takes its index;
+//! - an `ARRAY` map of one entry, `{ n: u32, _: u32, counter: u64 }`: the number of sockets
+//!   in the first map, and the round-robin counter the program bumps;
+//! - the program ([`program`]): `idx = counter++ % n` (an atomic fetch-and-add), then
+//!   `bpf_sk_select_reuseport(ctx, sockarray, &idx, 0)`; with no socket (n is 0, or the one at
+//!   `idx` just closed) it returns `SK_PASS` without selecting, and the kernel hashes as it
+//!   would without a program. It is loaded with `expected_attach_type =
+//!   BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`, so it also picks the socket for the queued
+//!   connections of a closing one: no queue is lost when a worker goes (see `migration.rs`).
+//!
+//! Readiness gates the map: a socket enters only once its worker is ready, and leaves when the
+//! slot has no ready worker any more (it exited, its slot was released), so no connection
+//! queues on a worker that is not accepting yet — which reuseport mode cannot promise.
+//! A socket kept for an immediate restart stays in the group, out of the map: what was queued
+//! on it waits for the replacement, nothing new arrives meanwhile.
+//!
+//! The program is 23 instructions assembled here and loaded with `sys::bpf_prog_load`, like
+//! migration's: aya and libbpf-rs load programs from an ELF object built by a BPF toolchain
+//! (clang, or bpf-linker on nightly Rust), which forkline would then need at build time, and
+//! they would bring a loader (and, for libbpf-rs, a C library) for two maps and one program
+//! whose every instruction is written down below. The kernel's verifier checks the program
+//! at load time; a refusal carries its log.
+//!
+//! Where BPF cannot be loaded (no CAP_BPF, seccomp, an old kernel), steer mode falls back —
+//! once, with one log line, and [`Cluster::steering`](crate::Cluster::steering) says so: to
+//! round-robin in the primary for library workers (a cluster with no listener bound up front),
+//! to reuseport otherwise.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::cluster::Cluster;
+use super::handle::{WorkerHandle, WorkerState};
+use super::listeners::BoundListener;
+use super::migration::{
+    refused_for_tests, BPF_PROG_TYPE_SK_REUSEPORT, BPF_SK_REUSEPORT_SELECT_OR_MIGRATE, LICENSE,
+    SK_PASS,
+};
+use crate::protocol::Mode;
+use crate::sys::{self, BpfInsn, BpfMap, BPF_ANY};
+
+/// `BPF_MAP_TYPE_ARRAY` (`linux/bpf.h`).
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// `BPF_MAP_TYPE_REUSEPORT_SOCKARRAY` (`linux/bpf.h`).
+const BPF_MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
+/// Helper `bpf_map_lookup_elem` (`enum bpf_func_id`).
+const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+/// Helper `bpf_sk_select_reuseport` (`enum bpf_func_id`).
+const BPF_FUNC_SK_SELECT_REUSEPORT: i32 = 82;
+
+/// Most sockets one group steers between (the size of its socket array).
+pub(crate) const MAX_SOCKETS: u32 = 4096;
+
+/// Bytes of the state map's one value: `n: u32`, 4 bytes of padding, `counter: u64`.
+const STATE_SIZE: u32 = 16;
+/// Offset of `counter` in the state value.
+const COUNTER_OFFSET: i16 = 8;
+
+/// What [`Cluster::steering`](crate::Cluster::steering) says when the kernel steers.
+pub const STEERING_BPF: &str = "bpf-round-robin";
+/// What it says when BPF was refused and library workers get round-robin in the primary.
+pub const STEERING_FALLBACK_ROUND_ROBIN: &str = "fallback-round-robin";
+/// What it says when BPF was refused and workers accept on reuseport sockets (kernel hash).
+pub const STEERING_FALLBACK_REUSEPORT: &str = "fallback-reuseport";
+
+/// The steering program, instruction by instruction, over the state map `state` and the socket
+/// array `socks` (their fds, which the kernel replaces by the maps at load time). At entry r1
+/// is the context (`struct sk_reuseport_md *`); r10 is the read-only frame pointer, below which
+/// the program keeps two 4-byte keys on its stack.
+pub(crate) fn program(state: i32, socks: i32) -> Vec<BpfInsn> {
+    // Index of the last instruction block, `r0 = SK_PASS; exit`, which every path ends in.
+    const PASS: i16 = 21;
+    let [state_lo, state_hi] = BpfInsn::load_map_fd(1, state);
+    let [socks_lo, socks_hi] = BpfInsn::load_map_fd(2, socks);
+    let insns = vec![
+        // 0: r6 = r1 — keep the context: a helper call clobbers r1-r5.
+        BpfInsn::mov64_reg(6, 1),
+        // 1: *(u32 *)(r10 - 4) = 0 — the state map's key, 0, on the stack.
+        BpfInsn::store32_imm(10, -4, 0),
+        // 2-3: r1 = &state map.
+        state_lo,
+        state_hi,
+        // 4: r2 = r10
+        BpfInsn::mov64_reg(2, 10),
+        // 5: r2 += -4 — r2 points to the key.
+        BpfInsn::add64_imm(2, -4),
+        // 6: r0 = bpf_map_lookup_elem(state, &key) — the value, or NULL.
+        BpfInsn::call(BPF_FUNC_MAP_LOOKUP_ELEM),
+        // 7: if r0 == NULL goto PASS (never, for an array's key 0; the verifier wants it).
+        BpfInsn::jeq_imm(0, 0, PASS - 7 - 1),
+        // 8: r1 = *(u32 *)(r0 + 0) — n, the sockets in the array.
+        BpfInsn::load32(1, 0, 0),
+        // 9: if r1 == 0 goto PASS — no ready worker: let the kernel hash.
+        BpfInsn::jeq_imm(1, 0, PASS - 9 - 1),
+        // 10: r2 = 1
+        BpfInsn::mov64_imm(2, 1),
+        // 11: r2 = atomic_fetch_add((u64 *)(r0 + 8), r2) — take a turn: r2 = counter++.
+        BpfInsn::atomic_fetch_add64(0, COUNTER_OFFSET, 2),
+        // 12: r2 %= r1 — idx = turn % n.
+        BpfInsn::mod64_reg(2, 1),
+        // 13: *(u32 *)(r10 - 8) = r2 — the socket array's key, idx, on the stack.
+        BpfInsn::store32_reg(10, -8, 2),
+        // 14: r1 = r6 — the context.
+        BpfInsn::mov64_reg(1, 6),
+        // 15-16: r2 = &socket array.
+        socks_lo,
+        socks_hi,
+        // 17: r3 = r10
+        BpfInsn::mov64_reg(3, 10),
+        // 18: r3 += -8 — r3 points to idx.
+        BpfInsn::add64_imm(3, -8),
+        // 19: r4 = 0 — flags.
+        BpfInsn::mov64_imm(4, 0),
+        // 20: bpf_sk_select_reuseport(ctx, socks, &idx, 0) — selects the socket at idx; on
+        // failure (the slot emptied as its socket closed) nothing is selected.
+        BpfInsn::call(BPF_FUNC_SK_SELECT_REUSEPORT),
+        // 21 (PASS): r0 = SK_PASS — the selected socket, or the kernel's hash without one.
+        BpfInsn::mov64_imm(0, SK_PASS),
+        // 22: exit
+        BpfInsn::exit(),
+    ];
+    debug_assert_eq!(insns[PASS as usize], BpfInsn::mov64_imm(0, SK_PASS));
+    insns
+}
+
+/// One reuseport group's steering: its maps, its program, and which slots' sockets are in
+/// the socket array.
+#[derive(Debug)]
+pub(crate) struct SteerGroup {
+    /// The socket array (`REUSEPORT_SOCKARRAY`), `u32` index → socket.
+    socks: BpfMap,
+    /// The state (`ARRAY`, one entry): `n` and the round-robin counter.
+    state: BpfMap,
+    /// The program, attached to each of the group's sockets once it listens.
+    prog: OwnedFd,
+    members: Mutex<Members>,
+}
+
+/// Who is in the socket array.
+#[derive(Debug, Default)]
+struct Members {
+    /// The slot, and its socket, at each index `0..n` of the socket array. The socket is a
+    /// copy of the listener's per-slot one, dropped as soon as the slot leaves (the listener's
+    /// release of a slot must close the last copy).
+    order: Vec<(usize, Arc<OwnedFd>)>,
+    /// The ready workers (unique ids) of each slot: the slot is in the array while it has one.
+    ready: HashMap<usize, HashSet<u64>>,
+}
+
+impl SteerGroup {
+    /// Creates the maps and loads the program (refused when `FORKLINE_TEST_NO_BPF` is set).
+    pub fn new() -> io::Result<SteerGroup> {
+        refused_for_tests()?;
+        let socks = BpfMap::create(
+            BPF_MAP_TYPE_REUSEPORT_SOCKARRAY,
+            4,
+            8,
+            MAX_SOCKETS,
+            "forkline_socks",
+        )?;
+        let state = BpfMap::create(BPF_MAP_TYPE_ARRAY, 4, STATE_SIZE, 1, "forkline_state")?;
+        let prog = sys::bpf_prog_load(
+            BPF_PROG_TYPE_SK_REUSEPORT,
+            BPF_SK_REUSEPORT_SELECT_OR_MIGRATE,
+            &program(state.as_raw_fd(), socks.as_raw_fd()),
+            LICENSE,
+            "forkline_steer",
+        )?;
+        let group = SteerGroup {
+            socks,
+            state,
+            prog,
+            members: Mutex::default(),
+        };
+        group.set_count(0)?;
+        Ok(group)
+    }
+
+    /// Attaches the program to a socket of the group that has just started listening
+    /// (attached before `listen`, the socket could not join the group).
+    pub fn prepare(&self, socket: BorrowedFd<'_>) -> io::Result<()> {
+        sys::attach_reuseport_prog(socket, self.prog.as_fd())
+    }
+
+    /// Worker `seq` of `slot`, whose socket is `socket`, is ready: the slot's socket enters the
+    /// array if it is not there yet.
+    pub fn worker_ready(&self, slot: usize, seq: u64, socket: &Arc<OwnedFd>) -> io::Result<()> {
+        let mut members = self.members.lock().unwrap();
+        members.ready.entry(slot).or_default().insert(seq);
+        if members.order.iter().any(|(s, _)| *s == slot) {
+            return Ok(());
+        }
+        self.enter(&mut members, slot, socket)
+    }
+
+    /// True while worker `seq` of `slot` is ready and the slot's socket is not in the array.
+    fn waits(&self, slot: usize, seq: u64) -> bool {
+        let members = self.members.lock().unwrap();
+        members.ready.get(&slot).is_some_and(|r| r.contains(&seq))
+            && !members.order.iter().any(|(s, _)| *s == slot)
+    }
+
+    /// Worker `seq` of `slot` exited: the slot's socket leaves the array if no other ready
+    /// worker of the slot (a replacement) accepts on it.
+    pub fn worker_gone(&self, slot: usize, seq: u64) {
+        let mut members = self.members.lock().unwrap();
+        let Some(ready) = members.ready.get_mut(&slot) else {
+            return;
+        };
+        ready.remove(&seq);
+        if ready.is_empty() {
+            members.ready.remove(&slot);
+            self.leave_logged(&mut members, slot);
+        }
+    }
+
+    /// `slot`'s socket is released (no worker will accept on it): it leaves the array.
+    pub fn slot_released(&self, slot: usize) {
+        let mut members = self.members.lock().unwrap();
+        members.ready.remove(&slot);
+        self.leave_logged(&mut members, slot);
+    }
+
+    /// The slots in the array, by index.
+    #[cfg(test)]
+    pub fn slots(&self) -> Vec<usize> {
+        let members = self.members.lock().unwrap();
+        members.order.iter().map(|(slot, _)| *slot).collect()
+    }
+
+    fn enter(&self, members: &mut Members, slot: usize, socket: &Arc<OwnedFd>) -> io::Result<()> {
+        let index = members.order.len() as u32;
+        if index >= MAX_SOCKETS {
+            return Err(io::Error::other(format!(
+                "more than {MAX_SOCKETS} sockets to steer between"
+            )));
+        }
+        let fd = socket.as_raw_fd() as u64;
+        self.socks
+            .update(&index.to_ne_bytes(), &fd.to_ne_bytes(), BPF_ANY)?;
+        members.order.push((slot, socket.clone()));
+        self.set_count(index + 1)
+    }
+
+    fn leave_logged(&self, members: &mut Members, slot: usize) {
+        if let Err(e) = self.leave(members, slot) {
+            tracing::warn!(slot, error = %e, "steer: a worker's socket could not leave the map");
+        }
+    }
+
+    /// Takes `slot` out of the array and moves the last socket into its index. In this order,
+    /// so that the program never picks an index without a socket: `n` shrinks first (the last
+    /// index is out of reach), the last index is emptied, and then the last socket takes the
+    /// leaving one's index (a socket can be at one index only).
+    fn leave(&self, members: &mut Members, slot: usize) -> io::Result<()> {
+        let Some(at) = members.order.iter().position(|(s, _)| *s == slot) else {
+            return Ok(());
+        };
+        let last = members.order.len() - 1;
+        members.order.swap_remove(at);
+        self.set_count(last as u32)?;
+        match self.socks.delete(&(last as u32).to_ne_bytes()) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            _ => {}
+        }
+        if at != last {
+            let fd = members.order[at].1.as_raw_fd() as u64;
+            self.socks
+                .update(&(at as u32).to_ne_bytes(), &fd.to_ne_bytes(), BPF_ANY)?;
+        }
+        Ok(())
+    }
+
+    /// Sets `n` (and the counter back to 0).
+    fn set_count(&self, n: u32) -> io::Result<()> {
+        let mut value = [0u8; STATE_SIZE as usize];
+        value[..4].copy_from_slice(&n.to_ne_bytes());
+        self.state.update(&0u32.to_ne_bytes(), &value, BPF_ANY)
+    }
+
+    /// The round-robin counter: connections (and migrated requests) steered since `n` last
+    /// changed.
+    #[cfg(test)]
+    fn counter(&self) -> u64 {
+        let value = self.state.lookup(&0u32.to_ne_bytes()).unwrap();
+        u64::from_ne_bytes(value[8..16].try_into().unwrap())
+    }
+}
+
+/// The cluster's steering state, kept by the listener table: whether BPF could be loaded,
+/// decided once (the first group, or the probe at start).
+#[derive(Debug, Default)]
+pub(crate) struct Steerer {
+    /// `Ok` once a group was set up; the error of the first refusal.
+    decided: OnceLock<Result<(), String>>,
+}
+
+impl Steerer {
+    /// A new group, or `None` when BPF is refused (the listener then works as in reuseport
+    /// mode). The first refusal decides for the cluster's life.
+    pub fn group(&self) -> Option<Arc<SteerGroup>> {
+        if let Some(Err(_)) = self.decided.get() {
+            return None;
+        }
+        match SteerGroup::new() {
+            Ok(group) => {
+                let _ = self.decided.set(Ok(()));
+                Some(Arc::new(group))
+            }
+            Err(e) => {
+                if self.decided.set(Err(e.to_string())).is_err() {
+                    // BPF worked for an earlier group: this one is the exception.
+                    tracing::error!(error = %e, "steer: no BPF program for a listener; its \
+                        workers accept on reuseport sockets (kernel hash)");
+                }
+                None
+            }
+        }
+    }
+
+    /// Decides now, if not yet: the error when BPF is refused.
+    pub fn probe(&self) -> Result<(), String> {
+        if self.decided.get().is_none() {
+            drop(self.group());
+        }
+        self.decided.get().cloned().unwrap_or(Ok(()))
+    }
+
+    /// `Some(true)` once a group was set up, `Some(false)` once BPF was refused, `None`
+    /// before anything steered was bound.
+    pub fn status(&self) -> Option<bool> {
+        self.decided.get().map(Result::is_ok)
+    }
+}
+
+/// What steer mode falls back to in this cluster when BPF is refused: round-robin in the
+/// primary for library workers that listen through it (nothing bound up front), reuseport
+/// otherwise (plain programs get their sockets at start).
+fn fallback_mode(cluster: &Cluster) -> Mode {
+    if cluster.inner.expect_protocol && cluster.inner.prebound.is_empty() {
+        Mode::RoundRobin
+    } else {
+        Mode::Reuseport
+    }
+}
+
+/// At start in steer mode: decides whether BPF can be loaded, and logs the fallback if not.
+pub(crate) fn probe_at_start(cluster: &Cluster) {
+    match cluster.inner.listeners.steerer().probe() {
+        Ok(()) => tracing::info!("steer: the kernel steers new connections (BPF, round-robin)"),
+        Err(e) => tracing::warn!(
+            "steer: BPF refused ({e}); falling back to {} mode",
+            fallback_mode(cluster).name()
+        ),
+    }
+}
+
+/// The mode a listener asked for in steer mode really gets: `Steer`, or, when BPF was
+/// refused, round-robin for library workers that listen through the primary. (A steer
+/// listener without BPF works as a reuseport one: the key stays, so a worker finds the
+/// listener bound up front.)
+pub(crate) fn effective(cluster: &Cluster, mode: Mode) -> Mode {
+    let refused = cluster.inner.listeners.steerer().status() == Some(false);
+    if mode == Mode::Steer && refused && fallback_mode(cluster) == Mode::RoundRobin {
+        return Mode::RoundRobin;
+    }
+    mode
+}
+
+/// What [`Cluster::steering`](crate::Cluster::steering) reports.
+pub(crate) fn status(cluster: &Cluster) -> Option<&'static str> {
+    let decided = cluster.inner.listeners.steerer().status();
+    if cluster.inner.opts.mode != Mode::Steer && decided.is_none() {
+        return None;
+    }
+    Some(match (decided, fallback_mode(cluster)) {
+        (Some(false), Mode::RoundRobin) => STEERING_FALLBACK_ROUND_ROBIN,
+        (Some(false), _) => STEERING_FALLBACK_REUSEPORT,
+        _ => STEERING_BPF,
+    })
+}
+
+/// How often a socket still held by another primary's socket array tries to enter ours.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Puts `slot`'s `socket` in `group`'s array for ready worker `seq`. A socket passed by an
+/// upgrade may still be in the old primary's array (EBUSY: a socket is in one array at a time)
+/// until that primary exits: it is served meanwhile, not steered to, and tries again every
+/// [`RETRY_EVERY`] for as long as the worker is ready (a thread that holds no copy of it).
+pub(crate) fn enter(group: &Arc<SteerGroup>, slot: usize, seq: u64, socket: &Arc<OwnedFd>) {
+    match group.worker_ready(slot, seq, socket) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            tracing::info!(
+                slot,
+                "steer: the socket is still in the previous primary's map; it joins ours once \
+                 that primary has exited"
+            );
+            let (group, socket) = (Arc::downgrade(group), Arc::downgrade(socket));
+            let retry = move || loop {
+                std::thread::sleep(RETRY_EVERY);
+                let (Some(group), Some(socket)) = (group.upgrade(), socket.upgrade()) else {
+                    return;
+                };
+                if !group.waits(slot, seq) {
+                    return;
+                }
+                match group.worker_ready(slot, seq, &socket) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                    Err(e) => {
+                        tracing::warn!(slot, error = %e, "steer: a socket could not join the map");
+                        return;
+                    }
+                    Ok(()) => return,
+                }
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name("forkline-steer".into())
+                .spawn(retry)
+            {
+                tracing::warn!(slot, error = %e, "steer: cannot retry joining the map");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(slot, error = %e, "steer: a worker's socket could not join the map")
+        }
+    }
+}
+
+/// `worker` became ready: its slot's sockets enter the socket arrays of the steered listeners
+/// it accepts on.
+pub(crate) fn worker_ready(cluster: &Cluster, worker: &WorkerHandle) {
+    for listener in cluster.inner.listeners.all() {
+        listener.steer_ready(worker.id(), worker.unique_id());
+    }
+}
+
+/// `worker` listens on `listener` (a library worker): if it is ready already, its socket
+/// enters the array now.
+pub(crate) fn listening(worker: &WorkerHandle, listener: &BoundListener) {
+    if worker.state() == WorkerState::Ready {
+        listener.steer_ready(worker.id(), worker.unique_id());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+
+    /// A listening reuseport socket on 127.0.0.1:`port` (0: a free one).
+    fn member(port: u16) -> Arc<OwnedFd> {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+            .unwrap();
+        socket.listen(64).unwrap();
+        Arc::new(socket.into())
+    }
+
+    fn port_of(socket: &OwnedFd) -> u16 {
+        socket2::SockRef::from(socket)
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .unwrap()
+            .port()
+    }
+
+    /// Accepts what is queued on `socket` now (non-blocking), closing each.
+    fn drain(socket: &OwnedFd) -> usize {
+        let listener = TcpListener::from(socket.try_clone().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let mut n = 0;
+        while listener.accept().is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn the_program_jumps_land_on_the_pass_block() {
+        let insns = program(3, 4);
+        assert_eq!(insns.len(), 23);
+        // Both early exits (7 and 9) jump to 21, `r0 = SK_PASS`.
+        for at in [7usize, 9] {
+            let target = at as i64 + 1 + i64::from(insns[at].off());
+            assert_eq!(target, 21, "jump at {at}");
+        }
+    }
+
+    #[test]
+    fn round_robin_in_the_kernel_over_the_ready_sockets_only() {
+        let group = match SteerGroup::new() {
+            Ok(group) => group,
+            Err(e) => {
+                eprintln!("skipped: BPF not allowed here ({e})");
+                return;
+            }
+        };
+        let first = member(0);
+        group.prepare(first.as_fd()).unwrap();
+        let port = port_of(&first);
+        let sockets: Vec<Arc<OwnedFd>> = std::iter::once(first)
+            .chain((1..4).map(|_| {
+                let s = member(port);
+                group.prepare(s.as_fd()).unwrap();
+                s
+            }))
+            .collect();
+        // Slots 0, 1 and 3 ready; 2 not.
+        for slot in [0, 1, 3] {
+            group
+                .worker_ready(slot, slot as u64 + 100, &sockets[slot])
+                .unwrap();
+        }
+        assert_eq!(group.slots(), vec![0, 1, 3]);
+        // Connects `n` clients one after the other and counts where each was queued.
+        let connect = |n: usize| {
+            let clients: Vec<TcpStream> = (0..n)
+                .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+                .collect();
+            let mut counts = vec![0; sockets.len()];
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while counts.iter().sum::<usize>() < n {
+                assert!(std::time::Instant::now() < deadline, "{counts:?} of {n}");
+                for (count, socket) in counts.iter_mut().zip(&sockets) {
+                    *count += drain(socket);
+                }
+                std::thread::yield_now();
+            }
+            drop(clients);
+            counts
+        };
+        assert_eq!(connect(30), vec![10, 10, 0, 10]);
+        assert_eq!(group.counter(), 30);
+        // Slot 0 goes: slot 3 takes its index; the counter starts over.
+        group.worker_gone(0, 100);
+        assert_eq!(group.slots(), vec![3, 1]);
+        assert_eq!(connect(20), vec![0, 10, 0, 10]);
+        // A second ready worker in slot 1 (a replacement): one exit keeps the slot in.
+        group.worker_ready(1, 201, &sockets[1]).unwrap();
+        group.worker_gone(1, 101);
+        assert_eq!(group.slots(), vec![3, 1]);
+        group.slot_released(1);
+        group.slot_released(3);
+        assert!(group.slots().is_empty());
+        // Nobody in the array: the kernel hashes over the whole group.
+        let counts = connect(40);
+        assert_eq!(counts.iter().sum::<usize>(), 40);
+        assert!(counts.iter().filter(|&&c| c > 0).count() > 1, "{counts:?}");
+        // The group holds no copy of a socket that left.
+        assert!(sockets.iter().all(|s| Arc::strong_count(s) == 1));
+    }
+
+    #[test]
+    fn the_first_refusal_decides_for_the_cluster() {
+        // (`FORKLINE_TEST_NO_BPF` is process-wide: the integration tests set it per primary.)
+        let steerer = Steerer::default();
+        let _ = steerer.decided.set(Err("refused".into()));
+        assert!(steerer.group().is_none());
+        assert_eq!(steerer.status(), Some(false));
+        assert_eq!(steerer.probe(), Err("refused".into()));
+    }
+}
