@@ -513,3 +513,70 @@ fn is_keeper(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .is_ok_and(|comm| comm.trim() == "forkline-keeper")
 }
+
+/// SIGUSR2 replaces the primary itself (`Cluster::upgrade`): the seed example starts again as
+/// a new primary with the listening socket, its workers answer, and the old primary exits 0
+/// with its workers gone. The port answers throughout.
+#[test]
+fn sigusr2_hands_the_port_to_a_new_primary() {
+    let addr = local_addr();
+    let mut seed = Seed::start(&addr, 2, None);
+    seed.wait_output("2 workers online", SOON, |out| out.created().len() == 2);
+    seed.assert_pool_of(2);
+    let old: BTreeSet<u32> = seed.stdout.created().into_iter().collect();
+    seed.signal(Signal::SIGUSR2);
+    let mut answered_meanwhile = 0;
+    let exited = loop {
+        if fetch(&addr).is_ok() {
+            answered_meanwhile += 1;
+        } else {
+            panic!(
+                "the port stopped answering during the upgrade\n{}",
+                seed.output()
+            );
+        }
+        if let Some(status) = seed.wait_exit(Duration::from_millis(1)) {
+            break status;
+        }
+        assert!(answered_meanwhile < 100_000, "the old primary never exited");
+    };
+    assert_eq!(exited.code(), Some(0), "{}", seed.output());
+    let answering = seed.answering(8);
+    let worker = *answering
+        .iter()
+        .next()
+        .unwrap_or_else(|| panic!("nobody answers after the upgrade\n{}", seed.output()));
+    // The new primary: the answering worker's parent, not the old primary.
+    let stat = std::fs::read_to_string(format!("/proc/{worker}/stat")).unwrap();
+    let new_primary: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stop = NewPrimary(new_primary);
+    assert_ne!(new_primary as u32, seed.pid());
+    assert!(answering.is_disjoint(&old), "{answering:?} {old:?}");
+    for pid in &old {
+        assert!(
+            eventually(SOON, || !alive(*pid)),
+            "old worker {pid} still runs\n{}",
+            seed.output()
+        );
+    }
+    drop(stop);
+}
+
+/// Stops a primary the test did not start itself (a new one from an upgrade), by pid.
+struct NewPrimary(i32);
+
+impl Drop for NewPrimary {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGTERM);
+        eventually(SOON, || !alive(self.0 as u32));
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+    }
+}

@@ -428,8 +428,8 @@ impl Cluster {
     }
 
     /// Begins a graceful shutdown (what SIGTERM/SIGINT do): stop accepting, ask every worker to
-    /// finish, SIGKILL what is left after the graceful timeout. Returns at once; [`wait`]
-    /// (Self::wait) tells when it is done.
+    /// finish, SIGKILL what is left after the graceful timeout. Returns at once;
+    /// [`wait`](Self::wait) tells when it is done.
     pub fn shutdown(&self) {
         shutdown::begin(self, self.inner.opts.graceful_timeout);
     }
