@@ -328,7 +328,7 @@ impl ClusterBuilder {
 
     /// Serves HTTP at `address` (`HOST:PORT`): Prometheus text at `/metrics` (every series
     /// named `forkline_…`), `/healthz` (200 while the primary runs) and `/readyz` (200 while at
-    /// least one worker is ready, or every slot's with [`readyz_requires_all`]
+    /// least one worker is ready, or every slot's with [`readyz_requires_all`](Self::readyz_requires_all)
     /// (Self::readyz_requires_all); 503 otherwise), for Kubernetes probes. An address in use is a
     /// start error naming it. Needs the `axum` feature (on by default).
     pub fn metrics(mut self, address: impl Into<String>) -> Self {

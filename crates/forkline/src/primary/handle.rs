@@ -245,8 +245,8 @@ impl WorkerHandle {
         self.shared.accepted.load(Ordering::Relaxed)
     }
 
-    /// Connections handed to this worker that it kept: [`connections_accepted`]
-    /// (Self::connections_accepted) less those taken back for other workers (it stopped
+    /// Connections handed to this worker that it kept:
+    /// [`connections_accepted`](Self::connections_accepted) less those taken back for other workers (it stopped
     /// reading, or gave them back).
     pub fn connections_served(&self) -> u64 {
         let taken_back = self.shared.taken_back.load(Ordering::Relaxed);
