@@ -172,7 +172,7 @@ async fn client(cluster: Cluster, stream: UnixStream) {
     if !authorized(&stream) {
         let (_, mut writer) = stream.into_split();
         let reply = json!({"ok": false, "error": "permission denied: not the cluster's user"});
-        let _ = writer.write_all(format!("{reply}\n").as_bytes()).await;
+        let _ = send(&mut writer, &reply).await;
         return;
     }
     let (reader, mut writer) = stream.into_split();
@@ -192,28 +192,21 @@ async fn client(cluster: Cluster, stream: UnixStream) {
         let reply = if line.len() as u64 > MAX_REQUEST {
             json!({"ok": false, "error": "request too long"})
         } else {
-            let text = String::from_utf8_lossy(&line);
-            if let Ok(Envelope {
-                v: CONTROL_VERSION,
-                request:
-                    Request::Logs {
-                        lines,
-                        follow,
-                        slot,
-                    },
-            }) = serde_json::from_str(&text)
-            {
-                let lines = lines.unwrap_or(DEFAULT_LOG_LINES);
-                logs(&cluster, reader, writer, lines, follow, slot).await;
-                return;
+            match parse(&String::from_utf8_lossy(&line)) {
+                Ok(Request::Logs {
+                    lines,
+                    follow,
+                    slot,
+                }) => {
+                    let lines = lines.unwrap_or(DEFAULT_LOG_LINES);
+                    logs(&cluster, reader, writer, lines, follow, slot).await;
+                    return;
+                }
+                Ok(request) => answer(&cluster, request).await,
+                Err(reply) => reply,
             }
-            answer(&cluster, &text).await
         };
-        if writer
-            .write_all(format!("{reply}\n").as_bytes())
-            .await
-            .is_err()
-        {
+        if send(&mut writer, &reply).await.is_err() {
             return;
         }
         if line.len() as u64 > MAX_REQUEST {
@@ -275,19 +268,22 @@ async fn send(writer: &mut OwnedWriteHalf, reply: &Value) -> io::Result<()> {
     writer.write_all(format!("{reply}\n").as_bytes()).await
 }
 
-/// The reply to one request line.
-async fn answer(cluster: &Cluster, line: &str) -> Value {
-    let envelope: Envelope = match serde_json::from_str(line) {
-        Ok(envelope) => envelope,
-        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
-    };
+/// The request on one line, or the error reply for a line that is none.
+fn parse(line: &str) -> std::result::Result<Request, Value> {
+    let envelope: Envelope = serde_json::from_str(line)
+        .map_err(|e| json!({"ok": false, "error": format!("bad request: {e}")}))?;
     if envelope.v != CONTROL_VERSION {
-        return json!({"ok": false, "error": format!(
+        return Err(json!({"ok": false, "error": format!(
             "unsupported control protocol version {}; this primary speaks {CONTROL_VERSION}",
             envelope.v
-        )});
+        )}));
     }
-    match envelope.request {
+    Ok(envelope.request)
+}
+
+/// The reply to one request (`logs` is answered as a stream by [`logs`]).
+async fn answer(cluster: &Cluster, request: Request) -> Value {
+    match request {
         Request::Status => {
             let mut status = serde_json::to_value(cluster.stats()).unwrap_or(Value::Null);
             status["ok"] = json!(true);

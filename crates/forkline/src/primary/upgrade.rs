@@ -54,11 +54,10 @@ pub(crate) struct Upgrades {
     /// Copies of the control and metrics listening sockets, for the new primary.
     control: Mutex<Option<OwnedFd>>,
     metrics: Mutex<Option<OwnedFd>>,
-    /// Set once a new primary took over: files it now serves are not removed at exit.
-    handed_over: AtomicBool,
     /// Clear in a new primary until it has taken over: the files are still its predecessor's.
     owns_files: AtomicBool,
-    /// Woken when the handover happens (the control and metrics servers stop accepting).
+    /// True once a new primary took over: the control and metrics servers stop accepting, and
+    /// the files the new one serves are not removed at exit.
     pub handover: tokio::sync::watch::Sender<bool>,
 }
 
@@ -80,7 +79,6 @@ impl Upgrades {
             program,
             control: Mutex::new(None),
             metrics: Mutex::new(None),
-            handed_over: AtomicBool::new(false),
             owns_files: AtomicBool::new(true),
             handover: tokio::sync::watch::channel(false).0,
         }
@@ -98,7 +96,7 @@ impl Upgrades {
 
     /// True once a new primary took over.
     pub fn handed_over(&self) -> bool {
-        self.handed_over.load(Ordering::Relaxed)
+        *self.handover.borrow()
     }
 
     /// True when this primary's socket files (the control socket, Unix listeners) are its own
@@ -262,7 +260,6 @@ async fn start_successor(
         return Err(reason);
     }
     // Hand over: from here on the new primary serves; this one only finishes what it took.
-    upgrades.handed_over.store(true, Ordering::Relaxed);
     upgrades.handover.send_replace(true);
     finish_accepted(cluster).await;
     if channel.write_all(b"go\n").await.is_err() {
