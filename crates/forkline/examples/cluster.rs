@@ -38,6 +38,8 @@ fn main() {
                         .unwrap_or_else(|_| "warn".into()),
                 )
                 .with_writer(std::io::stderr)
+                // Colours on a terminal only: no escape codes in a redirected log.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 // A log line that cannot be written is dropped, not reported with a panic.
                 .log_internal_errors(false)
                 .init();
