@@ -83,8 +83,8 @@ pub struct Settings {
     #[serde(with = "parse::text")]
     pub mode: Mode,
 
-    /// Which worker gets the next connection in proxy and round-robin modes:
-    /// round-robin, least-conn or ip-hash (steer mode: round-robin only)
+    /// Which worker gets the next connection in proxy, round-robin and steer modes:
+    /// round-robin, least-conn or ip-hash (steer mode: not ip-hash)
     #[arg(long, env = "FORKLINE_BALANCE", value_name = "STRATEGY", value_parser = parse::balance,
           default_value = "round-robin")]
     #[serde(with = "parse::text")]
@@ -483,12 +483,13 @@ impl Settings {
                 "--mode proxy needs a TCP --listen address to relay from".into(),
             ));
         }
-        if self.mode == Mode::Steer && self.balance != Balance::RoundRobin {
-            return Err(CliError::Usage(format!(
-                "--mode steer balances round-robin in the kernel; --balance {} needs the \
-                 primary to pick (--mode proxy, or round-robin for forkline-library workers)",
-                self.balance.name()
-            )));
+        if self.mode == Mode::Steer && self.balance == Balance::IpHash {
+            return Err(CliError::Usage(
+                "--mode steer balances round-robin or least-conn in the kernel; --balance \
+                 ip-hash needs the primary to pick (--mode proxy, or round-robin for \
+                 forkline-library workers)"
+                    .into(),
+            ));
         }
         forkline::check_accept_coalesce(self.accept_coalesce)
             .map_err(crate::error::from_library)?;

@@ -1,8 +1,9 @@
 //! `forkline run --mode steer` with a plain Python program that accepts on fd 3 (`LISTEN_FDS`):
 //! the kernel spreads connections round-robin over the workers (a BPF program forkline loads),
 //! `forkline status --json` says how; where BPF is refused (`FORKLINE_TEST_NO_BPF=1`, the
-//! test-only switch) the cluster falls back to reuseport with one log line and says so; and
-//! `--balance least-conn` is refused with steer at start.
+//! test-only switch) the cluster falls back to reuseport with one log line and says so;
+//! `--balance least-conn` with a plain program (which reports no load) steers round-robin and
+//! says so once; and `--balance ip-hash` is refused with steer at start.
 
 mod common;
 
@@ -37,6 +38,11 @@ struct Steered {
 
 impl Steered {
     fn start(tag: &str, workers: usize, env: &[(&str, &str)]) -> Steered {
+        Self::start_with(tag, workers, env, &[])
+    }
+
+    /// [`start`](Self::start) with more `forkline run` arguments.
+    fn start_with(tag: &str, workers: usize, env: &[(&str, &str)], args: &[&str]) -> Steered {
         require("python3");
         let dir = TempDir::new(tag);
         let server = dir.write("server.py", PYTHON_SERVER);
@@ -50,6 +56,7 @@ impl Steered {
         let mut command = forkline();
         command.args(["run", "--mode", "steer", "-w", &workers.to_string()]);
         command.args(["--control", &control, "-l", &format!("127.0.0.1:{port}")]);
+        command.args(args);
         command.arg("--").arg("python3").arg(&server);
         for (key, value) in env {
             command.env(key, value);
@@ -144,17 +151,51 @@ fn steer_mode_without_bpf_falls_back_to_reuseport_and_says_so() {
 }
 
 #[test]
-fn steer_mode_refuses_least_conn() {
+fn steer_mode_refuses_ip_hash() {
     let mut command = forkline();
-    command.args(["run", "--mode", "steer", "--balance", "least-conn", "-l"]);
+    command.args(["run", "--mode", "steer", "--balance", "ip-hash", "-l"]);
     command.arg(format!("127.0.0.1:{}", free_port()));
     command.args(["--", "true"]);
     let out = run_to_end(command, Duration::from_secs(60));
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("--mode steer balances round-robin in the kernel"),
+            .contains("--balance ip-hash needs the primary to pick"),
         "{}",
         out.stderr
     );
+}
+
+/// A plain program reports no load, so least-conn has only the kernel's own count of the
+/// connections it sent each worker: round-robin, exactly, and the log says why, once.
+#[test]
+fn steer_least_conn_with_a_plain_program_steers_round_robin_and_says_why() {
+    let steered = Steered::start_with("steer-lc", 3, &[], &["--balance", "least-conn"]);
+    let status = steered.status();
+    if status["steering"] != "bpf-least-conn" {
+        eprintln!("skipped: no BPF here (steering {})", status["steering"]);
+        return;
+    }
+    let counts = steered.spread(300);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 100), "{counts:?}");
+    let said = |l: &String| l.contains("least-conn counts the connections workers report");
+    let told = steered.cluster.stderr.wait_for(STARTUP, |l| {
+        l.contains("least-conn counts the connections workers report")
+    });
+    assert!(told.is_some(), "{}", steered.cluster.output());
+    assert_eq!(
+        steered
+            .cluster
+            .stderr
+            .all()
+            .iter()
+            .filter(|l| said(l))
+            .count(),
+        1,
+        "{}",
+        steered.cluster.output()
+    );
+    let mut cluster = steered.cluster;
+    cluster.stop_cleanly();
 }

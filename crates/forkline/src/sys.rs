@@ -389,6 +389,48 @@ impl BpfInsn {
         Self::new(0x05 | 0x10, dst, 0, off, imm)
     }
 
+    /// `if dst > imm goto pc + 1 + off`, unsigned (`BPF_JMP | BPF_JGT | BPF_K`).
+    pub const fn jgt_imm(dst: u8, imm: i32, off: i16) -> Self {
+        Self::new(0x05 | 0x20, dst, 0, off, imm)
+    }
+
+    /// `if dst >= src goto pc + 1 + off`, unsigned (`BPF_JMP | BPF_JGE | BPF_X`).
+    pub const fn jge_reg(dst: u8, src: u8, off: i16) -> Self {
+        Self::new(0x05 | 0x30 | 0x08, dst, src, off, 0)
+    }
+
+    /// `goto pc + 1 + off` (`BPF_JMP | BPF_JA`).
+    pub const fn ja(off: i16) -> Self {
+        Self::new(0x05, 0, 0, off, 0)
+    }
+
+    /// `dst = imm` as a 32-bit move, zero-extended (`BPF_ALU | BPF_MOV | BPF_K`): `-1` gives
+    /// `u32::MAX`.
+    pub const fn mov32_imm(dst: u8, imm: i32) -> Self {
+        Self::new(0x04 | 0xb0, dst, 0, 0, imm)
+    }
+
+    /// `dst += src` (64-bit: `BPF_ALU64 | BPF_ADD | BPF_X`).
+    pub const fn add64_reg(dst: u8, src: u8) -> Self {
+        Self::new(0x07 | 0x08, dst, src, 0, 0)
+    }
+
+    /// `dst &= imm` (64-bit: `BPF_ALU64 | BPF_AND | BPF_K`).
+    pub const fn and64_imm(dst: u8, imm: i32) -> Self {
+        Self::new(0x07 | 0x50, dst, 0, 0, imm)
+    }
+
+    /// `dst <<= imm` (64-bit: `BPF_ALU64 | BPF_LSH | BPF_K`).
+    pub const fn lsh64_imm(dst: u8, imm: i32) -> Self {
+        Self::new(0x07 | 0x60, dst, 0, 0, imm)
+    }
+
+    /// `*(u32 *)(dst + off) += src` atomically (`BPF_STX | BPF_ATOMIC | BPF_W` with
+    /// `imm = BPF_ADD`).
+    pub const fn atomic_add32(dst: u8, off: i16, src: u8) -> Self {
+        Self::new(0x03 | 0xc0, dst, src, off, 0x00)
+    }
+
     /// `call helper` (`BPF_JMP | BPF_CALL`): arguments in r1-r5, result in r0; r1-r5 are
     /// clobbered, r6-r9 kept.
     pub const fn call(helper: i32) -> Self {
@@ -445,6 +487,10 @@ struct BpfMapElemAttr {
 /// `BPF_ANY`: create an element or update an existing one.
 pub const BPF_ANY: u64 = 0;
 
+/// `BPF_F_MMAPABLE`: an `ARRAY` map whose values this process can map into its memory
+/// ([`BpfMap::map_words`]; Linux 5.5+).
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// `name` as a `BPF_OBJ_NAME_LEN` array: up to 15 of its bytes and a NUL.
 fn bpf_obj_name(name: &str) -> [u8; BPF_OBJ_NAME_LEN] {
     let mut out = [0u8; BPF_OBJ_NAME_LEN];
@@ -487,12 +533,24 @@ impl BpfMap {
         max_entries: u32,
         name: &str,
     ) -> io::Result<BpfMap> {
+        Self::create_with_flags(map_type, key_size, value_size, max_entries, 0, name)
+    }
+
+    /// [`create`](Self::create) with `map_flags` (such as [`BPF_F_MMAPABLE`]).
+    pub fn create_with_flags(
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        name: &str,
+    ) -> io::Result<BpfMap> {
         let attr = BpfMapCreateAttr {
             map_type,
             key_size,
             value_size,
             max_entries,
-            map_flags: 0,
+            map_flags,
             inner_map_fd: 0,
             numa_node: 0,
             map_name: bpf_obj_name(name),
@@ -585,6 +643,90 @@ impl BpfMap {
     }
 }
 
+impl BpfMap {
+    /// Maps the values of an `ARRAY` map created with [`BPF_F_MMAPABLE`] into this process
+    /// (`mmap`, shared): the first `words` 32-bit words of its values, which the program and
+    /// this process then read and write in place, with no syscall per access.
+    pub fn map_words(&self, words: usize) -> io::Result<MappedWords> {
+        let len = words
+            .checked_mul(4)
+            .filter(|&len| len > 0 && len <= self.value_size)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "cannot map {words} words of a {}-byte value",
+                        self.value_size
+                    ),
+                )
+            })?;
+        // SAFETY: a fresh shared mapping chosen by the kernel (no fixed address, so nothing
+        // of this process is replaced) of the map's fd at offset 0; the kernel checks that the
+        // map is mmapable and at least `len` long. The result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(MappedWords {
+            ptr: ptr.cast(),
+            words,
+        })
+    }
+}
+
+/// 32-bit words of a BPF map's values mapped into this process ([`BpfMap::map_words`]),
+/// accessed atomically: a BPF program updates the same memory with atomic instructions.
+#[derive(Debug)]
+pub struct MappedWords {
+    ptr: *mut std::sync::atomic::AtomicU32,
+    words: usize,
+}
+
+// SAFETY: the mapping is plain shared memory, reached only through atomics, and lives until
+// `drop`, which needs `&mut self`: any thread may use or drop it.
+unsafe impl Send for MappedWords {}
+// SAFETY: as above; every access is an atomic operation.
+unsafe impl Sync for MappedWords {}
+
+impl MappedWords {
+    /// The word at `index`; `None` past the end.
+    fn word(&self, index: usize) -> Option<&std::sync::atomic::AtomicU32> {
+        // SAFETY: `index < words`, so the pointer stays inside the mapping, which is
+        // 4-byte aligned (page aligned) and lives as long as `self`.
+        (index < self.words).then(|| unsafe { &*self.ptr.add(index) })
+    }
+
+    /// Sets the word at `index` (ignored past the end).
+    pub fn store(&self, index: usize, value: u32) {
+        if let Some(word) = self.word(index) {
+            word.store(value, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The word at `index` (0 past the end).
+    pub fn load(&self, index: usize) -> u32 {
+        self.word(index)
+            .map_or(0, |word| word.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Drop for MappedWords {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `map_words` made, of exactly this length, unmapped once; no
+        // reference into it outlives `self`.
+        unsafe { libc::munmap(self.ptr.cast(), self.words * 4) };
+    }
+}
+
 /// The `BPF_PROG_LOAD` part of the kernel's `union bpf_attr`, up to `expected_attach_type`. The
 /// kernel takes a shorter attribute than its own and reads the fields it lacks as zero.
 #[repr(C)]
@@ -605,8 +747,8 @@ struct BpfProgLoadAttr {
 
 /// Loads an eBPF program (`bpf(BPF_PROG_LOAD)`) of `prog_type` with `expected_attach_type`, named
 /// `name` (up to 15 of its bytes, as `bpftool prog` shows it) under `license`. The program fd is
-/// always CLOEXEC (the kernel opens it so). When the kernel refuses the program (EINVAL,
-/// EACCES: the verifier), the load is tried once more with a verifier log, and the error
+/// always CLOEXEC (the kernel opens it so). When the kernel refuses the program for any reason
+/// but privilege (EPERM), the load is tried once more with a verifier log, and the error
 /// carries its last lines.
 pub fn bpf_prog_load(
     prog_type: u32,
@@ -642,7 +784,7 @@ pub fn bpf_prog_load(
         Ok(fd) => return Ok(fd),
         Err(e) => e,
     };
-    if !matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EACCES)) {
+    if error.raw_os_error() == Some(libc::EPERM) {
         return Err(error);
     }
     let mut log = vec![0u8; BPF_LOG_SIZE];

@@ -1,5 +1,6 @@
 //! Steer mode with real processes on loopback: the kernel spreads connections round-robin over
-//! the ready workers' own sockets (a BPF program forkline loads); a worker SIGKILLed with
+//! the ready workers' own sockets (a BPF program forkline loads), or by least-conn from the
+//! workers' load reports; a worker SIGKILLed with
 //! connections queued on its socket loses none of them (they move to another worker, or wait
 //! for the slot's replacement); and where BPF is refused (`FORKLINE_TEST_NO_BPF`), the
 //! fallback is taken and reported. Each test that binds a reuseport group runs in a network
@@ -10,7 +11,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -76,7 +77,7 @@ fn status(tb: &mut Testbed) -> Value {
 /// True when the kernel steers here; else says why the test is skipped.
 fn bpf_steers(tb: &mut Testbed) -> bool {
     let status = status(tb);
-    if status["steering"] == "bpf-round-robin" {
+    if status["steering"] == "bpf-round-robin" || status["steering"] == "bpf-least-conn" {
         assert_eq!(status["migration"], "bpf", "{status}");
         return true;
     }
@@ -185,6 +186,58 @@ fn steer_a_killed_workers_queue_waits_for_its_replacement() {
         assert_eq!(outcome.by_worker.get(&0), Some(&20), "{outcome:?}");
         assert_eq!(outcome.by_worker.get(&1), Some(&20), "{outcome:?}");
         assert!(!outcome.by_pid.contains_key(&killed), "{outcome:?}");
+    };
+    if in_private_netns(run).is_none() {
+        run();
+    }
+}
+
+/// Least-conn in the kernel: worker 0 holds every connection until its client speaks, worker 1
+/// answers at once and reports each close, so its count stays near 0 while worker 0's only
+/// grows. The program picks the smaller count (ties: round-robin), so worker 0 gets a
+/// connection only while its count is at most worker 1's. With every report in before the
+/// next connection that is 1 of 40; a report still on its way when the client connects again
+/// lets worker 1's count read 1 or 2 for a moment (2 or 3 of 40 seen on a busy machine).
+/// Round-robin would send worker 0 20; least-conn without the reports would too.
+#[test]
+fn steer_least_conn_sends_new_connections_to_the_less_busy_worker() {
+    let run = || {
+        let (mut tb, port) = steer_cluster(2, &[("TB_BALANCE", "least-conn"), ("TB_HOLD_0", "1")]);
+        if !bpf_steers(&mut tb) {
+            return;
+        }
+        assert_eq!(status(&mut tb)["steering"], "bpf-least-conn");
+        let mut held = Vec::new();
+        let mut by_worker: BTreeMap<u64, usize> = BTreeMap::new();
+        for _ in 0..40 {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut reply = String::new();
+            match stream.read_to_string(&mut reply) {
+                Ok(_) => {
+                    let id = answered_by(&reply).expect("a worker reply");
+                    *by_worker.entry(id).or_default() += 1;
+                }
+                // No answer yet: held by worker 0, or slow; told apart below.
+                Err(_) => held.push(stream),
+            }
+        }
+        for mut stream in held {
+            stream.set_read_timeout(Some(SOON)).unwrap();
+            stream.write_all(b"x").unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).expect("a held reply");
+            let id = answered_by(&reply).expect("a worker reply");
+            *by_worker.entry(id).or_default() += 1;
+        }
+        assert_eq!(by_worker.values().sum::<usize>(), 40, "{by_worker:?}");
+        let on_busy = by_worker.get(&0).copied().unwrap_or(0);
+        assert!(
+            on_busy <= 6,
+            "{on_busy} of 40 on the busy worker: {by_worker:?}"
+        );
     };
     if in_private_netns(run).is_none() {
         run();

@@ -454,14 +454,19 @@ impl ClusterBuilder {
         if let Some(window) = opts.accept_coalesce {
             super::options::check_accept_coalesce(window)?;
         }
-        if opts.mode == Mode::Steer && opts.balance != Balance::RoundRobin {
+        if opts.mode == Mode::Steer && opts.balance == Balance::IpHash {
             return Err(Error::InvalidOption {
                 field: "balance",
-                reason: format!(
-                    "steer mode balances round-robin in the kernel; {} needs the primary to \
-                     pick (round-robin or proxy mode)",
-                    opts.balance.name()
-                ),
+                reason: "steer mode balances round-robin or least-conn in the kernel; ip-hash \
+                         needs the primary to pick (round-robin or proxy mode)"
+                    .into(),
+            });
+        }
+        let most = super::steer::LEAST_CONN_MAX_SOCKETS as usize;
+        if opts.mode == Mode::Steer && opts.balance == Balance::LeastConn && opts.workers > most {
+            return Err(Error::InvalidOption {
+                field: "workers",
+                reason: format!("steer mode's least-conn steers between at most {most} workers"),
             });
         }
         if opts.credit_window == 0 {
@@ -525,17 +530,13 @@ mod tests {
                 .balance(balance)
         };
         assert!(builder(Balance::RoundRobin).validated().is_ok());
-        for balance in [Balance::LeastConn, Balance::IpHash] {
-            match builder(balance).validated() {
-                Err(Error::InvalidOption { field, reason }) => {
-                    assert_eq!(field, "balance");
-                    assert!(
-                        reason.contains("steer mode balances round-robin"),
-                        "{reason}"
-                    );
-                }
-                other => panic!("{balance:?}: {other:?}"),
+        assert!(builder(Balance::LeastConn).validated().is_ok());
+        match builder(Balance::IpHash).validated() {
+            Err(Error::InvalidOption { field, reason }) => {
+                assert_eq!(field, "balance");
+                assert!(reason.contains("ip-hash needs the primary"), "{reason}");
             }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -155,6 +155,7 @@ impl Cluster {
             unix_mode: opts.unix_mode,
             unix_owner: opts.unix_owner,
             migration: opts.reuseport_migration,
+            balance: opts.balance,
         });
         let mut prebound = Vec::new();
         for (index, spec) in opts.listeners.iter().enumerate() {
@@ -363,8 +364,9 @@ impl Cluster {
         self.inner.listeners.migration()
     }
 
-    /// How steer mode steers (see [`Mode::Steer`]): `"bpf-round-robin"` (a BPF program picks
-    /// each new connection's worker in the kernel), or, where BPF was refused,
+    /// How steer mode steers (see [`Mode::Steer`]): `"bpf-round-robin"` or `"bpf-least-conn"`
+    /// (a BPF program picks each new connection's worker in the kernel), or, where BPF was
+    /// refused,
     /// `"fallback-round-robin"` (library workers: the primary accepts and hands connections
     /// out) or `"fallback-reuseport"` (each worker accepts on its own socket, the kernel
     /// hashes). `None` outside steer mode.

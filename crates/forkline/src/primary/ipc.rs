@@ -210,7 +210,10 @@ async fn handle_packet(
             }
             cluster.inner.dispatcher.ack(worker, &seqs, open)
         }
-        FromWorker::Load { open } => cluster.inner.dispatcher.report_load(worker, open),
+        FromWorker::Load { open } => {
+            cluster.inner.dispatcher.report_load(worker, open);
+            super::steer::report_load(cluster, worker, open);
+        }
         FromWorker::Message { data } => cluster.inner.events.emit(Event::Message {
             worker: worker.clone(),
             payload: data,

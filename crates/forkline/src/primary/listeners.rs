@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::migration::{Migration, Migrator};
+use super::options::Balance;
 use super::steer::{SteerGroup, Steerer};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, SocketKind};
@@ -39,6 +40,8 @@ pub(crate) struct BindOptions {
     pub unix_owner: Option<(u32, u32)>,
     /// How the queues of closing reuseport sockets are kept.
     pub migration: Migration,
+    /// How steer mode's program picks a socket (round-robin or least-conn).
+    pub balance: Balance,
 }
 
 /// How a reuseport TCP socket is set up once it listens.
@@ -175,6 +178,13 @@ impl BoundListener {
         super::steer::enter(group, slot, seq, &socket);
     }
 
+    /// Steer mode with least-conn: `slot`'s worker has `open` connections.
+    pub fn steer_load(&self, slot: usize, open: u64) {
+        if let Some(group) = &self.steer {
+            group.report_load(slot, open);
+        }
+    }
+
     /// A socket of this listener to hand to a new primary (`Cluster::upgrade`): the primary's
     /// own, or in reuseport mode one of the group's (the spare, else the lowest slot's).
     pub fn socket_to_pass(&self) -> Option<Arc<OwnedFd>> {
@@ -272,7 +282,7 @@ impl ListenerTable {
         Self {
             options,
             migrator: Arc::new(Migrator::new(options.migration)),
-            steerer: Steerer::default(),
+            steerer: Steerer::new(options.balance),
             by_key: Mutex::default(),
             next_id: Default::default(),
         }

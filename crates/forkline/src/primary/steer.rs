@@ -1,7 +1,8 @@
 //! Steer mode: every worker accepts on its own `SO_REUSEPORT` socket, as in reuseport mode,
 //! but the kernel picks the socket of each new connection with a BPF program forkline loads,
 //! instead of a hash of the connection's addresses: strict round-robin over the sockets of the
-//! workers that are ready. No primary on the connection path, any program as a worker.
+//! workers that are ready, or (`--balance least-conn`) the one whose worker has the fewest
+//! open connections. No primary on the connection path, any program as a worker.
 //!
 //! Per listener (one reuseport group), forkline creates:
 //! - a `REUSEPORT_SOCKARRAY` map, index → socket, kept dense: indices `0..n` hold the sockets
@@ -16,13 +17,22 @@
 //!   BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`, so it also picks the socket for the queued
 //!   connections of a closing one: no queue is lost when a worker goes (see `migration.rs`).
 //!
+//! Least-conn adds a third map, `ARRAY` of one `[u32; MAX_SOCKETS]` value mapped into the
+//! primary (`BPF_F_MMAPABLE`): the open connections of the worker at each index. The program
+//! ([`least_conn_program`]) scans the `n` counts starting at `counter++ % n` and picks the
+//! first smallest (so ties go round-robin), adds 1 to its count at once (a burst does not pile
+//! onto one worker before it reports), and selects its socket. Library workers report their
+//! open connections when one closes (`load`), and the primary writes the report over the
+//! count — no syscall, the memory is shared. A plain program reports nothing: its count is
+//! the connections steered to it, which makes least-conn round-robin for it (logged once).
+//!
 //! Readiness gates the map: a socket enters only once its worker is ready, and leaves when the
 //! slot has no ready worker any more (it exited, its slot was released), so no connection
 //! queues on a worker that is not accepting yet — which reuseport mode cannot promise.
 //! A socket kept for an immediate restart stays in the group, out of the map: what was queued
 //! on it waits for the replacement, nothing new arrives meanwhile.
 //!
-//! The program is 23 instructions assembled here and loaded with `sys::bpf_prog_load`, like
+//! The round-robin program is 23 instructions, the least-conn one 53, assembled here and loaded with `sys::bpf_prog_load`, like
 //! migration's: aya and libbpf-rs load programs from an ELF object built by a BPF toolchain
 //! (clang, or bpf-linker on nightly Rust), which forkline would then need at build time, and
 //! they would bring a loader (and, for libbpf-rs, a C library) for two maps and one program
@@ -37,6 +47,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::cluster::Cluster;
@@ -46,8 +57,9 @@ use super::migration::{
     refused_for_tests, BPF_PROG_TYPE_SK_REUSEPORT, BPF_SK_REUSEPORT_SELECT_OR_MIGRATE, LICENSE,
     SK_PASS,
 };
+use super::options::Balance;
 use crate::protocol::Mode;
-use crate::sys::{self, BpfInsn, BpfMap, BPF_ANY};
+use crate::sys::{self, BpfInsn, BpfMap, MappedWords, BPF_ANY, BPF_F_MMAPABLE};
 
 /// `BPF_MAP_TYPE_ARRAY` (`linux/bpf.h`).
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -61,6 +73,12 @@ const BPF_FUNC_SK_SELECT_REUSEPORT: i32 = 82;
 /// Most sockets one group steers between (the size of its socket array).
 pub(crate) const MAX_SOCKETS: u32 = 4096;
 
+/// Most sockets a least-conn group steers between: the program scans every count, and the
+/// kernel's verifier follows each step of that scan at load time (refusing a program whose
+/// paths hold more than 8,192 branches, two per step; 1,024 steps took 0.4 s to verify, 256
+/// take about 0.1 s). A power of two (see `MASK`).
+pub const LEAST_CONN_MAX_SOCKETS: u32 = 256;
+
 /// Bytes of the state map's one value: `n: u32`, 4 bytes of padding, `counter: u64`.
 const STATE_SIZE: u32 = 16;
 /// Offset of `counter` in the state value.
@@ -68,6 +86,8 @@ const COUNTER_OFFSET: i16 = 8;
 
 /// What [`Cluster::steering`](crate::Cluster::steering) says when the kernel steers.
 pub const STEERING_BPF: &str = "bpf-round-robin";
+/// What it says when the kernel steers to the worker with the fewest open connections.
+pub const STEERING_BPF_LEAST_CONN: &str = "bpf-least-conn";
 /// What it says when BPF was refused and library workers get round-robin in the primary.
 pub const STEERING_FALLBACK_ROUND_ROBIN: &str = "fallback-round-robin";
 /// What it says when BPF was refused and workers accept on reuseport sockets (kernel hash).
@@ -133,6 +153,124 @@ pub(crate) fn program(state: i32, socks: i32) -> Vec<BpfInsn> {
     insns
 }
 
+/// The least-conn steering program over the state map `state` (as for [`program`]), the load
+/// map `loads` (one value: `[u32; LEAST_CONN_MAX_SOCKETS]`, the open connections at each
+/// index) and the socket array `socks`. Registers: r6 the context, r7 `n`, r8 where the scan
+/// starts, r4 how many were looked at, r2 the index looked at, r9 the best index so far, r5
+/// its load, r0 the loads.
+pub(crate) fn least_conn_program(state: i32, loads: i32, socks: i32) -> Vec<BpfInsn> {
+    const PASS: i16 = 51;
+    const LOOP: i16 = 23;
+    const NEXT: i16 = 35;
+    const DONE: i16 = 37;
+    // Indexes are masked with this before they address a count: a no-op (they are below
+    // n <= LEAST_CONN_MAX_SOCKETS), which proves to the verifier that every access stays in
+    // the value.
+    const MASK: i32 = LEAST_CONN_MAX_SOCKETS as i32 - 1;
+    let [state_lo, state_hi] = BpfInsn::load_map_fd(1, state);
+    let [loads_lo, loads_hi] = BpfInsn::load_map_fd(1, loads);
+    let [socks_lo, socks_hi] = BpfInsn::load_map_fd(2, socks);
+    let insns = vec![
+        // 0: r6 = r1 — keep the context.
+        BpfInsn::mov64_reg(6, 1),
+        // 1: *(u32 *)(r10 - 4) = 0 — key 0 of both one-entry maps.
+        BpfInsn::store32_imm(10, -4, 0),
+        // 2-3: r1 = &state map.
+        state_lo,
+        state_hi,
+        // 4-5: r2 = r10 - 4
+        BpfInsn::mov64_reg(2, 10),
+        BpfInsn::add64_imm(2, -4),
+        // 6: r0 = bpf_map_lookup_elem(state, &key)
+        BpfInsn::call(BPF_FUNC_MAP_LOOKUP_ELEM),
+        // 7: if r0 == NULL goto PASS
+        BpfInsn::jeq_imm(0, 0, PASS - 7 - 1),
+        // 8: r7 = n
+        BpfInsn::load32(7, 0, 0),
+        // 9: if n == 0 goto PASS — no ready worker: let the kernel hash.
+        BpfInsn::jeq_imm(7, 0, PASS - 9 - 1),
+        // 10: if n > LEAST_CONN_MAX_SOCKETS goto PASS (never; bounds the scan for the
+        // verifier).
+        BpfInsn::jgt_imm(7, LEAST_CONN_MAX_SOCKETS as i32, PASS - 10 - 1),
+        // 11: r8 = 1
+        BpfInsn::mov64_imm(8, 1),
+        // 12: r8 = atomic_fetch_add(counter, 1) — this connection's turn.
+        BpfInsn::atomic_fetch_add64(0, COUNTER_OFFSET, 8),
+        // 13: r8 %= n — where the scan starts.
+        BpfInsn::mod64_reg(8, 7),
+        // 14-15: r1 = &loads map.
+        loads_lo,
+        loads_hi,
+        // 16-17: r2 = r10 - 4 (key 0 still there)
+        BpfInsn::mov64_reg(2, 10),
+        BpfInsn::add64_imm(2, -4),
+        // 18: r0 = bpf_map_lookup_elem(loads, &key) — the counts.
+        BpfInsn::call(BPF_FUNC_MAP_LOOKUP_ELEM),
+        // 19: if r0 == NULL goto PASS
+        BpfInsn::jeq_imm(0, 0, PASS - 19 - 1),
+        // 20: r9 = r8 — the best so far: where the scan starts.
+        BpfInsn::mov64_reg(9, 8),
+        // 21: r5 = u32::MAX — its load, above any count.
+        BpfInsn::mov32_imm(5, -1),
+        // 22: r4 = 0 — looked at so far.
+        BpfInsn::mov64_imm(4, 0),
+        // 23 (LOOP): if r4 >= n goto DONE
+        BpfInsn::jge_reg(4, 7, DONE - 23 - 1),
+        // 24-27: r2 = (r8 + r4) % n & MASK — the index looked at (no branch to wrap around).
+        BpfInsn::mov64_reg(2, 8),
+        BpfInsn::add64_reg(2, 4),
+        BpfInsn::mod64_reg(2, 7),
+        BpfInsn::and64_imm(2, MASK),
+        // 28-30: r3 = &loads[r2]
+        BpfInsn::mov64_reg(3, 2),
+        BpfInsn::lsh64_imm(3, 2),
+        BpfInsn::add64_reg(3, 0),
+        // 31: r1 = loads[r2]
+        BpfInsn::load32(1, 3, 0),
+        // 32: if r1 >= r5 goto NEXT — not fewer than the best: keep the best (the earlier).
+        BpfInsn::jge_reg(1, 5, NEXT - 32 - 1),
+        // 33-34: the best is now r2, with load r1.
+        BpfInsn::mov64_reg(5, 1),
+        BpfInsn::mov64_reg(9, 2),
+        // 35 (NEXT): r4 += 1
+        BpfInsn::add64_imm(4, 1),
+        // 36: goto LOOP
+        BpfInsn::ja(LOOP - 36 - 1),
+        // 37 (DONE): r9 &= MASK
+        BpfInsn::and64_imm(9, MASK),
+        // 38-40: r3 = &loads[r9]
+        BpfInsn::mov64_reg(3, 9),
+        BpfInsn::lsh64_imm(3, 2),
+        BpfInsn::add64_reg(3, 0),
+        // 41-42: loads[r9] += 1 (atomic) — counted before its worker accepts it.
+        BpfInsn::mov64_imm(1, 1),
+        BpfInsn::atomic_add32(3, 0, 1),
+        // 43: *(u32 *)(r10 - 8) = r9 — the socket array's key.
+        BpfInsn::store32_reg(10, -8, 9),
+        // 44: r1 = r6 — the context.
+        BpfInsn::mov64_reg(1, 6),
+        // 45-46: r2 = &socket array.
+        socks_lo,
+        socks_hi,
+        // 47-48: r3 = r10 - 8
+        BpfInsn::mov64_reg(3, 10),
+        BpfInsn::add64_imm(3, -8),
+        // 49: r4 = 0 — flags.
+        BpfInsn::mov64_imm(4, 0),
+        // 50: bpf_sk_select_reuseport(ctx, socks, &idx, 0)
+        BpfInsn::call(BPF_FUNC_SK_SELECT_REUSEPORT),
+        // 51 (PASS): r0 = SK_PASS
+        BpfInsn::mov64_imm(0, SK_PASS),
+        // 52: exit
+        BpfInsn::exit(),
+    ];
+    debug_assert_eq!(insns[PASS as usize], BpfInsn::mov64_imm(0, SK_PASS));
+    debug_assert_eq!(insns[LOOP as usize], BpfInsn::jge_reg(4, 7, DONE - 23 - 1));
+    debug_assert_eq!(insns[NEXT as usize], BpfInsn::add64_imm(4, 1));
+    debug_assert_eq!(insns[DONE as usize], BpfInsn::and64_imm(9, MASK));
+    insns
+}
+
 /// One reuseport group's steering: its maps, its program, and which slots' sockets are in
 /// the socket array.
 #[derive(Debug)]
@@ -141,6 +279,9 @@ pub(crate) struct SteerGroup {
     socks: BpfMap,
     /// The state (`ARRAY`, one entry): `n` and the round-robin counter.
     state: BpfMap,
+    /// Least-conn: the open connections at each index, shared with the program (and the map,
+    /// kept open while they are mapped).
+    loads: Option<(BpfMap, MappedWords)>,
     /// The program, attached to each of the group's sockets once it listens.
     prog: OwnedFd,
     members: Mutex<Members>,
@@ -158,8 +299,9 @@ struct Members {
 }
 
 impl SteerGroup {
-    /// Creates the maps and loads the program (refused when `FORKLINE_TEST_NO_BPF` is set).
-    pub fn new() -> io::Result<SteerGroup> {
+    /// Creates the maps and loads the program that balances by `balance` (round-robin, or
+    /// least-conn; anything else is round-robin). Refused when `FORKLINE_TEST_NO_BPF` is set.
+    pub fn new(balance: Balance) -> io::Result<SteerGroup> {
         refused_for_tests()?;
         let socks = BpfMap::create(
             BPF_MAP_TYPE_REUSEPORT_SOCKARRAY,
@@ -169,16 +311,32 @@ impl SteerGroup {
             "forkline_socks",
         )?;
         let state = BpfMap::create(BPF_MAP_TYPE_ARRAY, 4, STATE_SIZE, 1, "forkline_state")?;
+        let (insns, loads) = if balance == Balance::LeastConn {
+            let loads = BpfMap::create_with_flags(
+                BPF_MAP_TYPE_ARRAY,
+                4,
+                4 * LEAST_CONN_MAX_SOCKETS,
+                1,
+                BPF_F_MMAPABLE,
+                "forkline_loads",
+            )?;
+            let words = loads.map_words(LEAST_CONN_MAX_SOCKETS as usize)?;
+            let insns = least_conn_program(state.as_raw_fd(), loads.as_raw_fd(), socks.as_raw_fd());
+            (insns, Some((loads, words)))
+        } else {
+            (program(state.as_raw_fd(), socks.as_raw_fd()), None)
+        };
         let prog = sys::bpf_prog_load(
             BPF_PROG_TYPE_SK_REUSEPORT,
             BPF_SK_REUSEPORT_SELECT_OR_MIGRATE,
-            &program(state.as_raw_fd(), socks.as_raw_fd()),
+            &insns,
             LICENSE,
             "forkline_steer",
         )?;
         let group = SteerGroup {
             socks,
             state,
+            loads,
             prog,
             members: Mutex::default(),
         };
@@ -231,6 +389,38 @@ impl SteerGroup {
         self.leave_logged(&mut members, slot);
     }
 
+    /// Least-conn: `slot`'s worker reports `open` connections; it replaces the count at the
+    /// slot's index (the program's own additions included: the worker has counted what it
+    /// accepted, and what is still queued for it shows again with its next report).
+    pub fn report_load(&self, slot: usize, open: u64) {
+        let Some((_, loads)) = &self.loads else {
+            return;
+        };
+        let members = self.members.lock().unwrap();
+        if let Some(at) = members.order.iter().position(|(s, _)| *s == slot) {
+            loads.store(at, u32::try_from(open).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// Whether the program balances by load (least-conn).
+    pub fn by_load(&self) -> bool {
+        self.loads.is_some()
+    }
+
+    /// Sets the count at `index` (least-conn).
+    fn set_load(&self, index: usize, open: u32) {
+        if let Some((_, loads)) = &self.loads {
+            loads.store(index, open);
+        }
+    }
+
+    /// The count at `index` (least-conn; 0 otherwise).
+    fn load_at(&self, index: usize) -> u32 {
+        self.loads
+            .as_ref()
+            .map_or(0, |(_, loads)| loads.load(index))
+    }
+
     /// The slots in the array, by index.
     #[cfg(test)]
     pub fn slots(&self) -> Vec<usize> {
@@ -240,14 +430,21 @@ impl SteerGroup {
 
     fn enter(&self, members: &mut Members, slot: usize, socket: &Arc<OwnedFd>) -> io::Result<()> {
         let index = members.order.len() as u32;
-        if index >= MAX_SOCKETS {
+        let most = if self.by_load() {
+            LEAST_CONN_MAX_SOCKETS
+        } else {
+            MAX_SOCKETS
+        };
+        if index >= most {
             return Err(io::Error::other(format!(
-                "more than {MAX_SOCKETS} sockets to steer between"
+                "more than {most} sockets to steer between"
             )));
         }
         let fd = socket.as_raw_fd() as u64;
         self.socks
             .update(&index.to_ne_bytes(), &fd.to_ne_bytes(), BPF_ANY)?;
+        // A new worker has nothing open (set before `n` brings the index within reach).
+        self.set_load(index as usize, 0);
         members.order.push((slot, socket.clone()));
         self.set_count(index + 1)
     }
@@ -275,6 +472,9 @@ impl SteerGroup {
         }
         if at != last {
             let fd = members.order[at].1.as_raw_fd() as u64;
+            // The moving socket's count moves with it (before the socket: a connection steered
+            // to it meanwhile is counted against the right load).
+            self.set_load(at, self.load_at(last));
             self.socks
                 .update(&(at as u32).to_ne_bytes(), &fd.to_ne_bytes(), BPF_ANY)?;
         }
@@ -297,22 +497,34 @@ impl SteerGroup {
     }
 }
 
-/// The cluster's steering state, kept by the listener table: whether BPF could be loaded,
-/// decided once (the first group, or the probe at start).
+/// The cluster's steering state, kept by the listener table: how groups balance, and whether
+/// BPF could be loaded, decided once (the first group, or the probe at start).
 #[derive(Debug, Default)]
 pub(crate) struct Steerer {
+    /// How every group's program picks a socket.
+    balance: Balance,
     /// `Ok` once a group was set up; the error of the first refusal.
     decided: OnceLock<Result<(), String>>,
+    /// Set once the log said a least-conn worker reports no load.
+    said_no_reports: AtomicBool,
 }
 
 impl Steerer {
+    /// Steering by `balance` (least-conn, else round-robin), not decided yet.
+    pub fn new(balance: Balance) -> Steerer {
+        Steerer {
+            balance,
+            ..Steerer::default()
+        }
+    }
+
     /// A new group, or `None` when BPF is refused (the listener then works as in reuseport
     /// mode). The first refusal decides for the cluster's life.
     pub fn group(&self) -> Option<Arc<SteerGroup>> {
         if let Some(Err(_)) = self.decided.get() {
             return None;
         }
-        match SteerGroup::new() {
+        match SteerGroup::new(self.balance) {
             Ok(group) => {
                 let _ = self.decided.set(Ok(()));
                 Some(Arc::new(group))
@@ -341,6 +553,11 @@ impl Steerer {
     pub fn status(&self) -> Option<bool> {
         self.decided.get().map(Result::is_ok)
     }
+
+    /// Whether the groups balance by load (least-conn).
+    pub fn by_load(&self) -> bool {
+        self.balance == Balance::LeastConn
+    }
 }
 
 /// What steer mode falls back to in this cluster when BPF is refused: round-robin in the
@@ -356,8 +573,16 @@ fn fallback_mode(cluster: &Cluster) -> Mode {
 
 /// At start in steer mode: decides whether BPF can be loaded, and logs the fallback if not.
 pub(crate) fn probe_at_start(cluster: &Cluster) {
-    match cluster.inner.listeners.steerer().probe() {
-        Ok(()) => tracing::info!("steer: the kernel steers new connections (BPF, round-robin)"),
+    let steerer = cluster.inner.listeners.steerer();
+    match steerer.probe() {
+        Ok(()) => tracing::info!(
+            "steer: the kernel steers new connections (BPF, {})",
+            if steerer.by_load() {
+                "least-conn"
+            } else {
+                "round-robin"
+            }
+        ),
         Err(e) => tracing::warn!(
             "steer: BPF refused ({e}); falling back to {} mode",
             fallback_mode(cluster).name()
@@ -383,9 +608,11 @@ pub(crate) fn status(cluster: &Cluster) -> Option<&'static str> {
     if cluster.inner.opts.mode != Mode::Steer && decided.is_none() {
         return None;
     }
+    let by_load = cluster.inner.listeners.steerer().by_load();
     Some(match (decided, fallback_mode(cluster)) {
         (Some(false), Mode::RoundRobin) => STEERING_FALLBACK_ROUND_ROBIN,
         (Some(false), _) => STEERING_FALLBACK_REUSEPORT,
+        _ if by_load => STEERING_BPF_LEAST_CONN,
         _ => STEERING_BPF,
     })
 }
@@ -438,10 +665,32 @@ pub(crate) fn enter(group: &Arc<SteerGroup>, slot: usize, seq: u64, socket: &Arc
 }
 
 /// `worker` became ready: its slot's sockets enter the socket arrays of the steered listeners
-/// it accepts on.
+/// it accepts on. Under least-conn, a worker that does not speak the protocol reports no
+/// load: said once per cluster.
 pub(crate) fn worker_ready(cluster: &Cluster, worker: &WorkerHandle) {
+    let mut steered = false;
     for listener in cluster.inner.listeners.all() {
+        steered |= listener.steer.as_ref().is_some_and(|group| group.by_load());
         listener.steer_ready(worker.id(), worker.unique_id());
+    }
+    let steerer = cluster.inner.listeners.steerer();
+    if steered && !worker.speaks_protocol() && !steerer.said_no_reports.swap(true, Relaxed) {
+        tracing::warn!(
+            "steer: least-conn counts the connections workers report, and this program does \
+             not report (it is not built on the forkline library): its workers are steered by \
+             the connections sent to each, which is round-robin"
+        );
+    }
+}
+
+/// Least-conn: `worker` reports `open` connections; its slot's count in every steered
+/// listener becomes that.
+pub(crate) fn report_load(cluster: &Cluster, worker: &WorkerHandle, open: u64) {
+    if !cluster.inner.listeners.steerer().by_load() {
+        return;
+    }
+    for listener in cluster.inner.listeners.all() {
+        listener.steer_load(worker.id(), open);
     }
 }
 
@@ -503,7 +752,7 @@ mod tests {
 
     #[test]
     fn round_robin_in_the_kernel_over_the_ready_sockets_only() {
-        let group = match SteerGroup::new() {
+        let group = match SteerGroup::new(Balance::RoundRobin) {
             Ok(group) => group,
             Err(e) => {
                 eprintln!("skipped: BPF not allowed here ({e})");
@@ -566,9 +815,85 @@ mod tests {
     }
 
     #[test]
+    fn the_least_conn_program_jumps_land_where_they_say() {
+        let insns = least_conn_program(3, 4, 5);
+        assert_eq!(insns.len(), 53);
+        let target = |at: usize| at as i64 + 1 + i64::from(insns[at].off());
+        // Early exits to PASS (51); the scan's exit to DONE (37); the skip over a better
+        // load to NEXT (35); the back edge to LOOP (23).
+        for at in [7usize, 9, 10, 19] {
+            assert_eq!(target(at), 51, "jump at {at}");
+        }
+        assert_eq!(target(23), 37);
+        assert_eq!(target(32), 35);
+        assert_eq!(target(36), 23);
+    }
+
+    /// Connects `n` clients one after the other to `port` and counts where each was queued,
+    /// among `sockets` (accepting and closing each).
+    fn queued_on(port: u16, sockets: &[Arc<OwnedFd>], n: usize) -> Vec<usize> {
+        let clients: Vec<TcpStream> = (0..n)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        let mut counts = vec![0; sockets.len()];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while counts.iter().sum::<usize>() < n {
+            assert!(std::time::Instant::now() < deadline, "{counts:?} of {n}");
+            for (count, socket) in counts.iter_mut().zip(sockets) {
+                *count += drain(socket);
+            }
+            std::thread::yield_now();
+        }
+        drop(clients);
+        counts
+    }
+
+    #[test]
+    fn least_conn_in_the_kernel_fills_the_least_loaded_first() {
+        let group = match SteerGroup::new(Balance::LeastConn) {
+            Ok(group) => group,
+            Err(e) => {
+                eprintln!("skipped: BPF not allowed here ({e})");
+                return;
+            }
+        };
+        assert!(group.by_load());
+        let first = member(0);
+        group.prepare(first.as_fd()).unwrap();
+        let port = port_of(&first);
+        let sockets: Vec<Arc<OwnedFd>> = std::iter::once(first)
+            .chain((1..3).map(|_| {
+                let s = member(port);
+                group.prepare(s.as_fd()).unwrap();
+                s
+            }))
+            .collect();
+        for (slot, socket) in sockets.iter().enumerate() {
+            group.worker_ready(slot, slot as u64, socket).unwrap();
+        }
+        // Slot 0 reports 5 open: the next 10 go to the idle two, which the program counts
+        // itself as it steers (5 each), then all are even and ties go round-robin.
+        group.report_load(0, 5);
+        assert_eq!(queued_on(port, &sockets, 10), vec![0, 5, 5]);
+        assert_eq!(queued_on(port, &sockets, 6), vec![2, 2, 2]);
+        // Slot 1's worker reports that all but one of its connections closed.
+        group.report_load(1, 1);
+        assert_eq!(queued_on(port, &sockets, 6), vec![0, 6, 0]);
+        // Slot 0 leaves: slot 2 moves into its index, with its count (7), and slot 1 (7)
+        // and slot 2 share what comes.
+        group.worker_gone(0, 0);
+        assert_eq!(group.slots(), vec![2, 1]);
+        assert_eq!(group.load_at(0), 7);
+        assert_eq!(queued_on(port, &sockets, 4), vec![0, 2, 2]);
+        // A report for a slot not in the array changes nothing.
+        group.report_load(0, 0);
+        assert_eq!(queued_on(port, &sockets, 2), vec![0, 1, 1]);
+    }
+
+    #[test]
     fn the_first_refusal_decides_for_the_cluster() {
         // (`FORKLINE_TEST_NO_BPF` is process-wide: the integration tests set it per primary.)
-        let steerer = Steerer::default();
+        let steerer = Steerer::new(Balance::RoundRobin);
         let _ = steerer.decided.set(Err("refused".into()));
         assert!(steerer.group().is_none());
         assert_eq!(steerer.status(), Some(false));

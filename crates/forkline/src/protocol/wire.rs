@@ -43,8 +43,8 @@ pub enum Mode {
     Proxy,
     /// Every worker accepts on its own SO_REUSEPORT socket, and a BPF program forkline loads
     /// picks the socket of each new connection in the kernel (round-robin over the ready
-    /// workers). Falls back to reuseport, or round-robin for library workers, where BPF
-    /// cannot be loaded.
+    /// workers, or least-conn from their load reports). Falls back to reuseport, or
+    /// round-robin for library workers, where BPF cannot be loaded.
     Steer,
 }
 

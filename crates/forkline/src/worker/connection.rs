@@ -53,9 +53,11 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Connection<S> {
 
 impl<S> Drop for Connection<S> {
     fn drop(&mut self) {
-        // Close the stream first, so the count never lags behind a closed socket.
-        drop(self.stream.take());
+        // Uncount it first, then close: the report is on its way to the primary before the
+        // client sees the close, so a client that connects again at once is balanced by a
+        // count that no longer holds this connection.
         self.release();
+        drop(self.stream.take());
     }
 }
 

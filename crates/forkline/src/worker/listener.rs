@@ -162,8 +162,29 @@ impl AsyncSource {
     }
 }
 
-fn counted(worker: &Worker, counts: bool) -> Option<std::sync::Arc<super::Shared>> {
-    counts.then(|| worker.shared.clone())
+/// The worker's count of open connections, if this one counts toward it: a handed-off one
+/// does (the reader counted it as it arrived), and so does one accepted from a steer socket
+/// while the primary balances by load (counted here). Dropping the `Connection` uncounts it.
+fn counted(
+    worker: &Worker,
+    handed_off: bool,
+    steered: bool,
+) -> Option<std::sync::Arc<super::Shared>> {
+    let shared = &worker.shared;
+    if handed_off {
+        return Some(shared.clone());
+    }
+    if steered
+        && shared
+            .report_load
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        shared
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        return Some(shared.clone());
+    }
+    None
 }
 
 /// A TCP listener through the primary (blocking API).
@@ -195,8 +216,7 @@ impl TcpListener {
     /// The next connection and its peer address; `Ok(None)` once the worker is disconnected.
     pub fn accept(&self) -> io::Result<Option<(Connection<std::net::TcpStream>, SocketAddr)>> {
         while let Some((fd, counts, peer)) = self.source.accept(&self.worker)? {
-            let stream =
-                Connection::new(std::net::TcpStream::from(fd), counted(&self.worker, counts));
+            let stream = Connection::new(std::net::TcpStream::from(fd), self.counted(counts));
             // A client that already reset has no peer address; skip it.
             if let Some(peer) = peer.or_else(|| stream.peer_addr().ok()) {
                 return Ok(Some((stream, peer)));
@@ -210,6 +230,10 @@ impl TcpListener {
         &self,
     ) -> impl Iterator<Item = io::Result<Connection<std::net::TcpStream>>> + '_ {
         std::iter::from_fn(move || self.accept().transpose().map(|r| r.map(|(s, _)| s)))
+    }
+
+    fn counted(&self, handed_off: bool) -> Option<std::sync::Arc<super::Shared>> {
+        counted(&self.worker, handed_off, self.mode == Mode::Steer)
     }
 
     /// The address the cluster listens on (the real port when 0 was asked for).
@@ -256,13 +280,14 @@ impl AsyncTcpListener {
         while let Some((fd, counts, peer)) = self.source.accept(&self.worker).await? {
             let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))?;
             if let Some(peer) = peer.or_else(|| stream.peer_addr().ok()) {
-                return Ok(Some((
-                    Connection::new(stream, counted(&self.worker, counts)),
-                    peer,
-                )));
+                return Ok(Some((Connection::new(stream, self.counted(counts)), peer)));
             }
         }
         Ok(None)
+    }
+
+    fn counted(&self, handed_off: bool) -> Option<std::sync::Arc<super::Shared>> {
+        counted(&self.worker, handed_off, self.mode == Mode::Steer)
     }
 
     /// The address the cluster listens on.
@@ -309,7 +334,7 @@ impl UnixListener {
         Ok(self.source.accept(&self.worker)?.map(|(fd, counts, _)| {
             Connection::new(
                 std::os::unix::net::UnixStream::from(fd),
-                counted(&self.worker, counts),
+                counted(&self.worker, counts, false),
             )
         }))
     }
@@ -349,7 +374,10 @@ impl AsyncUnixListener {
             Some((fd, counts, _)) => {
                 let stream =
                     tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?;
-                Ok(Some(Connection::new(stream, counted(&self.worker, counts))))
+                Ok(Some(Connection::new(
+                    stream,
+                    counted(&self.worker, counts, false),
+                )))
             }
             None => Ok(None),
         }
