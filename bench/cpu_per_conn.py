@@ -18,11 +18,13 @@ It prints, per run and as medians:
     python3 bench/cpu_per_conn.py                    # limit, rr, rr without coalescing, shared
     ROUNDS=5 SECS=6 CONCURRENCY=32 python3 bench/cpu_per_conn.py limit rr rr-nocoalesce
 
-Configurations: limit (2 x limit-server), rr, rr-nocoalesce, shared, reuseport (the seed
-example, target/release/examples/cluster, 2 workers); rr-base (the same from another build:
+Configurations: limit (2 x limit-server), rr, rr-nocoalesce, shared, reuseport, rr-2acc,
+rr-3acc, rr-2acc-nocoalesce (round-robin with FORKLINE_ACCEPT_THREADS=2 or 3) (the seed example, target/release/examples/cluster,
+2 workers); rr-base (the same from another build:
 BASE_CLUSTER=path/to/cluster, for a before/after); ops-off and ops-on (target/release/ops-server,
 round-robin, without and with metrics + control socket; ops-on has /metrics scraped every
-second from this script). The primary's own CPU per connection is printed too. Build first:
+second from this script). The primary's own CPU per connection is printed too, and its busiest
+thread's (what caps a primary on the connection path). Build first:
 cargo build --release -p forkline-loadgen && cargo build --release --example cluster -p forkline
 cargo build --release -p forkline-loadgen --features ops --bin ops-server   # for ops-*
 """
@@ -67,9 +69,12 @@ def start(config, port):
         server = os.path.join(TARGET, "limit-server")
         cmd = ["bash", "-c", f'"{server}" {addr} 0 & "{server}" {addr} 0 & wait']
     else:
-        policy = {"rr": "rr", "rr-nocoalesce": "rr", "shared": "none", "reuseport": "reuseport"}
+        policy = {"rr": "rr", "rr-nocoalesce": "rr", "shared": "none", "reuseport": "reuseport",
+                  "rr-2acc": "rr", "rr-3acc": "rr", "rr-2acc-nocoalesce": "rr"}
         env["FORKLINE_SCHED_POLICY"] = policy[config]
-        if config == "rr-nocoalesce":
+        if config.startswith("rr-") and "acc" in config:
+            env["FORKLINE_ACCEPT_THREADS"] = config.split("-")[1][0]
+        if config.endswith("nocoalesce"):
             env["FORKLINE_ACCEPT_COALESCE_US"] = "0"
         cmd = [os.path.join(TARGET, "examples", "cluster"), addr, "0", "2"]
     server = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -139,6 +144,19 @@ def own_ticks(pid):
         return 0
 
 
+def thread_ticks(pid):
+    """Each thread's user + system ticks, by thread id."""
+    ticks = {}
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks[task] = int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        pass
+    return ticks
+
+
 def measure(config):
     port = free_port()
     server = start(config, port)
@@ -156,9 +174,11 @@ def measure(config):
                              daemon=True).start()
         before, busy_before = server_counters(server.pid), machine_busy()
         primary_before = own_ticks(server.pid)
+        threads_before = thread_ticks(server.pid)
         result = loadgen(port, SECS + "s")
         after, busy_after = server_counters(server.pid), machine_busy()
         primary_after = own_ticks(server.pid)
+        threads_after = thread_ticks(server.pid)
     finally:
         stop.set()
         os.killpg(server.pid, signal.SIGKILL)
@@ -176,6 +196,9 @@ def measure(config):
         "rps": result["rps"],
         "server_us": per_conn((after[0] - before[0]) + (after[1] - before[1])),
         "primary_us": per_conn(primary_after - primary_before),
+        # The busiest thread of the primary: what caps a primary on the connection path.
+        "thread_us": per_conn(max((t - threads_before.get(k, 0)
+                                   for k, t in threads_after.items()), default=0)),
         "user_us": per_conn(after[0] - before[0]),
         "switches": (after[2] - before[2]) / n,
         "machine_us": per_conn(busy_after - busy_before),
@@ -184,7 +207,7 @@ def measure(config):
 
 def show(m):
     return (f"{m['rps']:7.0f} req/s  server {m['server_us']:5.1f} µs (user {m['user_us']:4.1f}, "
-            f"primary {m['primary_us']:4.1f})  "
+            f"primary {m['primary_us']:4.1f}, busiest thread {m['thread_us']:4.1f})  "
             f"switches {m['switches']:4.2f}  machine {m['machine_us']:5.1f} µs")
 
 

@@ -79,8 +79,21 @@ fn sched_policy_variable_chooses_the_mode_by_nodes_names() {
 
 #[test]
 fn round_robin_spreads_2000_connections_over_4_workers_within_5_percent() {
+    spreads_2000_connections_over_4_workers(&[("TB_MODE", "round-robin")]);
+}
+
+#[test]
+fn two_accept_threads_serve_2000_connections_spread_within_5_percent() {
+    spreads_2000_connections_over_4_workers(&[
+        ("TB_MODE", "round-robin"),
+        ("TB_ACCEPT_THREADS", "2"),
+    ]);
+}
+
+/// 8 clients fetch 250 times each from 4 workers: each worker answers 475 to 525.
+fn spreads_2000_connections_over_4_workers(extra: &[(&str, &str)]) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let _tb = serving(4, &addr, &[("TB_MODE", "round-robin")]);
+    let _tb = serving(4, &addr, extra);
     let counts = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
             .map(|_| {
@@ -378,12 +391,21 @@ fn ip_hash_keeps_a_client_on_one_worker() {
 
 #[test]
 fn killing_workers_under_load_leaves_no_connection_hanging() {
+    killing_workers_under_load(&[]);
+}
+
+#[test]
+fn with_two_accept_threads_killing_workers_under_load_leaves_no_connection_hanging() {
+    killing_workers_under_load(&[("TB_ACCEPT_THREADS", "2")]);
+}
+
+/// 16 clients fetch for 3 s while 3 of 4 workers are killed in turn: no connection hangs, and
+/// the few a killed worker held fail promptly.
+fn killing_workers_under_load(extra: &[(&str, &str)]) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut tb = serving(
-        4,
-        &addr,
-        &[("TB_DELAY_MS", "20"), ("TB_MIN_UPTIME_MS", "0")],
-    );
+    let mut env = vec![("TB_DELAY_MS", "20"), ("TB_MIN_UPTIME_MS", "0")];
+    env.extend_from_slice(extra);
+    let mut tb = serving(4, &addr, &env);
     let stop_at = Instant::now() + Duration::from_secs(3);
     let (ok, errors, hung) = std::thread::scope(|s| {
         let clients: Vec<_> = (0..16)

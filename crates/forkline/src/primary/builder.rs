@@ -211,6 +211,22 @@ impl ClusterBuilder {
         self
     }
 
+    /// Round-robin accept threads per listener (default 1, or `FORKLINE_ACCEPT_THREADS`).
+    ///
+    /// With 1, a task on the primary's runtime accepts every connection and hands it off. With
+    /// more, that many OS threads do, each blocked on the listening socket with
+    /// `EPOLLEXCLUSIVE` (a connection wakes one of them) and feeding the same dispatcher: one
+    /// credit window per worker and re-dispatch as with one. It lifts the ceiling a single
+    /// accepting thread puts on round-robin, at some more CPU in all: measured at 2 workers, 2
+    /// threads cut the busiest primary thread's CPU per connection by a quarter or more and add
+    /// about a quarter to the primary's total (`bench/RESULTS.md`, "More than one accept
+    /// thread"). Worth it only when the primary's accept thread is the bottleneck (many
+    /// workers, cores to spare).
+    pub fn accept_threads(mut self, threads: usize) -> Self {
+        self.opts.accept_threads = threads;
+        self
+    }
+
     /// When a new worker counts as ready.
     pub fn readiness(mut self, readiness: Readiness, timeout: Duration) -> Self {
         self.opts.readiness = readiness;
@@ -467,6 +483,12 @@ impl ClusterBuilder {
             return Err(Error::InvalidOption {
                 field: "workers",
                 reason: format!("steer mode's least-conn steers between at most {most} workers"),
+            });
+        }
+        if opts.accept_threads == 0 {
+            return Err(Error::InvalidOption {
+                field: "accept_threads",
+                reason: "must be at least 1".into(),
             });
         }
         if opts.credit_window == 0 {

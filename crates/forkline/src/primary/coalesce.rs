@@ -163,7 +163,7 @@ enum Phase {
 /// only counts under steady load: a pause longer than `IDLE_GAP` restarts it, so under light
 /// traffic coalescing is never even tried, and the first probe comes as soon as load does.
 #[derive(Debug)]
-struct Governor {
+pub(crate) struct Governor {
     phase: Phase,
     phase_start: Instant,
     last_wake: Instant,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use super::cluster::Cluster;
-use super::coalesce::Coalescer;
+use super::coalesce::{Coalescer, Governor};
 use super::handle::WorkerHandle;
 use super::listeners::BoundListener;
 use super::options::{sticky_index, Balance};
@@ -690,6 +690,67 @@ impl Dispatcher {
         }
     }
 
+    /// An accept thread's loop (see `spawn_accept_thread`): waits for room, then for the socket
+    /// (exclusively), accepts what is queued, until `stop` fires; it checks `stop` at least
+    /// every `POLL_STOP`. It coalesces like `accept_loop` (a wake-up that found two connections
+    /// or more is followed by a sleep of one window, while the governor finds it pays, or
+    /// `always`); while it sleeps, the socket's wake-ups go to the other threads.
+    fn accept_exclusive(
+        &self,
+        listener: u64,
+        socket: &OwnedFd,
+        coalesce: Option<Duration>,
+        always: bool,
+        stop: watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        const POLL_STOP: u16 = 100;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        let dup = socket.try_clone()?;
+        set_nonblocking(&dup)?;
+        let epoll = crate::sys::ExclusiveEpoll::new(&dup)?;
+        let mut governor = coalesce
+            .filter(|_| !always)
+            .map(|window| Governor::new(window, Instant::now()));
+        let mut hot = false;
+        let mut errors = AcceptErrors::default();
+        while !*stop.borrow() {
+            let changed = self.changed.notified();
+            if !self.has_room(listener) {
+                runtime.block_on(async {
+                    let _ = tokio::time::timeout(Duration::from_millis(POLL_STOP.into()), changed)
+                        .await;
+                });
+                continue;
+            }
+            if hot {
+                if let Some(window) = coalesce {
+                    std::thread::sleep(window);
+                }
+            } else if !epoll.wait(POLL_STOP.into())? {
+                continue;
+            }
+            let (accepted, stopped) = runtime.block_on(self.accept_queued(listener, &dup));
+            if let Some(governor) = &mut governor {
+                governor.record(accepted, Instant::now());
+            }
+            hot = coalesce.is_some()
+                && governor.as_ref().is_none_or(Governor::allowed)
+                && accepted >= 2;
+            match stopped {
+                Stopped::Failed(error) => {
+                    self.accept_errors[AcceptErrorKind::of(&error).index()]
+                        .fetch_add(1, Ordering::Relaxed);
+                    errors.failed(&error);
+                    std::thread::sleep(ACCEPT_RETRY);
+                }
+                Stopped::Drained | Stopped::NoRoom => errors.worked(),
+            }
+        }
+        Ok(())
+    }
+
     /// Accepts and hands out what is queued on the socket, `ACCEPT_BATCH` at a time, until it
     /// is empty, no worker has room, or `accept` fails. Returns how many connections it took
     /// and why it stopped.
@@ -810,6 +871,21 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
         let id = listener.id;
         let coalesce = cluster.inner.opts.accept_coalesce;
         let always = cluster.inner.opts.accept_coalesce_always;
+        let threads = cluster.inner.opts.accept_threads;
+        if threads > 1 {
+            for index in 0..threads {
+                spawn_accept_thread(
+                    index,
+                    dispatcher.clone(),
+                    id,
+                    socket.clone(),
+                    coalesce,
+                    always,
+                    stop.clone(),
+                );
+            }
+            return;
+        }
         super::task::spawn("accept", async move {
             if let Err(e) = dispatcher
                 .accept_loop(id, socket, coalesce, always, stop)
@@ -818,6 +894,34 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
                 tracing::error!(error = %e, "accept loop failed");
             }
         });
+    }
+}
+
+/// Runs an accept loop for `listener` on an OS thread of its own, blocked in `epoll_wait` on a
+/// private epoll instance holding the listening socket with `EPOLLEXCLUSIVE`, so a connection
+/// wakes one accept thread, not all of them (tokio's registrations are not exclusive, and an
+/// exclusive one nested in another epoll wakes every thread again). It hands off through the
+/// same dispatcher: its sends are plain non-blocking `sendmsg` calls, and its wake-ups
+/// (`Notify`, `watch`) work across runtimes; a small runtime of its own waits for them.
+fn spawn_accept_thread(
+    index: usize,
+    dispatcher: Arc<Dispatcher>,
+    listener: u64,
+    socket: Arc<OwnedFd>,
+    coalesce: Option<Duration>,
+    always: bool,
+    stop: watch::Receiver<bool>,
+) {
+    let run = move || {
+        if let Err(e) = dispatcher.accept_exclusive(listener, &socket, coalesce, always, stop) {
+            tracing::error!(error = %e, "accept thread failed");
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name(format!("accept-{index}"))
+        .spawn(run)
+    {
+        tracing::error!(error = %e, "could not start an accept thread");
     }
 }
 

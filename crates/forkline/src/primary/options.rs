@@ -220,6 +220,9 @@ pub struct ClusterOptions {
     pub accept_coalesce: Option<Duration>,
     /// Coalesce whenever connections queue, without the governor's measurements.
     pub accept_coalesce_always: bool,
+    /// Round-robin accept loops per listener (at least 1; the extra ones on threads of their
+    /// own).
+    pub accept_threads: usize,
     /// Listeners bound up front and passed to every worker by the systemd convention.
     pub listeners: Vec<ListenSpec>,
     /// Already-bound sockets to use instead of binding `listeners` (socket activation): same
@@ -326,6 +329,7 @@ impl Default for ClusterOptions {
                 .flatten()
                 .unwrap_or(Some(DEFAULT_ACCEPT_COALESCE)),
             accept_coalesce_always: false,
+            accept_threads: accept_threads_from_env().unwrap_or(1),
             listeners: Vec::new(),
             inherited: Vec::new(),
             inherited_names: Vec::new(),
@@ -416,4 +420,14 @@ pub fn mode_from_env() -> crate::error::Result<Option<Mode>> {
         }
         Err(_) => Ok(None),
     }
+}
+
+/// `FORKLINE_ACCEPT_THREADS`, the round-robin accept loops per listener, if set to a number of
+/// at least 1 (for benchmarks that cannot call the builder).
+pub fn accept_threads_from_env() -> Option<usize> {
+    std::env::var("FORKLINE_ACCEPT_THREADS")
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
 }

@@ -103,6 +103,9 @@ async fn primary() {
     if let Some(n) = env("TB_CREDIT_WINDOW") {
         builder = builder.credit_window(n.parse().expect("TB_CREDIT_WINDOW"));
     }
+    if let Some(n) = env("TB_ACCEPT_THREADS") {
+        builder = builder.accept_threads(n.parse().expect("TB_ACCEPT_THREADS"));
+    }
     if env("TB_COALESCE_ALWAYS").is_some() {
         builder = builder.accept_coalesce_always(true);
     }
