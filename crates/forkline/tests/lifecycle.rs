@@ -399,6 +399,36 @@ fn a_disconnected_worker_gets_no_new_connections_under_load() {
     }
 }
 
+/// Node's `worker.disconnect()` called in the worker itself, under load: connections the
+/// primary handed to it before it learnt of the disconnect are given back and served by the
+/// other worker, not lost with the closing channel.
+#[test]
+fn a_worker_that_disconnects_itself_under_load_loses_no_connection() {
+    for round in 0..3 {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut tb = Testbed::start(&[
+            ("TB_WORKERS", "2"),
+            ("TB_LISTEN", &addr),
+            ("TB_RESTART", "never"),
+        ]);
+        tb.wait_event("listening", None);
+        tb.wait_event("listening", None);
+        let load = Load::start(&addr, 8);
+        let warm = Instant::now() + SOON;
+        while load.ok.load(Ordering::Relaxed) < 200 && Instant::now() < warm {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tb.command(r#"send 0 {"cmd":"disconnect"}"#);
+        tb.wait_event("disconnect", None);
+        let (ok, lost) = load.stop();
+        assert_eq!(lost, 0, "round {round}: {ok} answered, {lost} lost");
+        for _ in 0..10 {
+            let reply = common::fetch(&addr).unwrap();
+            assert_eq!(answered_by(&reply), Some(1), "{reply}");
+        }
+    }
+}
+
 #[test]
 fn connections_for_a_listener_a_worker_dropped_go_to_the_other_workers() {
     let addr = format!("127.0.0.1:{}", free_port());

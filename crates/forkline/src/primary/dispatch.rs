@@ -322,10 +322,16 @@ impl Dispatcher {
         state.counters.redispatched += fds.len() as u64;
         let now = Instant::now();
         for fd in fds.into_iter().rev() {
+            // Asked of the kernel (given-back connections are few): the next worker, and
+            // ip-hash, see the client's address as for any other connection.
+            let peer = socket2::SockRef::from(&fd)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket());
             state.pending.push_front(Conn {
                 listener,
                 fd,
-                peer: None,
+                peer,
                 accepted: now,
             });
         }
@@ -355,7 +361,18 @@ impl Dispatcher {
             if target.inflight == 0 || target.last_ack.elapsed() < deadline {
                 continue;
             }
-            let taken = take_unread_connections(worker_end);
+            let (taken, stray) = take_unread_connections(worker_end);
+            if let Some((packet, fds)) = stray {
+                // Only a packet that raced past the peek: it goes to the worker again, after
+                // what followed it, rather than being lost.
+                let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+                let sent = target.channel.try_send(&packet, &raw);
+                tracing::warn!(
+                    worker = target.handle.id(),
+                    resent = sent.is_ok(),
+                    "a packet for a stuck worker was taken back by mistake"
+                );
+            }
             if taken.is_empty() {
                 continue;
             }
@@ -557,10 +574,7 @@ impl Dispatcher {
     ) -> Result<(), Vec<Conn>> {
         let first = state.next_seq;
         let seqs: Vec<u64> = (first..first + chunk.len() as u64).collect();
-        let peers = chunk
-            .iter()
-            .filter_map(|c| c.peer.map(|p| p.to_string()))
-            .collect();
+        let peers = peer_list(&chunk);
         let packet = encode(&ToWorker::Conns {
             listener,
             seqs,
@@ -969,15 +983,12 @@ fn has_unread(worker_end: &OwnedFd) -> bool {
 
 /// Takes the `conns` packets at the head of a live worker's queue (stopping at the first other
 /// packet, a message or a reply, which the worker must still read).
-fn take_unread_connections(worker_end: &OwnedFd) -> Vec<Conn> {
+fn take_unread_connections(worker_end: &OwnedFd) -> (Vec<Conn>, Option<Stray>) {
     use std::os::fd::AsFd;
     let mut taken = Vec::new();
     let mut buf = vec![0u8; crate::protocol::MAX_PACKET + 1];
     while let Ok(n) = crate::sys::peek_packet(worker_end.as_fd(), &mut buf) {
-        if !matches!(
-            serde_json::from_slice::<ToWorker>(&buf[..n]),
-            Ok(ToWorker::Conns { .. })
-        ) {
+        if !is_conns(&buf[..n]) {
             break;
         }
         // The worker may have taken it meanwhile: then this takes the next packet, whatever it
@@ -987,17 +998,25 @@ fn take_unread_connections(worker_end: &OwnedFd) -> Vec<Conn> {
         else {
             break;
         };
-        match conns_in(&buf[..n], fds) {
-            Some(conns) => taken.extend(conns),
-            None => {
-                // Not a handoff after all (the worker read the one peeked): it cannot be put
-                // back, so the worker loses it. Only a packet raced past the peek gets here.
-                tracing::warn!("a packet for a stuck worker was taken back by mistake");
-                break;
-            }
+        if !is_conns(&buf[..n]) {
+            // Not a handoff after all (the worker read the one peeked): it cannot be put back
+            // in place, so the caller sends it again.
+            return (taken, Some((buf[..n].to_vec(), fds)));
         }
+        taken.extend(conns_in(&buf[..n], fds).unwrap_or_default());
     }
-    taken
+    (taken, None)
+}
+
+/// A packet for a worker taken off its queue by mistake, with its fds: to be sent again.
+type Stray = (Vec<u8>, Vec<OwnedFd>);
+
+/// True for a `conns` packet.
+fn is_conns(packet: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice::<ToWorker>(packet),
+        Ok(ToWorker::Conns { .. })
+    )
 }
 
 /// The connections a `conns` packet carries (`None` for any other packet). At the fd limit
@@ -1086,9 +1105,76 @@ fn chunked(items: Vec<Conn>, size: usize) -> Vec<Vec<Conn>> {
     out
 }
 
+/// The `peers` of a `conns` packet: one entry per connection, in order (`""` where the
+/// address is unknown), or none at all when no address is known (Unix sockets).
+fn peer_list(chunk: &[Conn]) -> Vec<String> {
+    if chunk.iter().all(|c| c.peer.is_none()) {
+        return Vec::new();
+    }
+    chunk
+        .iter()
+        .map(|c| c.peer.map(|p| p.to_string()).unwrap_or_default())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn taking_back_stops_at_the_first_packet_that_is_not_a_handoff() {
+        use std::os::fd::AsFd;
+        let (primary_end, worker_end) = crate::sys::seqpacket_pair().unwrap();
+        let send = |msg: &ToWorker, fds: &[RawFd]| {
+            crate::sys::send_packet(primary_end.as_fd(), &encode(msg).unwrap(), fds, false).unwrap()
+        };
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let conns = ToWorker::Conns {
+            listener: 7,
+            seqs: vec![0, 1],
+            peers: vec!["127.0.0.1:1".into(), String::new()],
+        };
+        send(&conns, &[a.as_raw_fd(), b.as_raw_fd()]);
+        send(&ToWorker::Disconnect, &[]);
+        let (taken, stray) = take_unread_connections(&worker_end);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[0].peer, Some("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(taken[1].peer, None);
+        assert!(taken.iter().all(|c| c.listener == 7));
+        assert!(stray.is_none());
+        // The `disconnect` stays for the worker.
+        let mut buf = vec![0u8; 1024];
+        let mut fds = Vec::new();
+        let (n, _) = crate::sys::recv_packet(worker_end.as_fd(), &mut buf, &mut fds, true).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<ToWorker>(&buf[..n]).unwrap(),
+            ToWorker::Disconnect
+        );
+    }
+
+    #[test]
+    fn peers_stay_in_step_with_the_fds() {
+        let conn = |peer: Option<&str>| Conn {
+            listener: 1,
+            fd: std::fs::File::open("/dev/null").unwrap().into(),
+            peer: peer.map(|p| p.parse().unwrap()),
+            accepted: Instant::now(),
+        };
+        let mixed = [
+            conn(Some("127.0.0.1:1000")),
+            conn(None),
+            conn(Some("[::1]:2000")),
+        ];
+        assert_eq!(
+            peer_list(&mixed),
+            vec![
+                "127.0.0.1:1000".to_string(),
+                String::new(),
+                "[::1]:2000".into()
+            ]
+        );
+        assert!(peer_list(&[conn(None), conn(None)]).is_empty());
+    }
 
     #[test]
     fn an_ack_observes_the_packet_of_its_last_seq_once() {

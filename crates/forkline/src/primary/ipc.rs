@@ -229,6 +229,10 @@ async fn handle_packet(
                 .exited_after_disconnect
                 .store(true, Ordering::Release);
             cluster.inner.dispatcher.stop_new(worker);
+            // The fence the worker waits for before it closes the channel: nothing is handed
+            // to it after this (the writer sends `disconnect` under the dispatcher's lock), so
+            // what it received before can still be given back.
+            let _ = worker.send_packet(&ToWorker::Disconnect);
         }
     }
     Ok(())

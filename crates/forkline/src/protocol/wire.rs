@@ -192,7 +192,8 @@ pub enum ToWorker {
         /// One sequence number per fd, to be acknowledged.
         seqs: Vec<u64>,
         /// The client address of each connection (`HOST:PORT`), in the same order, so the
-        /// worker need not ask the kernel. Empty for Unix sockets.
+        /// worker need not ask the kernel; `""` where it is not known (the worker asks the
+        /// kernel). Empty for Unix sockets.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         peers: Vec<String>,
     },

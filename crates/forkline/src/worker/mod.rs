@@ -183,11 +183,23 @@ impl Worker {
 
     /// Disconnects from the primary on purpose (Node's `worker.disconnect()`): listeners stop
     /// yielding connections, and the primary will not restart this worker when it exits.
+    ///
+    /// The channel closes one round trip later: the primary answers `disconnecting` with
+    /// `disconnect` once it sends this worker nothing more, and the reader closes the channel
+    /// then. Connections the primary handed over meanwhile are given back to it (they reach
+    /// another worker), not lost with the channel.
     pub fn disconnect(&self) {
-        let _ = self.shared.channel.send_msg(&FromWorker::Disconnecting);
         self.shared.closing.store(true, Ordering::Release);
         self.shared.mark_disconnected();
-        self.shared.channel.shutdown();
+        if self
+            .shared
+            .channel
+            .send_msg(&FromWorker::Disconnecting)
+            .is_err()
+        {
+            // The primary is gone: nothing more will come.
+            self.shared.channel.shutdown();
+        }
     }
 
     /// Listens on a TCP address through the primary (blocking API).

@@ -219,6 +219,11 @@ fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(),
             send_ack(shared, state, None)?;
             shared.mark_disconnected();
             state.messages = None;
+            if shared.closing.load(Ordering::Acquire) {
+                // The answer to this worker's own `disconnecting`: the primary sends nothing
+                // after it, so the channel closes now (the next read sees the end).
+                shared.channel.shutdown();
+            }
         }
         ToWorker::Error { error } => return Err(Error::Protocol(error)),
         ToWorker::Welcome { .. } => return Err(Error::Protocol("unexpected welcome".into())),
