@@ -353,7 +353,7 @@ async fn supervise(
     let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut quit = signal(SignalKind::quit()).map_err(signal_error)?;
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
-    let mut monitor = Monitor::new(cluster.clone(), settings.workers.resolve(), notifier);
+    let mut monitor = Monitor::new(cluster.clone(), notifier);
     let mut events = cluster.events();
     let mut confirm_at: Option<Instant> = None;
     loop {
@@ -398,8 +398,6 @@ async fn supervise(
 /// replacements, and whether anything is left to run.
 struct Monitor {
     cluster: Cluster,
-    /// Workers to wait for before `READY=1`.
-    initial: usize,
     notifier: Option<Notifier>,
     ready_logged: bool,
     /// Started by an upgrade: the old primary sends `READY=1` when this one takes over.
@@ -419,10 +417,9 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn new(cluster: Cluster, initial: usize, notifier: Option<Notifier>) -> Self {
+    fn new(cluster: Cluster, notifier: Option<Notifier>) -> Self {
         Self {
             cluster,
-            initial,
             notifier,
             ready_logged: false,
             successor: std::env::var_os(forkline::primary::ENV_UPGRADE_FD).is_some(),
@@ -441,9 +438,9 @@ impl Monitor {
             Event::Fork { worker } => {
                 self.last_exit_failed.remove(&worker.id());
             }
-            Event::Ready { .. } if !self.ready_logged && self.all_ready() => {
+            Event::Ready { .. } if !self.ready_logged && self.cluster.all_ready() => {
                 self.ready_logged = true;
-                tracing::info!(workers = self.initial, "all workers ready");
+                tracing::info!(workers = self.cluster.target(), "all workers ready");
                 // Started by an upgrade: the old primary tells systemd, with MAINPID=.
                 if !self.successor {
                     self.notify("READY=1");
@@ -525,17 +522,6 @@ impl Monitor {
                 .cluster
                 .worker(worker.id())
                 .is_some_and(|current| current.unique_id() > worker.unique_id())
-    }
-
-    /// True when as many slots as the cluster was started with have a current worker that is
-    /// ready, and no slot is waiting for a restart (replacements on trial do not count).
-    fn all_ready(&self) -> bool {
-        let slots = self.cluster.status();
-        let ready = slots
-            .iter()
-            .filter(|s| s.state == Some(WorkerState::Ready))
-            .count();
-        ready >= self.initial && slots.iter().all(|s| s.restart_at.is_none())
     }
 
     /// Workers ready and workers running, as the cluster sees them now.

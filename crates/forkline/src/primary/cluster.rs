@@ -346,6 +346,17 @@ impl Cluster {
         self.inner.state().slots.target()
     }
 
+    /// True when as many workers as the cluster keeps are ready and no restart is due: what a
+    /// service manager's "ready" means (systemd's `READY=1`, an upgrade's hand-over).
+    pub fn all_ready(&self) -> bool {
+        let slots = self.status();
+        let ready = slots
+            .iter()
+            .filter(|s| s.state == Some(WorkerState::Ready))
+            .count();
+        ready >= self.target() && slots.iter().all(|s| s.restart_at.is_none())
+    }
+
     /// How many messages on workers' notify sockets were dropped because they did not come
     /// from the worker's own process group (another local user or process trying to mark a
     /// worker ready, stopping or alive).

@@ -391,16 +391,6 @@ fn env_fd(var: &str) -> Option<RawFd> {
     std::env::var(var).ok()?.parse().ok().filter(|fd| *fd >= 0)
 }
 
-/// True when every slot the cluster keeps has a ready worker and no restart is due: the new
-/// primary is ready to take over.
-pub(crate) fn all_ready(cluster: &Cluster) -> bool {
-    let slots = cluster.status();
-    slots.len() >= cluster.target()
-        && slots
-            .iter()
-            .all(|s| s.state == Some(super::handle::WorkerState::Ready) && s.restart_at.is_none())
-}
-
 /// In a new primary: waits until its workers are ready, then takes over from the old one, and
 /// only then runs `serve` (the control socket, metrics, accepting).
 pub(crate) fn take_over_when_ready(
@@ -417,7 +407,7 @@ pub(crate) fn take_over_when_ready(
     task::spawn("upgrade-take-over", async move {
         loop {
             let changed = cluster.inner.changed.notified();
-            if all_ready(&cluster) {
+            if cluster.all_ready() {
                 break;
             }
             if cluster.is_stopping() {
