@@ -1,7 +1,8 @@
 //! `forkline upgrade` against real clusters: the primary is replaced three times while 32
 //! clients connect in a loop, in each mode, with no failed and no hung connection, and no
 //! process of an old generation left; a new primary that exits or never gets ready leaves the
-//! old one serving; systemd hears `RELOADING=1`, then `MAINPID=` and `READY=1`.
+//! old one serving; an old primary SIGKILLed mid-upgrade leaves the new one serving; systemd
+//! hears `RELOADING=1`, then `MAINPID=` and `READY=1`.
 
 mod common;
 
@@ -583,4 +584,55 @@ fn a_unix_socket_is_handed_over_with_its_file() {
 #[test]
 fn upgrades_under_load_in_steer_mode() {
     three_upgrades_under_load("steer");
+}
+
+/// The old primary is SIGKILLed in the middle of an upgrade, while the new one waits for its
+/// workers (they are not ready yet): the new primary takes over once they are, serves the
+/// port, control socket included, and nothing of the old generation is left.
+#[test]
+fn the_old_primary_killed_mid_upgrade_leaves_the_new_one_serving() {
+    let _one_at_a_time = LOAD.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cluster = Cluster::start("orphan", "shared", &["--ready-timeout", "3s"]);
+    let old = cluster.generation();
+    let first = cluster.first.pid();
+    // The new primary's workers will not get ready until the marker goes.
+    let marker = cluster.dir.path().join("never-ready");
+    std::fs::write(&marker, "").unwrap();
+    let mut command = world(&cluster.dir);
+    command.args(["upgrade", "orphan"]);
+    let _upgrading = Running::spawn(command);
+    // The new primary: the old one's child that is not a worker (a forkline, not a python3).
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let new = until(STARTUP, || {
+        children_of(first)
+            .into_iter()
+            .find(|&child| comm(child).trim() == "forkline")
+    })
+    .unwrap_or_else(|| panic!("no new primary\n{}", cluster.first.output()));
+    let unready = until(STARTUP, || {
+        let workers = children_of(new);
+        (workers.len() >= 2).then_some(workers)
+    })
+    .expect("the new primary's workers did not start");
+    kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+    cluster.primary = new;
+    // Its workers time out unready (3 s) and are replaced: it ran on alone meanwhile. Then the
+    // marker goes, workers get ready, and it takes over.
+    let replaced = until(STARTUP, || {
+        children_of(new)
+            .iter()
+            .any(|pid| !unready.contains(pid))
+            .then_some(())
+    });
+    assert!(replaced.is_some(), "the unready workers were not replaced");
+    std::fs::remove_file(&marker).unwrap();
+    cluster.wait_ready(new);
+    let reply = one_request(cluster.port);
+    assert!(reply.is_ok(), "{reply:?}");
+    for pid in old {
+        assert!(
+            until(STARTUP, || (!alive(pid) || zombie(pid)).then_some(())).is_some(),
+            "{pid} of the old generation is still running"
+        );
+    }
 }
