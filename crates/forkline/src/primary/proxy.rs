@@ -272,11 +272,22 @@ pub(crate) async fn wait_port(port: u16, worker: &WorkerHandle) -> bool {
         if worker.is_dead() {
             return false;
         }
-        if TcpStream::connect(addr).await.is_ok() {
-            return true;
+        if let Ok(probe) = TcpStream::connect(addr).await {
+            if !connected_to_itself(&probe) {
+                return true;
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// True for a TCP self-connection: a connect to a loopback port in the ephemeral range with
+/// nothing listening succeeds when the kernel happens to pick that same port as the source
+/// (a simultaneous open with itself). A worker port probed 20 times a second until it listens
+/// would, now and then, look up without a listener — and the probe would hold the port the
+/// worker is about to bind.
+fn connected_to_itself(stream: &TcpStream) -> bool {
+    matches!((stream.local_addr(), stream.peer_addr()), (Ok(local), Ok(peer)) if local == peer)
 }
 
 /// Accepts on the public socket until `stop`, relaying each connection to a worker.
@@ -359,7 +370,9 @@ async fn connect_upstream(
         // Counted before connecting, so a worker being retired waits for this connection.
         active.fetch_add(1, Ordering::AcqRel);
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(upstream)) => {
+            // A self-connection (the worker's port closed, see `connected_to_itself`) would
+            // echo the client's bytes back to it: not a worker.
+            Ok(Ok(upstream)) if !connected_to_itself(&upstream) => {
                 let _ = upstream.set_nodelay(true);
                 handle.count_connections(1);
                 let counters = &table.counters;
@@ -400,5 +413,31 @@ where
         )
         .await;
         active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_self_connection_is_not_a_listening_worker() {
+        // Connect from port P to port P with nothing listening: the kernel joins the socket
+        // to itself, as a probe can by chance.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(addr).unwrap();
+        let itself = socket.connect(addr).await.expect("a self-connection");
+        assert!(connected_to_itself(&itself));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        assert!(!connected_to_itself(&other));
     }
 }
