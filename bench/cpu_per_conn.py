@@ -70,10 +70,13 @@ def start(config, port):
         cmd = ["bash", "-c", f'"{server}" {addr} 0 & "{server}" {addr} 0 & wait']
     else:
         policy = {"rr": "rr", "rr-nocoalesce": "rr", "shared": "none", "reuseport": "reuseport",
-                  "rr-2acc": "rr", "rr-3acc": "rr", "rr-2acc-nocoalesce": "rr"}
+                  "rr-2acc": "rr", "rr-3acc": "rr", "rr-2acc-nocoalesce": "rr",
+                  "rr-always": "rr", "rr-2acc-always": "rr"}
         env["FORKLINE_SCHED_POLICY"] = policy[config]
         if config.startswith("rr-") and "acc" in config:
             env["FORKLINE_ACCEPT_THREADS"] = config.split("-")[1][0]
+        if config.endswith("always"):
+            env["FORKLINE_ACCEPT_COALESCE_ALWAYS"] = "1"
         if config.endswith("nocoalesce"):
             env["FORKLINE_ACCEPT_COALESCE_US"] = "0"
         cmd = [os.path.join(TARGET, "examples", "cluster"), addr, "0", "2"]

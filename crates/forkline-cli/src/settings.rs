@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::num::NonZeroU64;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -210,6 +210,11 @@ pub struct Settings {
           default_value = "500us")]
     #[serde(with = "parse::text")]
     pub accept_coalesce: Duration,
+
+    /// Round-robin mode: threads that accept and hand out each listener's connections
+    /// [default: 1 below 4 workers, then one per 4 workers, 2 to 8, at most the CPUs]
+    #[arg(long, env = "FORKLINE_ACCEPT_THREADS", value_name = "N")]
+    pub accept_threads: Option<NonZeroUsize>,
 
     /// Recycle a worker after it was handed this many connections (proxy and round-robin
     /// modes) [default: off]
@@ -569,6 +574,7 @@ impl Settings {
             settle_time: self.settle_time,
             upgrade_timeout: self.upgrade_timeout,
             accept_coalesce: Some(self.accept_coalesce).filter(|w| !w.is_zero()),
+            accept_threads: self.accept_threads.map(NonZeroUsize::get),
             max_requests: self.max_requests.map(NonZeroU64::get),
             max_requests_jitter: self.max_requests_jitter,
             max_memory: self.max_memory.map(|size| size.as_u64()),

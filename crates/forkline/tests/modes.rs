@@ -79,7 +79,50 @@ fn sched_policy_variable_chooses_the_mode_by_nodes_names() {
 
 #[test]
 fn round_robin_spreads_2000_connections_over_4_workers_within_5_percent() {
-    spreads_2000_connections_over_4_workers(&[("TB_MODE", "round-robin")]);
+    spreads_2000_connections_over_4_workers(&[
+        ("TB_MODE", "round-robin"),
+        ("TB_ACCEPT_THREADS", "1"),
+    ]);
+}
+
+/// The primary's threads named `accept-N`.
+fn accept_threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|task| {
+                    std::fs::read_to_string(task.path().join("comm"))
+                        .is_ok_and(|comm| comm.starts_with("accept-"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Below 4 workers the primary accepts on its runtime (no accept thread); from 4 on, on
+/// `auto_accept_threads` threads (2 on a machine with 2 CPUs or more), and they serve and stop
+/// with the cluster.
+#[test]
+fn accept_threads_come_with_4_workers() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let three = serving(3, &addr, &[("TB_MODE", "round-robin")]);
+    assert_eq!(accept_threads_of(three.pid()), 0);
+    drop(three);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut tb = serving(4, &addr, &[("TB_MODE", "round-robin")]);
+    let expected = match forkline::auto_accept_threads(4) {
+        1 => 0,
+        n => n,
+    };
+    assert!(
+        eventually(SOON, || accept_threads_of(tb.pid()) == expected),
+        "{} accept threads, expected {expected}",
+        accept_threads_of(tb.pid())
+    );
+    assert_eq!(ids_answering(&addr, 4, 400).len(), 4);
+    tb.command("shutdown");
+    assert!(tb.wait_exit(SOON).is_some_and(|s| s.success()));
 }
 
 #[test]

@@ -211,19 +211,20 @@ impl ClusterBuilder {
         self
     }
 
-    /// Round-robin accept threads per listener (default 1, or `FORKLINE_ACCEPT_THREADS`).
+    /// Round-robin accept threads per listener (else `FORKLINE_ACCEPT_THREADS`, else
+    /// [`auto_accept_threads`](crate::primary::auto_accept_threads): 1 below 4 workers, then
+    /// one per 4 workers, 2 to 8).
     ///
     /// With 1, a task on the primary's runtime accepts every connection and hands it off. With
     /// more, that many OS threads do, each blocked on the listening socket with
     /// `EPOLLEXCLUSIVE` (a connection wakes one of them) and feeding the same dispatcher: one
-    /// credit window per worker and re-dispatch as with one. It lifts the ceiling a single
-    /// accepting thread puts on round-robin, at some more CPU in all: measured at 2 workers, 2
-    /// threads cut the busiest primary thread's CPU per connection by a quarter or more and add
-    /// about a quarter to the primary's total (`bench/RESULTS.md`, "More than one accept
-    /// thread"). Worth it only when the primary's accept thread is the bottleneck (many
-    /// workers, cores to spare).
+    /// credit window per worker and re-dispatch as with one, and one coalescing governor for
+    /// them all. It lifts the ceiling a single accepting thread puts on round-robin: measured
+    /// at 2 workers on 2 CPUs, 2 threads cut the busiest primary thread's CPU per connection
+    /// to a quarter and the primary's total by a quarter (`bench/RESULTS.md`, "More than one
+    /// accept thread").
     pub fn accept_threads(mut self, threads: usize) -> Self {
-        self.opts.accept_threads = threads;
+        self.opts.accept_threads = Some(threads);
         self
     }
 
@@ -485,7 +486,7 @@ impl ClusterBuilder {
                 reason: format!("steer mode's least-conn steers between at most {most} workers"),
             });
         }
-        if opts.accept_threads == 0 {
+        if opts.accept_threads == Some(0) {
             return Err(Error::InvalidOption {
                 field: "accept_threads",
                 reason: "must be at least 1".into(),

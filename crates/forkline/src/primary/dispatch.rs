@@ -704,54 +704,56 @@ impl Dispatcher {
         }
     }
 
-    /// An accept thread's loop (see `spawn_accept_thread`): waits for room, then for the socket
-    /// (exclusively), accepts what is queued, until `stop` fires; it checks `stop` at least
-    /// every `POLL_STOP`. It coalesces like `accept_loop` (a wake-up that found two connections
-    /// or more is followed by a sleep of one window, while the governor finds it pays, or
-    /// `always`); while it sleeps, the socket's wake-ups go to the other threads.
+    /// An accept thread's loop (see `spawn_accept_threads`): waits for room, then for the
+    /// socket (exclusively), accepts what is queued, until `stop` fires (`threads.woken` wakes
+    /// it at once). It coalesces like `accept_loop`: a wake-up that found two connections or
+    /// more is followed by a sleep of one window, while the listener's governor, shared by its
+    /// accept threads, finds it pays (or always, without one); while one thread sleeps, the
+    /// socket's wake-ups go to the others.
     fn accept_exclusive(
         &self,
-        listener: u64,
-        socket: &OwnedFd,
-        coalesce: Option<Duration>,
-        always: bool,
-        stop: watch::Receiver<bool>,
+        threads: &AcceptThreads,
+        mut stop: watch::Receiver<bool>,
     ) -> io::Result<()> {
-        const POLL_STOP: u16 = 100;
+        let listener = threads.listener;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()?;
-        let dup = socket.try_clone()?;
+        let dup = threads.socket.try_clone()?;
         set_nonblocking(&dup)?;
-        let epoll = crate::sys::ExclusiveEpoll::new(&dup)?;
-        let mut governor = coalesce
-            .filter(|_| !always)
-            .map(|window| Governor::new(window, Instant::now()));
+        let epoll =
+            crate::sys::ExclusiveEpoll::new(&dup, std::os::fd::AsFd::as_fd(&threads.woken))?;
         let mut hot = false;
         let mut errors = AcceptErrors::default();
         while !*stop.borrow() {
             let changed = self.changed.notified();
             if !self.has_room(listener) {
                 runtime.block_on(async {
-                    let _ = tokio::time::timeout(Duration::from_millis(POLL_STOP.into()), changed)
-                        .await;
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
                 });
                 continue;
             }
             if hot {
-                if let Some(window) = coalesce {
+                if let Some(window) = threads.coalesce {
                     std::thread::sleep(window);
                 }
-            } else if !epoll.wait(POLL_STOP.into())? {
+            } else if !epoll.wait(-1)? {
                 continue;
             }
-            let (accepted, stopped) = runtime.block_on(self.accept_queued(listener, &dup));
-            if let Some(governor) = &mut governor {
-                governor.record(accepted, Instant::now());
+            if *stop.borrow() {
+                break;
             }
-            hot = coalesce.is_some()
-                && governor.as_ref().is_none_or(Governor::allowed)
-                && accepted >= 2;
+            let (accepted, stopped) = runtime.block_on(self.accept_queued(listener, &dup));
+            let allowed = threads.governor.as_ref().is_none_or(|governor| {
+                let mut governor = governor.lock().unwrap();
+                governor.record(accepted, Instant::now());
+                governor.allowed()
+            });
+            threads.coalescing.store(allowed, Ordering::Relaxed);
+            hot = threads.coalesce.is_some() && allowed && accepted >= 2;
             match stopped {
                 Stopped::Failed(error) => {
                     self.accept_errors[AcceptErrorKind::of(&error).index()]
@@ -885,18 +887,37 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
         let id = listener.id;
         let coalesce = cluster.inner.opts.accept_coalesce;
         let always = cluster.inner.opts.accept_coalesce_always;
-        let threads = cluster.inner.opts.accept_threads;
+        let opts = &cluster.inner.opts;
+        let threads = opts
+            .accept_threads
+            .unwrap_or_else(|| super::options::auto_accept_threads(opts.workers));
         if threads > 1 {
-            for index in 0..threads {
-                spawn_accept_thread(
-                    index,
-                    dispatcher.clone(),
-                    id,
-                    socket.clone(),
-                    coalesce,
-                    always,
-                    stop.clone(),
-                );
+            let coalescing = Arc::new(AtomicBool::new(false));
+            let governor = coalesce
+                .filter(|_| !always)
+                .map(|window| Mutex::new(Governor::new(window, Instant::now())));
+            if coalesce.is_some() {
+                dispatcher
+                    .coalescing
+                    .lock()
+                    .unwrap()
+                    .insert(id, coalescing.clone());
+            }
+            let started = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(io::Error::from)
+                .and_then(|(woken, wake)| {
+                    let shared = AcceptThreads {
+                        listener: id,
+                        socket,
+                        coalesce,
+                        governor,
+                        coalescing,
+                        woken,
+                    };
+                    spawn_accept_threads(threads, dispatcher, shared, wake, stop)
+                });
+            if let Err(e) = started {
+                tracing::error!(error = %e, "could not start the accept threads");
             }
             return;
         }
@@ -911,32 +932,54 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
     }
 }
 
-/// Runs an accept loop for `listener` on an OS thread of its own, blocked in `epoll_wait` on a
-/// private epoll instance holding the listening socket with `EPOLLEXCLUSIVE`, so a connection
-/// wakes one accept thread, not all of them (tokio's registrations are not exclusive, and an
-/// exclusive one nested in another epoll wakes every thread again). It hands off through the
-/// same dispatcher: its sends are plain non-blocking `sendmsg` calls, and its wake-ups
-/// (`Notify`, `watch`) work across runtimes; a small runtime of its own waits for them.
-fn spawn_accept_thread(
-    index: usize,
-    dispatcher: Arc<Dispatcher>,
+/// What a round-robin listener's accept threads share: its socket, the coalescing window and
+/// governor, the coalescing flag shown in `Dispatcher::traffic`, and `woken`, the read end of
+/// a pipe that turns readable (its write end closed) once they must stop.
+struct AcceptThreads {
     listener: u64,
     socket: Arc<OwnedFd>,
     coalesce: Option<Duration>,
-    always: bool,
+    governor: Option<Mutex<Governor>>,
+    coalescing: Arc<AtomicBool>,
+    woken: OwnedFd,
+}
+
+/// Runs `count` accept loops for a listener, each on an OS thread of its own, blocked in
+/// `epoll_wait` on a private epoll instance holding the listening socket with
+/// `EPOLLEXCLUSIVE`, so a connection wakes one accept thread, not all of them (tokio's
+/// registrations are not exclusive, and an exclusive one nested in another epoll wakes every
+/// thread again). They hand off through the same dispatcher: its sends are plain non-blocking
+/// `sendmsg` calls, and its wake-ups (`Notify`, `watch`) work across runtimes; a small runtime
+/// of each thread's own waits for them. When `stop` fires, a task on the primary's runtime
+/// closes the pipe's write end: every thread wakes, leaves, and closes its copy of the socket
+/// at once, as the single accept task would.
+fn spawn_accept_threads(
+    count: usize,
+    dispatcher: Arc<Dispatcher>,
+    shared: AcceptThreads,
+    wake: OwnedFd,
     stop: watch::Receiver<bool>,
-) {
-    let run = move || {
-        if let Err(e) = dispatcher.accept_exclusive(listener, &socket, coalesce, always, stop) {
-            tracing::error!(error = %e, "accept thread failed");
-        }
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name(format!("accept-{index}"))
-        .spawn(run)
-    {
-        tracing::error!(error = %e, "could not start an accept thread");
+) -> io::Result<()> {
+    let shared = Arc::new(shared);
+    let (listener, mut waiting) = (shared.listener, stop.clone());
+    let watcher = dispatcher.clone();
+    super::task::spawn("accept-threads-stop", async move {
+        let _ = waiting.wait_for(|s| *s).await;
+        drop(wake);
+        watcher.coalescing.lock().unwrap().remove(&listener);
+    });
+    for index in 0..count {
+        let (dispatcher, shared, stop) = (dispatcher.clone(), shared.clone(), stop.clone());
+        let run = move || {
+            if let Err(e) = dispatcher.accept_exclusive(&shared, stop) {
+                tracing::error!(error = %e, "accept thread failed");
+            }
+        };
+        std::thread::Builder::new()
+            .name(format!("accept-{index}"))
+            .spawn(run)?;
     }
+    Ok(())
 }
 
 /// Fires when the cluster stops accepting or `listener` is released.

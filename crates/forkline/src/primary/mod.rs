@@ -42,11 +42,14 @@ pub use event::{Event, EventStream, ReplaceFailure, Replacement};
 pub use handle::{WorkerHandle, WorkerState};
 pub use migration::{Migration, ENV_TEST_NO_BPF};
 pub use options::{
-    accept_coalesce_from_env, check_accept_coalesce, Backoff, Balance, ClusterOptions, ListenSpec,
-    LogFormat, Readiness, RestartPolicy, WorkerStdio, DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME,
-    ENV_ACCEPT_COALESCE_US, MAX_ACCEPT_COALESCE,
+    accept_coalesce_from_env, auto_accept_threads, check_accept_coalesce, Backoff, Balance,
+    ClusterOptions, ListenSpec, LogFormat, Readiness, RestartPolicy, WorkerStdio,
+    DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME, ENV_ACCEPT_COALESCE_US, MAX_ACCEPT_COALESCE,
 };
 pub use output_buffer::{OutputLine, OutputStream, DEFAULT_OUTPUT_BUFFER};
 pub use stats::{Stats, WorkerStats};
-pub use steer::{STEERING_BPF, STEERING_FALLBACK_REUSEPORT, STEERING_FALLBACK_ROUND_ROBIN};
+pub use steer::{
+    STEERING_BPF, STEERING_BPF_LEAST_CONN, STEERING_FALLBACK_REUSEPORT,
+    STEERING_FALLBACK_ROUND_ROBIN,
+};
 pub use upgrade::{ENV_UPGRADE_CONTROL_FD, ENV_UPGRADE_FD, ENV_UPGRADE_METRICS_FD};

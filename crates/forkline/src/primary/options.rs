@@ -218,11 +218,12 @@ pub struct ClusterOptions {
     /// Round-robin accept coalescing: under load, and while it pays, accept at most this far
     /// apart (`None`: wake up for every connection; default `DEFAULT_ACCEPT_COALESCE`).
     pub accept_coalesce: Option<Duration>,
-    /// Coalesce whenever connections queue, without the governor's measurements.
+    /// Coalesce whenever connections queue, without the governor's measurements (default:
+    /// off, or on when `FORKLINE_ACCEPT_COALESCE_ALWAYS` is set, for benchmarks).
     pub accept_coalesce_always: bool,
-    /// Round-robin accept loops per listener (at least 1; the extra ones on threads of their
-    /// own).
-    pub accept_threads: usize,
+    /// Round-robin accept loops per listener (at least 1; more than one run on threads of
+    /// their own); `None`: as [`auto_accept_threads`] says for the number of workers.
+    pub accept_threads: Option<usize>,
     /// Listeners bound up front and passed to every worker by the systemd convention.
     pub listeners: Vec<ListenSpec>,
     /// Already-bound sockets to use instead of binding `listeners` (socket activation): same
@@ -328,8 +329,8 @@ impl Default for ClusterOptions {
                 .ok()
                 .flatten()
                 .unwrap_or(Some(DEFAULT_ACCEPT_COALESCE)),
-            accept_coalesce_always: false,
-            accept_threads: accept_threads_from_env().unwrap_or(1),
+            accept_coalesce_always: std::env::var_os("FORKLINE_ACCEPT_COALESCE_ALWAYS").is_some(),
+            accept_threads: accept_threads_from_env(),
             listeners: Vec::new(),
             inherited: Vec::new(),
             inherited_names: Vec::new(),
@@ -422,6 +423,27 @@ pub fn mode_from_env() -> crate::error::Result<Option<Mode>> {
     }
 }
 
+/// How many round-robin accept threads a listener gets when the number is not set: one below 4
+/// workers (the single accept task); from 4 on, one per 4 workers, at least 2, at most 8 and
+/// at most the CPUs. Measured (`bench/RESULTS.md`, "More than one accept thread"): at 2
+/// workers on 2 CPUs two threads cost the primary a quarter less CPU per connection than one,
+/// and its busiest thread a quarter as much; more threads follow the projection (one thread
+/// keeps up with about 4 workers' connections), not a measurement.
+pub fn auto_accept_threads(workers: usize) -> usize {
+    accept_threads_for(
+        workers,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    )
+}
+
+/// [`auto_accept_threads`] on a machine with `cpus` CPUs.
+fn accept_threads_for(workers: usize, cpus: usize) -> usize {
+    if workers < 4 {
+        return 1;
+    }
+    (workers / 4).clamp(2, 8).min(cpus).max(1)
+}
+
 /// `FORKLINE_ACCEPT_THREADS`, the round-robin accept loops per listener, if set to a number of
 /// at least 1 (for benchmarks that cannot call the builder).
 pub fn accept_threads_from_env() -> Option<usize> {
@@ -430,4 +452,21 @@ pub fn accept_threads_from_env() -> Option<usize> {
         .parse()
         .ok()
         .filter(|n| *n >= 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_threads_grow_with_the_workers_within_the_cpus() {
+        assert_eq!(accept_threads_for(1, 64), 1);
+        assert_eq!(accept_threads_for(3, 64), 1);
+        assert_eq!(accept_threads_for(4, 64), 2);
+        assert_eq!(accept_threads_for(8, 64), 2);
+        assert_eq!(accept_threads_for(16, 64), 4);
+        assert_eq!(accept_threads_for(64, 64), 8);
+        assert_eq!(accept_threads_for(16, 2), 2);
+        assert_eq!(accept_threads_for(8, 1), 1);
+    }
 }
