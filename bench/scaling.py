@@ -21,8 +21,10 @@ primary's and the workers' CPU µs per connection. Values are medians over round
 Where W stops at the cores of this machine, it projects the curve from CPU per connection
 (see `project` and bench/RESULTS.md): with the servers on W cores of their own and the load
 generator elsewhere, rate(W) = W / (w + p), and at most 1 / p when a primary is on the
-connection path (it accepts or relays every connection on one thread), where w and p are the
-workers' and the primary's CPU seconds per connection measured at the largest W. On a machine
+connection path (it accepts or relays every connection on one thread; with several accept
+threads, `rr-2acc`, at most 1 / the busiest primary thread's CPU per connection), where w and p
+are the workers' and the primary's CPU seconds per connection measured at the largest W. (At
+W >= 4 plain `rr` gets accept threads by default too; its cap stays 1 / p, conservative.) On a machine
 with enough cores the same script measures the curve instead (the projection is still printed,
 to check it against).
 
@@ -72,7 +74,7 @@ def powers_up_to(n):
 
 WORKERS = [int(w) for w in env_list("SCALE_WORKERS", " ".join(map(str, powers_up_to(CORES))))]
 CONFIGS = env_list("SCALE_CONFIGS",
-                   "limit steer-limit steer reuseport shared rr proxy node-rr node-none")
+                   "limit steer-limit steer reuseport shared rr rr-2acc proxy node-rr node-none")
 HTTP_CONFIGS = env_list("SCALE_HTTP_CONFIGS",
                         "http-steer http-reuseport http-shared http-rr node-http-rr node-http-none")
 ROUNDS = int(os.environ.get("SCALE_ROUNDS", "3"))
@@ -94,7 +96,11 @@ NODE_HTTP = os.path.join(ROOT, "bench", "node", "http.js")
 
 # Configurations whose primary is on the connection path (accepts, hands off or relays each
 # connection): the projection caps them at one core of primary.
-PRIMARY_ON_PATH = {"rr", "proxy", "node-rr", "http-rr", "node-http-rr"}
+PRIMARY_ON_PATH = {"rr", "rr-2acc", "proxy", "node-rr", "http-rr", "node-http-rr"}
+
+# Configurations whose primary accepts on several threads: their cap is one core per thread,
+# 1 / the busiest primary thread's µs per connection, instead of 1 / the primary's.
+MULTI_THREADED_ACCEPT = {"rr-2acc"}
 
 LABELS = {
     "limit": "limit (W x limit-server, SO_REUSEPORT)",
@@ -103,6 +109,7 @@ LABELS = {
     "reuseport": "forkline reuseport",
     "shared": "forkline shared",
     "rr": "forkline round-robin",
+    "rr-2acc": "forkline round-robin, 2 accept threads",
     "proxy": "forkline proxy -> limit-server",
     "node-rr": "node cluster rr",
     "node-none": "node cluster none",
@@ -170,6 +177,9 @@ def command(config, addr, workers, control):
     socket."""
     w = str(workers)
     policy = {"steer": "steer", "reuseport": "reuseport", "shared": "none", "rr": "rr"}
+    if config == "rr-2acc":
+        return [FL_CLUSTER, addr, DELAY, w], {"FORKLINE_SCHED_POLICY": "rr",
+                                              "FORKLINE_ACCEPT_THREADS": "2"}
     if config == "limit":
         return ["bash", "-c", 'for _ in $(seq 1 "$3"); do "$0" "$1" "$2" & done; wait',
                 LIMIT_SERVER, addr, DELAY, w], {}
@@ -253,6 +263,28 @@ def counters(proc):
     return out
 
 
+def thread_ticks(pid):
+    """{thread id: user + system ticks} of a process's threads."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[tid] = int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def busiest(before, after):
+    """The most ticks one thread used between two `thread_ticks` readings."""
+    return max((t - before.get(tid, 0) for tid, t in after.items()), default=0)
+
+
 def split(before, after, leader):
     """(primary ticks, {worker pid: ticks}) used between two `counters` readings."""
     primary, workers = 0, {}
@@ -297,10 +329,10 @@ def measure(config, workers, logdir):
                 log(f"  {config} W={workers} did not come up")
                 return None
             subprocess.run(loadgen_argv(port, 1, workers), capture_output=True)
-            before = counters(proc)
+            before, threads_before = counters(proc), thread_ticks(proc.pid)
             out = subprocess.run(loadgen_argv(port, SECS, workers), capture_output=True,
                                  text=True)
-            after = counters(proc)
+            after, threads_after = counters(proc), thread_ticks(proc.pid)
         finally:
             stop(proc)
     lines = out.stdout.strip().splitlines()
@@ -316,6 +348,7 @@ def measure(config, workers, logdir):
         "cv": result["cv"] * 100,
         "errors": result["errors"],
         "primary_us": us(primary),
+        "primary_busiest_us": us(busiest(threads_before, threads_after)),
         "workers_us": us(sum(per_worker.values())),
     }
 
@@ -400,14 +433,16 @@ def wait_http(proc, port, workers, deadline=20.0):
 # ---------------------------------------------------------------------------------------------
 # Projection and report.
 
-def project(m, w, on_path):
+def project(m, w, on_path, threads=False):
     """Projected conn/s at W workers from CPU per connection: the servers on W cores of their
     own, W / (workers + primary µs per connection); a primary on the connection path runs it
-    on one thread, so at most 1 / primary µs."""
+    on one thread, so at most 1 / primary µs — or, accepting on several threads (`threads`),
+    at most 1 / its busiest thread's µs."""
     total = (m["workers_us"] + m["primary_us"]) / 1e6
     rate = w / total if total else float("nan")
-    if on_path and m["primary_us"] > 0:
-        rate = min(rate, 1e6 / m["primary_us"])
+    cap_us = m.get("primary_busiest_us", 0) if threads else m["primary_us"]
+    if on_path and cap_us > 0:
+        rate = min(rate, 1e6 / cap_us)
     return rate
 
 
@@ -512,7 +547,8 @@ def report(data):
         lines.append("")
         lines.append(f"Projection from CPU per connection measured at W = {ref_w}: conn/s = "
                      "W / (workers + primary µs per connection), capped at 1 / primary µs for a "
-                     "primary on the connection path (round-robin, proxy, node rr); ratio to "
+                     "primary on the connection path (round-robin, proxy, node rr), or at 1 / "
+                     "its busiest thread's µs when it accepts on several threads; ratio to "
                      "the limit's projection at the same W.\n")
         lines.append("| config | " + " | ".join(f"W={w}" for w in PROJECT) + " |")
         lines.append("| --- | " + " | ".join("---:" for _ in PROJECT) + " |")
@@ -523,7 +559,7 @@ def report(data):
                 continue
             cells = []
             for w in PROJECT:
-                rate = project(m, w, c in PRIMARY_ON_PATH)
+                rate = project(m, w, c in PRIMARY_ON_PATH, c in MULTI_THREADED_ACCEPT)
                 ratio = rate / project(base, w, False)
                 projection.setdefault(c, []).append(rate)
                 cells.append(f"{rate:.0f} ({ratio:.2f}×)")

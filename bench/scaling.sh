@@ -11,7 +11,7 @@
 # measures W = 1 and 2 and projects the rest (the method is in bench/scaling.py and
 # bench/RESULTS.md).
 #
-# Knobs (environment): SCALE_WORKERS="1 2 4 ..." SCALE_CONFIGS="limit steer reuseport shared rr
+# Knobs (environment): SCALE_WORKERS="1 2 4 ..." SCALE_CONFIGS="limit steer reuseport shared rr rr-2acc
 #   proxy node-rr node-none" SCALE_ROUNDS=3 SCALE_SECS=5 SCALE_CONCURRENCY=32 SCALE_DELAY=0
 #   SCALE_PROJECT="1 2 4 8 16 32" SCALE_HTTP=1 SCALE_HTTP_CONFIGS="http-steer http-reuseport
 #   http-shared http-rr node-http-rr node-http-none" SCALE_OUT=bench/out

@@ -377,8 +377,9 @@ fn every_packet_a_worker_sent_before_exiting_is_read_and_its_disconnect_counts()
     );
 }
 
-#[test]
-fn a_disconnected_worker_gets_no_new_connections_under_load() {
+/// Two workers listening on a free port, never restarted, and `clients` clients connecting in a
+/// loop that have been answered 200 times (or for `SOON`).
+fn two_workers_under_load(clients: usize) -> (Testbed, String, Load) {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut tb = Testbed::start(&[
         ("TB_WORKERS", "2"),
@@ -387,8 +388,17 @@ fn a_disconnected_worker_gets_no_new_connections_under_load() {
     ]);
     tb.wait_event("listening", None);
     tb.wait_event("listening", None);
-    let load = Load::start(&addr, 4);
-    std::thread::sleep(Duration::from_millis(300));
+    let load = Load::start(&addr, clients);
+    let warm = Instant::now() + SOON;
+    while load.ok.load(Ordering::Relaxed) < 200 && Instant::now() < warm {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (tb, addr, load)
+}
+
+#[test]
+fn a_disconnected_worker_gets_no_new_connections_under_load() {
+    let (mut tb, addr, load) = two_workers_under_load(4);
     tb.command("disconnect 0");
     tb.wait_event("exit", Some(0));
     let (ok, lost) = load.stop();
@@ -405,19 +415,7 @@ fn a_disconnected_worker_gets_no_new_connections_under_load() {
 #[test]
 fn a_worker_that_disconnects_itself_under_load_loses_no_connection() {
     for round in 0..3 {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut tb = Testbed::start(&[
-            ("TB_WORKERS", "2"),
-            ("TB_LISTEN", &addr),
-            ("TB_RESTART", "never"),
-        ]);
-        tb.wait_event("listening", None);
-        tb.wait_event("listening", None);
-        let load = Load::start(&addr, 8);
-        let warm = Instant::now() + SOON;
-        while load.ok.load(Ordering::Relaxed) < 200 && Instant::now() < warm {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (mut tb, addr, load) = two_workers_under_load(8);
         tb.command(r#"send 0 {"cmd":"disconnect"}"#);
         tb.wait_event("disconnect", None);
         let (ok, lost) = load.stop();
