@@ -563,6 +563,38 @@ fn unix_socket_listener_works_and_replaces_a_stale_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A Unix socket in round-robin mode with 4 workers: accepted on accept threads (the default
+/// from 4 workers), every worker answers.
+#[test]
+fn a_unix_socket_with_4_workers_is_served_by_accept_threads() {
+    let dir = std::env::temp_dir().join(format!("forkline-unix4-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("server.sock");
+    let path_str = path.to_str().unwrap().to_string();
+    let tb = serving(
+        4,
+        &path_str,
+        &[("TB_KIND", "unix"), ("TB_MODE", "round-robin")],
+    );
+    if forkline::auto_accept_threads(4) > 1 {
+        assert!(eventually(SOON, || accept_threads_of(tb.pid()) > 1));
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..400 {
+        let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        seen.insert(answered_by(&reply).unwrap());
+        if seen.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!(seen, HashSet::from([0, 1, 2, 3]));
+    drop(tb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn udp_listener_is_shared_by_workers() {
     let port = free_port();

@@ -213,7 +213,8 @@ impl ClusterBuilder {
 
     /// Round-robin accept threads per listener (else `FORKLINE_ACCEPT_THREADS`, else
     /// [`auto_accept_threads`](crate::primary::auto_accept_threads): 1 below 4 workers, then
-    /// one per 4 workers, 2 to 8).
+    /// one per 4 workers, 2 to 8, decided when the listener starts accepting from the workers
+    /// the cluster keeps then; scaling later does not change it).
     ///
     /// With 1, a task on the primary's runtime accepts every connection and hands it off. With
     /// more, that many OS threads do, each blocked on the listening socket with

@@ -887,10 +887,12 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
         let id = listener.id;
         let coalesce = cluster.inner.opts.accept_coalesce;
         let always = cluster.inner.opts.accept_coalesce_always;
-        let opts = &cluster.inner.opts;
-        let threads = opts
+        // Decided once, when the listener starts accepting, from the workers kept then.
+        let threads = cluster
+            .inner
+            .opts
             .accept_threads
-            .unwrap_or_else(|| super::options::auto_accept_threads(opts.workers));
+            .unwrap_or_else(|| super::options::auto_accept_threads(cluster.target()));
         if threads > 1 {
             let coalescing = Arc::new(AtomicBool::new(false));
             let governor = coalesce
