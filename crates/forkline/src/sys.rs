@@ -712,6 +712,14 @@ impl MappedWords {
         }
     }
 
+    /// Subtracts `value` from the word at `index` (ignored past the end), atomically with the
+    /// program's own additions.
+    pub fn subtract(&self, index: usize, value: u32) {
+        if let Some(word) = self.word(index) {
+            word.fetch_sub(value, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The word at `index` (0 past the end).
     pub fn load(&self, index: usize) -> u32 {
         self.word(index)

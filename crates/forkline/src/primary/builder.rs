@@ -487,6 +487,9 @@ impl ClusterBuilder {
                 reason: format!("steer mode's least-conn steers between at most {most} workers"),
             });
         }
+        if opts.accept_threads.is_none() {
+            super::options::check_accept_threads_env()?;
+        }
         if opts.accept_threads == Some(0) {
             return Err(Error::InvalidOption {
                 field: "accept_threads",

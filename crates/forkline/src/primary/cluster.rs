@@ -406,6 +406,15 @@ impl Cluster {
                 reason: "must be at least 1".into(),
             });
         }
+        let most = super::steer::LEAST_CONN_MAX_SOCKETS as usize;
+        let steered_by_load =
+            self.inner.opts.mode == Mode::Steer && self.inner.listeners.steerer().by_load();
+        if steered_by_load && workers > most {
+            return Err(Error::InvalidOption {
+                field: "workers",
+                reason: format!("steer mode's least-conn steers between at most {most} workers"),
+            });
+        }
         supervisor::rescale(self, workers)
     }
 

@@ -705,14 +705,15 @@ impl Dispatcher {
     }
 
     /// An accept thread's loop (see `spawn_accept_threads`): waits for room, then for the
-    /// socket (exclusively), accepts what is queued, until `stop` fires (`threads.woken` wakes
-    /// it at once). It coalesces like `accept_loop`: a wake-up that found two connections or
+    /// socket (exclusively), accepts what is queued, until `stop` fires (`woken` turns readable
+    /// then, and wakes it at once). It coalesces like `accept_loop`: a wake-up that found two connections or
     /// more is followed by a sleep of one window, while the listener's governor, shared by its
     /// accept threads, finds it pays (or always, without one); while one thread sleeps, the
     /// socket's wake-ups go to the others.
     fn accept_exclusive(
         &self,
         threads: &AcceptThreads,
+        woken: &OwnedFd,
         mut stop: watch::Receiver<bool>,
     ) -> io::Result<()> {
         let listener = threads.listener;
@@ -721,11 +722,13 @@ impl Dispatcher {
             .build()?;
         let dup = threads.socket.try_clone()?;
         set_nonblocking(&dup)?;
-        let epoll =
-            crate::sys::ExclusiveEpoll::new(&dup, std::os::fd::AsFd::as_fd(&threads.woken))?;
+        let epoll = crate::sys::ExclusiveEpoll::new(&dup, std::os::fd::AsFd::as_fd(woken))?;
         let mut hot = false;
         let mut errors = AcceptErrors::default();
-        while !*stop.borrow() {
+        // Stops when told to, or when nobody can tell it any more (the stop signal's sender is
+        // gone with the primary's runtime; the pipe's write end with it, so nothing blocks).
+        let stopped = |stop: &watch::Receiver<bool>| *stop.borrow() || stop.has_changed().is_err();
+        while !stopped(&stop) {
             let changed = self.changed.notified();
             if !self.has_room(listener) {
                 runtime.block_on(async {
@@ -743,7 +746,7 @@ impl Dispatcher {
             } else if !epoll.wait(-1)? {
                 continue;
             }
-            if *stop.borrow() {
+            if stopped(&stop) {
                 break;
             }
             let (accepted, stopped) = runtime.block_on(self.accept_queued(listener, &dup));
@@ -894,34 +897,23 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
             .accept_threads
             .unwrap_or_else(|| super::options::auto_accept_threads(cluster.target()));
         if threads > 1 {
-            let coalescing = Arc::new(AtomicBool::new(false));
-            let governor = coalesce
-                .filter(|_| !always)
-                .map(|window| Mutex::new(Governor::new(window, Instant::now())));
-            if coalesce.is_some() {
-                dispatcher
-                    .coalescing
-                    .lock()
-                    .unwrap()
-                    .insert(id, coalescing.clone());
+            let shared = AcceptThreads {
+                listener: id,
+                socket: socket.clone(),
+                coalesce,
+                governor: coalesce
+                    .filter(|_| !always)
+                    .map(|window| Mutex::new(Governor::new(window, Instant::now()))),
+                coalescing: Arc::new(AtomicBool::new(false)),
+            };
+            match spawn_accept_threads(threads, &dispatcher, shared, &stop) {
+                Ok(()) => return,
+                // Not even one: the accept task below does the work instead.
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not start accept threads; accepting on the primary's runtime"
+                ),
             }
-            let started = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(io::Error::from)
-                .and_then(|(woken, wake)| {
-                    let shared = AcceptThreads {
-                        listener: id,
-                        socket,
-                        coalesce,
-                        governor,
-                        coalescing,
-                        woken,
-                    };
-                    spawn_accept_threads(threads, dispatcher, shared, wake, stop)
-                });
-            if let Err(e) = started {
-                tracing::error!(error = %e, "could not start the accept threads");
-            }
-            return;
         }
         super::task::spawn("accept", async move {
             if let Err(e) = dispatcher
@@ -935,15 +927,13 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
 }
 
 /// What a round-robin listener's accept threads share: its socket, the coalescing window and
-/// governor, the coalescing flag shown in `Dispatcher::traffic`, and `woken`, the read end of
-/// a pipe that turns readable (its write end closed) once they must stop.
+/// governor, and the coalescing flag shown in `Dispatcher::traffic`.
 struct AcceptThreads {
     listener: u64,
     socket: Arc<OwnedFd>,
     coalesce: Option<Duration>,
     governor: Option<Mutex<Governor>>,
     coalescing: Arc<AtomicBool>,
-    woken: OwnedFd,
 }
 
 /// Runs `count` accept loops for a listener, each on an OS thread of its own, blocked in
@@ -952,35 +942,51 @@ struct AcceptThreads {
 /// registrations are not exclusive, and an exclusive one nested in another epoll wakes every
 /// thread again). They hand off through the same dispatcher: its sends are plain non-blocking
 /// `sendmsg` calls, and its wake-ups (`Notify`, `watch`) work across runtimes; a small runtime
-/// of each thread's own waits for them. When `stop` fires, a task on the primary's runtime
-/// closes the pipe's write end: every thread wakes, leaves, and closes its copy of the socket
-/// at once, as the single accept task would.
+/// of each thread's own waits for them. Each epoll also holds the read end of a pipe whose
+/// write end a task on the primary's runtime closes when `stop` fires: every thread wakes,
+/// leaves, and closes its copy of the socket at once, as the single accept task would. An
+/// error when not even one thread could start; fewer than `count` are logged.
 fn spawn_accept_threads(
     count: usize,
-    dispatcher: Arc<Dispatcher>,
+    dispatcher: &Arc<Dispatcher>,
     shared: AcceptThreads,
-    wake: OwnedFd,
-    stop: watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
 ) -> io::Result<()> {
+    let (woken, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let woken = Arc::new(woken);
     let shared = Arc::new(shared);
-    let (listener, mut waiting) = (shared.listener, stop.clone());
-    let watcher = dispatcher.clone();
-    super::task::spawn("accept-threads-stop", async move {
-        let _ = waiting.wait_for(|s| *s).await;
-        drop(wake);
-        watcher.coalescing.lock().unwrap().remove(&listener);
-    });
+    let mut started = 0;
     for index in 0..count {
-        let (dispatcher, shared, stop) = (dispatcher.clone(), shared.clone(), stop.clone());
+        let (dispatcher, shared, woken) = (dispatcher.clone(), shared.clone(), woken.clone());
+        let stop = stop.clone();
         let run = move || {
-            if let Err(e) = dispatcher.accept_exclusive(&shared, stop) {
+            if let Err(e) = dispatcher.accept_exclusive(&shared, &woken, stop) {
                 tracing::error!(error = %e, "accept thread failed");
             }
         };
-        std::thread::Builder::new()
+        match std::thread::Builder::new()
             .name(format!("accept-{index}"))
-            .spawn(run)?;
+            .spawn(run)
+        {
+            Ok(_) => started += 1,
+            Err(e) if started == 0 => return Err(e),
+            Err(e) => tracing::warn!(error = %e, started, count, "fewer accept threads"),
+        }
     }
+    let listener = shared.listener;
+    if shared.coalesce.is_some() {
+        dispatcher
+            .coalescing
+            .lock()
+            .unwrap()
+            .insert(listener, shared.coalescing.clone());
+    }
+    let (dispatcher, mut waiting) = (dispatcher.clone(), stop.clone());
+    super::task::spawn("accept-threads-stop", async move {
+        let _ = waiting.wait_for(|s| *s).await;
+        drop(wake);
+        dispatcher.coalescing.lock().unwrap().remove(&listener);
+    });
     Ok(())
 }
 

@@ -230,8 +230,9 @@ async fn handle_packet(
                 .store(true, Ordering::Release);
             cluster.inner.dispatcher.stop_new(worker);
             // The fence the worker waits for before it closes the channel: nothing is handed
-            // to it after this (the writer sends `disconnect` under the dispatcher's lock), so
-            // what it received before can still be given back.
+            // to it after this (`stop_new` took it off every listener under the dispatcher's
+            // lock, and only a later `listen`, read after this packet, adds one back), so what
+            // it received before can still be given back.
             let _ = worker.send_packet(&ToWorker::Disconnect);
         }
     }

@@ -178,10 +178,10 @@ impl BoundListener {
         super::steer::enter(group, slot, seq, &socket);
     }
 
-    /// Steer mode with least-conn: `slot`'s worker has `open` connections.
-    pub fn steer_load(&self, slot: usize, open: u64) {
+    /// Steer mode with least-conn: worker `seq` of `slot` has `open` connections.
+    pub fn steer_load(&self, slot: usize, seq: u64, open: u64) {
         if let Some(group) = &self.steer {
-            group.report_load(slot, open);
+            group.report_load(slot, seq, open);
         }
     }
 

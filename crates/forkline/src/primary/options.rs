@@ -219,7 +219,8 @@ pub struct ClusterOptions {
     /// apart (`None`: wake up for every connection; default `DEFAULT_ACCEPT_COALESCE`).
     pub accept_coalesce: Option<Duration>,
     /// Coalesce whenever connections queue, without the governor's measurements (default:
-    /// off, or on when `FORKLINE_ACCEPT_COALESCE_ALWAYS` is set, for benchmarks).
+    /// off, or on when `FORKLINE_ACCEPT_COALESCE_ALWAYS` is set to anything but `0`, for
+    /// benchmarks).
     pub accept_coalesce_always: bool,
     /// Round-robin accept loops per listener (at least 1; more than one run on threads of
     /// their own); `None`: as [`auto_accept_threads`] says for the number of workers.
@@ -329,7 +330,8 @@ impl Default for ClusterOptions {
                 .ok()
                 .flatten()
                 .unwrap_or(Some(DEFAULT_ACCEPT_COALESCE)),
-            accept_coalesce_always: std::env::var_os("FORKLINE_ACCEPT_COALESCE_ALWAYS").is_some(),
+            accept_coalesce_always: std::env::var("FORKLINE_ACCEPT_COALESCE_ALWAYS")
+                .is_ok_and(|v| !v.is_empty() && v != "0"),
             accept_threads: accept_threads_from_env(),
             listeners: Vec::new(),
             inherited: Vec::new(),
@@ -445,13 +447,26 @@ fn accept_threads_for(workers: usize, cpus: usize) -> usize {
 }
 
 /// `FORKLINE_ACCEPT_THREADS`, the round-robin accept loops per listener, if set to a number of
-/// at least 1 (for benchmarks that cannot call the builder).
+/// at least 1 (for programs that do not call the builder's `accept_threads`; another value is
+/// refused by the builder, see [`check_accept_threads_env`]).
 pub fn accept_threads_from_env() -> Option<usize> {
     std::env::var("FORKLINE_ACCEPT_THREADS")
         .ok()?
         .parse()
         .ok()
         .filter(|n| *n >= 1)
+}
+
+/// An error naming `FORKLINE_ACCEPT_THREADS` when it is set to anything but a number of at
+/// least 1.
+pub(crate) fn check_accept_threads_env() -> crate::error::Result<()> {
+    match std::env::var("FORKLINE_ACCEPT_THREADS") {
+        Ok(value) if accept_threads_from_env().is_none() => Err(crate::Error::InvalidOption {
+            field: "FORKLINE_ACCEPT_THREADS",
+            reason: format!("{value:?} is not a number of at least 1"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -296,7 +296,37 @@ struct Members {
     order: Vec<(usize, Arc<OwnedFd>)>,
     /// The ready workers (unique ids) of each slot: the slot is in the array while it has one.
     ready: HashMap<usize, HashSet<u64>>,
+    /// Least-conn: the last report of each worker (unique id) of each slot. A slot's count is
+    /// their sum: during a reload two workers share the slot's socket.
+    reports: HashMap<usize, HashMap<u64, u32>>,
 }
+
+impl Members {
+    /// The sum of the reports of `slot`'s workers (0 without any).
+    fn reported(&self, slot: usize) -> u32 {
+        self.reports
+            .get(&slot)
+            .map_or(0, |r| {
+                r.values().fold(0u32, |sum, n| sum.saturating_add(*n))
+            })
+            .min(MAX_REPORTED)
+    }
+
+    /// The index of `slot` in the socket array.
+    fn index_of(&self, slot: usize) -> Option<usize> {
+        self.order.iter().position(|(s, _)| *s == slot)
+    }
+}
+
+/// The most a count is set to from reports, far from `u32::MAX`: the program adds to it.
+const MAX_REPORTED: u32 = 1 << 30;
+
+/// Above this, every count has the smallest one taken off ([`SteerGroup::normalize`]): counts
+/// only grow for workers that never report (plain programs), and a `u32` would wrap.
+const NORMALIZE_ABOVE: u32 = 1 << 30;
+
+/// How often a least-conn group looks whether its counts need [`SteerGroup::normalize`].
+const NORMALIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl SteerGroup {
     /// Creates the maps and loads the program that balances by `balance` (round-robin, or
@@ -369,16 +399,23 @@ impl SteerGroup {
     }
 
     /// Worker `seq` of `slot` exited: the slot's socket leaves the array if no other ready
-    /// worker of the slot (a replacement) accepts on it.
+    /// worker of the slot (a replacement) accepts on it; if one does, the slot's count is what
+    /// the workers left have reported.
     pub fn worker_gone(&self, slot: usize, seq: u64) {
         let mut members = self.members.lock().unwrap();
+        if let Some(reports) = members.reports.get_mut(&slot) {
+            reports.remove(&seq);
+        }
         let Some(ready) = members.ready.get_mut(&slot) else {
             return;
         };
         ready.remove(&seq);
         if ready.is_empty() {
             members.ready.remove(&slot);
+            members.reports.remove(&slot);
             self.leave_logged(&mut members, slot);
+        } else if let Some(at) = members.index_of(slot) {
+            self.set_load(at, members.reported(slot));
         }
     }
 
@@ -386,19 +423,40 @@ impl SteerGroup {
     pub fn slot_released(&self, slot: usize) {
         let mut members = self.members.lock().unwrap();
         members.ready.remove(&slot);
+        members.reports.remove(&slot);
         self.leave_logged(&mut members, slot);
     }
 
-    /// Least-conn: `slot`'s worker reports `open` connections; it replaces the count at the
-    /// slot's index (the program's own additions included: the worker has counted what it
-    /// accepted, and what is still queued for it shows again with its next report).
-    pub fn report_load(&self, slot: usize, open: u64) {
+    /// Least-conn: worker `seq` of `slot` reports `open` connections; the slot's count becomes
+    /// the sum of its workers' reports (the program's own additions replaced: the worker has
+    /// counted what it accepted, and what is still queued for it shows with its next report).
+    /// Kept while the slot is out of the array too, for when it enters.
+    pub fn report_load(&self, slot: usize, seq: u64, open: u64) {
+        if self.loads.is_none() {
+            return;
+        }
+        let mut members = self.members.lock().unwrap();
+        let open = u32::try_from(open).unwrap_or(u32::MAX).min(MAX_REPORTED);
+        members.reports.entry(slot).or_default().insert(seq, open);
+        if let Some(at) = members.index_of(slot) {
+            self.set_load(at, members.reported(slot));
+        }
+    }
+
+    /// Least-conn: when every count is above [`NORMALIZE_ABOVE`], takes the smallest off each,
+    /// so counts that only grow (workers that never report) do not wrap. The order between
+    /// them, which is all the program looks at, stays.
+    pub fn normalize(&self) {
         let Some((_, loads)) = &self.loads else {
             return;
         };
         let members = self.members.lock().unwrap();
-        if let Some(at) = members.order.iter().position(|(s, _)| *s == slot) {
-            loads.store(at, u32::try_from(open).unwrap_or(u32::MAX));
+        let n = members.order.len();
+        let least = (0..n).map(|at| loads.load(at)).min().unwrap_or(0);
+        if least > NORMALIZE_ABOVE {
+            for at in 0..n {
+                loads.subtract(at, least);
+            }
         }
     }
 
@@ -443,8 +501,9 @@ impl SteerGroup {
         let fd = socket.as_raw_fd() as u64;
         self.socks
             .update(&index.to_ne_bytes(), &fd.to_ne_bytes(), BPF_ANY)?;
-        // A new worker has nothing open (set before `n` brings the index within reach).
-        self.set_load(index as usize, 0);
+        // What its workers have reported (none yet: 0), set before `n` brings the index
+        // within reach.
+        self.set_load(index as usize, members.reported(slot));
         members.order.push((slot, socket.clone()));
         self.set_count(index + 1)
     }
@@ -527,7 +586,11 @@ impl Steerer {
         match SteerGroup::new(self.balance) {
             Ok(group) => {
                 let _ = self.decided.set(Ok(()));
-                Some(Arc::new(group))
+                let group = Arc::new(group);
+                if group.by_load() {
+                    keep_normalized(Arc::downgrade(&group));
+                }
+                Some(group)
             }
             Err(e) => {
                 if self.decided.set(Err(e.to_string())).is_err() {
@@ -557,6 +620,24 @@ impl Steerer {
     /// Whether the groups balance by load (least-conn).
     pub fn by_load(&self) -> bool {
         self.balance == Balance::LeastConn
+    }
+}
+
+/// Least-conn: every [`NORMALIZE_EVERY`], for as long as the group lives, keeps its counts
+/// from wrapping ([`SteerGroup::normalize`]), on a thread that holds no copy of it.
+fn keep_normalized(group: std::sync::Weak<SteerGroup>) {
+    let run = move || loop {
+        std::thread::sleep(NORMALIZE_EVERY);
+        match group.upgrade() {
+            Some(group) => group.normalize(),
+            None => return,
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("forkline-steer-counts".into())
+        .spawn(run)
+    {
+        tracing::warn!(error = %e, "steer: cannot start the least-conn count keeper");
     }
 }
 
@@ -690,7 +771,7 @@ pub(crate) fn report_load(cluster: &Cluster, worker: &WorkerHandle, open: u64) {
         return;
     }
     for listener in cluster.inner.listeners.all() {
-        listener.steer_load(worker.id(), open);
+        listener.steer_load(worker.id(), worker.unique_id(), open);
     }
 }
 
@@ -873,11 +954,11 @@ mod tests {
         }
         // Slot 0 reports 5 open: the next 10 go to the idle two, which the program counts
         // itself as it steers (5 each), then all are even and ties go round-robin.
-        group.report_load(0, 5);
+        group.report_load(0, 0, 5);
         assert_eq!(queued_on(port, &sockets, 10), vec![0, 5, 5]);
         assert_eq!(queued_on(port, &sockets, 6), vec![2, 2, 2]);
         // Slot 1's worker reports that all but one of its connections closed.
-        group.report_load(1, 1);
+        group.report_load(1, 1, 1);
         assert_eq!(queued_on(port, &sockets, 6), vec![0, 6, 0]);
         // Slot 0 leaves: slot 2 moves into its index, with its count (7), and slot 1 (7)
         // and slot 2 share what comes.
@@ -886,8 +967,46 @@ mod tests {
         assert_eq!(group.load_at(0), 7);
         assert_eq!(queued_on(port, &sockets, 4), vec![0, 2, 2]);
         // A report for a slot not in the array changes nothing.
-        group.report_load(0, 0);
+        group.report_load(0, 0, 0);
         assert_eq!(queued_on(port, &sockets, 2), vec![0, 1, 1]);
+        // A reload: slot 1's replacement (worker 11) is ready beside worker 1; the slot counts
+        // both reports, and the old worker's goes with it.
+        group.worker_ready(1, 11, &sockets[1]).unwrap();
+        group.report_load(1, 1, 30);
+        group.report_load(1, 11, 2);
+        assert_eq!(group.load_at(1), 32);
+        group.worker_gone(1, 1);
+        assert_eq!(group.slots(), vec![2, 1]);
+        assert_eq!(group.load_at(1), 2);
+    }
+
+    #[test]
+    fn counts_that_only_grow_are_brought_down_together() {
+        let group = match SteerGroup::new(Balance::LeastConn) {
+            Ok(group) => group,
+            Err(e) => {
+                eprintln!("skipped: BPF not allowed here ({e})");
+                return;
+            }
+        };
+        let first = member(0);
+        group.prepare(first.as_fd()).unwrap();
+        let second = member(port_of(&first));
+        group.prepare(second.as_fd()).unwrap();
+        group.worker_ready(0, 0, &first).unwrap();
+        group.worker_ready(1, 1, &second).unwrap();
+        group.set_load(0, 100);
+        group.set_load(1, 103);
+        group.normalize();
+        assert_eq!(
+            (group.load_at(0), group.load_at(1)),
+            (100, 103),
+            "small: left alone"
+        );
+        group.set_load(0, NORMALIZE_ABOVE + 5);
+        group.set_load(1, NORMALIZE_ABOVE + 9);
+        group.normalize();
+        assert_eq!((group.load_at(0), group.load_at(1)), (0, 4));
     }
 
     #[test]

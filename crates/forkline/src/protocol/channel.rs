@@ -184,6 +184,11 @@ impl BlockingChannel {
         }
     }
 
+    /// Sends one packet if the socket buffer has room now (`WouldBlock` otherwise).
+    pub fn try_send(&self, data: &[u8]) -> io::Result<()> {
+        sys::send_packet(self.fd.as_fd(), data, &[], true)
+    }
+
     /// Encodes and sends a message.
     pub fn send_msg<T: Serialize>(&self, msg: &T) -> Result<(), Error> {
         let bytes = encode(msg)?;

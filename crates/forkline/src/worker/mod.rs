@@ -62,6 +62,10 @@ pub(crate) struct Shared {
     pub indexes: Arc<indexes::ListenIndexes>,
 }
 
+/// How long [`Worker::disconnect`] waits for the primary's answer before it closes the channel
+/// anyway.
+pub const DISCONNECT_FENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// This process's connection to its primary (Node's `cluster.worker`). Cheap to clone.
 #[derive(Clone)]
 pub struct Worker {
@@ -187,7 +191,9 @@ impl Worker {
     /// The channel closes one round trip later: the primary answers `disconnecting` with
     /// `disconnect` once it sends this worker nothing more, and the reader closes the channel
     /// then. Connections the primary handed over meanwhile are given back to it (they reach
-    /// another worker), not lost with the channel.
+    /// another worker), not lost with the channel. Without an answer within
+    /// [`DISCONNECT_FENCE_TIMEOUT`] (a primary that predates it, or one that is stuck) the
+    /// channel closes anyway.
     pub fn disconnect(&self) {
         self.shared.closing.store(true, Ordering::Release);
         self.shared.mark_disconnected();
@@ -199,7 +205,15 @@ impl Worker {
         {
             // The primary is gone: nothing more will come.
             self.shared.channel.shutdown();
+            return;
         }
+        let shared = self.shared.clone();
+        let _ = std::thread::Builder::new()
+            .name("forkline-disconnect".into())
+            .spawn(move || {
+                std::thread::sleep(DISCONNECT_FENCE_TIMEOUT);
+                shared.channel.shutdown();
+            });
     }
 
     /// Listens on a TCP address through the primary (blocking API).

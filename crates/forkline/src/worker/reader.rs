@@ -266,10 +266,14 @@ fn reply(shared: &Shared, req: u64, answer: Result<ListenReply, Error>) {
     }
 }
 
-/// Tells the primary how many connections are open (least-conn), if it asked.
+/// Tells the primary how many connections are open (least-conn), if it asked. Never waits: it
+/// runs as a connection closes, and a primary slow to read must not hold the close up. A report
+/// that finds the channel full is skipped; the next one carries the count again.
 pub(crate) fn report_load(shared: &Shared) {
     if shared.report_load.load(Ordering::Relaxed) {
         let open = shared.open.load(Ordering::Acquire);
-        let _ = shared.channel.send_msg(&FromWorker::Load { open });
+        if let Ok(packet) = crate::protocol::channel::encode(&FromWorker::Load { open }) {
+            let _ = shared.channel.try_send(&packet);
+        }
     }
 }
