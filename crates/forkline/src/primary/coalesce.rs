@@ -15,38 +15,78 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use tokio::io::unix::AsyncFd;
 
-/// Accept coalescing for one accept loop: whether its next wait is for the timer rather than
+/// Whether a listener's accept loop coalesces now: its governor's decision (or always), shown
+/// in `on` for monitoring. A listener's accept threads share one, so that its governor measures
+/// their accept rate together (one thread's own rate depends on what the others take).
+pub(crate) struct CoalesceGate {
+    window: Duration,
+    /// What decides whether coalescing is used; `None` to coalesce whenever connections queue.
+    governor: Option<Mutex<Governor>>,
+    /// Whether coalescing is on now (the governor allows it, or its probe with coalescing;
+    /// always true with `always`).
+    on: Arc<AtomicBool>,
+}
+
+impl CoalesceGate {
+    /// Coalescing with `window`, decided by a governor unless `always`.
+    pub fn new(window: Duration, always: bool) -> Self {
+        Self {
+            window,
+            governor: (!always).then(|| Mutex::new(Governor::new(window, Instant::now()))),
+            on: Arc::new(AtomicBool::new(always)),
+        }
+    }
+
+    /// The coalescing window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The flag that shows whether coalescing is on.
+    pub fn on(&self) -> Arc<AtomicBool> {
+        self.on.clone()
+    }
+
+    /// Records a wake-up of an accept loop that took `accepted` connections; true when its next
+    /// wait should be one window (it is *hot*): while each wake-up finds a queue, two
+    /// connections or more (they arrive faster than the primary wakes up), and cold again after
+    /// one with one or none (so a client that connects again only after each answer never
+    /// waits), or when the governor finds that coalescing does not pay.
+    pub fn record(&self, accepted: usize) -> bool {
+        let allowed = self.governor.as_ref().is_none_or(|governor| {
+            let mut governor = governor.lock().unwrap();
+            governor.record(accepted, Instant::now());
+            governor.allowed()
+        });
+        if self.on.load(Ordering::Relaxed) != allowed {
+            self.on.store(allowed, Ordering::Relaxed);
+        }
+        allowed && accepted >= 2
+    }
+}
+
+/// Accept coalescing for the accept task: whether its next wait is for the timer rather than
 /// the socket, and the timer.
 pub(crate) struct Coalescer {
     timer: CoalesceTimer,
-    /// What decides whether coalescing is used; `None` to coalesce whenever connections queue.
-    governor: Option<Governor>,
+    gate: CoalesceGate,
     hot: bool,
-    /// Whether coalescing is on now (the governor allows it, or always), for monitoring:
-    /// written only when it changes.
-    on: Arc<AtomicBool>,
-    shown: bool,
 }
 
 impl Coalescer {
-    /// Coalescing with `window`, decided by a governor unless `always`. `on` shows whether
-    /// coalescing is on (the governor's decision, or its probe with coalescing; always true
-    /// with `always`).
-    pub fn new(window: Duration, always: bool, on: Arc<AtomicBool>) -> io::Result<Self> {
-        on.store(always, Ordering::Relaxed);
+    /// Coalescing as `gate` decides, on a timer of its window.
+    pub fn new(gate: CoalesceGate) -> io::Result<Self> {
         Ok(Self {
-            timer: CoalesceTimer::new(window)?,
-            governor: (!always).then(|| Governor::new(window, Instant::now())),
+            timer: CoalesceTimer::new(gate.window())?,
+            gate,
             hot: false,
-            on,
-            shown: always,
         })
     }
 
@@ -60,24 +100,10 @@ impl Coalescer {
         self.timer.wait().await
     }
 
-    /// Records a wake-up of the accept loop that took `accepted` connections. The loop is hot
-    /// while each wake-up finds a queue, two connections or more (they arrive faster than the
-    /// primary wakes up), and cold again after one with one or none (so a client that connects
-    /// again only after each answer never waits), or when the governor finds that coalescing
-    /// does not pay.
+    /// Records a wake-up of the accept loop that took `accepted` connections (see
+    /// [`CoalesceGate::record`]).
     pub fn record(&mut self, accepted: usize) {
-        let allowed = match &mut self.governor {
-            Some(governor) => {
-                governor.record(accepted, Instant::now());
-                governor.allowed()
-            }
-            None => true,
-        };
-        if allowed != self.shown {
-            self.shown = allowed;
-            self.on.store(allowed, Ordering::Relaxed);
-        }
-        self.hot = allowed && accepted >= 2;
+        self.hot = self.gate.record(accepted);
     }
 }
 

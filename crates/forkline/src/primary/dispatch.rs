@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use super::cluster::Cluster;
-use super::coalesce::{Coalescer, Governor};
+use super::coalesce::{CoalesceGate, Coalescer};
 use super::handle::WorkerHandle;
 use super::listeners::BoundListener;
 use super::options::{sticky_index, Balance};
@@ -91,18 +91,13 @@ impl Target {
     fn probe_pending(&self) -> bool {
         self.stuck && (self.probed || Instant::now() < self.probe_after)
     }
-
-    /// The worker acked up to seq `last` at `now`: the packet holding `last` gives one
-    /// latency sample, and the packets before it are done. Acks come in batches, and the last
-    /// connection of a batch is the one whose arrival made the worker ack, so its latency is
-    /// the handoff's own (the others' would include the wait for the rest of the batch).
-    fn acked(&mut self, last: u64, now: Instant, latency: &mut LatencyHistogram) {
-        observe_ack(&mut self.sent, last, now, latency);
-    }
 }
 
-/// Drops the packets of `sent` before the one holding seq `last`, and observes that one's
-/// latency (once: it is dropped too when `last` is its last seq).
+/// A worker acked up to seq `last` at `now`: drops the packets of `sent` before the one
+/// holding `last`, and observes that one's latency (once: it is dropped too when `last` is its
+/// last seq). Acks come in batches, and the last connection of a batch is the one whose arrival
+/// made the worker ack, so its latency is the handoff's own (the others' would include the wait
+/// for the rest of the batch).
 fn observe_ack(sent: &mut VecDeque<Sent>, last: u64, now: Instant, latency: &mut LatencyHistogram) {
     while sent.front().is_some_and(|s| s.end <= last) {
         sent.pop_front();
@@ -263,7 +258,7 @@ impl Dispatcher {
                 target.open = open;
             }
             if let Some(last) = seqs.iter().max() {
-                target.acked(*last, now, &mut state.counters.latency);
+                observe_ack(&mut target.sent, *last, now, &mut state.counters.latency);
             }
             target.full = false;
             target.last_ack = now;
@@ -643,13 +638,11 @@ impl Dispatcher {
         let dup = socket.try_clone()?;
         set_nonblocking(&dup)?;
         let async_fd = crate::sys::async_fd(dup, tokio::io::Interest::READABLE)?;
-        let coalescing = Arc::new(AtomicBool::new(false));
-        let mut coalescer = coalesce
-            .map(|window| Coalescer::new(window, always, coalescing.clone()))
-            .transpose()?;
-        let _shown = coalescer
-            .is_some()
-            .then(|| CoalescingShown::new(&self, listener, coalescing));
+        let gate = coalesce.map(|window| CoalesceGate::new(window, always));
+        let _shown = gate
+            .as_ref()
+            .map(|gate| CoalescingShown::new(&self, listener, gate.on()));
+        let mut coalescer = gate.map(Coalescer::new).transpose()?;
         let mut errors = AcceptErrors::default();
         loop {
             // Wait for room (a worker with credit), or stop.
@@ -691,9 +684,7 @@ impl Dispatcher {
             }
             match stopped {
                 Stopped::Failed(error) => {
-                    self.accept_errors[AcceptErrorKind::of(&error).index()]
-                        .fetch_add(1, Ordering::Relaxed);
-                    errors.failed(&error);
+                    self.accept_failed(&mut errors, &error);
                     tokio::select! {
                         _ = tokio::time::sleep(ACCEPT_RETRY) => {}
                         _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -739,35 +730,37 @@ impl Dispatcher {
                 });
                 continue;
             }
-            if hot {
-                if let Some(window) = threads.coalesce {
-                    std::thread::sleep(window);
+            match &threads.gate {
+                Some(gate) if hot => std::thread::sleep(gate.window()),
+                _ => {
+                    if !epoll.wait(-1)? {
+                        continue;
+                    }
                 }
-            } else if !epoll.wait(-1)? {
-                continue;
             }
             if stopped(&stop) {
                 break;
             }
             let (accepted, stopped) = runtime.block_on(self.accept_queued(listener, &dup));
-            let allowed = threads.governor.as_ref().is_none_or(|governor| {
-                let mut governor = governor.lock().unwrap();
-                governor.record(accepted, Instant::now());
-                governor.allowed()
-            });
-            threads.coalescing.store(allowed, Ordering::Relaxed);
-            hot = threads.coalesce.is_some() && allowed && accepted >= 2;
+            hot = threads
+                .gate
+                .as_ref()
+                .is_some_and(|gate| gate.record(accepted));
             match stopped {
                 Stopped::Failed(error) => {
-                    self.accept_errors[AcceptErrorKind::of(&error).index()]
-                        .fetch_add(1, Ordering::Relaxed);
-                    errors.failed(&error);
+                    self.accept_failed(&mut errors, &error);
                     std::thread::sleep(ACCEPT_RETRY);
                 }
                 Stopped::Drained | Stopped::NoRoom => errors.worked(),
             }
         }
         Ok(())
+    }
+
+    /// An accept failed: counted by kind (`/metrics`), and logged when failing starts.
+    fn accept_failed(&self, errors: &mut AcceptErrors, error: &io::Error) {
+        self.accept_errors[AcceptErrorKind::of(error).index()].fetch_add(1, Ordering::Relaxed);
+        errors.failed(error);
     }
 
     /// Accepts and hands out what is queued on the socket, `ACCEPT_BATCH` at a time, until it
@@ -900,11 +893,7 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
             let shared = AcceptThreads {
                 listener: id,
                 socket: socket.clone(),
-                coalesce,
-                governor: coalesce
-                    .filter(|_| !always)
-                    .map(|window| Mutex::new(Governor::new(window, Instant::now()))),
-                coalescing: Arc::new(AtomicBool::new(false)),
+                gate: coalesce.map(|window| CoalesceGate::new(window, always)),
             };
             match spawn_accept_threads(threads, &dispatcher, shared, &stop) {
                 Ok(()) => return,
@@ -926,14 +915,12 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
     }
 }
 
-/// What a round-robin listener's accept threads share: its socket, the coalescing window and
-/// governor, and the coalescing flag shown in `Dispatcher::traffic`.
+/// What a round-robin listener's accept threads share: its socket, and whether they coalesce
+/// (`None`: never).
 struct AcceptThreads {
     listener: u64,
     socket: Arc<OwnedFd>,
-    coalesce: Option<Duration>,
-    governor: Option<Mutex<Governor>>,
-    coalescing: Arc<AtomicBool>,
+    gate: Option<CoalesceGate>,
 }
 
 /// Runs `count` accept loops for a listener, each on an OS thread of its own, blocked in
@@ -974,12 +961,12 @@ fn spawn_accept_threads(
         }
     }
     let listener = shared.listener;
-    if shared.coalesce.is_some() {
+    if let Some(gate) = &shared.gate {
         dispatcher
             .coalescing
             .lock()
             .unwrap()
-            .insert(listener, shared.coalescing.clone());
+            .insert(listener, gate.on());
     }
     let (dispatcher, mut waiting) = (dispatcher.clone(), stop.clone());
     super::task::spawn("accept-threads-stop", async move {

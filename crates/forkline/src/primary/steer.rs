@@ -767,7 +767,10 @@ pub(crate) fn worker_ready(cluster: &Cluster, worker: &WorkerHandle) {
 /// Least-conn: `worker` reports `open` connections; its slot's count in every steered
 /// listener becomes that.
 pub(crate) fn report_load(cluster: &Cluster, worker: &WorkerHandle, open: u64) {
-    if !cluster.inner.listeners.steerer().by_load() {
+    // Round-robin's least-conn reports too, once per closed connection: no steering group,
+    // no walk over the listeners.
+    let steerer = cluster.inner.listeners.steerer();
+    if !steerer.by_load() || steerer.status() != Some(true) {
         return;
     }
     for listener in cluster.inner.listeners.all() {
