@@ -46,11 +46,11 @@ pub mod worker;
 pub use error::{Error, Result};
 pub use primary::Migration;
 pub use primary::{
-    accept_coalesce_from_env, auto_accept_threads, check_accept_coalesce, Backoff, Balance,
-    Cluster, ClusterBuilder, ClusterOptions, Event, EventStream, ListenSpec, LogFormat, OutputLine,
-    OutputStream, Readiness, ReplaceFailure, Replacement, RestartPolicy, Shutdown, SlotStatus,
-    Stats, WorkerHandle, WorkerState, WorkerStats, WorkerStdio, DEFAULT_ACCEPT_COALESCE,
-    DEFAULT_SETTLE_TIME, ENV_ACCEPT_COALESCE_US, MAX_ACCEPT_COALESCE,
+    accept_coalesce_from_env, auto_accept_threads, check_accept_coalesce, check_steered_workers,
+    Backoff, Balance, Cluster, ClusterBuilder, ClusterOptions, Event, EventStream, ListenSpec,
+    LogFormat, OutputLine, OutputStream, Readiness, ReplaceFailure, Replacement, RestartPolicy,
+    Shutdown, SlotStatus, Stats, WorkerHandle, WorkerState, WorkerStats, WorkerStdio,
+    DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME, ENV_ACCEPT_COALESCE_US, MAX_ACCEPT_COALESCE,
 };
 pub use protocol::{Mode, SocketKind};
 pub use role::{role, Role};

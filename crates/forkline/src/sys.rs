@@ -767,13 +767,7 @@ pub fn bpf_prog_load(
 ) -> io::Result<OwnedFd> {
     let insn_cnt = u32::try_from(insns.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many BPF instructions"))?;
-    let mut prog_name = [0u8; BPF_OBJ_NAME_LEN];
-    for (to, from) in prog_name
-        .iter_mut()
-        .zip(name.bytes().take(BPF_OBJ_NAME_LEN - 1))
-    {
-        *to = from;
-    }
+    let prog_name = bpf_obj_name(name);
     let mut attr = BpfProgLoadAttr {
         prog_type,
         insn_cnt,
@@ -819,20 +813,10 @@ pub fn bpf_prog_load(
 
 /// One `bpf(BPF_PROG_LOAD)` call.
 fn prog_load(attr: &BpfProgLoadAttr) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a valid, fully initialised BPF_PROG_LOAD attribute of the size passed;
-    // the instructions, license and log buffer it points to outlive the call (the caller's
-    // borrows), and the kernel writes only into the log buffer, within `log_size`.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            attr as *const BpfProgLoadAttr,
-            std::mem::size_of::<BpfProgLoadAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: `attr` is a valid, fully initialised BPF_PROG_LOAD attribute; the instructions,
+    // license and log buffer it points to outlive the call (the caller's borrows), and the
+    // kernel writes only into the log buffer, within `log_size`.
+    let fd = unsafe { bpf_call(BPF_PROG_LOAD, attr)? };
     // SAFETY: a non-negative return of BPF_PROG_LOAD is a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }

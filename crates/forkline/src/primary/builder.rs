@@ -480,13 +480,7 @@ impl ClusterBuilder {
                     .into(),
             });
         }
-        let most = super::steer::LEAST_CONN_MAX_SOCKETS as usize;
-        if opts.mode == Mode::Steer && opts.balance == Balance::LeastConn && opts.workers > most {
-            return Err(Error::InvalidOption {
-                field: "workers",
-                reason: format!("steer mode's least-conn steers between at most {most} workers"),
-            });
-        }
+        super::steer::check_workers(opts.mode, opts.balance, opts.workers)?;
         if opts.accept_threads.is_none() {
             super::options::check_accept_threads_env()?;
         }

@@ -20,8 +20,9 @@ use super::{dispatch, proxy, replace, shutdown, signals, task};
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
 
-/// Binds `address` and serves `/metrics`, `/healthz` and `/readyz` there.
-#[cfg(feature = "axum")]
+/// Binds `address` for `/metrics`, `/healthz` and `/readyz` (or adopts the socket an upgrade
+/// handed over). Without the `axum` feature a metrics address is refused before this
+/// (`check_metrics_feature`).
 async fn bind_metrics(
     address: &str,
     inherited: Option<OwnedFd>,
@@ -406,15 +407,7 @@ impl Cluster {
                 reason: "must be at least 1".into(),
             });
         }
-        let most = super::steer::LEAST_CONN_MAX_SOCKETS as usize;
-        let steered_by_load =
-            self.inner.opts.mode == Mode::Steer && self.inner.listeners.steerer().by_load();
-        if steered_by_load && workers > most {
-            return Err(Error::InvalidOption {
-                field: "workers",
-                reason: format!("steer mode's least-conn steers between at most {most} workers"),
-            });
-        }
+        super::steer::check_workers(self.inner.opts.mode, self.inner.opts.balance, workers)?;
         supervisor::rescale(self, workers)
     }
 

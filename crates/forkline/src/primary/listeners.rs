@@ -192,7 +192,7 @@ impl BoundListener {
             return Some(socket.clone());
         }
         if let Some(spare) = self.spare.lock().unwrap().as_ref() {
-            return spare.try_clone().ok().map(Arc::new);
+            return Some(spare.clone());
         }
         let slots = self.per_slot.lock().unwrap();
         let lowest = slots.keys().min()?;

@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 
 use super::cluster::Cluster;
 use super::handle::WorkerState;
-use super::stats::{AcceptErrorKind, LatencyHistogram, WorkerStats, LATENCY_BOUNDS};
+use super::stats::{AcceptErrorKind, LatencyHistogram, Stats, WorkerStats, LATENCY_BOUNDS};
 use super::task;
 
 /// Starts serving the endpoint on `listener` until the cluster has stopped.
@@ -147,6 +147,18 @@ fn gauge(value: u64) -> ConstGauge<i64> {
     ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
 }
 
+/// One series per slot that has a current worker: what `metric` gives for that worker.
+fn per_slot<M>(stats: &Stats, metric: impl Fn(&WorkerStats) -> Option<M>) -> Labeled<M> {
+    stats
+        .workers
+        .iter()
+        .filter(|w| w.pid.is_some())
+        .filter_map(|w| Some((w.slot, metric(w)?)))
+        .fold(Labeled::new(), |family, (slot, m)| {
+            family.with("slot", slot, m)
+        })
+}
+
 /// The Prometheus text of the cluster as it is now.
 pub(crate) fn render(cluster: &Cluster) -> String {
     let traffic = cluster.traffic();
@@ -259,58 +271,31 @@ pub(crate) fn render(cluster: &Cluster) -> String {
     );
 
     // Per slot: its current worker.
-    type Value = fn(&WorkerStats) -> Option<u64>;
-    let per_slot = |value: Value, make: fn(u64) -> ConstGauge<i64>| {
-        stats
-            .workers
-            .iter()
-            .filter(|w| w.pid.is_some())
-            .filter_map(|w| Some((w.slot, make(value(w)?))))
-            .fold(Labeled::new(), |family, (slot, m)| {
-                family.with("slot", slot, m)
-            })
-    };
-    let per_slot_counter = |value: Value| {
-        stats
-            .workers
-            .iter()
-            .filter(|w| w.pid.is_some())
-            .filter_map(|w| Some((w.slot, counter(value(w)?))))
-            .fold(Labeled::new(), |family, (slot, m)| {
-                family.with("slot", slot, m)
-            })
-    };
     registry.register(
         "worker_connections",
         "Connections handed to the slot's current worker",
-        per_slot(|w| Some(w.connections), gauge),
+        per_slot(&stats, |w| Some(gauge(w.connections))),
     );
     registry.register(
         "worker_connections_served",
         "Connections handed to the slot's current worker that it kept (not taken back)",
-        per_slot_counter(|w| Some(w.connections_served)),
+        per_slot(&stats, |w| Some(counter(w.connections_served))),
     );
     registry.register(
         "worker_connections_in_flight",
         "Round-robin: connections handed to the slot's current worker and not acknowledged \
          yet (acks come in batches); proxy: relays open to it",
-        per_slot(|w| Some(w.connections_in_flight), gauge),
+        per_slot(&stats, |w| Some(gauge(w.connections_in_flight))),
     );
     registry.register(
         "worker_resident_memory_bytes",
         "Resident memory of the slot's current worker",
-        per_slot(|w| w.rss_bytes, gauge),
+        per_slot(&stats, |w| w.rss_bytes.map(gauge)),
     );
-    let mut cpu = Labeled::new();
-    for w in stats.workers.iter().filter(|w| w.pid.is_some()) {
-        if let Some(seconds) = w.cpu_seconds {
-            cpu = cpu.with("slot", w.slot, ConstCounter::new(seconds));
-        }
-    }
     registry.register(
         "worker_cpu_seconds",
         "CPU time (user and system) of the slot's current worker",
-        cpu,
+        per_slot(&stats, |w| w.cpu_seconds.map(ConstCounter::new)),
     );
 
     let mut text = String::new();

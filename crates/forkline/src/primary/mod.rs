@@ -49,7 +49,7 @@ pub use options::{
 pub use output_buffer::{OutputLine, OutputStream, DEFAULT_OUTPUT_BUFFER};
 pub use stats::{Stats, WorkerStats};
 pub use steer::{
-    STEERING_BPF, STEERING_BPF_LEAST_CONN, STEERING_FALLBACK_REUSEPORT,
-    STEERING_FALLBACK_ROUND_ROBIN,
+    check_workers as check_steered_workers, STEERING_BPF, STEERING_BPF_LEAST_CONN,
+    STEERING_FALLBACK_REUSEPORT, STEERING_FALLBACK_ROUND_ROBIN,
 };
 pub use upgrade::{ENV_UPGRADE_CONTROL_FD, ENV_UPGRADE_FD, ENV_UPGRADE_METRICS_FD};

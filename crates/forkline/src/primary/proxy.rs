@@ -74,6 +74,15 @@ impl ProxyTable {
         }
     }
 
+    /// True while a relay to some worker is open.
+    pub fn has_open_relays(&self) -> bool {
+        self.backends
+            .lock()
+            .unwrap()
+            .values()
+            .any(|b| b.active.load(Ordering::Relaxed) > 0)
+    }
+
     /// The counters as they are now, and each worker's open relays.
     pub fn traffic(&self) -> Traffic {
         let c = &self.counters;

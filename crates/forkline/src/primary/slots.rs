@@ -100,6 +100,7 @@ impl RestartReason {
 
     /// The label value: `exit`, `crash`, `signal`, `ready_timeout`, `killed`, `reload`,
     /// `recycle`.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))] // used by `/metrics`
     pub fn name(self) -> &'static str {
         match self {
             RestartReason::Exit => "exit",
@@ -196,6 +197,7 @@ impl Slots {
     }
 
     /// Workers started in place of another so far, by reason (the cluster's whole life).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))] // used by `/metrics`
     pub fn restarts_by_reason(&self) -> impl Iterator<Item = (RestartReason, u64)> + '_ {
         RestartReason::ALL
             .iter()

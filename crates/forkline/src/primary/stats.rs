@@ -27,10 +27,10 @@ pub struct Stats {
     pub pid: u32,
     /// The distribution mode.
     pub mode: &'static str,
-    /// Steer mode: how connections are steered (`Cluster::steering`): `bpf-round-robin`, or
-    /// the fallback taken where BPF was refused (`fallback-round-robin`,
+    /// Steer mode: how connections are steered (`Cluster::steering`): `bpf-round-robin`,
+    /// `bpf-least-conn`, or the fallback taken where BPF was refused (`fallback-round-robin`,
     /// `fallback-reuseport`). `None` in other modes.
-    pub steering: Option<String>,
+    pub steering: Option<&'static str>,
     /// The addresses it listens on.
     pub addresses: Vec<String>,
     /// How long the primary has run, in seconds.
@@ -179,7 +179,7 @@ impl Cluster {
             name: self.inner.opts.name.clone(),
             pid: std::process::id(),
             mode: self.inner.opts.mode.name(),
-            steering: self.steering().map(str::to_string),
+            steering: self.steering(),
             addresses: self.listen_addresses(),
             uptime_secs: secs(self.inner.started.elapsed()),
             target: self.target(),
@@ -282,6 +282,7 @@ impl AcceptErrorKind {
     }
 
     /// The label value: `fd_limit`, `no_memory`, `other`.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))] // used by `/metrics`
     pub fn name(self) -> &'static str {
         match self {
             AcceptErrorKind::FdLimit => "fd_limit",

@@ -84,6 +84,19 @@ const STATE_SIZE: u32 = 16;
 /// Offset of `counter` in the state value.
 const COUNTER_OFFSET: i16 = 8;
 
+/// An error naming `workers` when steer mode's least-conn would steer between more than
+/// [`LEAST_CONN_MAX_SOCKETS`] of them (at start, and when scaling).
+pub fn check_workers(mode: Mode, balance: Balance, workers: usize) -> crate::error::Result<()> {
+    let most = LEAST_CONN_MAX_SOCKETS as usize;
+    if mode == Mode::Steer && balance == Balance::LeastConn && workers > most {
+        return Err(crate::Error::InvalidOption {
+            field: "workers",
+            reason: format!("steer mode's least-conn steers between at most {most} workers"),
+        });
+    }
+    Ok(())
+}
+
 /// What [`Cluster::steering`](crate::Cluster::steering) says when the kernel steers.
 pub const STEERING_BPF: &str = "bpf-round-robin";
 /// What it says when the kernel steers to the worker with the fewest open connections.

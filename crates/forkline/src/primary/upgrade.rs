@@ -90,6 +90,7 @@ impl Upgrades {
     }
 
     /// Keeps a copy of the metrics endpoint's listener for a new primary.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))] // used by `/metrics`
     pub fn keep_metrics(&self, fd: OwnedFd) {
         *self.metrics.lock().unwrap() = Some(fd);
     }
@@ -204,23 +205,18 @@ async fn start_successor(
         next += 1;
     };
     let upgrades = &cluster.inner.upgrades;
-    let control = upgrades
-        .control
-        .lock()
-        .unwrap()
-        .as_ref()
-        .map(|fd| sys::dup_cloexec(fd.as_fd()));
-    if let Some(fd) = control.transpose().map_err(|e| io_error("dup", e))? {
-        place(fd, ENV_UPGRADE_CONTROL_FD, &mut command);
-    }
-    let metrics = upgrades
-        .metrics
-        .lock()
-        .unwrap()
-        .as_ref()
-        .map(|fd| sys::dup_cloexec(fd.as_fd()));
-    if let Some(fd) = metrics.transpose().map_err(|e| io_error("dup", e))? {
-        place(fd, ENV_UPGRADE_METRICS_FD, &mut command);
+    for (kept, var) in [
+        (&upgrades.control, ENV_UPGRADE_CONTROL_FD),
+        (&upgrades.metrics, ENV_UPGRADE_METRICS_FD),
+    ] {
+        let copy = kept
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|fd| sys::dup_cloexec(fd.as_fd()));
+        if let Some(fd) = copy.transpose().map_err(|e| io_error("dup", e))? {
+            place(fd, var, &mut command);
+        }
     }
     place(OwnedFd::from(theirs), ENV_UPGRADE_FD, &mut command);
     sys::place_fds(&mut command, placed).map_err(|e| io_error("fds", e))?;
@@ -281,10 +277,7 @@ async fn finish_accepted(cluster: &Cluster) {
     let inner = &cluster.inner;
     inner.stop_accepting.send_replace(true);
     let deadline = tokio::time::Instant::now() + inner.opts.graceful_timeout;
-    let busy = || {
-        inner.dispatcher.has_pending()
-            || inner.proxy.traffic().in_flight.iter().any(|(_, n)| *n > 0)
-    };
+    let busy = || inner.dispatcher.has_pending() || inner.proxy.has_open_relays();
     // Twice idle in a row: a relay between its accept and its count is not missed.
     let mut idle = 0;
     while idle < 2 && tokio::time::Instant::now() < deadline {
@@ -303,14 +296,14 @@ async fn read_line(channel: &mut UnixStream) -> io::Result<String> {
     Ok(line.trim_end().to_string())
 }
 
-/// `exited with code 1` / `was killed by signal 9`.
+/// `exited with code 1` / `was killed by signal 9`, as a failed replacement says it.
 fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        _ => "exited".into(),
+    super::event::ReplaceFailure::Exited {
+        code: status.code(),
+        signal: status.signal(),
     }
+    .to_string()
 }
 
 /// Stops a new primary that failed: SIGTERM (it stops its workers), SIGKILL after `grace`.
