@@ -40,6 +40,8 @@ import threading
 import time
 import urllib.request
 
+from proc_stat import busiest, process_ticks, session_pids, thread_ticks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -73,8 +75,10 @@ def start(config, port):
                   "rr-2acc": "rr", "rr-3acc": "rr", "rr-2acc-nocoalesce": "rr",
                   "rr-always": "rr", "rr-2acc-always": "rr"}
         env["FORKLINE_SCHED_POLICY"] = policy[config]
-        if config.startswith("rr-") and "acc" in config:
-            env["FORKLINE_ACCEPT_THREADS"] = config.split("-")[1][0]
+        threads = {"rr-2acc": "2", "rr-3acc": "3", "rr-2acc-nocoalesce": "2",
+                   "rr-2acc-always": "2"}.get(config)
+        if threads:
+            env["FORKLINE_ACCEPT_THREADS"] = threads
         if config.endswith("always"):
             env["FORKLINE_ACCEPT_COALESCE_ALWAYS"] = "1"
         if config.endswith("nocoalesce"):
@@ -84,19 +88,6 @@ def start(config, port):
                               stderr=subprocess.DEVNULL, start_new_session=True)
     server.metrics = env.get("BENCH_METRICS")
     return server
-
-
-def session_pids(sid):
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[3]) == sid:
-                        pids.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return pids
 
 
 def server_counters(sid):
@@ -138,28 +129,6 @@ def scrape_every_second(address, stop):
             pass
 
 
-def own_ticks(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def thread_ticks(pid):
-    """Each thread's user + system ticks, by thread id."""
-    ticks = {}
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks[task] = int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        pass
-    return ticks
-
-
 def measure(config):
     port = free_port()
     server = start(config, port)
@@ -176,11 +145,11 @@ def measure(config):
             threading.Thread(target=scrape_every_second, args=(server.metrics, stop),
                              daemon=True).start()
         before, busy_before = server_counters(server.pid), machine_busy()
-        primary_before = own_ticks(server.pid)
+        primary_before = process_ticks(server.pid)[0]
         threads_before = thread_ticks(server.pid)
         result = loadgen(port, SECS + "s")
         after, busy_after = server_counters(server.pid), machine_busy()
-        primary_after = own_ticks(server.pid)
+        primary_after = process_ticks(server.pid)[0]
         threads_after = thread_ticks(server.pid)
     finally:
         stop.set()
@@ -200,8 +169,7 @@ def measure(config):
         "server_us": per_conn((after[0] - before[0]) + (after[1] - before[1])),
         "primary_us": per_conn(primary_after - primary_before),
         # The busiest thread of the primary: what caps a primary on the connection path.
-        "thread_us": per_conn(max((t - threads_before.get(k, 0)
-                                   for k, t in threads_after.items()), default=0)),
+        "thread_us": per_conn(busiest(threads_before, threads_after)),
         "user_us": per_conn(after[0] - before[0]),
         "switches": (after[2] - before[2]) / n,
         "machine_us": per_conn(busy_after - busy_before),

@@ -52,6 +52,8 @@ import subprocess
 import sys
 import time
 
+from proc_stat import busiest, process_ticks, session_pids, thread_ticks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
 CORES = os.cpu_count() or 1
@@ -226,63 +228,16 @@ def stop(proc):
     RUNNING.remove(proc)
 
 
-def session_pids(sid):
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[3]) == sid:
-                        pids.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return pids
-
-
-def ticks(pid):
-    """(user + system ticks, command name) of a process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12]), name
-    except (OSError, IndexError, ValueError):
-        return 0, ""
-
-
 def counters(proc):
     """{pid: ticks} of the session's processes; the leader (the primary, or limit's bash) apart.
     A bash leader (limit) is no primary: it only waits."""
     out = {}
     for pid in session_pids(proc.pid):
-        t, name = ticks(pid)
+        t, name = process_ticks(pid)
         if name in ("taskset",):
             continue
         out[pid] = (t, name)
     return out
-
-
-def thread_ticks(pid):
-    """{thread id: user + system ticks} of a process's threads."""
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            out[tid] = int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return out
-
-
-def busiest(before, after):
-    """The most ticks one thread used between two `thread_ticks` readings."""
-    return max((t - before.get(tid, 0) for tid, t in after.items()), default=0)
 
 
 def split(before, after, leader):

@@ -25,6 +25,8 @@ pub struct Activation {
     pub names: Vec<String>,
     /// Set when `LISTEN_FDS` was present but meant for another process.
     pub ignored: Option<String>,
+    /// Started by an upgrade: an old primary passed the sockets (`FORKLINE_UPGRADE_FD`).
+    pub upgrade: bool,
 }
 
 impl Activation {
@@ -50,12 +52,10 @@ const VARS: [&str; 4] = [
 /// Must run before any thread is started (it changes the process environment).
 pub fn take() -> Result<Activation, CliError> {
     let fds = std::env::var("LISTEN_FDS").ok();
+    let upgrade = std::env::var_os(forkline::primary::ENV_UPGRADE_FD).is_some();
     // An old primary handing over (`forkline upgrade`) cannot know our pid: its
     // FORKLINE_UPGRADE_FD stands for LISTEN_PID.
-    if fds.is_some()
-        && std::env::var_os("LISTEN_PID").is_none()
-        && std::env::var_os(forkline::primary::ENV_UPGRADE_FD).is_some()
-    {
+    if fds.is_some() && std::env::var_os("LISTEN_PID").is_none() && upgrade {
         std::env::set_var("LISTEN_PID", std::process::id().to_string());
     }
     let pid = std::env::var("LISTEN_PID").ok();
@@ -64,6 +64,7 @@ pub fn take() -> Result<Activation, CliError> {
         .unwrap_or_default();
     let mut activation = Activation {
         names,
+        upgrade,
         ..Activation::default()
     };
     let result = match (fds, pid) {

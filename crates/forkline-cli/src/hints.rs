@@ -19,7 +19,7 @@ const EVERY: Duration = Duration::from_secs(3);
 
 /// What a program built on the forkline library necessarily contains: the variable it reads
 /// its IPC channel from.
-const LIBRARY_MARK: &[u8] = b"FORKLINE_IPC_FD";
+const LIBRARY_MARK: &[u8] = forkline::protocol::wire::ENV_IPC_FD.as_bytes();
 
 /// Fewest open connections before shared mode's balance is judged.
 const IMBALANCE_MIN_CONNECTIONS: usize = 8;

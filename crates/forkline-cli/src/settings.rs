@@ -351,7 +351,7 @@ impl Provider for Layer {
 }
 
 /// Node's name for the mode variable, honoured after `--mode` and `FORKLINE_MODE`.
-const SCHED_POLICY: &str = "FORKLINE_SCHED_POLICY";
+const SCHED_POLICY: &str = forkline::protocol::wire::ENV_SCHED_POLICY;
 
 impl Settings {
     /// Merges these flags, environment variables and defaults (`matches` tells which clap

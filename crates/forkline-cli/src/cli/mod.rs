@@ -1,8 +1,7 @@
-//! The command line: the top-level `forkline` parser and one module per subcommand
-//! (`run`, `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`,
-//! `stop`, `logs`, `top` and `upgrade`, and the hidden `__exec` shim that starts each worker).
-//! (`run`, `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`
-//! and `stop`, `completions` and `man`, and the hidden `__exec` shim that starts each worker).
+//! The command line: the top-level `forkline` parser and one module per subcommand (`run`,
+//! `check-config`, the control commands `status`, `ls`, `reload`, `scale`, `restart`, `stop`,
+//! `logs`, `top` and `upgrade`, `completions` and `man`, and the hidden `__exec` shim that
+//! starts each worker).
 
 pub mod check_config;
 pub mod completions;

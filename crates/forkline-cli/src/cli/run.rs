@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgMatches, Args};
 use forkline::{
-    Cluster, ClusterBuilder, ClusterOptions, Event, ListenSpec, Mode, ReplaceFailure, Replacement,
+    Cluster, ClusterBuilder, ClusterOptions, Event, ListenSpec, ReplaceFailure, Replacement,
     WorkerHandle, WorkerState,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -87,7 +87,7 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     let asked_for = settings.listen.clone();
     if !activation.listeners.is_empty() {
         settings.listen = activation.addresses();
-        if matches!(settings.mode, Mode::Reuseport | Mode::Steer)
+        if settings.mode.socket_per_worker()
             && !activation
                 .sockets
                 .iter()
@@ -105,9 +105,7 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     if let Some(why) = &activation.ignored {
         tracing::warn!("{why}");
     }
-    if settings.max_requests.is_some()
-        && matches!(settings.mode, Mode::Shared | Mode::Reuseport | Mode::Steer)
-    {
+    if settings.max_requests.is_some() && settings.mode.workers_accept() {
         tracing::warn!(
             "--max-requests counts connections only in proxy and round-robin modes, where the \
              primary accepts; in {} mode workers accept on their own and are not recycled by count",
@@ -129,7 +127,7 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     }
     if !activation.listeners.is_empty() {
         let addresses: Vec<String> = settings.listen.iter().map(|a| a.to_string()).collect();
-        let from = if std::env::var_os(forkline::primary::ENV_UPGRADE_FD).is_some() {
+        let from = if activation.upgrade {
             "upgrade: serving on the sockets the old primary passed"
         } else {
             "socket activation: serving on the sockets passed by the service manager"
@@ -148,6 +146,7 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot find the forkline executable: {e}")))?;
     let mut opts = settings.cluster_options(exe, &program, uid, gid);
     opts.unix_owner = socket_owner;
+    let upgrade = activation.upgrade;
     opts.inherited = activation.sockets;
     opts.inherited_names = activation.names;
     // A new primary (`forkline upgrade`) talks to systemd as this one does.
@@ -162,7 +161,7 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Runtime(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(supervise(opts, &settings, notifier))
+    runtime.block_on(supervise(opts, &settings, notifier, upgrade))
 }
 
 /// Looks up `--user` and `--group`. Without `--group`, workers get the user's primary group.
@@ -306,11 +305,13 @@ fn store_sockets(cluster: &Cluster, notifier: Option<&Notifier>) {
     }
 }
 
-/// Starts the cluster and follows it until it stops.
+/// Starts the cluster and follows it until it stops; `upgrade`: started by an old primary's
+/// upgrade, which tells systemd when this one takes over.
 async fn supervise(
     opts: ClusterOptions,
     settings: &Settings,
     notifier: Option<Notifier>,
+    upgrade: bool,
 ) -> Result<i32, CliError> {
     let specs = opts.listeners.clone();
     let activated = !opts.inherited.is_empty();
@@ -353,7 +354,7 @@ async fn supervise(
     let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut quit = signal(SignalKind::quit()).map_err(signal_error)?;
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
-    let mut monitor = Monitor::new(cluster.clone(), notifier);
+    let mut monitor = Monitor::new(cluster.clone(), notifier, upgrade);
     let mut events = cluster.events();
     let mut confirm_at: Option<Instant> = None;
     loop {
@@ -417,12 +418,12 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn new(cluster: Cluster, notifier: Option<Notifier>) -> Self {
+    fn new(cluster: Cluster, notifier: Option<Notifier>, successor: bool) -> Self {
         Self {
             cluster,
             notifier,
             ready_logged: false,
-            successor: std::env::var_os(forkline::primary::ENV_UPGRADE_FD).is_some(),
+            successor,
             stopping_sent: false,
             last_status: String::new(),
             failed_replacement: None,

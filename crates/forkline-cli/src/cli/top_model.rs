@@ -257,7 +257,8 @@ impl Model {
             .current
             .as_ref()
             .and_then(|s| s.mode.as_deref())
-            .is_some_and(|m| matches!(m, "shared" | "reuseport" | "steer"));
+            .and_then(forkline::Mode::parse)
+            .is_some_and(forkline::Mode::workers_accept);
         if shared {
             title.push_str(" (workers accept by themselves in this mode: not counted)");
         }

@@ -62,11 +62,6 @@ impl Prepare<'_> {
     }
 }
 
-/// True for the modes that bind a socket per worker slot.
-fn per_slot_mode(mode: Mode) -> bool {
-    matches!(mode, Mode::Reuseport | Mode::Steer)
-}
-
 /// What identifies one shared listener.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct ListenKey {
@@ -308,7 +303,7 @@ impl ListenerTable {
             return Ok((found.clone(), false));
         }
         let steer = self.steer_group(&key);
-        let prepare = match (&steer, per_slot_mode(key.mode)) {
+        let prepare = match (&steer, key.mode.socket_per_worker()) {
             (Some(group), _) => Some(Prepare::Steer(group)),
             (None, true) => Some(Prepare::Migrate(&self.migrator)),
             (None, false) => None,
@@ -359,7 +354,7 @@ impl ListenerTable {
             address: key.address.clone(),
             source,
         })?;
-        let (socket, spare) = if per_slot_mode(key.mode) {
+        let (socket, spare) = if key.mode.socket_per_worker() {
             (None, Some(Arc::new(socket)))
         } else {
             (Some(Arc::new(socket)), None)

@@ -11,7 +11,6 @@ use super::event::Event;
 use super::handle::{WorkerHandle, WorkerState};
 use super::options::Readiness;
 use super::task;
-use crate::protocol::Mode;
 use nix::sys::signal::Signal;
 
 /// Called once the process exists: a program that does not speak the protocol is online now,
@@ -21,8 +20,7 @@ pub(crate) fn on_started(cluster: &Cluster, worker: &WorkerHandle) {
     if !cluster.inner.expect_protocol {
         set_online(cluster, worker);
         // A socket passed at spawn is listening already.
-        let passed_socket = matches!(opts.mode, Mode::Shared | Mode::Reuseport | Mode::Steer)
-            && !cluster.inner.prebound.is_empty();
+        let passed_socket = opts.mode.workers_accept() && !cluster.inner.prebound.is_empty();
         if opts.readiness == Readiness::Listen && passed_socket {
             set_ready(cluster, worker);
         }

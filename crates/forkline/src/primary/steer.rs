@@ -113,24 +113,9 @@ pub const STEERING_FALLBACK_REUSEPORT: &str = "fallback-reuseport";
 pub(crate) fn program(state: i32, socks: i32) -> Vec<BpfInsn> {
     // Index of the last instruction block, `r0 = SK_PASS; exit`, which every path ends in.
     const PASS: i16 = 21;
-    let [state_lo, state_hi] = BpfInsn::load_map_fd(1, state);
     let [socks_lo, socks_hi] = BpfInsn::load_map_fd(2, socks);
-    let insns = vec![
-        // 0: r6 = r1 — keep the context: a helper call clobbers r1-r5.
-        BpfInsn::mov64_reg(6, 1),
-        // 1: *(u32 *)(r10 - 4) = 0 — the state map's key, 0, on the stack.
-        BpfInsn::store32_imm(10, -4, 0),
-        // 2-3: r1 = &state map.
-        state_lo,
-        state_hi,
-        // 4: r2 = r10
-        BpfInsn::mov64_reg(2, 10),
-        // 5: r2 += -4 — r2 points to the key.
-        BpfInsn::add64_imm(2, -4),
-        // 6: r0 = bpf_map_lookup_elem(state, &key) — the value, or NULL.
-        BpfInsn::call(BPF_FUNC_MAP_LOOKUP_ELEM),
-        // 7: if r0 == NULL goto PASS (never, for an array's key 0; the verifier wants it).
-        BpfInsn::jeq_imm(0, 0, PASS - 7 - 1),
+    let mut insns = state_lookup(state, PASS).to_vec();
+    insns.extend([
         // 8: r1 = *(u32 *)(r0 + 0) — n, the sockets in the array.
         BpfInsn::load32(1, 0, 0),
         // 9: if r1 == 0 goto PASS — no ready worker: let the kernel hash.
@@ -161,9 +146,32 @@ pub(crate) fn program(state: i32, socks: i32) -> Vec<BpfInsn> {
         BpfInsn::mov64_imm(0, SK_PASS),
         // 22: exit
         BpfInsn::exit(),
-    ];
+    ]);
     debug_assert_eq!(insns[PASS as usize], BpfInsn::mov64_imm(0, SK_PASS));
     insns
+}
+
+/// The first 8 instructions of both programs: keep the context in r6 (a helper call clobbers
+/// r1-r5), look the state map's one entry up (key 0, left on the stack at r10 - 4, where the
+/// least-conn program looks its loads up with it too) into r0, and go to `pass` without one.
+fn state_lookup(state: i32, pass: i16) -> [BpfInsn; 8] {
+    let [state_lo, state_hi] = BpfInsn::load_map_fd(1, state);
+    [
+        // 0: r6 = r1
+        BpfInsn::mov64_reg(6, 1),
+        // 1: *(u32 *)(r10 - 4) = 0 — the key, 0, on the stack.
+        BpfInsn::store32_imm(10, -4, 0),
+        // 2-3: r1 = &state map.
+        state_lo,
+        state_hi,
+        // 4-5: r2 = r10 - 4 — r2 points to the key.
+        BpfInsn::mov64_reg(2, 10),
+        BpfInsn::add64_imm(2, -4),
+        // 6: r0 = bpf_map_lookup_elem(state, &key) — the value, or NULL.
+        BpfInsn::call(BPF_FUNC_MAP_LOOKUP_ELEM),
+        // 7: if r0 == NULL goto pass (never, for an array's key 0; the verifier wants it).
+        BpfInsn::jeq_imm(0, 0, pass - 7 - 1),
+    ]
 }
 
 /// The least-conn steering program over the state map `state` (as for [`program`]), the load
@@ -180,24 +188,10 @@ pub(crate) fn least_conn_program(state: i32, loads: i32, socks: i32) -> Vec<BpfI
     // n <= LEAST_CONN_MAX_SOCKETS), which proves to the verifier that every access stays in
     // the value.
     const MASK: i32 = LEAST_CONN_MAX_SOCKETS as i32 - 1;
-    let [state_lo, state_hi] = BpfInsn::load_map_fd(1, state);
     let [loads_lo, loads_hi] = BpfInsn::load_map_fd(1, loads);
     let [socks_lo, socks_hi] = BpfInsn::load_map_fd(2, socks);
-    let insns = vec![
-        // 0: r6 = r1 — keep the context.
-        BpfInsn::mov64_reg(6, 1),
-        // 1: *(u32 *)(r10 - 4) = 0 — key 0 of both one-entry maps.
-        BpfInsn::store32_imm(10, -4, 0),
-        // 2-3: r1 = &state map.
-        state_lo,
-        state_hi,
-        // 4-5: r2 = r10 - 4
-        BpfInsn::mov64_reg(2, 10),
-        BpfInsn::add64_imm(2, -4),
-        // 6: r0 = bpf_map_lookup_elem(state, &key)
-        BpfInsn::call(BPF_FUNC_MAP_LOOKUP_ELEM),
-        // 7: if r0 == NULL goto PASS
-        BpfInsn::jeq_imm(0, 0, PASS - 7 - 1),
+    let mut insns = state_lookup(state, PASS).to_vec();
+    insns.extend([
         // 8: r7 = n
         BpfInsn::load32(7, 0, 0),
         // 9: if n == 0 goto PASS — no ready worker: let the kernel hash.
@@ -276,7 +270,7 @@ pub(crate) fn least_conn_program(state: i32, loads: i32, socks: i32) -> Vec<BpfI
         BpfInsn::mov64_imm(0, SK_PASS),
         // 52: exit
         BpfInsn::exit(),
-    ];
+    ]);
     debug_assert_eq!(insns[PASS as usize], BpfInsn::mov64_imm(0, SK_PASS));
     debug_assert_eq!(insns[LOOP as usize], BpfInsn::jge_reg(4, 7, DONE - 23 - 1));
     debug_assert_eq!(insns[NEXT as usize], BpfInsn::add64_imm(4, 1));

@@ -16,7 +16,6 @@ use super::listeners::BoundListener;
 use super::slots::{ExitFacts, OnExit, Refused, RestartReason, Seq};
 use super::{ipc, spawn, task};
 use crate::error::{Error, Result};
-use crate::protocol::Mode;
 
 /// How a new worker gets its slot.
 #[derive(Debug, Clone, Copy)]
@@ -291,7 +290,7 @@ pub(crate) async fn wait_exit(cluster: &Cluster, worker: &WorkerHandle, deadline
 /// Forgets the reuseport sockets of `slot` (no immediate replacement will accept on them).
 pub(crate) fn release_slot_sockets(cluster: &Cluster, slot: usize) {
     for listener in cluster.inner.listeners.all() {
-        if matches!(listener.mode, Mode::Reuseport | Mode::Steer) {
+        if listener.mode.socket_per_worker() {
             listener.release_slot(slot);
         }
     }

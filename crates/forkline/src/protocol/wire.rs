@@ -61,6 +61,17 @@ impl Mode {
         }
     }
 
+    /// Whether each worker accepts on a listening socket of its own (reuseport, steer).
+    pub fn socket_per_worker(self) -> bool {
+        matches!(self, Mode::Reuseport | Mode::Steer)
+    }
+
+    /// Whether workers accept connections themselves (shared, reuseport, steer) rather than
+    /// the primary (round-robin, proxy).
+    pub fn workers_accept(self) -> bool {
+        matches!(self, Mode::Shared | Mode::Reuseport | Mode::Steer)
+    }
+
     /// The canonical name, as accepted by [`Mode::parse`].
     pub fn name(self) -> &'static str {
         match self {
