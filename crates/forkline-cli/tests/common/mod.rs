@@ -88,8 +88,12 @@ impl Drop for TempDir {
 
 #[path = "../../../forkline/tests/common/free_port.rs"]
 mod free_port;
+#[path = "../../../forkline/tests/common/netns.rs"]
+mod netns;
 #[allow(unused_imports)] // not every test binary picks ports
 pub use free_port::free_port;
+#[allow(unused_imports)] // nor runs in a namespace of its own
+pub use netns::in_private_netns;
 
 #[derive(Default)]
 struct Collected {

@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod free_port;
+mod netns;
 #[allow(unused_imports)] // not every test binary picks ports
 pub use free_port::free_port;
+#[allow(unused_imports)] // nor runs in a namespace of its own
+pub use netns::in_private_netns;
 
 /// Generous deadline for anything that should happen "soon" on a loaded 2-core CI machine.
 pub const SOON: Duration = Duration::from_secs(15);
@@ -315,37 +318,6 @@ pub fn all_threads_stopped(pid: u32) -> bool {
             })
             .unwrap_or(false)
     })
-}
-
-/// Runs `body` on a thread of its own inside a new network namespace whose loopback is up:
-/// the sockets it opens, the processes it starts (they inherit the thread's namespace) and the
-/// `net.*` sysctls it sees or sets are its own, unseen by the tests running beside it. `None`
-/// (and a line saying why) where one cannot be made (not root, no `ip`); a panic in `body`
-/// fails the caller.
-pub fn in_private_netns<R: Send + 'static>(body: impl FnOnce() -> R + Send + 'static) -> Option<R> {
-    let thread = std::thread::spawn(move || {
-        // SAFETY: unshare(2) takes a flag word and touches no memory of ours; CLONE_NEWNET
-        // moves only this thread (not the test's other threads) to a new namespace.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
-        }
-        match Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-        {
-            Ok(status) if status.success() => Ok(body()),
-            Ok(status) => Err(format!("ip link set lo up: {status}")),
-            Err(e) => Err(format!("ip link set lo up: {e}")),
-        }
-    });
-    match thread.join() {
-        Ok(Ok(result)) => Some(result),
-        Ok(Err(why)) => {
-            eprintln!("no private network namespace: {why}");
-            None
-        }
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
