@@ -80,7 +80,7 @@ pub fn watch(cluster: Cluster, mode: Mode) {
             let workers: Vec<(usize, u32)> = cluster
                 .status()
                 .iter()
-                .filter_map(|slot| Some((slot.id, slot.pid?)))
+                .filter_map(|slot| Some((slot.slot, slot.pid?)))
                 .collect();
             let said = match mode {
                 Mode::Proxy => proxy_listens_everywhere(&workers, &mut checked),

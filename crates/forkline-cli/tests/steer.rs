@@ -119,10 +119,15 @@ fn steer_mode_spreads_plain_programs_round_robin() {
             return;
         }
         assert_eq!(status["mode"], "steer", "{status}");
-        // Strict round-robin: 100 each (the readiness gate put all three in the map at start).
+        // Strict round-robin: 100 each (the readiness gate put all three in the map at start),
+        // within one: the program runs per SYN, and a SYN the kernel sends again (seen under
+        // load, in a namespace of the test's own: 100/99/101) takes a second turn.
         let counts = steered.spread(300);
         assert_eq!(counts.len(), 3, "{counts:?}");
-        assert!(counts.values().all(|&n| n == 100), "{counts:?}");
+        assert!(
+            counts.values().all(|&n| (99..=101).contains(&n)),
+            "{counts:?}"
+        );
         let mut cluster = steered.cluster;
         cluster.stop_cleanly();
     });

@@ -330,7 +330,7 @@ fn scaling_at_runtime_by_command_and_by_signal() {
     let status = tb.wait_for("status", SOON, |e| e["command"] == "status");
     let slots = status["slots"].as_array().unwrap();
     assert_eq!(slots.len(), 1, "{status}");
-    assert_eq!(slots[0]["id"], 0);
+    assert_eq!(slots[0]["slot"], 0);
     // SIGTTOU never goes below one worker.
     tb.signal(Signal::SIGTTOU);
     let exit = tb.try_wait_for(Duration::from_millis(500), |e| e["event"] == "exit");

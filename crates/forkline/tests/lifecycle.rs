@@ -543,6 +543,59 @@ fn sigkill_of_the_primary_leaves_nothing_a_worker_started() {
     assert!(gone, "left running: {left:?}");
 }
 
+/// The primary's keeper processes (`forkline-keeper`) among its children.
+fn keepers_of(primary: u32) -> Vec<u32> {
+    common::children_of(primary)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "forkline-keeper")
+        })
+        .collect()
+}
+
+/// A keeper that is killed is replaced, and the new one knows every worker's group: a SIGKILL
+/// of the primary afterwards still leaves nothing a worker started.
+#[test]
+fn a_killed_keeper_is_replaced_and_still_cleans_up() {
+    let args = "-c\u{1f}sleep 300 & sleep 300 & wait";
+    let mut tb = Testbed::start(&[
+        ("TB_WORKERS", "2"),
+        ("TB_PLAIN", "1"),
+        ("TB_EXEC", "/bin/sh"),
+        ("TB_ARGS", args),
+    ]);
+    let groups: Vec<u32> = tb.wait_online(2).iter().map(|(_, pid)| *pid).collect();
+    for pgid in &groups {
+        assert!(common::eventually(SOON, || common::group_members(*pgid)
+            .len()
+            >= 3));
+    }
+    let primary = tb.pid();
+    let first = keepers_of(primary);
+    assert_eq!(first.len(), 1, "one keeper: {first:?}");
+    common::kill_pid(first[0] as u64);
+    let replaced = common::eventually(SOON, || {
+        let now = keepers_of(primary);
+        now.len() == 1 && now[0] != first[0]
+    });
+    assert!(replaced, "keepers now: {:?}", keepers_of(primary));
+    tb.signal(nix::sys::signal::Signal::SIGKILL);
+    tb.wait_exit(SOON).expect("the primary is gone");
+    let gone = common::eventually(SOON, || {
+        groups.iter().all(|g| common::group_members(*g).is_empty())
+    });
+    let left: Vec<Vec<u32>> = groups.iter().map(|g| common::group_members(*g)).collect();
+    for g in &groups {
+        common::kill_group(*g);
+    }
+    assert!(
+        gone,
+        "left running after the second keeper's turn: {left:?}"
+    );
+}
+
 /// As a subreaper (or PID 1), processes that workers' children leave behind are reparented to
 /// the primary; once they exit, the primary reaps them.
 #[test]

@@ -348,7 +348,7 @@ fn proxy_mode_skips_a_stopped_worker() {
     tb.command("status");
     let status = tb.wait_for("status", SOON, |e| e["command"] == "status");
     let slot = &status["slots"][1];
-    let stopped_id = slot["id"].as_u64().unwrap();
+    let stopped_id = slot["slot"].as_u64().unwrap();
     let pid = nix::unistd::Pid::from_raw(slot["pid"].as_u64().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     assert!(common::eventually(SOON, || common::all_threads_stopped(

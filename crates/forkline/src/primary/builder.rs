@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::primary::cluster::{Cluster, Shutdown};
+use crate::primary::cluster::Cluster;
 use crate::primary::event::Event;
 use crate::primary::options::{
     Backoff, Balance, ClusterOptions, ListenSpec, LogFormat, Readiness, RestartPolicy, WorkerStdio,
 };
+use crate::primary::status::Shutdown;
 use crate::protocol::Mode;
 
 /// Builds a [`Cluster`]. By default it runs `workers = cores` copies of the current executable
@@ -480,7 +481,7 @@ impl ClusterBuilder {
                     .into(),
             });
         }
-        crate::primary::traffic::steer::check_workers(opts.mode, opts.balance, opts.workers)?;
+        crate::primary::options::check_steered_workers(opts.mode, opts.balance, opts.workers)?;
         if opts.accept_threads.is_none() {
             crate::primary::options::check_accept_threads_env()?;
         }

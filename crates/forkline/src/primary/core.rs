@@ -1,21 +1,28 @@
-//! The cluster's private core, shared by every task of the primary: the settings, the one lock
-//! around slot state and the registry of live worker processes, the listeners, dispatch and
-//! proxy tables, and the signals tasks use to wake each other. `Cluster` is a thin public
-//! handle over it.
+//! The cluster's private core, the one context every task of the primary takes (`&Core`): the
+//! settings, the one lock around slot state and the registry of live worker processes, the
+//! tables the tasks drive (listeners, dispatch, proxy, notify sockets, upgrades, output), the
+//! counters, and the signals tasks use to wake each other. Its fields are private; what the
+//! tasks share goes through the methods below, grouped as the fields are. `Cluster` is a thin
+//! public handle over it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
 
 use tokio::sync::{watch, Notify};
 
-use crate::primary::cluster::Shutdown;
-use crate::primary::event::{EventBus, EventStream};
-use crate::primary::handle::WorkerHandle;
+use crate::primary::event::{Event, EventBus, EventStream};
+use crate::primary::handle::{WorkerHandle, WorkerState};
 use crate::primary::lifecycle::keeper::Keeper;
-use crate::primary::lifecycle::notify::NotifyDir;
+use crate::primary::lifecycle::notify_dir::NotifyDir;
+use crate::primary::lifecycle::output_buffer::OutputBuffer;
 use crate::primary::lifecycle::slots::{Seq, Slots};
+use crate::primary::ops::upgrade_state::Upgrades;
 use crate::primary::options::ClusterOptions;
-use crate::primary::traffic::dispatch::Dispatcher;
+use crate::primary::status::{Shutdown, SlotStatus};
+use crate::primary::traffic::counters::Traffic;
+use crate::primary::traffic::dispatch::dispatcher::Dispatcher;
 use crate::primary::traffic::listeners::{BoundListener, ListenerTable};
 use crate::primary::traffic::proxy::ProxyTable;
 
@@ -35,60 +42,88 @@ impl State {
     }
 }
 
+/// How many things of each kind happened, for stats and metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Notify messages dropped because they did not come from the worker's process group.
+    pub notify_rejected: AtomicU64,
+    /// Rolling reloads that finished.
+    pub reloads_ok: AtomicU64,
+    /// Rolling reloads that failed.
+    pub reloads_failed: AtomicU64,
+}
+
+/// The tables of the traffic room: who listens where and how connections reach workers.
+struct TrafficTables {
+    listeners: ListenerTable,
+    /// Listeners bound up front, in `LISTEN_FDS` order.
+    prebound: Vec<Arc<BoundListener>>,
+    dispatcher: Arc<Dispatcher>,
+    proxy: Arc<ProxyTable>,
+}
+
+/// The signals tasks wake each other with.
+struct Signals {
+    /// Notified whenever a worker changes state or exits.
+    changed: Notify,
+    /// Woken when a worker reaches `max_requests`.
+    limit_reached: Arc<Notify>,
+    /// Set when the cluster stops accepting (shutdown began).
+    stop_accepting: watch::Sender<bool>,
+    /// Set once the cluster has shut down.
+    finished: watch::Sender<Option<Shutdown>>,
+}
+
 /// Everything the primary's tasks share.
 pub(crate) struct Core {
-    pub opts: ClusterOptions,
-    pub expect_protocol: bool,
-    pub events: EventBus,
-    pub initial_events: Mutex<Option<EventStream>>,
+    /// This core, for the tasks a method starts (they outlive the borrow).
+    me: Weak<Core>,
+    opts: ClusterOptions,
+    expect_protocol: bool,
+    started: Instant,
+    events: EventBus,
+    initial_events: Mutex<Option<EventStream>>,
     state: Mutex<State>,
-    pub listeners: ListenerTable,
-    /// Listeners bound up front, in `LISTEN_FDS` order.
-    pub prebound: Vec<Arc<BoundListener>>,
-    pub dispatcher: Arc<Dispatcher>,
-    pub proxy: Arc<ProxyTable>,
-    /// Woken when a worker reaches `max_requests`.
-    pub limit_reached: Arc<Notify>,
-    /// Per-worker `NOTIFY_SOCKET`s live here (when enabled).
-    pub notify_dir: Option<NotifyDir>,
-    /// Set when the cluster stops accepting (shutdown began).
-    pub stop_accepting: watch::Sender<bool>,
-    /// Notified whenever a worker changes state or exits.
-    pub changed: Notify,
-    pub finished: watch::Sender<Option<Shutdown>>,
+    traffic: TrafficTables,
+    signals: Signals,
     /// One rolling reload at a time.
-    pub reload_lock: tokio::sync::Mutex<()>,
+    reload_lock: tokio::sync::Mutex<()>,
     /// Kills every worker's process group if the primary dies (`None` if it could not start).
-    pub keeper: Option<Keeper>,
-    /// Notify messages dropped because they did not come from the worker's process group.
-    pub notify_rejected: std::sync::atomic::AtomicU64,
-    /// When the cluster started.
-    pub started: std::time::Instant,
-    /// Rolling reloads that finished, and that failed.
-    pub reloads_ok: std::sync::atomic::AtomicU64,
-    pub reloads_failed: std::sync::atomic::AtomicU64,
+    keeper: Mutex<Option<Arc<Keeper>>>,
+    /// Per-worker `NOTIFY_SOCKET`s live here (when enabled).
+    notify_dir: Option<NotifyDir>,
+    counters: Counters,
     /// Upgrades: one at a time, the program to start again, the handover.
-    pub upgrades: crate::primary::ops::upgrade::Upgrades,
+    upgrades: Upgrades,
     /// Recent worker output, for `forkline logs`.
-    pub output: crate::primary::lifecycle::output_buffer::OutputBuffer,
+    output: OutputBuffer,
 }
 
 impl Core {
     /// A core with no worker yet.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         opts: ClusterOptions,
         expect_protocol: bool,
         listeners: ListenerTable,
         prebound: Vec<Arc<BoundListener>>,
         notify_dir: Option<NotifyDir>,
-    ) -> Core {
+    ) -> Arc<Core> {
         let events = EventBus::default();
         let initial = events.subscribe();
-        Core {
-            dispatcher: Arc::new(Dispatcher::new(opts.balance, opts.credit_window)),
-            proxy: Arc::new(ProxyTable::new(opts.proxy_queue_timeout)),
-            limit_reached: Arc::new(Notify::new()),
+        Arc::new_cyclic(|me| Core {
+            me: me.clone(),
+            traffic: TrafficTables {
+                listeners,
+                prebound,
+                dispatcher: Arc::new(Dispatcher::new(opts.balance, opts.credit_window)),
+                proxy: Arc::new(ProxyTable::new(opts.proxy_queue_timeout)),
+            },
+            signals: Signals {
+                changed: Notify::new(),
+                limit_reached: Arc::new(Notify::new()),
+                stop_accepting: watch::channel(false).0,
+                finished: watch::channel(None).0,
+            },
             notify_dir,
             expect_protocol,
             events,
@@ -98,29 +133,87 @@ impl Core {
                 live: BTreeMap::new(),
                 next_seq: 0,
             }),
-            listeners,
-            prebound,
-            stop_accepting: watch::channel(false).0,
-            changed: Notify::new(),
-            finished: watch::channel(None).0,
             reload_lock: tokio::sync::Mutex::new(()),
-            keeper: start_keeper(),
-            notify_rejected: std::sync::atomic::AtomicU64::new(0),
-            started: std::time::Instant::now(),
-            reloads_ok: std::sync::atomic::AtomicU64::new(0),
-            reloads_failed: std::sync::atomic::AtomicU64::new(0),
-            output: crate::primary::lifecycle::output_buffer::OutputBuffer::new(opts.output_buffer),
-            upgrades: crate::primary::ops::upgrade::Upgrades::new(),
+            keeper: Mutex::new(None),
+            counters: Counters::default(),
+            started: Instant::now(),
+            output: OutputBuffer::new(opts.output_buffer),
+            upgrades: Upgrades::new(),
             opts,
-        }
+        })
+    }
+
+    /// This core, owned: for a task that outlives the borrow.
+    pub fn arc(&self) -> Arc<Core> {
+        self.me
+            .upgrade()
+            .expect("a borrowed core is owned by an Arc that lives")
+    }
+
+    // --- settings ---
+
+    /// The settings the cluster runs with.
+    pub fn opts(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    /// True when workers are library workers that speak the protocol.
+    pub fn expect_protocol(&self) -> bool {
+        self.expect_protocol
+    }
+
+    /// When the cluster started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    // --- events and signals ---
+
+    /// The event bus.
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// Emits `event`.
+    pub fn emit(&self, event: Event) {
+        self.events.emit(event);
+    }
+
+    /// The event stream: every event since start the first time, from now on after that.
+    pub fn event_stream(&self) -> EventStream {
+        self.initial_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| self.events.subscribe())
+    }
+
+    /// Notified whenever a worker changes state or exits.
+    pub fn changed(&self) -> &Notify {
+        &self.signals.changed
+    }
+
+    /// Woken when a worker reaches `max_requests`.
+    pub fn limit_reached(&self) -> &Arc<Notify> {
+        &self.signals.limit_reached
+    }
+
+    /// Set when the cluster stops accepting (shutdown began).
+    pub fn stop_accepting(&self) -> &watch::Sender<bool> {
+        &self.signals.stop_accepting
+    }
+
+    /// Set once the cluster has shut down.
+    pub fn finished(&self) -> &watch::Sender<Option<Shutdown>> {
+        &self.signals.finished
     }
 
     /// Waits until `done` holds, checked now and after every worker change, or until
     /// `deadline`; true when it holds.
-    pub async fn wait_until(&self, deadline: std::time::Instant, done: impl Fn() -> bool) -> bool {
+    pub async fn wait_until(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
         loop {
             // Created before the check, so a change between the check and the wait is seen.
-            let changed = self.changed.notified();
+            let changed = self.signals.changed.notified();
             if done() {
                 return true;
             }
@@ -133,27 +226,211 @@ impl Core {
         }
     }
 
+    // --- workers and slots ---
+
     /// The slot state and live workers, locked. Hold it briefly; never across an `await`.
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
 
-/// Starts the keeper, registered so the orphan reaper leaves it to the `Keeper`. Without one
-/// the cluster still runs; only what workers start could outlive a killed primary.
-fn start_keeper() -> Option<Keeper> {
-    let registry = crate::primary::lifecycle::reaper::registry();
-    let mut registered = registry.lock();
-    match Keeper::start() {
-        Ok(keeper) => {
-            registered.insert(keeper.pid());
-            Some(keeper)
+    /// Moves `worker` forward to `to` (the one place a worker's state changes) and says what
+    /// changed: the `online` and `ready` events go out here. A state never goes back: a
+    /// `STOPPING=1` read after the exit was recorded leaves the worker exited. False when the
+    /// worker was already at `to` or beyond.
+    pub fn transition(&self, worker: &WorkerHandle, to: WorkerState) -> bool {
+        self.transition_then(worker, to, || {})
+    }
+
+    /// `transition`, running `first` after the change and before anyone hears of it (steer
+    /// mode lets the kernel steer to a ready worker before `ready` goes out).
+    pub fn transition_then(
+        &self,
+        worker: &WorkerHandle,
+        to: WorkerState,
+        first: impl FnOnce(),
+    ) -> bool {
+        if !worker.advance(to) {
+            return false;
         }
-        Err(error) => {
-            tracing::warn!(%error, "could not start the keeper: processes a worker starts may outlive a killed primary");
-            None
+        first();
+        match to {
+            WorkerState::Online => self.emit(Event::Online {
+                worker: worker.clone(),
+            }),
+            WorkerState::Ready => self.emit(Event::Ready {
+                worker: worker.clone(),
+            }),
+            _ => {}
         }
+        self.signals.changed.notify_waiters();
+        true
+    }
+
+    /// Every worker whose process has not exited (replacements on trial included), ordered by
+    /// slot.
+    pub fn workers(&self) -> Vec<WorkerHandle> {
+        let mut all: Vec<WorkerHandle> = self.state().live.values().cloned().collect();
+        all.sort_by_key(|w| (w.id(), w.unique_id()));
+        all
+    }
+
+    /// The current worker of `slot`, while it runs.
+    pub fn worker(&self, slot: usize) -> Option<WorkerHandle> {
+        let state = self.state();
+        state.worker(state.slots.current(slot))
+    }
+
+    /// Supervision state of every slot.
+    pub fn status(&self) -> Vec<SlotStatus> {
+        let state = self.state();
+        state
+            .slots
+            .all()
+            .map(|(slot, record)| {
+                let current = state.worker(record.current);
+                SlotStatus {
+                    slot,
+                    // 0 until the process exists: no pid yet.
+                    pid: current.as_ref().map(|w| w.pid()).filter(|pid| *pid != 0),
+                    state: current.as_ref().map(|w| w.state()),
+                    replacement_pid: state
+                        .worker(record.candidate)
+                        .map(|w| w.pid())
+                        .filter(|pid| *pid != 0),
+                    restarts: record.restarts,
+                    failures: record.failures,
+                    crash_loop: record.crash_loop,
+                    gave_up: record.gave_up,
+                    restart_at: record.restart.map(|r| r.at),
+                    connections: current.map_or(0, |w| w.connections_accepted()),
+                }
+            })
+            .collect()
+    }
+
+    /// The number of slots the cluster keeps.
+    pub fn target(&self) -> usize {
+        self.state().slots.target()
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.state().slots.is_stopping()
+    }
+
+    /// True when as many workers as the cluster keeps are ready and no restart is due.
+    pub fn all_ready(&self) -> bool {
+        let slots = self.status();
+        let ready = slots
+            .iter()
+            .filter(|s| s.state == Some(WorkerState::Ready))
+            .count();
+        ready >= self.target() && slots.iter().all(|s| s.restart_at.is_none())
+    }
+
+    /// The keeper, while one runs.
+    pub fn keeper(&self) -> Option<Arc<Keeper>> {
+        self.keeper
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `keeper` in place (at start, and when a dead one is replaced).
+    pub fn set_keeper(&self, keeper: Option<Arc<Keeper>>) {
+        *self.keeper.lock().unwrap_or_else(|p| p.into_inner()) = keeper;
+    }
+
+    /// The directory of the workers' notify sockets, when enabled.
+    pub fn notify_dir(&self) -> Option<&NotifyDir> {
+        self.notify_dir.as_ref()
+    }
+
+    // --- traffic ---
+
+    /// Every listener, by key.
+    pub fn listeners(&self) -> &ListenerTable {
+        &self.traffic.listeners
+    }
+
+    /// Listeners bound up front, in `LISTEN_FDS` order.
+    pub fn prebound(&self) -> &[Arc<BoundListener>] {
+        &self.traffic.prebound
+    }
+
+    /// The round-robin dispatcher.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.traffic.dispatcher
+    }
+
+    /// The proxy's table of workers' ports.
+    pub fn proxy(&self) -> &Arc<ProxyTable> {
+        &self.traffic.proxy
+    }
+
+    /// The primary stops routing to listeners that were released.
+    pub fn forget_listeners(&self, released: Vec<Arc<BoundListener>>) {
+        for listener in released {
+            tracing::info!(address = %listener.local, "no worker listens any more; socket closed");
+            self.traffic.dispatcher.forget_listener(listener.id);
+        }
+    }
+
+    /// The connection counters of the dispatcher (round-robin) and the proxy, added up: each
+    /// mode counts only its own connections.
+    pub fn traffic(&self) -> Traffic {
+        let mut traffic = self.traffic.dispatcher.traffic();
+        traffic.add(self.traffic.proxy.traffic());
+        traffic
+    }
+
+    /// The addresses the cluster listens on, sorted.
+    pub fn listen_addresses(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .traffic
+            .listeners
+            .all()
+            .iter()
+            .map(|l| l.local.clone())
+            .collect();
+        all.sort();
+        all
+    }
+
+    // --- operations ---
+
+    /// One rolling reload at a time.
+    pub fn reload_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.reload_lock
+    }
+
+    /// True while a rolling reload is in progress.
+    pub fn is_reloading(&self) -> bool {
+        self.reload_lock.try_lock().is_err()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Rolling reloads so far: (finished, failed).
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.counters.reloads_ok.load(Ordering::Relaxed),
+            self.counters.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Upgrades of the primary: one at a time, the program to start, the handover.
+    pub fn upgrades(&self) -> &Upgrades {
+        &self.upgrades
+    }
+
+    /// Recent worker output.
+    pub fn output(&self) -> &OutputBuffer {
+        &self.output
     }
 }

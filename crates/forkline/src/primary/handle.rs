@@ -10,8 +10,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::primary::lifecycle::notice::WorkerNotice;
 use crate::primary::lifecycle::slots::RestartReason;
-use crate::primary::ops::stats::CpuWindow;
+use crate::primary::procfs::CpuWindow;
 use crate::protocol::channel::encode;
 use crate::protocol::ToWorker;
 use crate::sys;
@@ -102,6 +103,10 @@ pub(crate) struct WorkerShared {
     /// The queue's other end, taken by the writer task once `welcome` is sent, so nothing
     /// overtakes the handshake.
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
+    /// What the primary learnt about it from the side, for its supervision loop.
+    notices: mpsc::UnboundedSender<WorkerNotice>,
+    /// The other end, taken by the supervision loop.
+    notice_queue: Mutex<Option<mpsc::UnboundedReceiver<WorkerNotice>>>,
     /// How the process ended, once it has (Node's `isDead()` is its being set).
     pub exit: OnceLock<ExitInfo>,
     /// The primary's copy of the worker's end of the IPC socket: the handoffs it has not read
@@ -142,6 +147,7 @@ impl PartialEq for WorkerHandle {
 impl WorkerHandle {
     pub(crate) fn new(id: usize, seq: u64, expect_protocol: bool) -> Self {
         let (outbox, inbox) = mpsc::unbounded_channel();
+        let (notices, notice_queue) = mpsc::unbounded_channel();
         Self {
             shared: Arc::new(WorkerShared {
                 id,
@@ -162,6 +168,8 @@ impl WorkerHandle {
                 limit_reached: OnceLock::new(),
                 outbox,
                 inbox: Mutex::new(Some(inbox)),
+                notices,
+                notice_queue: Mutex::new(Some(notice_queue)),
                 exit: OnceLock::new(),
                 worker_end: OnceLock::new(),
                 taken_back: AtomicU64::new(0),
@@ -192,8 +200,26 @@ impl WorkerHandle {
         WorkerState::from_u8(self.shared.state.load(Ordering::Acquire))
     }
 
-    pub(crate) fn set_state(&self, state: WorkerState) {
-        self.shared.state.store(state as u8, Ordering::Release);
+    /// Moves the worker forward to `to`; false (and nothing changes) when it is already there or
+    /// beyond. States only go forward (starting, online, ready, draining, exited; any may be
+    /// skipped), so two racing changes cannot undo each other: a `STOPPING=1` read after the
+    /// exit leaves the worker exited. Call it through `Core::transition`, which also says so.
+    pub(crate) fn advance(&self, to: WorkerState) -> bool {
+        self.shared.state.fetch_max(to as u8, Ordering::AcqRel) < to as u8
+    }
+
+    /// Tells the worker's supervision loop something about it (see `WorkerNotice`).
+    pub(crate) fn notice(&self, notice: WorkerNotice) {
+        let _ = self.shared.notices.send(notice);
+    }
+
+    /// The notices for the worker's supervision loop (once).
+    pub(crate) fn take_notices(&self) -> Option<mpsc::UnboundedReceiver<WorkerNotice>> {
+        self.shared
+            .notice_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// True while the primary may give this worker new connections: it is ready (see
@@ -327,7 +353,7 @@ impl WorkerHandle {
         if self.is_dead() || self.shared.stop_asked.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.set_state(WorkerState::Draining);
+        self.advance(WorkerState::Draining);
         // A library worker that has not finished its handshake gets the `disconnect` right
         // after `welcome`, from the queue.
         let speaks = self.speaks_protocol() || self.shared.expect_protocol;
@@ -343,9 +369,7 @@ impl WorkerHandle {
         self.shared
             .exited_after_disconnect
             .store(true, Ordering::Release);
-        if !self.is_dead() {
-            self.set_state(WorkerState::Draining);
-        }
+        self.advance(WorkerState::Draining);
         self.signal(signal)
     }
 
@@ -383,5 +407,32 @@ impl WorkerHandle {
             Reach::Group => sys::signal_group(pid, signal),
         }
         .map_err(Error::Io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_only_moves_forward() {
+        let worker = WorkerHandle::new(0, 1, false);
+        assert!(worker.advance(WorkerState::Online));
+        assert!(
+            !worker.advance(WorkerState::Online),
+            "the same change twice"
+        );
+        assert!(
+            worker.advance(WorkerState::Draining),
+            "ready may be skipped"
+        );
+        assert!(
+            !worker.advance(WorkerState::Ready),
+            "draining never turns ready"
+        );
+        assert!(worker.advance(WorkerState::Exited));
+        // A `STOPPING=1` read after the exit was recorded leaves the worker exited.
+        assert!(!worker.advance(WorkerState::Draining));
+        assert_eq!(worker.state(), WorkerState::Exited);
     }
 }

@@ -469,6 +469,33 @@ pub(crate) fn check_accept_threads_env() -> crate::error::Result<()> {
     }
 }
 
+/// An error naming `workers` when steer mode's least-conn would steer between more than
+/// `LEAST_CONN_MAX_SOCKETS` of them (at start, and when scaling).
+pub fn check_steered_workers(
+    mode: Mode,
+    balance: Balance,
+    workers: usize,
+) -> crate::error::Result<()> {
+    let most = crate::primary::traffic::steer::program::LEAST_CONN_MAX_SOCKETS as usize;
+    if mode == Mode::Steer && balance == Balance::LeastConn && workers > most {
+        return Err(crate::Error::InvalidOption {
+            field: "workers",
+            reason: format!("steer mode's least-conn steers between at most {most} workers"),
+        });
+    }
+    Ok(())
+}
+
+/// The connection limit of one worker: `max_requests` plus a per-worker share of the jitter.
+pub(crate) fn request_limit(max_requests: u64, jitter: u64, seq: u64, pid: u32) -> u64 {
+    if jitter == 0 {
+        return max_requests;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&(seq, pid), &mut hasher);
+    max_requests + std::hash::Hasher::finish(&hasher) % (jitter + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,13 +13,13 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::primary::cluster::Cluster;
+use crate::primary::core::Core;
 use crate::primary::event::Event;
 use crate::primary::handle::{ExitInfo, Outgoing, WorkerHandle, WorkerShared, WorkerState};
 use crate::primary::options::{Balance, Readiness};
-use crate::primary::traffic::dispatch::Dispatcher;
+use crate::primary::traffic::dispatch::dispatcher::Dispatcher;
 use crate::primary::traffic::listeners::ListenKey;
-use crate::primary::{lifecycle::readiness, task, traffic::dispatch};
+use crate::primary::{lifecycle::readiness, task};
 use crate::protocol::channel::{encode, AsyncChannel, Packet};
 use crate::protocol::{FromWorker, Mode, SocketKind, ToWorker, MAX_PACKET, PROTOCOL_VERSION};
 
@@ -29,7 +29,7 @@ const MAX_DRAINED: usize = 10_000;
 /// Serves the worker's channel until the process exits, then reads what it left queued.
 /// Returns how the process ended.
 pub(crate) async fn serve(
-    cluster: &Cluster,
+    core: &Core,
     worker: &WorkerHandle,
     mut child: Child,
     channel: Arc<AsyncChannel>,
@@ -42,16 +42,16 @@ pub(crate) async fn serve(
             biased;
             status = child.wait() => break status,
             packet = channel.recv(), if open => match packet {
-                Ok(Some(packet)) => on_packet(cluster, worker, &channel, packet).await,
+                Ok(Some(packet)) => on_packet(core, worker, &channel, packet).await,
                 // Empty, oversized (MSG_TRUNC) or with fds cut off (MSG_CTRUNC): the worker
                 // is killed, and nothing more it sends is read.
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    worker_error(cluster, worker, format!("bad packet: {e}"));
+                    worker_error(core, worker, format!("bad packet: {e}"));
                     open = false;
                 }
                 Ok(None) | Err(_) => {
                     open = false;
-                    disconnected(cluster, worker);
+                    disconnected(core, worker);
                 }
             },
         }
@@ -60,7 +60,7 @@ pub(crate) async fn serve(
     let mut drained = 0;
     while open && drained < MAX_DRAINED {
         match channel.try_recv() {
-            Ok(Some(packet)) => on_packet(cluster, worker, &channel, packet).await,
+            Ok(Some(packet)) => on_packet(core, worker, &channel, packet).await,
             Ok(None) | Err(_) => break,
         }
         drained += 1;
@@ -82,26 +82,26 @@ pub(crate) async fn serve(
 }
 
 async fn on_packet(
-    cluster: &Cluster,
+    core: &Core,
     worker: &WorkerHandle,
     channel: &Arc<AsyncChannel>,
     packet: Packet,
 ) {
-    if let Err(e) = handle_packet(cluster, worker, channel, packet).await {
-        worker_error(cluster, worker, e.to_string());
+    if let Err(e) = handle_packet(core, worker, channel, packet).await {
+        worker_error(core, worker, e.to_string());
     }
 }
 
 /// A worker broke the protocol or its watchdog fired: log it, report it, kill its process
 /// group (the restart policy replaces it).
-pub(crate) fn worker_error(cluster: &Cluster, worker: &WorkerHandle, error: String) {
+pub(crate) fn worker_error(core: &Core, worker: &WorkerHandle, error: String) {
     tracing::error!(
         worker = worker.id(),
         pid = worker.pid(),
         %error,
         "worker broke the protocol; killing it"
     );
-    cluster.inner.events.emit(Event::WorkerError {
+    core.events().emit(Event::WorkerError {
         worker: worker.clone(),
         error,
     });
@@ -109,12 +109,12 @@ pub(crate) fn worker_error(cluster: &Cluster, worker: &WorkerHandle, error: Stri
 }
 
 /// The worker's channel closed: Node's `disconnect`.
-pub(crate) fn disconnected(cluster: &Cluster, worker: &WorkerHandle) {
+pub(crate) fn disconnected(core: &Core, worker: &WorkerHandle) {
     if !worker.shared.connected.swap(false, Ordering::AcqRel) {
         return;
     }
-    cluster.inner.dispatcher.stop_new(worker);
-    cluster.inner.events.emit(Event::Disconnect {
+    core.dispatcher().stop_new(worker);
+    core.events().emit(Event::Disconnect {
         worker: worker.clone(),
     });
 }
@@ -150,7 +150,7 @@ async fn write_queue(
 }
 
 async fn handle_packet(
-    cluster: &Cluster,
+    core: &Core,
     worker: &WorkerHandle,
     channel: &Arc<AsyncChannel>,
     packet: Packet,
@@ -178,7 +178,7 @@ async fn handle_packet(
         (_, true) => {}
     }
     match message {
-        FromWorker::Hello { version, .. } => hello(cluster, worker, channel, version).await?,
+        FromWorker::Hello { version, .. } => hello(core, worker, channel, version).await?,
         FromWorker::Listen {
             req,
             kind,
@@ -193,7 +193,7 @@ async fn handle_packet(
                 mode,
                 index,
             };
-            listen(cluster, worker, channel, request).await?
+            listen(core, worker, channel, request).await?
         }
         FromWorker::Ack {
             seqs,
@@ -208,19 +208,18 @@ async fn handle_packet(
                     "worker at its open-file limit dropped connections"
                 );
             }
-            cluster.inner.dispatcher.ack(worker, &seqs, open)
+            core.dispatcher().ack(worker, &seqs, open)
         }
         FromWorker::Load { open } => {
-            cluster.inner.dispatcher.report_load(worker, open);
-            crate::primary::traffic::steer::report_load(cluster, worker, open);
+            core.dispatcher().report_load(worker, open);
+            crate::primary::traffic::steering::report_load(core, worker, open);
         }
-        FromWorker::Message { data } => cluster.inner.events.emit(Event::Message {
+        FromWorker::Message { data } => core.events().emit(Event::Message {
             worker: worker.clone(),
             payload: data,
         }),
-        FromWorker::Returned { listener, seqs } => cluster
-            .inner
-            .dispatcher
+        FromWorker::Returned { listener, seqs } => core
+            .dispatcher()
             .give_back(worker, listener, seqs.len(), packet.fds)
             .map_err(Error::Protocol)?,
         FromWorker::Disconnecting => {
@@ -228,7 +227,7 @@ async fn handle_packet(
                 .shared
                 .exited_after_disconnect
                 .store(true, Ordering::Release);
-            cluster.inner.dispatcher.stop_new(worker);
+            core.dispatcher().stop_new(worker);
             // The fence the worker waits for before it closes the channel: nothing is handed
             // to it after this (`stop_new` took it off every listener under the dispatcher's
             // lock, and only a later `listen`, read after this packet, adds one back), so what
@@ -242,7 +241,7 @@ async fn handle_packet(
 /// Answers `hello` with `welcome`, then lets the packets queued for the worker flow: sent
 /// before the handshake, they come after it, in order.
 async fn hello(
-    cluster: &Cluster,
+    core: &Core,
     worker: &WorkerHandle,
     channel: &Arc<AsyncChannel>,
     version: u32,
@@ -268,15 +267,15 @@ async fn hello(
         task::spawn(
             "ipc-writer",
             write_queue(
-                cluster.inner.dispatcher.clone(),
+                core.dispatcher().clone(),
                 Arc::downgrade(&worker.shared),
                 channel.clone(),
                 queue,
             ),
         );
     }
-    if cluster.inner.expect_protocol {
-        readiness::set_online(cluster, worker);
+    if core.expect_protocol() {
+        readiness::set_online(core, worker);
     }
     Ok(())
 }
@@ -293,7 +292,7 @@ struct ListenRequest {
 /// Answers a `listen` request: binds (once per key), then hands out the socket (shared,
 /// reuseport) or registers the worker for handoffs (round-robin).
 async fn listen(
-    cluster: &Cluster,
+    core: &Core,
     worker: &WorkerHandle,
     channel: &Arc<AsyncChannel>,
     request: ListenRequest,
@@ -305,9 +304,9 @@ async fn listen(
         mode,
         index,
     } = request;
-    let mode = crate::primary::traffic::steer::effective(
-        cluster,
-        effective_mode(kind, mode.unwrap_or(cluster.inner.opts.mode)),
+    let mode = crate::primary::traffic::steering::effective(
+        core,
+        effective_mode(kind, mode.unwrap_or(core.opts().mode)),
     );
     let key = ListenKey {
         kind,
@@ -315,9 +314,8 @@ async fn listen(
         mode,
         index,
     };
-    let bound = cluster
-        .inner
-        .listeners
+    let bound = core
+        .listeners()
         .get_or_bind(key)
         .and_then(|(listener, fresh)| {
             let socket = if mode == Mode::RoundRobin {
@@ -349,30 +347,27 @@ async fn listen(
         listener: listener.id,
         mode,
         address: listener.local.clone(),
-        report_load: cluster.inner.opts.balance == Balance::LeastConn,
-        ack_every: cluster.inner.opts.ack_every(),
+        report_load: core.opts().balance == Balance::LeastConn,
+        ack_every: core.opts().ack_every(),
     })?;
     match &socket {
         Some(socket) => channel.send(&reply, &[socket.as_raw_fd()]).await?,
         None => channel.send(&reply, &[]).await?,
     }
     if mode == Mode::RoundRobin {
-        cluster
-            .inner
-            .dispatcher
-            .add_target(worker, channel, listener.id);
+        core.dispatcher().add_target(worker, channel, listener.id);
         if fresh {
-            dispatch::start_accepting(cluster, &listener);
+            crate::primary::traffic::dispatch::accept::start_accepting(core, &listener);
         }
     }
     // Steer mode: a worker ready already is steered to from now on (before `listening`).
-    crate::primary::traffic::steer::listening(worker, &listener);
-    cluster.inner.events.emit(Event::Listening {
+    crate::primary::traffic::steering::listening(worker, &listener);
+    core.events().emit(Event::Listening {
         worker: worker.clone(),
         address: listener.local.clone(),
     });
-    if cluster.inner.opts.readiness == Readiness::Listen {
-        readiness::set_ready(cluster, worker);
+    if core.opts().readiness == Readiness::Listen {
+        readiness::set_ready(core, worker);
     }
     Ok(())
 }

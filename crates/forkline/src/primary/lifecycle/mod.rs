@@ -4,12 +4,16 @@
 
 pub(crate) mod ipc;
 pub(crate) mod keeper;
+pub(crate) mod keeper_watch;
+pub(crate) mod notice;
 pub(crate) mod notify;
+pub(crate) mod notify_dir;
 pub(crate) mod output;
 pub(crate) mod output_buffer;
 pub(crate) mod readiness;
 pub(crate) mod reaper;
 pub(crate) mod recycle;
+pub(crate) mod reload;
 pub(crate) mod replace;
 pub(crate) mod shutdown;
 pub(crate) mod slots;

@@ -10,18 +10,18 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{
-    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials,
-};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials};
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
-use crate::primary::cluster::Cluster;
+use std::sync::Arc;
+
+use crate::primary::core::Core;
 use crate::primary::handle::{WorkerHandle, WorkerState};
+use crate::primary::lifecycle::notice::WorkerNotice;
 
 /// What a worker said on its notify socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +52,8 @@ pub(crate) fn parse(datagram: &[u8]) -> Vec<Notice> {
 /// worker is ready: start-up is the ready timeout's to judge. Armed at spawn, it killed a
 /// worker whose start (a Python interpreter on a loaded machine) took longer than the period
 /// just as its `READY=1` arrived, before it could send its first `WATCHDOG=1`.
-pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDatagram) {
-    let timeout = cluster.inner.opts.worker_timeout;
+pub(crate) async fn serve(core: Arc<Core>, worker: WorkerHandle, socket: UnixDatagram) {
+    let timeout = core.opts().worker_timeout;
     // Since the watchdog was armed, or the last ping; `None` until the worker is ready.
     let mut last_ping: Option<Instant> = None;
     let mut buf = vec![0u8; 4096];
@@ -66,22 +66,19 @@ pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDa
             Ok(Ok((n, sender))) if from_worker(&worker, sender) => {
                 for notice in parse(&buf[..n]) {
                     match notice {
-                        Notice::Ready => {
-                            crate::primary::lifecycle::readiness::set_ready(&cluster, &worker)
-                        }
+                        Notice::Ready => worker.notice(WorkerNotice::Ready),
                         // Before the watchdog is armed a ping changes nothing.
                         Notice::Watchdog if last_ping.is_some() => last_ping = Some(Instant::now()),
                         Notice::Watchdog => {}
                         Notice::Status(status) => {
                             tracing::info!(worker = worker.id(), pid = worker.pid(), %status, "worker status");
                         }
-                        Notice::Stopping => worker.set_state(WorkerState::Draining),
+                        Notice::Stopping => worker.notice(WorkerNotice::Stopping),
                     }
                 }
             }
             Ok(Ok((_, sender))) => {
-                cluster
-                    .inner
+                core.counters()
                     .notify_rejected
                     .fetch_add(1, Ordering::Relaxed);
                 if !warned {
@@ -101,11 +98,9 @@ pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDa
         }
         if let (Some(timeout), Some(last_ping)) = (timeout, last_ping) {
             if last_ping.elapsed() > timeout && !worker.is_dead() {
-                crate::primary::lifecycle::ipc::worker_error(
-                    &cluster,
-                    &worker,
-                    format!("watchdog: no WATCHDOG=1 for {timeout:?}"),
-                );
+                worker.notice(WorkerNotice::Failed(format!(
+                    "watchdog: no WATCHDOG=1 for {timeout:?}"
+                )));
                 break;
             }
         }
@@ -155,90 +150,6 @@ fn from_worker(worker: &WorkerHandle, sender: Option<i32>) -> bool {
     sender == leader
         || nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(sender)))
             .is_ok_and(|group| group.as_raw() == leader)
-}
-
-/// The directory holding a cluster's notify sockets, removed on drop.
-#[derive(Debug)]
-pub(crate) struct NotifyDir {
-    path: PathBuf,
-    /// The workers' user and group, when they run as another user.
-    owner: Option<(Option<u32>, Option<u32>)>,
-}
-
-impl NotifyDir {
-    /// Creates a private directory (0700) with an unguessable name under the runtime or temp
-    /// dir (first removing those left by primaries that were killed before they could clean
-    /// up). Workers that run as another user (`owner`) own it, so they can reach their socket.
-    pub fn create(owner: Option<(Option<u32>, Option<u32>)>) -> io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        remove_stale(&base);
-        let path = base.join(format!(
-            "forkline-{}-{}",
-            std::process::id(),
-            unguessable()?
-        ));
-        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        // Marks the directory as ours, so stale-directory cleanup never touches anything else.
-        std::fs::write(path.join(".forkline-notify"), b"")?;
-        let owner = owner.filter(|(uid, gid)| uid.is_some() || gid.is_some());
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&path, uid, gid)?;
-        }
-        Ok(Self { path, owner })
-    }
-
-    /// Binds the notify socket of worker `seq`: 0600, the workers' user's, credentials passed.
-    pub fn bind(&self, seq: u64) -> io::Result<(UnixDatagram, PathBuf)> {
-        use std::os::unix::fs::PermissionsExt;
-        let path = self.path.join(format!("notify-{seq}.sock"));
-        let _ = std::fs::remove_file(&path);
-        let socket = UnixDatagram::bind(&path)?;
-        setsockopt(&socket, sockopt::PassCred, &true)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        if let Some((uid, gid)) = self.owner {
-            std::os::unix::fs::chown(&path, uid, gid)?;
-        }
-        Ok((socket, path))
-    }
-}
-
-/// 16 random hex digits, from the kernel.
-fn unguessable() -> io::Result<String> {
-    let mut bytes = [0u8; 8];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Removes `forkline-PID-*` directories whose primary is no longer running.
-fn remove_stale(base: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("forkline-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if !alive && entry.path().join(".forkline-notify").exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-impl Drop for NotifyDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }
 
 #[cfg(test)]

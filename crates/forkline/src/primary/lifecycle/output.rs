@@ -9,7 +9,9 @@ use std::time::SystemTime;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
-use crate::primary::cluster::Cluster;
+use std::sync::Arc;
+
+use crate::primary::core::Core;
 use crate::primary::lifecycle::output_buffer::{OutputLine, OutputStream};
 use crate::primary::options::{LogFormat, WorkerStdio};
 
@@ -38,8 +40,8 @@ pub(crate) struct Style {
 
 impl Style {
     /// The style for `stream` of the worker in `slot` with `pid`.
-    pub fn new(cluster: &Cluster, slot: usize, pid: u32, stream: OutputStream) -> Style {
-        let opts = &cluster.inner.opts;
+    pub fn new(core: &Core, slot: usize, pid: u32, stream: OutputStream) -> Style {
+        let opts = &core.opts();
         let prefix = match opts.stdio {
             WorkerStdio::Prefixed => prefix(opts.name.as_deref(), slot, pid),
             _ => String::new(),
@@ -109,12 +111,12 @@ fn colours(stream: OutputStream) -> bool {
 /// with one call, and keeps it in the cluster's output buffer.
 pub(crate) async fn pump<R: AsyncRead + Unpin>(
     stream: R,
-    cluster: Cluster,
+    core: Arc<Core>,
     slot: usize,
     pid: u32,
     which: OutputStream,
 ) {
-    let style = Style::new(&cluster, slot, pid, which);
+    let style = Style::new(&core, slot, pid, which);
     let mut reader = BufReader::new(stream);
     let mut bytes = Vec::new();
     loop {
@@ -143,7 +145,7 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
             OutputStream::Stdout => std::io::stdout().lock().write_all(&out),
             OutputStream::Stderr => std::io::stderr().lock().write_all(&out),
         };
-        cluster.inner.output.push(line);
+        core.output().push(line);
     }
 }
 

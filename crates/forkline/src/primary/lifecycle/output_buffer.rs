@@ -113,16 +113,6 @@ impl OutputBuffer {
     }
 }
 
-impl crate::primary::cluster::Cluster {
-    /// The last `max` lines of worker output the primary copied (of `slot` only, if given),
-    /// oldest first. Empty unless workers' output goes through the primary
-    /// (`WorkerStdio::Prefixed` or `Captured`).
-    pub fn recent_output(&self, max: usize, slot: Option<usize>) -> Vec<OutputLine> {
-        let (recent, _) = self.inner.output.recent_and_follow(max, slot);
-        recent.iter().map(|line| OutputLine::clone(line)).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use crate::primary::cluster::Cluster;
+use crate::primary::core::Core;
 use crate::primary::event::Event;
 use crate::primary::handle::{WorkerHandle, WorkerState};
 use crate::primary::options::Readiness;
@@ -15,39 +15,39 @@ use nix::sys::signal::Signal;
 
 /// Called once the process exists: a program that does not speak the protocol is online now,
 /// and readiness by delay or none starts counting.
-pub(crate) fn on_started(cluster: &Cluster, worker: &WorkerHandle) {
-    let opts = &cluster.inner.opts;
-    if !cluster.inner.expect_protocol {
-        set_online(cluster, worker);
+pub(crate) fn on_started(core: &Core, worker: &WorkerHandle) {
+    let opts = &core.opts();
+    if !core.expect_protocol() {
+        set_online(core, worker);
         // A socket passed at spawn is listening already.
-        let passed_socket = opts.mode.workers_accept() && !cluster.inner.prebound.is_empty();
+        let passed_socket = opts.mode.workers_accept() && !core.prebound().is_empty();
         if opts.readiness == Readiness::Listen && passed_socket {
-            set_ready(cluster, worker);
+            set_ready(core, worker);
         }
     }
     if !worker.on_trial() {
-        enforce_ready_timeout(cluster, worker);
+        enforce_ready_timeout(core, worker);
     }
     match opts.readiness {
         Readiness::Delay(delay) => {
-            let (cluster, worker) = (cluster.clone(), worker.clone());
+            let (core, worker) = (core.arc(), worker.clone());
             task::spawn("readiness", async move {
                 tokio::time::sleep(delay).await;
-                set_ready(&cluster, &worker);
+                set_ready(&core, &worker);
             });
         }
-        Readiness::None => set_ready(cluster, worker),
+        Readiness::None => set_ready(core, worker),
         _ => {}
     }
 }
 
 /// Kills (and so replaces, by the restart policy) `worker` if it is not ready within the ready
 /// timeout, with a log line and a `WorkerError` event.
-fn enforce_ready_timeout(cluster: &Cluster, worker: &WorkerHandle) {
-    let (cluster, worker) = (cluster.clone(), worker.clone());
+fn enforce_ready_timeout(core: &Core, worker: &WorkerHandle) {
+    let (core, worker) = (core.arc(), worker.clone());
     task::spawn("ready-timeout", async move {
-        let timeout = cluster.inner.opts.ready_timeout;
-        if wait_ready(&cluster, &worker, Instant::now() + timeout).await != Waited::TimedOut {
+        let timeout = core.opts().ready_timeout;
+        if wait_ready(&core, &worker, Instant::now() + timeout).await != Waited::TimedOut {
             return;
         }
         let error = format!("not ready within {timeout:?}");
@@ -56,7 +56,7 @@ fn enforce_ready_timeout(cluster: &Cluster, worker: &WorkerHandle) {
             pid = worker.pid(),
             "worker {error}; killing it (the restart policy replaces it)"
         );
-        cluster.inner.events.emit(Event::WorkerError {
+        core.events().emit(Event::WorkerError {
             worker: worker.clone(),
             error,
         });
@@ -69,50 +69,39 @@ fn enforce_ready_timeout(cluster: &Cluster, worker: &WorkerHandle) {
 }
 
 /// Marks `worker` online (once) and emits `online`.
-pub(crate) fn set_online(cluster: &Cluster, worker: &WorkerHandle) {
-    if worker.state() != WorkerState::Starting {
+pub(crate) fn set_online(core: &Core, worker: &WorkerHandle) {
+    if !core.transition(worker, WorkerState::Online) {
         return;
     }
-    worker.set_state(WorkerState::Online);
-    cluster.inner.events.emit(Event::Online {
-        worker: worker.clone(),
-    });
-    cluster.inner.changed.notify_waiters();
-    if cluster.inner.opts.readiness == Readiness::Online {
-        set_ready(cluster, worker);
+    if core.opts().readiness == Readiness::Online {
+        set_ready(core, worker);
     }
 }
 
 /// Marks `worker` ready (once, and only while it is starting or online) and emits `ready`.
-pub(crate) fn set_ready(cluster: &Cluster, worker: &WorkerHandle) {
-    match worker.state() {
-        WorkerState::Starting | WorkerState::Online => {}
-        _ => return,
-    }
-    worker.set_state(WorkerState::Ready);
+pub(crate) fn set_ready(core: &Core, worker: &WorkerHandle) {
     // Steer mode: the kernel may steer to it from now on (before `ready` is seen).
-    crate::primary::traffic::steer::worker_ready(cluster, worker);
-    cluster.inner.events.emit(Event::Ready {
-        worker: worker.clone(),
-    });
-    cluster.inner.changed.notify_waiters();
+    let steer = || crate::primary::traffic::steering::worker_ready(core, worker);
+    if !core.transition_then(worker, WorkerState::Ready, steer) {
+        return;
+    }
     // Round-robin may hand it connections now.
-    cluster.inner.dispatcher.wake();
-    release_unclaimed_listeners(cluster, worker);
+    core.dispatcher().wake();
+    release_unclaimed_listeners(core, worker);
 }
 
 /// Listeners kept for this worker's slot (its predecessor held them and the slot restarted)
 /// that it has not listened on once it has been ready for the settle time are released: the
 /// new worker does not want them.
-fn release_unclaimed_listeners(cluster: &Cluster, worker: &WorkerHandle) {
-    let (cluster, worker) = (cluster.clone(), worker.clone());
+fn release_unclaimed_listeners(core: &Core, worker: &WorkerHandle) {
+    let (core, worker) = (core.arc(), worker.clone());
     task::spawn("unclaimed-listeners", async move {
-        tokio::time::sleep(cluster.inner.opts.settle_time).await;
+        tokio::time::sleep(core.opts().settle_time).await;
         if worker.is_dead() {
             return;
         }
-        let released = cluster.inner.listeners.release_awaiting(worker.id());
-        crate::primary::lifecycle::supervisor::forget_listeners(&cluster, released);
+        let released = core.listeners().release_awaiting(worker.id());
+        core.forget_listeners(released);
     });
 }
 
@@ -129,20 +118,15 @@ pub(crate) enum Waited {
 }
 
 /// Waits until `worker` is ready, bounded by `deadline`.
-pub(crate) async fn wait_ready(
-    cluster: &Cluster,
-    worker: &WorkerHandle,
-    deadline: Instant,
-) -> Waited {
+pub(crate) async fn wait_ready(core: &Core, worker: &WorkerHandle, deadline: Instant) -> Waited {
     let waiting = || {
-        matches!(worker.state(), WorkerState::Starting | WorkerState::Online)
-            && !cluster.is_stopping()
+        matches!(worker.state(), WorkerState::Starting | WorkerState::Online) && !core.is_stopping()
     };
-    cluster.inner.wait_until(deadline, || !waiting()).await;
+    core.wait_until(deadline, || !waiting()).await;
     match worker.state() {
         WorkerState::Ready => Waited::Ready,
         WorkerState::Exited | WorkerState::Draining => Waited::Gone,
-        _ if cluster.is_stopping() => Waited::Stopping,
+        _ if core.is_stopping() => Waited::Stopping,
         _ => Waited::TimedOut,
     }
 }

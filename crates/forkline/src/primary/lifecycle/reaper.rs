@@ -19,6 +19,8 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
+use crate::primary::procfs::stat;
+
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -220,37 +222,6 @@ fn children_from_stat_scan(me: u32) -> io::Result<Vec<u32>> {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| stat(pid).is_some_and(|s| s.ppid == me))
         .collect())
-}
-
-/// What the primary needs from `/proc/PID/stat`.
-pub(crate) struct Stat {
-    /// The state letter: `Z` zombie, `T` stopped, `t` stopped by a debugger, ...
-    pub state: char,
-    /// The parent's pid.
-    pub ppid: u32,
-    /// CPU time used in user and kernel mode (`utime` + `stime`), in clock ticks
-    /// (`sysconf(_SC_CLK_TCK)` a second).
-    pub cpu_ticks: u64,
-}
-
-/// Reads `/proc/PID/stat`; `None` if the process is gone (or the line unreadable).
-pub(crate) fn stat(pid: u32) -> Option<Stat> {
-    let line = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so start after the
-    // last ')'.
-    let rest = &line[line.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    // pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt, then utime and stime.
-    let mut fields = fields.skip(9);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(Stat {
-        state,
-        ppid,
-        cpu_ticks: utime + stime,
-    })
 }
 
 #[cfg(test)]

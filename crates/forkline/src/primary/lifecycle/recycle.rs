@@ -3,12 +3,14 @@
 //! drains — like gunicorn's `max_requests` and PM2's `max_memory_restart`.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::primary::cluster::Cluster;
+use std::sync::Arc;
+
+use crate::primary::core::Core;
 use crate::primary::handle::{WorkerHandle, WorkerState};
+use crate::primary::procfs::resident_bytes;
 
 /// How often limits are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
@@ -16,44 +18,23 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 const MEMORY_EVERY: Duration = Duration::from_secs(1);
 const MEMORY_STRIKES: u32 = 3;
 
-/// The connection limit of one worker: `max_requests` plus a per-worker share of the jitter.
-pub(crate) fn request_limit(max_requests: u64, jitter: u64, worker: &WorkerHandle) -> u64 {
-    if jitter == 0 {
-        return max_requests;
-    }
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (worker.unique_id(), worker.pid()).hash(&mut hasher);
-    max_requests + hasher.finish() % (jitter + 1)
-}
-
-/// Resident memory of `pid` in bytes, from `/proc/PID/statm`.
-pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    Some(pages * page)
-}
-
 /// Watches the limits until the cluster stops.
-pub(crate) async fn watch(cluster: Cluster) {
-    let opts = cluster.options().clone();
+pub(crate) async fn watch(core: Arc<Core>) {
+    let opts = core.opts().clone();
     let mut strikes: HashMap<u64, u32> = HashMap::new();
     let mut last_memory = Instant::now();
-    let mut stop = cluster.inner.stop_accepting.subscribe();
+    let mut stop = core.stop_accepting().subscribe();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
-            _ = cluster.inner.limit_reached.notified() => {}
+            _ = core.limit_reached().notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let sample_memory = last_memory.elapsed() >= MEMORY_EVERY;
         if sample_memory {
             last_memory = Instant::now();
         }
-        for worker in cluster.workers() {
+        for worker in core.workers() {
             if worker.state() != WorkerState::Ready
                 || worker.shared.recycling.load(Ordering::Acquire)
             {
@@ -62,7 +43,7 @@ pub(crate) async fn watch(cluster: Cluster) {
             if opts.max_requests.is_some() {
                 let limit = worker.shared.request_limit.load(Ordering::Relaxed);
                 if worker.connections_accepted() >= limit {
-                    recycle(&cluster, worker, format!("handled {limit} connections"));
+                    recycle(&core, worker, format!("handled {limit} connections"));
                     continue;
                 }
             }
@@ -72,16 +53,12 @@ pub(crate) async fn watch(cluster: Cluster) {
                 *count = if over { *count + 1 } else { 0 };
                 if *count >= MEMORY_STRIKES {
                     strikes.remove(&worker.unique_id());
-                    recycle(
-                        &cluster,
-                        worker,
-                        format!("resident memory above {max} bytes"),
-                    );
+                    recycle(&core, worker, format!("resident memory above {max} bytes"));
                 }
             }
         }
         if sample_memory {
-            let live: Vec<u64> = cluster.workers().iter().map(|w| w.unique_id()).collect();
+            let live: Vec<u64> = core.workers().iter().map(|w| w.unique_id()).collect();
             strikes.retain(|seq, _| live.contains(seq));
         }
     }
@@ -92,14 +69,14 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Replaces `old` through the one replace path: the new worker must be ready and settle before
 /// the old one drains; if it fails, the old worker keeps serving and is tried again later.
-pub(crate) fn recycle(cluster: &Cluster, old: WorkerHandle, why: String) {
+pub(crate) fn recycle(core: &Core, old: WorkerHandle, why: String) {
     tracing::info!(worker = old.id(), pid = old.pid(), %why, "recycling worker");
     // Never picked twice while its replacement is on trial.
     old.shared.recycling.store(true, Ordering::Release);
-    let cluster = cluster.clone();
+    let core = core.arc();
     crate::primary::task::spawn("recycle", async move {
         let replaced = crate::primary::lifecycle::replace::replace(
-            &cluster,
+            &core,
             old.id(),
             crate::primary::event::Replacement::Recycle,
             Some(old.unique_id()),

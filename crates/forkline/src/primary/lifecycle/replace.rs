@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::primary::cluster::Cluster;
+use crate::primary::core::Core;
 use crate::primary::event::{Event, ReplaceFailure, Replacement};
 use crate::primary::handle::WorkerHandle;
 use crate::primary::lifecycle::readiness::{self, Waited};
@@ -21,13 +21,13 @@ const BUSY_WAIT: Duration = Duration::from_millis(50);
 /// Replaces the current worker of `slot` (only if it is `expected`, when given). `Ok` when the
 /// slot was replaced or had nothing to replace.
 pub(crate) async fn replace(
-    cluster: &Cluster,
+    core: &Core,
     slot: usize,
     purpose: Replacement,
     expected: Option<Seq>,
 ) -> Result<(), ReplaceFailure> {
     let (fresh, old) = loop {
-        match supervisor::start_candidate(cluster, slot, expected) {
+        match supervisor::start_candidate(core, slot, expected) {
             Ok(pair) => break pair,
             Err(Refused::NothingToReplace) => return Ok(()),
             Err(Refused::Stopping) => return Err(ReplaceFailure::Cancelled),
@@ -44,17 +44,13 @@ pub(crate) async fn replace(
         old_pid = old.pid(),
         "starting a replacement"
     );
-    let outcome = match trial(cluster, &fresh).await {
-        Ok(()) => commit(cluster, slot, &fresh, purpose).await,
+    let outcome = match trial(core, &fresh).await {
+        Ok(()) => commit(core, slot, &fresh, purpose).await,
         Err(reason) => Err(reason),
     };
     if let Err(reason) = outcome {
-        cluster
-            .inner
-            .state()
-            .slots
-            .rollback(slot, fresh.unique_id());
-        supervisor::stop_worker(cluster, &fresh);
+        core.state().slots.rollback(slot, fresh.unique_id());
+        supervisor::stop_worker(core, &fresh);
         let purpose_name = purpose.name();
         if reason == ReplaceFailure::Cancelled {
             tracing::info!("{purpose_name} stopped at slot {slot}: the new worker {reason}");
@@ -64,7 +60,7 @@ pub(crate) async fn replace(
                  keeps serving"
             );
         }
-        cluster.inner.events.emit(Event::ReplaceFailed {
+        core.events().emit(Event::ReplaceFailed {
             id: slot,
             purpose,
             reason,
@@ -81,9 +77,9 @@ pub(crate) async fn replace(
 }
 
 /// The trial: ready within the ready timeout, then alive for the settle time.
-async fn trial(cluster: &Cluster, fresh: &WorkerHandle) -> Result<(), ReplaceFailure> {
-    let opts = &cluster.inner.opts;
-    match readiness::wait_ready(cluster, fresh, Instant::now() + opts.ready_timeout).await {
+async fn trial(core: &Core, fresh: &WorkerHandle) -> Result<(), ReplaceFailure> {
+    let opts = &core.opts();
+    match readiness::wait_ready(core, fresh, Instant::now() + opts.ready_timeout).await {
         Waited::Ready => {}
         Waited::Stopping => return Err(ReplaceFailure::Cancelled),
         Waited::TimedOut => {
@@ -93,24 +89,24 @@ async fn trial(cluster: &Cluster, fresh: &WorkerHandle) -> Result<(), ReplaceFai
         }
         Waited::Gone => {
             // It exited (or was asked to stop, then exits): say how, once known.
-            supervisor::wait_exit(cluster, fresh, Instant::now() + opts.graceful_timeout).await;
-            return Err(exited(cluster, fresh));
+            supervisor::wait_exit(core, fresh, Instant::now() + opts.graceful_timeout).await;
+            return Err(exited(core, fresh));
         }
     }
     let settled = Instant::now() + opts.settle_time;
-    if supervisor::wait_exit(cluster, fresh, settled).await {
-        return Err(exited(cluster, fresh));
+    if supervisor::wait_exit(core, fresh, settled).await {
+        return Err(exited(core, fresh));
     }
-    if cluster.is_stopping() {
+    if core.is_stopping() {
         return Err(ReplaceFailure::Cancelled);
     }
     Ok(())
 }
 
 /// Why a replacement that is gone failed: how it exited, unless the cluster is stopping.
-fn exited(cluster: &Cluster, fresh: &WorkerHandle) -> ReplaceFailure {
+fn exited(core: &Core, fresh: &WorkerHandle) -> ReplaceFailure {
     match fresh.exit_info() {
-        Some(exit) if !cluster.is_stopping() => ReplaceFailure::Exited {
+        Some(exit) if !core.is_stopping() => ReplaceFailure::Exited {
             code: exit.code,
             signal: exit.signal,
         },
@@ -121,7 +117,7 @@ fn exited(cluster: &Cluster, fresh: &WorkerHandle) -> ReplaceFailure {
 /// The replacement passed: it becomes current; the old worker stops taking connections,
 /// finishes those it has (proxy mode waits for its relays), and is stopped.
 async fn commit(
-    cluster: &Cluster,
+    core: &Core,
     slot: usize,
     fresh: &WorkerHandle,
     purpose: Replacement,
@@ -131,22 +127,20 @@ async fn commit(
         Replacement::Recycle => RestartReason::Recycle,
     };
     let old = {
-        let mut state = cluster.inner.state();
+        let mut state = core.state();
         match state.slots.commit(slot, fresh.unique_id(), reason) {
             Ok(old) => state.worker(old),
             Err(()) => return Err(ReplaceFailure::Cancelled),
         }
     };
     fresh.set_on_trial(false);
-    cluster.inner.dispatcher.wake();
+    core.dispatcher().wake();
     if let Some(old) = old {
-        cluster.inner.dispatcher.stop_new(&old);
-        cluster
-            .inner
-            .proxy
-            .retire(&old, cluster.inner.opts.graceful_timeout)
+        core.dispatcher().stop_new(&old);
+        core.proxy()
+            .retire(&old, core.opts().graceful_timeout)
             .await;
-        supervisor::stop_worker(cluster, &old);
+        supervisor::stop_worker(core, &old);
     }
     Ok(())
 }

@@ -7,18 +7,31 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::primary::cluster::{Cluster, Shutdown};
+use std::sync::Arc;
+
+use crate::primary::core::Core;
 use crate::primary::handle::WorkerHandle;
+use crate::primary::status::Shutdown;
 use crate::primary::task;
 
 /// How long to wait for the exits of SIGKILLed workers before reporting anyway.
 const AFTER_KILL: Duration = Duration::from_secs(10);
 
+/// Begins a graceful shutdown: workers get the graceful timeout to finish.
+pub(crate) fn graceful(core: &Core) {
+    begin(core, core.opts().graceful_timeout);
+}
+
+/// Stops at once: workers get SIGKILL.
+pub(crate) fn now(core: &Core) {
+    begin(core, Duration::ZERO);
+}
+
 /// Begins a shutdown with `grace` for workers to finish (zero: SIGKILL at once). Only the first
 /// call does anything.
-pub(crate) fn begin(cluster: &Cluster, grace: Duration) {
+pub(crate) fn begin(core: &Core, grace: Duration) {
     let workers = {
-        let mut state = cluster.inner.state();
+        let mut state = core.state();
         if state.slots.is_stopping() {
             return;
         }
@@ -26,17 +39,17 @@ pub(crate) fn begin(cluster: &Cluster, grace: Duration) {
         state.live.values().cloned().collect::<Vec<_>>()
     };
     tracing::info!(workers = workers.len(), grace = ?grace, "shutting down");
-    cluster.inner.stop_accepting.send_replace(true);
-    cluster.inner.changed.notify_waiters();
+    core.stop_accepting().send_replace(true);
+    core.changed().notify_waiters();
     for worker in &workers {
-        cluster.inner.dispatcher.stop_new(worker);
+        core.dispatcher().stop_new(worker);
         if grace.is_zero() {
             kill(worker);
         } else {
             worker.disconnect();
         }
     }
-    task::spawn("shutdown", finish(cluster.clone(), grace));
+    task::spawn("shutdown", finish(core.arc(), grace));
 }
 
 fn kill(worker: &WorkerHandle) {
@@ -44,10 +57,10 @@ fn kill(worker: &WorkerHandle) {
     let _ = worker.signal_group(Signal::SIGKILL);
 }
 
-async fn finish(cluster: Cluster, grace: Duration) {
+async fn finish(core: Arc<Core>, grace: Duration) {
     let mut killed = Vec::new();
-    if !wait_all_exited(&cluster, Instant::now() + grace).await {
-        for worker in cluster.workers() {
+    if !wait_all_exited(&core, Instant::now() + grace).await {
+        for worker in core.workers() {
             tracing::warn!(
                 worker = worker.id(),
                 pid = worker.pid(),
@@ -56,14 +69,14 @@ async fn finish(cluster: Cluster, grace: Duration) {
             killed.push(worker.id());
             kill(&worker);
         }
-        wait_all_exited(&cluster, Instant::now() + AFTER_KILL).await;
+        wait_all_exited(&core, Instant::now() + AFTER_KILL).await;
     }
-    cluster.inner.dispatcher.drop_pending();
+    core.dispatcher().drop_pending();
     // Files another primary serves (the new one after an upgrade, the old one while a new one
     // has not taken over) stay; otherwise they go before anyone hears the cluster stopped.
-    let owns_files = cluster.inner.upgrades.owns_files();
-    cluster.inner.listeners.close_all(!owns_files);
-    if let Some(path) = cluster.inner.opts.control.as_ref().filter(|_| owns_files) {
+    let owns_files = core.upgrades().owns_files();
+    core.listeners().close_all(!owns_files);
+    if let Some(path) = core.opts().control.as_ref().filter(|_| owns_files) {
         let _ = std::fs::remove_file(path);
     }
     killed.sort();
@@ -72,13 +85,11 @@ async fn finish(cluster: Cluster, grace: Duration) {
         killed,
     };
     tracing::info!(clean = result.clean, "cluster stopped");
-    cluster.inner.events.close();
-    cluster.inner.finished.send_replace(Some(result));
+    core.events().close();
+    core.finished().send_replace(Some(result));
 }
 
-async fn wait_all_exited(cluster: &Cluster, deadline: Instant) -> bool {
-    cluster
-        .inner
-        .wait_until(deadline, || cluster.inner.state().live.is_empty())
+async fn wait_all_exited(core: &Core, deadline: Instant) -> bool {
+    core.wait_until(deadline, || core.state().live.is_empty())
         .await
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::process::Child;
 
 use crate::error::{Error, Result};
-use crate::primary::cluster::Cluster;
+use crate::primary::core::Core;
 use crate::primary::handle::WorkerHandle;
 use crate::primary::lifecycle::output_buffer::OutputStream;
 use crate::primary::options::WorkerStdio;
@@ -37,8 +37,8 @@ pub(crate) struct Spawned {
 
 /// Starts the process with its IPC channel and listeners in place, and the tasks that follow
 /// it (output, notify socket, proxy port, readiness).
-pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Spawned> {
-    let opts = &cluster.inner.opts;
+pub(crate) async fn spawn(core: &Core, worker: &WorkerHandle) -> Result<Spawned> {
+    let opts = &core.opts();
     let (primary_end, worker_end) = sys::seqpacket_pair()?;
     let mut command = std::process::Command::new(&opts.exec);
     command.args(&opts.args);
@@ -50,17 +50,17 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
         "NOTIFY_SOCKET",
     ]
     .into_iter()
-    .chain(crate::primary::ops::upgrade::UPGRADE_ENV)
+    .chain(crate::primary::ops::upgrade_state::UPGRADE_ENV)
     {
         command.env_remove(inherited);
     }
-    let mut placed = prebound_sockets(cluster, worker, &mut command)?;
+    let mut placed = prebound_sockets(core, worker, &mut command)?;
     let ipc_fd = FIRST_FD + placed.len() as RawFd;
     let worker_end_copy = sys::dup_cloexec(worker_end.as_fd())?;
     placed.push((worker_end, ipc_fd));
     command.env(ENV_WORKER_ID, worker.id().to_string());
     command.env(ENV_IPC_FD, ipc_fd.to_string());
-    let notify = match &cluster.inner.notify_dir {
+    let notify = match &core.notify_dir() {
         Some(dir) => {
             let (socket, path) = dir.bind(worker.unique_id())?;
             command.env("NOTIFY_SOCKET", &path);
@@ -104,16 +104,17 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
     })?;
     let pid = child.id().unwrap_or(0);
     // Everything in its group dies with the primary, however the primary dies.
-    if let Some(keeper) = &cluster.inner.keeper {
+    if let Some(keeper) = &core.keeper() {
         keeper.watch(pid);
     }
     // Delivers a stop asked for before the process existed.
     worker.set_pid(pid);
     if let Some(max) = opts.max_requests {
-        let limit = crate::primary::lifecycle::recycle::request_limit(
+        let limit = crate::primary::options::request_limit(
             max,
             opts.max_requests_jitter,
-            worker,
+            worker.unique_id(),
+            pid,
         );
         worker
             .shared
@@ -122,34 +123,28 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
         let _ = worker
             .shared
             .limit_reached
-            .set(cluster.inner.limit_reached.clone());
+            .set(core.limit_reached().clone());
     }
     if let Some(out) = child.stdout.take() {
-        let pump = output::pump(out, cluster.clone(), worker.id(), pid, OutputStream::Stdout);
+        let pump = output::pump(out, core.arc(), worker.id(), pid, OutputStream::Stdout);
         task::spawn("output", pump);
     }
     if let Some(err) = child.stderr.take() {
-        let pump = output::pump(err, cluster.clone(), worker.id(), pid, OutputStream::Stderr);
+        let pump = output::pump(err, core.arc(), worker.id(), pid, OutputStream::Stderr);
         task::spawn("output", pump);
     }
     if let Some(socket) = notify {
-        task::spawn(
-            "notify",
-            notify::serve(cluster.clone(), worker.clone(), socket),
-        );
+        task::spawn("notify", notify::serve(core.arc(), worker.clone(), socket));
     }
-    if opts.mode == Mode::Proxy && !cluster.inner.prebound.is_empty() {
-        proxy::watch_worker(cluster, worker)?;
+    if opts.mode == Mode::Proxy && !core.prebound().is_empty() {
+        proxy::watch_worker(core.proxy(), worker)?;
     }
     let channel = Arc::new(AsyncChannel::new(primary_end)?);
     tracing::info!(worker = worker.id(), pid, "worker started");
-    cluster
-        .inner
-        .events
-        .emit(crate::primary::event::Event::Fork {
-            worker: worker.clone(),
-        });
-    readiness::on_started(cluster, worker);
+    core.events().emit(crate::primary::event::Event::Fork {
+        worker: worker.clone(),
+    });
+    readiness::on_started(core, worker);
     let _ = worker.shared.worker_end.set(Arc::new(worker_end_copy));
     Ok(Spawned { child, channel })
 }
@@ -160,23 +155,22 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
 ///   library worker to `listen` on, and `PORT` the first port;
 /// - `proxy`: no fds; `PORT` is the worker's own loopback port.
 fn prebound_sockets(
-    cluster: &Cluster,
+    core: &Core,
     worker: &WorkerHandle,
     command: &mut std::process::Command,
 ) -> Result<Vec<(OwnedFd, RawFd)>> {
-    let inner = &cluster.inner;
     let mut placed = Vec::new();
-    if inner.prebound.is_empty() {
+    if core.prebound().is_empty() {
         return Ok(placed);
     }
-    let first_port = inner.prebound[0].local.rsplit(':').next().unwrap_or("");
-    match inner.opts.mode {
+    let first_port = core.prebound()[0].local.rsplit(':').next().unwrap_or("");
+    match core.opts().mode {
         Mode::Proxy => {
-            command.env("PORT", inner.proxy.port_for(worker)?.to_string());
+            command.env("PORT", core.proxy().port_for(worker)?.to_string());
         }
         Mode::RoundRobin => {
-            let addresses: Vec<&str> = inner
-                .opts
+            let addresses: Vec<&str> = core
+                .opts()
                 .listeners
                 .iter()
                 .map(|l| l.address.as_str())
@@ -188,13 +182,13 @@ fn prebound_sockets(
         }
         Mode::Shared | Mode::Reuseport | Mode::Steer => {
             let mut names = Vec::new();
-            for (index, listener) in inner.prebound.iter().enumerate() {
+            for (index, listener) in core.prebound().iter().enumerate() {
                 let socket = listener.socket_for(worker.id())?;
                 placed.push((
                     sys::dup_cloexec(socket.as_fd())?,
                     FIRST_FD + placed.len() as RawFd,
                 ));
-                let name = fd_name(cluster, index, listener);
+                let name = fd_name(core, index, listener);
                 names.push(name);
             }
             command.env("LISTEN_FDS", names.len().to_string());
@@ -209,8 +203,8 @@ fn prebound_sockets(
 
 /// The name of prebound listener `index` under `LISTEN_FDNAMES`: the service manager's name
 /// for it, else the `--listen NAME=` given, else its address with `:` replaced.
-pub(crate) fn fd_name(cluster: &Cluster, index: usize, listener: &BoundListener) -> String {
-    let opts = &cluster.inner.opts;
+pub(crate) fn fd_name(core: &Core, index: usize, listener: &BoundListener) -> String {
+    let opts = &core.opts();
     let inherited = opts.inherited_names.get(index).filter(|n| !n.is_empty());
     let given = opts.listeners.get(index).and_then(|l| l.name.as_ref());
     inherited

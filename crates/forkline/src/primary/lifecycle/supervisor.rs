@@ -9,13 +9,17 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
-use crate::primary::cluster::Cluster;
+use std::sync::Arc;
+
+use crate::primary::core::Core;
 use crate::primary::core::State;
 use crate::primary::event::Event;
 use crate::primary::handle::{ExitInfo, WorkerHandle, WorkerState};
+use crate::primary::lifecycle::notice::WorkerNotice;
 use crate::primary::lifecycle::slots::{ExitFacts, OnExit, Refused, RestartReason, Seq};
-use crate::primary::traffic::listeners::BoundListener;
-use crate::primary::{lifecycle::ipc, lifecycle::spawn, task};
+use crate::primary::options::check_steered_workers;
+use crate::primary::options::Readiness;
+use crate::primary::{lifecycle::ipc, lifecycle::readiness, lifecycle::spawn, task};
 
 /// How a new worker gets its slot.
 #[derive(Debug, Clone, Copy)]
@@ -29,9 +33,9 @@ pub(crate) enum Start {
 }
 
 /// Registers a new worker as its slot's current worker and starts its life. Returns at once.
-pub(crate) fn start_worker(cluster: &Cluster, start: Start) -> Result<WorkerHandle> {
+pub(crate) fn start_worker(core: &Core, start: Start) -> Result<WorkerHandle> {
     let worker = {
-        let mut state = cluster.inner.state();
+        let mut state = core.state();
         let seq = state.next_seq + 1;
         let slot = match start {
             Start::Slot(slot) => state.slots.assign(slot, seq).then_some(slot),
@@ -43,57 +47,83 @@ pub(crate) fn start_worker(cluster: &Cluster, start: Start) -> Result<WorkerHand
         let Some(slot) = slot else {
             return Err(Error::ShutDown);
         };
-        register(cluster, &mut state, slot, seq)
+        register(core, &mut state, slot, seq)
     };
-    task::spawn("worker", live(cluster.clone(), worker.clone()));
+    task::spawn("worker", live(core.arc(), worker.clone()));
     Ok(worker)
 }
 
 /// Starts a replacement on trial beside `slot`'s current worker (`expected`, if given, must be
 /// that worker). Returns the replacement and the worker it would replace.
 pub(crate) fn start_candidate(
-    cluster: &Cluster,
+    core: &Core,
     slot: usize,
     expected: Option<Seq>,
 ) -> std::result::Result<(WorkerHandle, WorkerHandle), Refused> {
     let (fresh, old) = {
-        let mut state = cluster.inner.state();
+        let mut state = core.state();
         let old = state
             .worker(state.slots.current(slot))
             .filter(|w| !w.is_dead() && expected.is_none_or(|seq| seq == w.unique_id()))
             .ok_or(Refused::NothingToReplace)?;
         let seq = state.next_seq + 1;
         state.slots.begin_replace(slot, old.unique_id(), seq)?;
-        let fresh = register(cluster, &mut state, slot, seq);
+        let fresh = register(core, &mut state, slot, seq);
         fresh.set_on_trial(true);
         (fresh, old)
     };
-    task::spawn("worker", live(cluster.clone(), fresh.clone()));
+    task::spawn("worker", live(core.arc(), fresh.clone()));
     Ok((fresh, old))
 }
 
-fn register(cluster: &Cluster, state: &mut State, slot: usize, seq: Seq) -> WorkerHandle {
+fn register(core: &Core, state: &mut State, slot: usize, seq: Seq) -> WorkerHandle {
     state.next_seq = seq;
-    let worker = WorkerHandle::new(slot, seq, cluster.inner.expect_protocol);
+    let worker = WorkerHandle::new(slot, seq, core.expect_protocol());
     state.live.insert(seq, worker.clone());
     worker
 }
 
 /// The whole life of one worker process.
-async fn live(cluster: Cluster, worker: WorkerHandle) {
-    let exit = run(&cluster, &worker).await;
-    let next = record_exit(&cluster, &worker, exit);
-    follow_up(&cluster, next).await;
+async fn live(core: Arc<Core>, worker: WorkerHandle) {
+    let exit = tokio::select! {
+        exit = run(&core, &worker) => exit,
+        never = heed(&core, &worker) => match never {},
+    };
+    let next = record_exit(&core, &worker, exit);
+    follow_up(&core, next).await;
+}
+
+/// Acts on what the rest of the primary learns about `worker` from the side (its notify
+/// socket, the proxy's probe of its port): the one place those become state changes.
+async fn heed(core: &Core, worker: &WorkerHandle) -> std::convert::Infallible {
+    let Some(mut notices) = worker.take_notices() else {
+        return std::future::pending().await;
+    };
+    // The handle holds the sender, so the queue never closes while the worker runs.
+    while let Some(notice) = notices.recv().await {
+        match notice {
+            WorkerNotice::Ready => readiness::set_ready(core, worker),
+            WorkerNotice::PortUp if core.opts().readiness == Readiness::Listen => {
+                readiness::set_ready(core, worker)
+            }
+            WorkerNotice::PortUp => {}
+            WorkerNotice::Stopping => {
+                core.transition(worker, WorkerState::Draining);
+            }
+            WorkerNotice::Failed(error) => ipc::worker_error(core, worker, error),
+        }
+    }
+    std::future::pending().await
 }
 
 /// Starts the process and serves its channel until it has exited and every packet it sent has
 /// been read.
-async fn run(cluster: &Cluster, worker: &WorkerHandle) -> ExitInfo {
-    match spawn::spawn(cluster, worker).await {
-        Ok(spawned) => ipc::serve(cluster, worker, spawned.child, spawned.channel).await,
+async fn run(core: &Core, worker: &WorkerHandle) -> ExitInfo {
+    match spawn::spawn(core, worker).await {
+        Ok(spawned) => ipc::serve(core, worker, spawned.child, spawned.channel).await,
         Err(e) => {
             tracing::error!(worker = worker.id(), error = %e, "could not start worker");
-            cluster.inner.events.emit(Event::WorkerError {
+            core.events().emit(Event::WorkerError {
                 worker: worker.clone(),
                 error: format!("could not start: {e}"),
             });
@@ -107,27 +137,25 @@ async fn run(cluster: &Cluster, worker: &WorkerHandle) -> ExitInfo {
 
 /// Records the exit — the slot's decision first, so an `exit` handler that forks finds the
 /// slot free — then Node's `disconnect` (if the channel was still open) and `exit` events.
-fn record_exit(cluster: &Cluster, worker: &WorkerHandle, exit: ExitInfo) -> OnExit {
+fn record_exit(core: &Core, worker: &WorkerHandle, exit: ExitInfo) -> OnExit {
     let _ = worker.shared.exit.set(exit);
-    worker.set_state(WorkerState::Exited);
+    core.transition(worker, WorkerState::Exited);
     let pid = worker.pid();
     if pid != 0 {
         // Whatever the worker started goes with it.
         let _ = crate::sys::signal_group(pid, Signal::SIGKILL);
-        if let Some(keeper) = &cluster.inner.keeper {
+        if let Some(keeper) = &core.keeper() {
             keeper.forget(pid);
         }
         // Reaped by tokio by now: the orphan reaper may take that pid's next zombie.
         crate::primary::lifecycle::reaper::registry().remove(pid);
     }
-    cluster
-        .inner
-        .dispatcher
+    core.dispatcher()
         .remove_target(worker, worker.shared.worker_end.get().map(|fd| &**fd));
-    cluster.inner.proxy.remove(worker);
+    core.proxy().remove(worker);
     let planned = worker.exited_after_disconnect();
     let next = {
-        let mut state = cluster.inner.state();
+        let mut state = core.state();
         state.live.remove(&worker.unique_id());
         let facts = ExitFacts {
             uptime: worker.uptime(),
@@ -140,27 +168,25 @@ fn record_exit(cluster: &Cluster, worker: &WorkerHandle, exit: ExitInfo) -> OnEx
             .on_exit(worker.id(), worker.unique_id(), facts, Instant::now())
     };
     let restarting = matches!(next, OnExit::Restart { .. });
-    let released =
-        cluster
-            .inner
-            .listeners
-            .release_after_exit(worker.unique_id(), worker.id(), restarting);
-    forget_listeners(cluster, released);
+    let released = core
+        .listeners()
+        .release_after_exit(worker.unique_id(), worker.id(), restarting);
+    core.forget_listeners(released);
     if !planned && exit.failed() {
         tracing::warn!(worker = worker.id(), pid, code = ?exit.code, signal = ?exit.signal, "worker died");
     } else {
         tracing::info!(worker = worker.id(), pid, code = ?exit.code, signal = ?exit.signal, "worker exited");
     }
     if worker.is_connected() {
-        ipc::disconnected(cluster, worker);
+        ipc::disconnected(core, worker);
     }
-    cluster.inner.events.emit(Event::Exit {
+    core.events().emit(Event::Exit {
         worker: worker.clone(),
         code: exit.code,
         signal: exit.signal,
         exited_after_disconnect: planned,
     });
-    cluster.inner.changed.notify_waiters();
+    core.changed().notify_waiters();
     next
 }
 
@@ -176,7 +202,7 @@ fn restart_reason(worker: &WorkerHandle, exit: ExitInfo) -> RestartReason {
 }
 
 /// Does what the slot state decided about an exit.
-async fn follow_up(cluster: &Cluster, next: OnExit) {
+async fn follow_up(core: &Core, next: OnExit) {
     match next {
         OnExit::Restart {
             slot,
@@ -188,7 +214,7 @@ async fn follow_up(cluster: &Cluster, next: OnExit) {
             if crash_loop {
                 tracing::error!(slot, failures, ?delay, "worker is crash-looping");
             }
-            cluster.inner.events.emit(Event::Restarting {
+            core.events().emit(Event::Restarting {
                 id: slot,
                 delay,
                 failures,
@@ -196,8 +222,8 @@ async fn follow_up(cluster: &Cluster, next: OnExit) {
             });
             if !delay.is_zero() {
                 // The slot's reuseport socket must not hold connections nobody will accept.
-                release_slot_sockets(cluster, slot);
-                let mut stop = cluster.inner.stop_accepting.subscribe();
+                release_slot_sockets(core, slot);
+                let mut stop = core.stop_accepting().subscribe();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.wait_for(|s| *s) => return,
@@ -205,25 +231,30 @@ async fn follow_up(cluster: &Cluster, next: OnExit) {
             }
             // A booking cancelled meanwhile (scale-down, a committed replacement, shutdown)
             // starts nothing.
-            let _ = start_worker(cluster, Start::Restart { slot, ticket });
+            let _ = start_worker(core, Start::Restart { slot, ticket });
         }
         OnExit::GaveUp { slot, failures } => {
             tracing::error!(slot, failures, "worker keeps dying; giving up on this slot");
-            release_slot_sockets(cluster, slot);
-            cluster
-                .inner
-                .events
-                .emit(Event::GaveUp { id: slot, failures });
+            release_slot_sockets(core, slot);
+            core.events().emit(Event::GaveUp { id: slot, failures });
         }
-        OnExit::Released { slot } => release_slot_sockets(cluster, slot),
+        OnExit::Released { slot } => release_slot_sockets(core, slot),
         OnExit::CandidateFailed { .. } | OnExit::Retired => {}
     }
 }
 
-/// Sets the number of slots: starts the new ones, stops the workers of those that go away.
-pub(crate) fn rescale(cluster: &Cluster, workers: usize) -> Result<()> {
+/// Sets the number of slots (`Cluster::scale`): starts the new ones, stops the workers of those
+/// that go away.
+pub(crate) fn scale(core: &Core, workers: usize) -> Result<()> {
+    if workers == 0 {
+        return Err(Error::InvalidOption {
+            field: "workers",
+            reason: "must be at least 1".into(),
+        });
+    }
+    check_steered_workers(core.opts().mode, core.opts().balance, workers)?;
     let (grow, shrink, old_target) = {
-        let mut state = cluster.inner.state();
+        let mut state = core.state();
         if state.slots.is_stopping() {
             return Err(Error::ShutDown);
         }
@@ -238,37 +269,29 @@ pub(crate) fn rescale(cluster: &Cluster, workers: usize) -> Result<()> {
     };
     tracing::info!(workers, "scaling");
     for slot in grow {
-        start_worker(cluster, Start::Slot(slot))?;
+        start_worker(core, Start::Slot(slot))?;
     }
     for worker in shrink {
         let slot = worker.id();
-        stop_worker(cluster, &worker);
-        release_slot_sockets(cluster, slot);
+        stop_worker(core, &worker);
+        release_slot_sockets(core, slot);
     }
     for slot in workers..old_target {
-        forget_listeners(cluster, cluster.inner.listeners.release_awaiting(slot));
+        core.forget_listeners(core.listeners().release_awaiting(slot));
     }
     Ok(())
-}
-
-/// The primary stops routing to listeners that were released.
-pub(crate) fn forget_listeners(cluster: &Cluster, released: Vec<std::sync::Arc<BoundListener>>) {
-    for listener in released {
-        tracing::info!(address = %listener.local, "no worker listens any more; socket closed");
-        cluster.inner.dispatcher.forget_listener(listener.id);
-    }
 }
 
 /// Stops `worker` on purpose: no new connections, a graceful `disconnect` (SIGTERM to its
 /// group for a program that does not speak the protocol), and SIGKILL to its group if it is
 /// still running after the graceful timeout. Never restarted.
-pub(crate) fn stop_worker(cluster: &Cluster, worker: &WorkerHandle) {
-    cluster.inner.dispatcher.stop_new(worker);
+pub(crate) fn stop_worker(core: &Core, worker: &WorkerHandle) {
+    core.dispatcher().stop_new(worker);
     worker.disconnect();
-    let grace = cluster.inner.opts.graceful_timeout;
-    let (cluster, worker) = (cluster.clone(), worker.clone());
+    let grace = core.opts().graceful_timeout;
+    let (core, worker) = (core.arc(), worker.clone());
     task::spawn("stop", async move {
-        if !wait_exit(&cluster, &worker, Instant::now() + grace).await {
+        if !wait_exit(&core, &worker, Instant::now() + grace).await {
             tracing::warn!(
                 worker = worker.id(),
                 pid = worker.pid(),
@@ -280,16 +303,13 @@ pub(crate) fn stop_worker(cluster: &Cluster, worker: &WorkerHandle) {
 }
 
 /// Waits until `worker` has exited; false if `deadline` passed first.
-pub(crate) async fn wait_exit(cluster: &Cluster, worker: &WorkerHandle, deadline: Instant) -> bool {
-    cluster
-        .inner
-        .wait_until(deadline, || worker.is_dead())
-        .await
+pub(crate) async fn wait_exit(core: &Core, worker: &WorkerHandle, deadline: Instant) -> bool {
+    core.wait_until(deadline, || worker.is_dead()).await
 }
 
 /// Forgets the reuseport sockets of `slot` (no immediate replacement will accept on them).
-pub(crate) fn release_slot_sockets(cluster: &Cluster, slot: usize) {
-    for listener in cluster.inner.listeners.all() {
+pub(crate) fn release_slot_sockets(core: &Core, slot: usize) {
+    for listener in core.listeners().all() {
         if listener.mode.socket_per_worker() {
             listener.release_slot(slot);
         }

@@ -18,8 +18,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
-use crate::primary::cluster::Cluster;
+use std::sync::Arc;
+
+use crate::primary::core::Core;
 use crate::primary::event::Replacement;
+use crate::primary::lifecycle::{reload, shutdown, supervisor};
+use crate::primary::ops::upgrade;
 use crate::primary::{lifecycle::replace, task};
 
 /// The version of the control protocol this primary speaks.
@@ -129,13 +133,13 @@ pub(crate) fn adopt(path: &Path, fd: std::os::fd::OwnedFd) -> Result<UnixListene
 
 /// Serves the control socket until the cluster has stopped (its file is removed by the
 /// shutdown), or until a new primary takes it over (`Cluster::upgrade`).
-pub(crate) fn serve(cluster: Cluster, listener: UnixListener) {
+pub(crate) fn serve(core: Arc<Core>, listener: UnixListener) {
     if let Ok(copy) = crate::sys::dup_cloexec(std::os::fd::AsFd::as_fd(&listener)) {
-        cluster.inner.upgrades.keep_control(copy);
+        core.upgrades().keep_control(copy);
     }
     task::spawn("control", async move {
-        let mut finished = cluster.inner.finished.subscribe();
-        let mut handover = cluster.inner.upgrades.handover.subscribe();
+        let mut finished = core.finished().subscribe();
+        let mut handover = core.upgrades().handover.subscribe();
         let mut stopped = std::pin::pin!(async move {
             tokio::select! {
                 _ = finished.wait_for(|f| f.is_some()) => {}
@@ -146,7 +150,7 @@ pub(crate) fn serve(cluster: Cluster, listener: UnixListener) {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        task::spawn("control-client", client(cluster.clone(), stream));
+                        task::spawn("control-client", client(core.arc(), stream));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "control socket: accept failed");
@@ -168,7 +172,7 @@ fn authorized(stream: &UnixStream) -> bool {
 }
 
 /// Serves one client: a reply line for each request line.
-async fn client(cluster: Cluster, stream: UnixStream) {
+async fn client(core: Arc<Core>, stream: UnixStream) {
     if !authorized(&stream) {
         let (_, mut writer) = stream.into_split();
         let reply = json!({"ok": false, "error": "permission denied: not the cluster's user"});
@@ -199,10 +203,10 @@ async fn client(cluster: Cluster, stream: UnixStream) {
                     slot,
                 }) => {
                     let lines = lines.unwrap_or(DEFAULT_LOG_LINES);
-                    logs(&cluster, reader, writer, lines, follow, slot).await;
+                    logs(&core, reader, writer, lines, follow, slot).await;
                     return;
                 }
-                Ok(request) => answer(&cluster, request).await,
+                Ok(request) => answer(&core, request).await,
                 Err(reply) => reply,
             }
         };
@@ -223,21 +227,21 @@ const DEFAULT_LOG_LINES: usize = 100;
 /// client hangs up or the cluster stops, then `{"ok":true,"end":true}` (or, for a follower
 /// that fell too far behind, a `{"skipped":N}` object in place of the lines it missed).
 async fn logs(
-    cluster: &Cluster,
+    core: &Core,
     mut reader: BufReader<OwnedReadHalf>,
     mut writer: OwnedWriteHalf,
     lines: usize,
     follow: bool,
     slot: Option<usize>,
 ) {
-    let (recent, mut new_lines) = cluster.inner.output.recent_and_follow(lines, slot);
+    let (recent, mut new_lines) = core.output().recent_and_follow(lines, slot);
     for line in recent {
         if send(&mut writer, &json!(*line)).await.is_err() {
             return;
         }
     }
     if follow {
-        let mut finished = cluster.inner.finished.subscribe();
+        let mut finished = core.finished().subscribe();
         let mut rest = [0u8; 512];
         loop {
             let next = tokio::select! {
@@ -282,14 +286,16 @@ fn parse(line: &str) -> std::result::Result<Request, Value> {
 }
 
 /// The reply to one request (`logs` is answered as a stream by [`logs`]).
-async fn answer(cluster: &Cluster, request: Request) -> Value {
+async fn answer(core: &Core, request: Request) -> Value {
     match request {
         Request::Status => {
-            let mut status = serde_json::to_value(cluster.stats()).unwrap_or(Value::Null);
+            let mut status =
+                serde_json::to_value(crate::primary::ops::stats::snapshot(core, &core.traffic()))
+                    .unwrap_or(Value::Null);
             status["ok"] = json!(true);
             status
         }
-        Request::Reload => match cluster.reload().await {
+        Request::Reload => match reload::reload(core).await {
             Ok(()) => json!({"ok": true}),
             Err(Error::ReloadFailed { slot, reason }) => json!({
                 "ok": false, "slot": slot, "error": format!("slot {slot}: the new worker {reason}")
@@ -299,11 +305,11 @@ async fn answer(cluster: &Cluster, request: Request) -> Value {
         Request::Scale { workers, delta } => {
             let target = match (workers, delta) {
                 (Some(n), None) => Some(n as i64),
-                (None, Some(d)) => Some(cluster.target() as i64 + d),
+                (None, Some(d)) => Some(core.target() as i64 + d),
                 _ => None,
             };
             match target {
-                Some(n) if n >= 1 => match cluster.scale(n as usize) {
+                Some(n) if n >= 1 => match supervisor::scale(core, n as usize) {
                     Ok(()) => json!({"ok": true, "workers": n}),
                     Err(e) => json!({"ok": false, "error": e.to_string()}),
                 },
@@ -314,10 +320,10 @@ async fn answer(cluster: &Cluster, request: Request) -> Value {
             }
         }
         Request::Restart { slot } => {
-            if cluster.worker(slot).is_none() {
+            if core.worker(slot).is_none() {
                 return json!({"ok": false, "error": format!("no worker in slot {slot}")});
             }
-            match replace::replace(cluster, slot, Replacement::Reload, None).await {
+            match replace::replace(core, slot, Replacement::Reload, None).await {
                 Ok(()) => json!({"ok": true}),
                 Err(reason) => {
                     json!({"ok": false, "slot": slot, "error": format!("slot {slot}: the new worker {reason}")})
@@ -325,15 +331,15 @@ async fn answer(cluster: &Cluster, request: Request) -> Value {
             }
         }
         Request::Logs { .. } => json!({"ok": false, "error": "logs is answered as a stream"}),
-        Request::Upgrade => match cluster.upgrade().await {
+        Request::Upgrade => match upgrade::upgrade(core).await {
             Ok(pid) => json!({"ok": true, "pid": pid}),
             Err(e) => json!({"ok": false, "error": e.to_string()}),
         },
         Request::Stop { now } => {
             if now {
-                cluster.shutdown_now();
+                shutdown::now(core);
             } else {
-                cluster.shutdown();
+                shutdown::graceful(core);
             }
             json!({"ok": true})
         }

@@ -21,23 +21,24 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::primary::cluster::Cluster;
+use std::sync::Arc;
+
+use crate::primary::core::Core;
 use crate::primary::handle::WorkerState;
-use crate::primary::ops::stats::{
-    AcceptErrorKind, LatencyHistogram, Stats, WorkerStats, LATENCY_BOUNDS,
-};
+use crate::primary::ops::stats::{Stats, WorkerStats};
 use crate::primary::task;
+use crate::primary::traffic::counters::{AcceptErrorKind, LatencyHistogram, LATENCY_BOUNDS};
 
 /// Starts serving the endpoint on `listener` until the cluster has stopped.
-pub(crate) fn serve(cluster: Cluster, listener: tokio::net::TcpListener) {
+pub(crate) fn serve(core: Arc<Core>, listener: tokio::net::TcpListener) {
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(cluster.clone());
+        .with_state(core.arc());
     task::spawn("metrics", async move {
-        let mut finished = cluster.inner.finished.subscribe();
-        let mut handover = cluster.inner.upgrades.handover.subscribe();
+        let mut finished = core.finished().subscribe();
+        let mut handover = core.upgrades().handover.subscribe();
         // Until the cluster stops, or a new primary takes the endpoint over (an upgrade).
         let stopped = async move {
             tokio::select! {
@@ -57,14 +58,14 @@ pub(crate) fn serve(cluster: Cluster, listener: tokio::net::TcpListener) {
 /// 200 while at least one worker is ready, or, with `readyz_requires_all`, while every slot's
 /// worker is. A replacement on trial is not its slot's worker: during a reload the old workers
 /// keep the cluster ready, and a replacement that fails changes nothing.
-async fn readyz(axum::extract::State(cluster): axum::extract::State<Cluster>) -> impl IntoResponse {
-    let slots = cluster.status();
+async fn readyz(axum::extract::State(core): axum::extract::State<Arc<Core>>) -> impl IntoResponse {
+    let slots = core.status();
     let ready = slots
         .iter()
         .filter(|s| s.state == Some(WorkerState::Ready))
         .count();
-    let wanted = if cluster.inner.opts.readyz_requires_all {
-        slots.len().max(cluster.target()).max(1)
+    let wanted = if core.opts().readyz_requires_all {
+        slots.len().max(core.target()).max(1)
     } else {
         1
     };
@@ -76,15 +77,13 @@ async fn readyz(axum::extract::State(cluster): axum::extract::State<Cluster>) ->
     (code, format!("{ready} of {} workers ready\n", slots.len()))
 }
 
-async fn metrics(
-    axum::extract::State(cluster): axum::extract::State<Cluster>,
-) -> impl IntoResponse {
+async fn metrics(axum::extract::State(core): axum::extract::State<Arc<Core>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        render(&cluster),
+        render(&core),
     )
 }
 
@@ -162,9 +161,9 @@ fn per_slot<M>(stats: &Stats, metric: impl Fn(&WorkerStats) -> Option<M>) -> Lab
 }
 
 /// The Prometheus text of the cluster as it is now.
-pub(crate) fn render(cluster: &Cluster) -> String {
-    let traffic = cluster.traffic();
-    let stats = cluster.stats_with(&traffic);
+pub(crate) fn render(core: &Core) -> String {
+    let traffic = core.traffic();
+    let stats = crate::primary::ops::stats::snapshot(core, &traffic);
     let mut registry = Registry::with_prefix("forkline");
 
     // Workers and slots.
@@ -189,7 +188,7 @@ pub(crate) fn render(cluster: &Cluster) -> String {
         gauge(stats.target as u64),
     );
     let mut restarts = Labeled::new();
-    for (reason, n) in cluster.inner.state().slots.restarts_by_reason() {
+    for (reason, n) in core.state().slots.restarts_by_reason() {
         restarts = restarts.with("reason", reason.name(), counter(n));
     }
     registry.register(
@@ -199,7 +198,7 @@ pub(crate) fn render(cluster: &Cluster) -> String {
          took over (reload, recycle)",
         restarts,
     );
-    let (ok, failed) = cluster.reload_counts();
+    let (ok, failed) = core.reload_counts();
     registry.register(
         "reloads",
         "Rolling reloads by result",
@@ -256,7 +255,7 @@ pub(crate) fn render(cluster: &Cluster) -> String {
          connection that completed the worker's ack batch)",
         Histogram(traffic.latency.clone()),
     );
-    let addresses = cluster.inner.listeners.all();
+    let addresses = core.listeners().all();
     let mut coalescing = Labeled::new();
     for (listener, on) in &traffic.coalescing {
         let address = addresses

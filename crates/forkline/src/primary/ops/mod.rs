@@ -7,3 +7,4 @@ pub(crate) mod metrics;
 pub(crate) mod signals;
 pub(crate) mod stats;
 pub(crate) mod upgrade;
+pub(crate) mod upgrade_state;

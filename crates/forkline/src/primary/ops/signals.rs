@@ -5,11 +5,15 @@
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::error::Result;
-use crate::primary::cluster::Cluster;
+use std::sync::Arc;
+
+use crate::primary::core::Core;
+use crate::primary::lifecycle::{reload, shutdown, supervisor};
+use crate::primary::ops::upgrade;
 use crate::primary::task;
 
 /// Starts the task that acts on the primary's signals.
-pub(crate) fn handle(cluster: Cluster) -> Result<()> {
+pub(crate) fn handle(core: Arc<Core>) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
@@ -20,30 +24,30 @@ pub(crate) fn handle(cluster: Cluster) -> Result<()> {
     task::spawn("signals", async move {
         loop {
             tokio::select! {
-                _ = term.recv() => cluster.shutdown(),
-                _ = int.recv() => cluster.shutdown(),
-                _ = quit.recv() => cluster.shutdown_now(),
+                _ = term.recv() => shutdown::graceful(&core),
+                _ = int.recv() => shutdown::graceful(&core),
+                _ = quit.recv() => shutdown::now(&core),
                 _ = hup.recv() => {
-                    let cluster = cluster.clone();
+                    let core = core.arc();
                     task::spawn("reload", async move {
                         // A failed replacement is logged and reported where it happens.
-                        let _ = cluster.reload().await;
+                        let _ = reload::reload(&core).await;
                     });
                 }
                 _ = usr2.recv() => {
-                    let cluster = cluster.clone();
+                    let core = core.arc();
                     task::spawn("upgrade", async move {
                         // A failed upgrade is logged and reported where it happens.
-                        let _ = cluster.upgrade().await;
+                        let _ = upgrade::upgrade(&core).await;
                     });
                 }
                 _ = ttin.recv() => {
-                    let _ = cluster.scale(cluster.target() + 1);
+                    let _ = supervisor::scale(&core, core.target() + 1);
                 }
                 _ = ttou.recv() => {
-                    let n = cluster.target();
+                    let n = core.target();
                     if n > 1 {
-                        let _ = cluster.scale(n - 1);
+                        let _ = supervisor::scale(&core, n - 1);
                     }
                 }
             }

@@ -14,160 +14,81 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::error::{Error, Result};
-use crate::primary::cluster::Cluster;
+use crate::primary::core::Core;
 use crate::primary::event::Event;
+use crate::primary::ops::upgrade_state::{
+    ENV_UPGRADE_CONTROL_FD, ENV_UPGRADE_FD, ENV_UPGRADE_METRICS_FD, UPGRADE_ENV,
+};
 use crate::primary::{lifecycle::spawner, task};
 use crate::sys;
-
-/// The new primary's end of the handover channel.
-pub const ENV_UPGRADE_FD: &str = "FORKLINE_UPGRADE_FD";
-/// The control socket's listening fd, handed to the new primary.
-pub const ENV_UPGRADE_CONTROL_FD: &str = "FORKLINE_UPGRADE_CONTROL_FD";
-/// The metrics endpoint's listening fd, handed to the new primary.
-pub const ENV_UPGRADE_METRICS_FD: &str = "FORKLINE_UPGRADE_METRICS_FD";
-
-/// The environment variables of a handover, never passed on to workers.
-pub(crate) const UPGRADE_ENV: [&str; 3] = [
-    ENV_UPGRADE_FD,
-    ENV_UPGRADE_CONTROL_FD,
-    ENV_UPGRADE_METRICS_FD,
-];
 
 /// First fd of the listening sockets, as in systemd.
 const FIRST_FD: RawFd = 3;
 
-/// What the old primary keeps for upgrades.
-pub(crate) struct Upgrades {
-    /// One upgrade at a time.
-    lock: tokio::sync::Mutex<()>,
-    /// The program to start again and its arguments, as this primary was started.
-    program: Option<(PathBuf, Vec<OsString>)>,
-    /// Copies of the control and metrics listening sockets, for the new primary.
-    control: Mutex<Option<OwnedFd>>,
-    metrics: Mutex<Option<OwnedFd>>,
-    /// Clear in a new primary until it has taken over: the files are still its predecessor's.
-    owns_files: AtomicBool,
-    /// True once a new primary took over: the control and metrics servers stop accepting, and
-    /// the files the new one serves are not removed at exit.
-    pub handover: tokio::sync::watch::Sender<bool>,
+/// The listening sockets bound up front (or passed by the service manager), each with its
+/// `LISTEN_FDNAMES` name: what a new primary (`upgrade`) or a service manager's fd store
+/// needs to serve the same ports. In reuseport mode, one socket of each group.
+pub(crate) fn listening_sockets(core: &Core) -> Vec<(String, std::sync::Arc<OwnedFd>)> {
+    core.prebound()
+        .iter()
+        .enumerate()
+        .filter_map(|(index, listener)| {
+            let socket = listener.socket_to_pass()?;
+            Some((
+                crate::primary::lifecycle::spawn::fd_name(core, index, listener),
+                socket,
+            ))
+        })
+        .collect()
 }
 
-impl Upgrades {
-    /// Remembers the program this process runs (its path now, before a deploy replaces the
-    /// file, and its arguments).
-    pub fn new() -> Upgrades {
-        let program = std::env::current_exe().ok().map(|exe| {
-            // A binary deleted since start shows as "PATH (deleted)": the path is what counts.
-            let text = exe.as_os_str().to_string_lossy();
-            let path = match text.strip_suffix(" (deleted)") {
-                Some(path) => PathBuf::from(path),
-                None => exe,
-            };
-            (path, std::env::args_os().skip(1).collect())
-        });
-        Upgrades {
-            lock: tokio::sync::Mutex::new(()),
-            program,
-            control: Mutex::new(None),
-            metrics: Mutex::new(None),
-            owns_files: AtomicBool::new(true),
-            handover: tokio::sync::watch::channel(false).0,
+/// Replaces this primary with a new one started from the same program file and arguments
+/// (what SIGUSR2 and `forkline upgrade` do). The new primary gets the listening sockets,
+/// starts its own workers and, once they are all ready, takes over; this one then stops
+/// accepting, drains its workers gracefully and stops (`Cluster::wait` returns). Returns
+/// the new primary's pid.
+///
+/// If the new primary exits, or is not ready within `upgrade_timeout`, it is stopped and
+/// this one carries on: `Error::UpgradeFailed` says why. One upgrade at a time; refused
+/// as PID 1 (a container's init cannot hand over: roll the container instead).
+pub(crate) async fn upgrade(core: &Core) -> Result<u32> {
+    let failed = |reason: String| Error::UpgradeFailed { reason };
+    let upgrades = &core.upgrades();
+    let Ok(_one_at_a_time) = upgrades.lock.try_lock() else {
+        return Err(failed("an upgrade is already in progress".into()));
+    };
+    if core.is_stopping() {
+        return Err(Error::ShutDown);
+    }
+    if std::process::id() == 1 {
+        return Err(failed(
+            "the primary is PID 1, which cannot hand over; replace the container instead".into(),
+        ));
+    }
+    let Some((program, args)) = upgrades.program.clone() else {
+        return Err(failed("cannot find this program's executable".into()));
+    };
+    tracing::info!(program = %program.display(), "upgrade: starting a new primary");
+    let result = start_successor(core, &program, &args).await;
+    match result {
+        Ok(pid) => {
+            tracing::info!(pid, "upgrade: the new primary is ready and takes over");
+            core.emit(Event::Upgraded { pid });
+            Ok(pid)
         }
-    }
-
-    /// Keeps a copy of the control socket's listener for a new primary.
-    pub fn keep_control(&self, fd: OwnedFd) {
-        *self.control.lock().unwrap() = Some(fd);
-    }
-
-    /// Keeps a copy of the metrics endpoint's listener for a new primary.
-    #[cfg_attr(not(feature = "axum"), allow(dead_code))] // used by `/metrics`
-    pub fn keep_metrics(&self, fd: OwnedFd) {
-        *self.metrics.lock().unwrap() = Some(fd);
-    }
-
-    /// True once a new primary took over.
-    pub fn handed_over(&self) -> bool {
-        *self.handover.borrow()
-    }
-
-    /// True when this primary's socket files (the control socket, Unix listeners) are its own
-    /// to remove at exit: not once handed over, nor in a new primary that has not taken over.
-    pub fn owns_files(&self) -> bool {
-        self.owns_files.load(Ordering::Relaxed) && !self.handed_over()
-    }
-}
-
-impl Cluster {
-    /// The listening sockets bound up front (or passed by the service manager), each with its
-    /// `LISTEN_FDNAMES` name: what a new primary (`upgrade`) or a service manager's fd store
-    /// needs to serve the same ports. In reuseport mode, one socket of each group.
-    pub fn listening_sockets(&self) -> Vec<(String, std::sync::Arc<OwnedFd>)> {
-        self.inner
-            .prebound
-            .iter()
-            .enumerate()
-            .filter_map(|(index, listener)| {
-                let socket = listener.socket_to_pass()?;
-                Some((
-                    crate::primary::lifecycle::spawn::fd_name(self, index, listener),
-                    socket,
-                ))
-            })
-            .collect()
-    }
-
-    /// Replaces this primary with a new one started from the same program file and arguments
-    /// (what SIGUSR2 and `forkline upgrade` do). The new primary gets the listening sockets,
-    /// starts its own workers and, once they are all ready, takes over; this one then stops
-    /// accepting, drains its workers gracefully and stops (`Cluster::wait` returns). Returns
-    /// the new primary's pid.
-    ///
-    /// If the new primary exits, or is not ready within `upgrade_timeout`, it is stopped and
-    /// this one carries on: `Error::UpgradeFailed` says why. One upgrade at a time; refused
-    /// as PID 1 (a container's init cannot hand over: roll the container instead).
-    pub async fn upgrade(&self) -> Result<u32> {
-        let failed = |reason: String| Error::UpgradeFailed { reason };
-        let upgrades = &self.inner.upgrades;
-        let Ok(_one_at_a_time) = upgrades.lock.try_lock() else {
-            return Err(failed("an upgrade is already in progress".into()));
-        };
-        if self.is_stopping() {
-            return Err(Error::ShutDown);
-        }
-        if std::process::id() == 1 {
-            return Err(failed(
-                "the primary is PID 1, which cannot hand over; replace the container instead"
-                    .into(),
-            ));
-        }
-        let Some((program, args)) = upgrades.program.clone() else {
-            return Err(failed("cannot find this program's executable".into()));
-        };
-        tracing::info!(program = %program.display(), "upgrade: starting a new primary");
-        let result = start_successor(self, &program, &args).await;
-        match result {
-            Ok(pid) => {
-                tracing::info!(pid, "upgrade: the new primary is ready and takes over");
-                self.inner.events.emit(Event::Upgraded { pid });
-                Ok(pid)
-            }
-            Err(reason) => {
-                tracing::error!("upgrade failed: the new primary {reason}; this one carries on");
-                self.inner.events.emit(Event::UpgradeFailed {
-                    reason: reason.clone(),
-                });
-                Err(failed(format!("the new primary {reason}")))
-            }
+        Err(reason) => {
+            tracing::error!("upgrade failed: the new primary {reason}; this one carries on");
+            core.emit(Event::UpgradeFailed {
+                reason: reason.clone(),
+            });
+            Err(failed(format!("the new primary {reason}")))
         }
     }
 }
@@ -175,7 +96,7 @@ impl Cluster {
 /// Starts the new primary and waits for its `ready`; on success hands over (this primary stops
 /// accepting and begins its graceful stop) and returns its pid, else stops it and says why.
 async fn start_successor(
-    cluster: &Cluster,
+    core: &Core,
     program: &std::path::Path,
     args: &[OsString],
 ) -> std::result::Result<u32, String> {
@@ -184,7 +105,7 @@ async fn start_successor(
         std::os::unix::net::UnixStream::pair().map_err(|e| io_error("socket pair", e))?;
     let mut placed: Vec<(OwnedFd, RawFd)> = Vec::new();
     let mut names = Vec::new();
-    for (name, socket) in cluster.listening_sockets() {
+    for (name, socket) in listening_sockets(core) {
         let fd = sys::dup_cloexec(socket.as_fd()).map_err(|e| io_error("dup", e))?;
         placed.push((fd, FIRST_FD + placed.len() as RawFd));
         names.push(name);
@@ -198,7 +119,7 @@ async fn start_successor(
     for var in UPGRADE_ENV {
         command.env_remove(var);
     }
-    for (key, value) in &cluster.inner.opts.upgrade_env {
+    for (key, value) in &core.opts().upgrade_env {
         command.env(key, value);
     }
     let mut next = FIRST_FD + placed.len() as RawFd;
@@ -207,7 +128,7 @@ async fn start_successor(
         placed.push((fd, next));
         next += 1;
     };
-    let upgrades = &cluster.inner.upgrades;
+    let upgrades = &core.upgrades();
     for (kept, var) in [
         (&upgrades.control, ENV_UPGRADE_CONTROL_FD),
         (&upgrades.metrics, ENV_UPGRADE_METRICS_FD),
@@ -227,12 +148,12 @@ async fn start_successor(
         .await
         .map_err(|e| format!("could not be started: {}: {e}", program.display()))?;
     let pid = child.id().unwrap_or(0);
-    cluster.inner.events.emit(Event::UpgradeStarted { pid });
+    core.events().emit(Event::UpgradeStarted { pid });
     ours.set_nonblocking(true)
         .map_err(|e| io_error("socket pair", e))?;
     let mut channel = UnixStream::from_std(ours).map_err(|e| io_error("socket pair", e))?;
 
-    let timeout = cluster.inner.opts.upgrade_timeout;
+    let timeout = core.opts().upgrade_timeout;
     let outcome = tokio::select! {
         ready = read_line(&mut channel) => match ready {
             Ok(line) if line == "ready" => Ok(()),
@@ -254,20 +175,20 @@ async fn start_successor(
     if let Err(reason) = outcome {
         task::spawn(
             "upgrade-stop",
-            stop_failed(child, cluster.inner.opts.graceful_timeout),
+            stop_failed(child, core.opts().graceful_timeout),
         );
         return Err(reason);
     }
     // Hand over: from here on the new primary serves; this one only finishes what it took.
     upgrades.handover.send_replace(true);
-    finish_accepted(cluster).await;
+    finish_accepted(core).await;
     if channel.write_all(b"go\n").await.is_err() {
         tracing::warn!(
             pid,
             "upgrade: the new primary went away during the handover"
         );
     }
-    cluster.shutdown();
+    crate::primary::lifecycle::shutdown::graceful(core);
     // Not waited for: it outlives this process, and its new parent reaps it.
     drop(child);
     Ok(pid)
@@ -276,11 +197,10 @@ async fn start_successor(
 /// Stops accepting and waits (up to the graceful timeout) until every connection this primary
 /// accepted has reached a worker (round-robin) or finished its relay (proxy), while the
 /// workers still serve: a graceful stop that began now would drop those.
-async fn finish_accepted(cluster: &Cluster) {
-    let inner = &cluster.inner;
-    inner.stop_accepting.send_replace(true);
-    let deadline = tokio::time::Instant::now() + inner.opts.graceful_timeout;
-    let busy = || inner.dispatcher.has_pending() || inner.proxy.has_open_relays();
+async fn finish_accepted(core: &Core) {
+    core.stop_accepting().send_replace(true);
+    let deadline = tokio::time::Instant::now() + core.opts().graceful_timeout;
+    let busy = || core.dispatcher().has_pending() || core.proxy().has_open_relays();
     // Twice idle in a row: a relay between its accept and its count is not missed.
     let mut idle = 0;
     while idle < 2 && tokio::time::Instant::now() < deadline {
@@ -390,33 +310,25 @@ fn env_fd(var: &str) -> Option<RawFd> {
 /// In a new primary: waits until its workers are ready, then takes over from the old one, and
 /// only then runs `serve` (the control socket, metrics, accepting).
 pub(crate) fn take_over_when_ready(
-    cluster: &Cluster,
+    core: &Core,
     successor: Successor,
     serve: impl FnOnce() + Send + 'static,
 ) {
-    cluster
-        .inner
-        .upgrades
-        .owns_files
-        .store(false, Ordering::Relaxed);
-    let cluster = cluster.clone();
+    core.upgrades().owns_files.store(false, Ordering::Relaxed);
+    let core = core.arc();
     task::spawn("upgrade-take-over", async move {
         loop {
-            let changed = cluster.inner.changed.notified();
-            if cluster.all_ready() {
+            let changed = core.changed().notified();
+            if core.all_ready() {
                 break;
             }
-            if cluster.is_stopping() {
+            if core.is_stopping() {
                 return;
             }
             changed.await;
         }
         successor.take_over().await;
-        cluster
-            .inner
-            .upgrades
-            .owns_files
-            .store(true, Ordering::Relaxed);
+        core.upgrades().owns_files.store(true, Ordering::Relaxed);
         serve();
     });
 }

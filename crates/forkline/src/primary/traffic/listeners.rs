@@ -22,7 +22,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use crate::error::{Error, Result};
 use crate::primary::options::Balance;
 use crate::primary::traffic::migration::{Migration, Migrator};
-use crate::primary::traffic::steer::{SteerGroup, Steerer};
+use crate::primary::traffic::steer::group::{SteerGroup, Steerer};
 use crate::protocol::{Mode, SocketKind};
 
 /// Backlog for every listening socket (the kernel caps it at `net.core.somaxconn`).
@@ -170,7 +170,7 @@ impl BoundListener {
         let Some(socket) = self.per_slot.lock().unwrap().get(&slot).cloned() else {
             return;
         };
-        crate::primary::traffic::steer::enter(group, slot, seq, &socket);
+        crate::primary::traffic::steer::group::enter(group, slot, seq, &socket);
     }
 
     /// Steer mode with least-conn: worker `seq` of `slot` has `open` connections.

@@ -20,10 +20,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::primary::cluster::Cluster;
 use crate::primary::handle::WorkerHandle;
-use crate::primary::ops::stats::{AcceptErrorKind, Traffic};
+use crate::primary::lifecycle::notice::WorkerNotice;
 use crate::primary::options::{sticky_index, Balance};
+use crate::primary::traffic::counters::{AcceptErrorKind, Traffic};
 use crate::protocol::SocketKind;
 
 /// How long a connect to a worker's port may take before trying another worker.
@@ -219,18 +219,17 @@ impl ProxyTable {
     }
 }
 
-/// Registers a freshly started worker with the proxy and watches its port: it is up (and, with
-/// `Readiness::Listen`, ready) once the port accepts.
-pub(crate) fn watch_worker(cluster: &Cluster, worker: &WorkerHandle) -> io::Result<()> {
-    let port = cluster.inner.proxy.port_for(worker)?;
-    cluster.inner.proxy.add(worker, port);
-    let (cluster, worker) = (cluster.clone(), worker.clone());
+/// Registers a freshly started worker with the proxy and watches its port: it is up once the
+/// port accepts, and its supervision loop hears so (`WorkerNotice::PortUp`: with
+/// `Readiness::Listen`, that is when it is ready).
+pub(crate) fn watch_worker(table: &Arc<ProxyTable>, worker: &WorkerHandle) -> io::Result<()> {
+    let port = table.port_for(worker)?;
+    table.add(worker, port);
+    let (table, worker) = (table.clone(), worker.clone());
     crate::primary::task::spawn("proxy-port", async move {
         if wait_port(port, &worker).await {
-            cluster.inner.proxy.set_up(&worker);
-            if cluster.inner.opts.readiness == crate::primary::options::Readiness::Listen {
-                crate::primary::lifecycle::readiness::set_ready(&cluster, &worker);
-            }
+            table.set_up(&worker);
+            worker.notice(WorkerNotice::PortUp);
         }
     });
     Ok(())
@@ -241,13 +240,12 @@ const STOPPED_CHECK: Duration = Duration::from_millis(250);
 
 /// True when process `pid` is stopped (state `T`, or `t` under a debugger).
 fn process_stopped(pid: u32) -> bool {
-    crate::primary::lifecycle::reaper::stat(pid).is_some_and(|s| matches!(s.state, 'T' | 't'))
+    crate::primary::procfs::stat(pid).is_some_and(|s| matches!(s.state, 'T' | 't'))
 }
 
 /// Starts the proxy's check for stopped workers.
-pub(crate) fn start_stopped_checks(cluster: &Cluster) {
-    let table = cluster.inner.proxy.clone();
-    let mut stop = cluster.inner.stop_accepting.subscribe();
+pub(crate) fn start_stopped_checks(table: &Arc<ProxyTable>, mut stop: watch::Receiver<bool>) {
+    let table = table.clone();
     crate::primary::task::spawn("proxy-stopped", async move {
         let mut tick = tokio::time::interval(STOPPED_CHECK);
         loop {
@@ -261,13 +259,13 @@ pub(crate) fn start_stopped_checks(cluster: &Cluster) {
 
 /// Starts the proxy's accept loop for a listener bound up front.
 pub(crate) fn start_accepting(
-    cluster: &Cluster,
+    table: &Arc<ProxyTable>,
+    balance: Balance,
+    stop: watch::Receiver<bool>,
     listener: &crate::primary::traffic::listeners::BoundListener,
 ) {
     if let Some(socket) = listener.socket.clone() {
-        let table = cluster.inner.proxy.clone();
-        let balance = cluster.inner.opts.balance;
-        let stop = cluster.inner.stop_accepting.subscribe();
+        let table = table.clone();
         let kind = listener.kind;
         crate::primary::task::spawn("proxy-accept", async move {
             if let Err(e) = accept_loop(table, balance, kind, socket, stop).await {

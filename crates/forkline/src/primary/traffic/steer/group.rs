@@ -1,282 +1,20 @@
-//! Steer mode: every worker accepts on its own `SO_REUSEPORT` socket, as in reuseport mode,
-//! but the kernel picks the socket of each new connection with a BPF program forkline loads,
-//! instead of a hash of the connection's addresses: strict round-robin over the sockets of the
-//! workers that are ready, or (`--balance least-conn`) the one whose worker has the fewest
-//! open connections. No primary on the connection path, any program as a worker.
-//!
-//! Per listener (one reuseport group), forkline creates:
-//! - a `REUSEPORT_SOCKARRAY` map, index → socket, kept dense: indices `0..n` hold the sockets
-//!   of the slots whose worker is ready ([`SteerGroup::worker_ready`]); when one leaves, the
-//!   last takes its index;
-//! - an `ARRAY` map of one entry, `{ n: u32, _: u32, counter: u64 }`: the number of sockets
-//!   in the first map, and the round-robin counter the program bumps;
-//! - the program ([`program`]): `idx = counter++ % n` (an atomic fetch-and-add), then
-//!   `bpf_sk_select_reuseport(ctx, sockarray, &idx, 0)`; with no socket (n is 0, or the one at
-//!   `idx` just closed) it returns `SK_PASS` without selecting, and the kernel hashes as it
-//!   would without a program. It is loaded with `expected_attach_type =
-//!   BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`, so it also picks the socket for the queued
-//!   connections of a closing one: no queue is lost when a worker goes (see `migration.rs`).
-//!
-//! Least-conn adds a third map, `ARRAY` of one `[u32; MAX_SOCKETS]` value mapped into the
-//! primary (`BPF_F_MMAPABLE`): the open connections of the worker at each index. The program
-//! ([`least_conn_program`]) scans the `n` counts starting at `counter++ % n` and picks the
-//! first smallest (so ties go round-robin), adds 1 to its count at once (a burst does not pile
-//! onto one worker before it reports), and selects its socket. Library workers report their
-//! open connections when one closes (`load`), and the primary writes the report over the
-//! count — no syscall, the memory is shared. A plain program reports nothing: its count is
-//! the connections steered to it, which makes least-conn round-robin for it (logged once).
-//!
-//! Readiness gates the map: a socket enters only once its worker is ready, and leaves when the
-//! slot has no ready worker any more (it exited, its slot was released), so no connection
-//! queues on a worker that is not accepting yet — which reuseport mode cannot promise.
-//! A socket kept for an immediate restart stays in the group, out of the map: what was queued
-//! on it waits for the replacement, nothing new arrives meanwhile.
-//!
-//! The round-robin program is 23 instructions, the least-conn one 53, assembled here and loaded with `sys::bpf_prog_load`, like
-//! migration's: aya and libbpf-rs load programs from an ELF object built by a BPF toolchain
-//! (clang, or bpf-linker on nightly Rust), which forkline would then need at build time, and
-//! they would bring a loader (and, for libbpf-rs, a C library) for two maps and one program
-//! whose every instruction is written down below. The kernel's verifier checks the program
-//! at load time; a refusal carries its log.
-//!
-//! Where BPF cannot be loaded (no CAP_BPF, seccomp, an old kernel), steer mode falls back —
-//! once, with one log line, and [`Cluster::steering`](crate::Cluster::steering) says so: to
-//! round-robin in the primary for library workers (a cluster with no listener bound up front),
-//! to reuseport otherwise.
+//! One reuseport group's steering: its maps and program, which slots' sockets are in the
+//! socket array (entering when a worker is ready, leaving when the slot has none), least-conn
+//! counts, and the cluster-wide decision whether BPF can be loaded (`Steerer`).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::primary::cluster::Cluster;
-use crate::primary::handle::{WorkerHandle, WorkerState};
 use crate::primary::options::Balance;
-use crate::primary::traffic::listeners::BoundListener;
 use crate::primary::traffic::migration::{
     refused_for_tests, BPF_PROG_TYPE_SK_REUSEPORT, BPF_SK_REUSEPORT_SELECT_OR_MIGRATE, LICENSE,
-    SK_PASS,
 };
-use crate::protocol::Mode;
-use crate::sys::{self, BpfInsn, BpfMap, MappedWords, BPF_ANY, BPF_F_MMAPABLE};
+use crate::sys::{self, BpfMap, MappedWords, BPF_ANY, BPF_F_MMAPABLE};
 
-/// `BPF_MAP_TYPE_ARRAY` (`linux/bpf.h`).
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-/// `BPF_MAP_TYPE_REUSEPORT_SOCKARRAY` (`linux/bpf.h`).
-const BPF_MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
-/// Helper `bpf_map_lookup_elem` (`enum bpf_func_id`).
-const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
-/// Helper `bpf_sk_select_reuseport` (`enum bpf_func_id`).
-const BPF_FUNC_SK_SELECT_REUSEPORT: i32 = 82;
-
-/// Most sockets one group steers between (the size of its socket array).
-pub(crate) const MAX_SOCKETS: u32 = 4096;
-
-/// Most sockets a least-conn group steers between: the program scans every count, and the
-/// kernel's verifier follows each step of that scan at load time (refusing a program whose
-/// paths hold more than 8,192 branches, two per step; 1,024 steps took 0.4 s to verify, 256
-/// take about 0.1 s). A power of two (see `MASK`).
-pub const LEAST_CONN_MAX_SOCKETS: u32 = 256;
-
-/// Bytes of the state map's one value: `n: u32`, 4 bytes of padding, `counter: u64`.
-const STATE_SIZE: u32 = 16;
-/// Offset of `counter` in the state value.
-const COUNTER_OFFSET: i16 = 8;
-
-/// An error naming `workers` when steer mode's least-conn would steer between more than
-/// [`LEAST_CONN_MAX_SOCKETS`] of them (at start, and when scaling).
-pub fn check_workers(mode: Mode, balance: Balance, workers: usize) -> crate::error::Result<()> {
-    let most = LEAST_CONN_MAX_SOCKETS as usize;
-    if mode == Mode::Steer && balance == Balance::LeastConn && workers > most {
-        return Err(crate::Error::InvalidOption {
-            field: "workers",
-            reason: format!("steer mode's least-conn steers between at most {most} workers"),
-        });
-    }
-    Ok(())
-}
-
-/// What [`Cluster::steering`](crate::Cluster::steering) says when the kernel steers.
-pub const STEERING_BPF: &str = "bpf-round-robin";
-/// What it says when the kernel steers to the worker with the fewest open connections.
-pub const STEERING_BPF_LEAST_CONN: &str = "bpf-least-conn";
-/// What it says when BPF was refused and library workers get round-robin in the primary.
-pub const STEERING_FALLBACK_ROUND_ROBIN: &str = "fallback-round-robin";
-/// What it says when BPF was refused and workers accept on reuseport sockets (kernel hash).
-pub const STEERING_FALLBACK_REUSEPORT: &str = "fallback-reuseport";
-
-/// The steering program, instruction by instruction, over the state map `state` and the socket
-/// array `socks` (their fds, which the kernel replaces by the maps at load time). At entry r1
-/// is the context (`struct sk_reuseport_md *`); r10 is the read-only frame pointer, below which
-/// the program keeps two 4-byte keys on its stack.
-pub(crate) fn program(state: i32, socks: i32) -> Vec<BpfInsn> {
-    // Index of the last instruction block, `r0 = SK_PASS; exit`, which every path ends in.
-    const PASS: i16 = 21;
-    let [socks_lo, socks_hi] = BpfInsn::load_map_fd(2, socks);
-    let mut insns = state_lookup(state, PASS).to_vec();
-    insns.extend([
-        // 8: r1 = *(u32 *)(r0 + 0) — n, the sockets in the array.
-        BpfInsn::load32(1, 0, 0),
-        // 9: if r1 == 0 goto PASS — no ready worker: let the kernel hash.
-        BpfInsn::jeq_imm(1, 0, PASS - 9 - 1),
-        // 10: r2 = 1
-        BpfInsn::mov64_imm(2, 1),
-        // 11: r2 = atomic_fetch_add((u64 *)(r0 + 8), r2) — take a turn: r2 = counter++.
-        BpfInsn::atomic_fetch_add64(0, COUNTER_OFFSET, 2),
-        // 12: r2 %= r1 — idx = turn % n.
-        BpfInsn::mod64_reg(2, 1),
-        // 13: *(u32 *)(r10 - 8) = r2 — the socket array's key, idx, on the stack.
-        BpfInsn::store32_reg(10, -8, 2),
-        // 14: r1 = r6 — the context.
-        BpfInsn::mov64_reg(1, 6),
-        // 15-16: r2 = &socket array.
-        socks_lo,
-        socks_hi,
-        // 17: r3 = r10
-        BpfInsn::mov64_reg(3, 10),
-        // 18: r3 += -8 — r3 points to idx.
-        BpfInsn::add64_imm(3, -8),
-        // 19: r4 = 0 — flags.
-        BpfInsn::mov64_imm(4, 0),
-        // 20: bpf_sk_select_reuseport(ctx, socks, &idx, 0) — selects the socket at idx; on
-        // failure (the slot emptied as its socket closed) nothing is selected.
-        BpfInsn::call(BPF_FUNC_SK_SELECT_REUSEPORT),
-        // 21 (PASS): r0 = SK_PASS — the selected socket, or the kernel's hash without one.
-        BpfInsn::mov64_imm(0, SK_PASS),
-        // 22: exit
-        BpfInsn::exit(),
-    ]);
-    debug_assert_eq!(insns[PASS as usize], BpfInsn::mov64_imm(0, SK_PASS));
-    insns
-}
-
-/// The first 8 instructions of both programs: keep the context in r6 (a helper call clobbers
-/// r1-r5), look the state map's one entry up (key 0, left on the stack at r10 - 4, where the
-/// least-conn program looks its loads up with it too) into r0, and go to `pass` without one.
-fn state_lookup(state: i32, pass: i16) -> [BpfInsn; 8] {
-    let [state_lo, state_hi] = BpfInsn::load_map_fd(1, state);
-    [
-        // 0: r6 = r1
-        BpfInsn::mov64_reg(6, 1),
-        // 1: *(u32 *)(r10 - 4) = 0 — the key, 0, on the stack.
-        BpfInsn::store32_imm(10, -4, 0),
-        // 2-3: r1 = &state map.
-        state_lo,
-        state_hi,
-        // 4-5: r2 = r10 - 4 — r2 points to the key.
-        BpfInsn::mov64_reg(2, 10),
-        BpfInsn::add64_imm(2, -4),
-        // 6: r0 = bpf_map_lookup_elem(state, &key) — the value, or NULL.
-        BpfInsn::call(BPF_FUNC_MAP_LOOKUP_ELEM),
-        // 7: if r0 == NULL goto pass (never, for an array's key 0; the verifier wants it).
-        BpfInsn::jeq_imm(0, 0, pass - 7 - 1),
-    ]
-}
-
-/// The least-conn steering program over the state map `state` (as for [`program`]), the load
-/// map `loads` (one value: `[u32; LEAST_CONN_MAX_SOCKETS]`, the open connections at each
-/// index) and the socket array `socks`. Registers: r6 the context, r7 `n`, r8 where the scan
-/// starts, r4 how many were looked at, r2 the index looked at, r9 the best index so far, r5
-/// its load, r0 the loads.
-pub(crate) fn least_conn_program(state: i32, loads: i32, socks: i32) -> Vec<BpfInsn> {
-    const PASS: i16 = 51;
-    const LOOP: i16 = 23;
-    const NEXT: i16 = 35;
-    const DONE: i16 = 37;
-    // Indexes are masked with this before they address a count: a no-op (they are below
-    // n <= LEAST_CONN_MAX_SOCKETS), which proves to the verifier that every access stays in
-    // the value.
-    const MASK: i32 = LEAST_CONN_MAX_SOCKETS as i32 - 1;
-    let [loads_lo, loads_hi] = BpfInsn::load_map_fd(1, loads);
-    let [socks_lo, socks_hi] = BpfInsn::load_map_fd(2, socks);
-    let mut insns = state_lookup(state, PASS).to_vec();
-    insns.extend([
-        // 8: r7 = n
-        BpfInsn::load32(7, 0, 0),
-        // 9: if n == 0 goto PASS — no ready worker: let the kernel hash.
-        BpfInsn::jeq_imm(7, 0, PASS - 9 - 1),
-        // 10: if n > LEAST_CONN_MAX_SOCKETS goto PASS (never; bounds the scan for the
-        // verifier).
-        BpfInsn::jgt_imm(7, LEAST_CONN_MAX_SOCKETS as i32, PASS - 10 - 1),
-        // 11: r8 = 1
-        BpfInsn::mov64_imm(8, 1),
-        // 12: r8 = atomic_fetch_add(counter, 1) — this connection's turn.
-        BpfInsn::atomic_fetch_add64(0, COUNTER_OFFSET, 8),
-        // 13: r8 %= n — where the scan starts.
-        BpfInsn::mod64_reg(8, 7),
-        // 14-15: r1 = &loads map.
-        loads_lo,
-        loads_hi,
-        // 16-17: r2 = r10 - 4 (key 0 still there)
-        BpfInsn::mov64_reg(2, 10),
-        BpfInsn::add64_imm(2, -4),
-        // 18: r0 = bpf_map_lookup_elem(loads, &key) — the counts.
-        BpfInsn::call(BPF_FUNC_MAP_LOOKUP_ELEM),
-        // 19: if r0 == NULL goto PASS
-        BpfInsn::jeq_imm(0, 0, PASS - 19 - 1),
-        // 20: r9 = r8 — the best so far: where the scan starts.
-        BpfInsn::mov64_reg(9, 8),
-        // 21: r5 = u32::MAX — its load, above any count.
-        BpfInsn::mov32_imm(5, -1),
-        // 22: r4 = 0 — looked at so far.
-        BpfInsn::mov64_imm(4, 0),
-        // 23 (LOOP): if r4 >= n goto DONE
-        BpfInsn::jge_reg(4, 7, DONE - 23 - 1),
-        // 24-27: r2 = (r8 + r4) % n & MASK — the index looked at (no branch to wrap around).
-        BpfInsn::mov64_reg(2, 8),
-        BpfInsn::add64_reg(2, 4),
-        BpfInsn::mod64_reg(2, 7),
-        BpfInsn::and64_imm(2, MASK),
-        // 28-30: r3 = &loads[r2]
-        BpfInsn::mov64_reg(3, 2),
-        BpfInsn::lsh64_imm(3, 2),
-        BpfInsn::add64_reg(3, 0),
-        // 31: r1 = loads[r2]
-        BpfInsn::load32(1, 3, 0),
-        // 32: if r1 >= r5 goto NEXT — not fewer than the best: keep the best (the earlier).
-        BpfInsn::jge_reg(1, 5, NEXT - 32 - 1),
-        // 33-34: the best is now r2, with load r1.
-        BpfInsn::mov64_reg(5, 1),
-        BpfInsn::mov64_reg(9, 2),
-        // 35 (NEXT): r4 += 1
-        BpfInsn::add64_imm(4, 1),
-        // 36: goto LOOP
-        BpfInsn::ja(LOOP - 36 - 1),
-        // 37 (DONE): r9 &= MASK
-        BpfInsn::and64_imm(9, MASK),
-        // 38-40: r3 = &loads[r9]
-        BpfInsn::mov64_reg(3, 9),
-        BpfInsn::lsh64_imm(3, 2),
-        BpfInsn::add64_reg(3, 0),
-        // 41-42: loads[r9] += 1 (atomic) — counted before its worker accepts it.
-        BpfInsn::mov64_imm(1, 1),
-        BpfInsn::atomic_add32(3, 0, 1),
-        // 43: *(u32 *)(r10 - 8) = r9 — the socket array's key.
-        BpfInsn::store32_reg(10, -8, 9),
-        // 44: r1 = r6 — the context.
-        BpfInsn::mov64_reg(1, 6),
-        // 45-46: r2 = &socket array.
-        socks_lo,
-        socks_hi,
-        // 47-48: r3 = r10 - 8
-        BpfInsn::mov64_reg(3, 10),
-        BpfInsn::add64_imm(3, -8),
-        // 49: r4 = 0 — flags.
-        BpfInsn::mov64_imm(4, 0),
-        // 50: bpf_sk_select_reuseport(ctx, socks, &idx, 0)
-        BpfInsn::call(BPF_FUNC_SK_SELECT_REUSEPORT),
-        // 51 (PASS): r0 = SK_PASS
-        BpfInsn::mov64_imm(0, SK_PASS),
-        // 52: exit
-        BpfInsn::exit(),
-    ]);
-    debug_assert_eq!(insns[PASS as usize], BpfInsn::mov64_imm(0, SK_PASS));
-    debug_assert_eq!(insns[LOOP as usize], BpfInsn::jge_reg(4, 7, DONE - 23 - 1));
-    debug_assert_eq!(insns[NEXT as usize], BpfInsn::add64_imm(4, 1));
-    debug_assert_eq!(insns[DONE as usize], BpfInsn::and64_imm(9, MASK));
-    insns
-}
+use super::program::*;
 
 /// One reuseport group's steering: its maps, its program, and which slots' sockets are in
 /// the socket array.
@@ -572,7 +310,7 @@ pub(crate) struct Steerer {
     /// `Ok` once a group was set up; the error of the first refusal.
     decided: OnceLock<Result<(), String>>,
     /// Set once the log said a least-conn worker reports no load.
-    said_no_reports: AtomicBool,
+    pub(crate) said_no_reports: AtomicBool,
 }
 
 impl Steerer {
@@ -648,63 +386,6 @@ fn keep_normalized(group: std::sync::Weak<SteerGroup>) {
     }
 }
 
-/// What steer mode falls back to in this cluster when BPF is refused: round-robin in the
-/// primary for library workers that listen through it (nothing bound up front), reuseport
-/// otherwise (plain programs get their sockets at start).
-fn fallback_mode(cluster: &Cluster) -> Mode {
-    if cluster.inner.expect_protocol && cluster.inner.prebound.is_empty() {
-        Mode::RoundRobin
-    } else {
-        Mode::Reuseport
-    }
-}
-
-/// At start in steer mode: decides whether BPF can be loaded, and logs the fallback if not.
-pub(crate) fn probe_at_start(cluster: &Cluster) {
-    let steerer = cluster.inner.listeners.steerer();
-    match steerer.probe() {
-        Ok(()) => tracing::info!(
-            "steer: the kernel steers new connections (BPF, {})",
-            if steerer.by_load() {
-                "least-conn"
-            } else {
-                "round-robin"
-            }
-        ),
-        Err(e) => tracing::warn!(
-            "steer: BPF refused ({e}); falling back to {} mode",
-            fallback_mode(cluster).name()
-        ),
-    }
-}
-
-/// The mode a listener asked for in steer mode really gets: `Steer`, or, when BPF was
-/// refused, round-robin for library workers that listen through the primary. (A steer
-/// listener without BPF works as a reuseport one: the key stays, so a worker finds the
-/// listener bound up front.)
-pub(crate) fn effective(cluster: &Cluster, mode: Mode) -> Mode {
-    let refused = cluster.inner.listeners.steerer().status() == Some(false);
-    if mode == Mode::Steer && refused && fallback_mode(cluster) == Mode::RoundRobin {
-        return Mode::RoundRobin;
-    }
-    mode
-}
-
-/// What [`Cluster::steering`](crate::Cluster::steering) reports.
-pub(crate) fn status(cluster: &Cluster) -> Option<&'static str> {
-    let decided = cluster.inner.listeners.steerer().status();
-    if cluster.inner.opts.mode != Mode::Steer && decided.is_none() {
-        return None;
-    }
-    let by_load = cluster.inner.listeners.steerer().by_load();
-    Some(match (decided, fallback_mode(cluster)) {
-        (Some(false), Mode::RoundRobin) => STEERING_FALLBACK_ROUND_ROBIN,
-        (Some(false), _) => STEERING_FALLBACK_REUSEPORT,
-        _ if by_load => STEERING_BPF_LEAST_CONN,
-        _ => STEERING_BPF,
-    })
-}
-
 /// How often a socket still held by another primary's socket array tries to enter ours.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -749,47 +430,6 @@ pub(crate) fn enter(group: &Arc<SteerGroup>, slot: usize, seq: u64, socket: &Arc
         Err(e) => {
             tracing::warn!(slot, error = %e, "steer: a worker's socket could not join the map")
         }
-    }
-}
-
-/// `worker` became ready: its slot's sockets enter the socket arrays of the steered listeners
-/// it accepts on. Under least-conn, a worker that does not speak the protocol reports no
-/// load: said once per cluster.
-pub(crate) fn worker_ready(cluster: &Cluster, worker: &WorkerHandle) {
-    let mut steered = false;
-    for listener in cluster.inner.listeners.all() {
-        steered |= listener.steer.as_ref().is_some_and(|group| group.by_load());
-        listener.steer_ready(worker.id(), worker.unique_id());
-    }
-    let steerer = cluster.inner.listeners.steerer();
-    if steered && !worker.speaks_protocol() && !steerer.said_no_reports.swap(true, Relaxed) {
-        tracing::warn!(
-            "steer: least-conn counts the connections workers report, and this program does \
-             not report (it is not built on the forkline library): its workers are steered by \
-             the connections sent to each, which is round-robin"
-        );
-    }
-}
-
-/// Least-conn: `worker` reports `open` connections; its slot's count in every steered
-/// listener becomes that.
-pub(crate) fn report_load(cluster: &Cluster, worker: &WorkerHandle, open: u64) {
-    // Round-robin's least-conn reports too, once per closed connection: no steering group,
-    // no walk over the listeners.
-    let steerer = cluster.inner.listeners.steerer();
-    if !steerer.by_load() || steerer.status() != Some(true) {
-        return;
-    }
-    for listener in cluster.inner.listeners.all() {
-        listener.steer_load(worker.id(), worker.unique_id(), open);
-    }
-}
-
-/// `worker` listens on `listener` (a library worker): if it is ready already, its socket
-/// enters the array now.
-pub(crate) fn listening(worker: &WorkerHandle, listener: &BoundListener) {
-    if worker.state() == WorkerState::Ready {
-        listener.steer_ready(worker.id(), worker.unique_id());
     }
 }
 

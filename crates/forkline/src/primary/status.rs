@@ -1,0 +1,54 @@
+//! What the cluster reports about itself: each slot's supervision state, and how the cluster
+//! ended.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::primary::handle::WorkerState;
+
+/// How the cluster ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shutdown {
+    /// True when every worker stopped within the graceful timeout.
+    pub clean: bool,
+    /// Slot ids of workers that had to be SIGKILLed.
+    pub killed: Vec<usize>,
+}
+
+impl Shutdown {
+    /// 0 when clean, 1 otherwise: what a primary process should exit with.
+    pub fn exit_code(&self) -> i32 {
+        if self.clean {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// Per-slot supervision state, visible through [`Cluster::status`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SlotStatus {
+    /// The slot.
+    pub slot: usize,
+    /// Pid of the slot's current worker, if one is running.
+    pub pid: Option<u32>,
+    /// State of the slot's current worker.
+    pub state: Option<WorkerState>,
+    /// Pid of a replacement on trial beside the current worker (reload, recycling).
+    pub replacement_pid: Option<u32>,
+    /// Restarts so far.
+    pub restarts: u64,
+    /// Consecutive deaths soon after starting.
+    pub failures: u32,
+    /// True while the slot keeps dying young (`failures >= crash_loop_after`).
+    pub crash_loop: bool,
+    /// True when the slot reached `max_restarts` and is no longer restarted.
+    pub gave_up: bool,
+    /// When the next restart is due, if one is scheduled.
+    #[serde(skip)]
+    pub restart_at: Option<Instant>,
+    /// Connections handed to the current worker (round-robin/proxy).
+    pub connections: u64,
+}

@@ -1,0 +1,7 @@
+//! Round-robin mode: the dispatcher (who gets each connection, credit, handoff, re-dispatch),
+//! the accept loops and threads that feed it, and taking back what a worker did not read.
+
+pub(crate) mod accept;
+mod conn;
+pub(crate) mod dispatcher;
+mod unread;
