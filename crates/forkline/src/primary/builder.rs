@@ -5,12 +5,12 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::cluster::{Cluster, Shutdown};
-use super::event::Event;
-use super::options::{
+use crate::error::{Error, Result};
+use crate::primary::cluster::{Cluster, Shutdown};
+use crate::primary::event::Event;
+use crate::primary::options::{
     Backoff, Balance, ClusterOptions, ListenSpec, LogFormat, Readiness, RestartPolicy, WorkerStdio,
 };
-use crate::error::{Error, Result};
 use crate::protocol::Mode;
 
 /// Builds a [`Cluster`]. By default it runs `workers = cores` copies of the current executable
@@ -422,7 +422,7 @@ impl ClusterBuilder {
         }
         if !self.mode_set {
             // Refuse a value that names no mode rather than silently use the default.
-            super::options::mode_from_env()?;
+            crate::primary::options::mode_from_env()?;
         }
         if !self.exec_set {
             opts.exec = std::env::current_exe()?;
@@ -467,10 +467,10 @@ impl ClusterBuilder {
             opts.notify_socket = true;
         }
         if !self.coalesce_set {
-            super::options::accept_coalesce_from_env()?;
+            crate::primary::options::accept_coalesce_from_env()?;
         }
         if let Some(window) = opts.accept_coalesce {
-            super::options::check_accept_coalesce(window)?;
+            crate::primary::options::check_accept_coalesce(window)?;
         }
         if opts.mode == Mode::Steer && opts.balance == Balance::IpHash {
             return Err(Error::InvalidOption {
@@ -480,9 +480,9 @@ impl ClusterBuilder {
                     .into(),
             });
         }
-        super::steer::check_workers(opts.mode, opts.balance, opts.workers)?;
+        crate::primary::traffic::steer::check_workers(opts.mode, opts.balance, opts.workers)?;
         if opts.accept_threads.is_none() {
-            super::options::check_accept_threads_env()?;
+            crate::primary::options::check_accept_threads_env()?;
         }
         if opts.accept_threads == Some(0) {
             return Err(Error::InvalidOption {

@@ -8,16 +8,18 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::builder::ClusterBuilder;
-use super::core::Core;
-use super::event::{Event, EventStream, Replacement};
-use super::handle::{WorkerHandle, WorkerState};
-use super::listeners::{BindOptions, ListenKey, ListenerTable};
-use super::notify::NotifyDir;
-use super::options::ClusterOptions;
-use super::supervisor::{self, Start};
-use super::{dispatch, proxy, replace, shutdown, signals, task};
 use crate::error::{Error, Result};
+use crate::primary::builder::ClusterBuilder;
+use crate::primary::core::Core;
+use crate::primary::event::{Event, EventStream, Replacement};
+use crate::primary::handle::{WorkerHandle, WorkerState};
+use crate::primary::lifecycle::notify::NotifyDir;
+use crate::primary::lifecycle::supervisor::{self, Start};
+use crate::primary::options::ClusterOptions;
+use crate::primary::traffic::listeners::{BindOptions, ListenKey, ListenerTable};
+use crate::primary::{
+    lifecycle::replace, lifecycle::shutdown, ops::signals, task, traffic::dispatch, traffic::proxy,
+};
 use crate::protocol::Mode;
 
 /// Binds `address` for `/metrics`, `/healthz` and `/readyz` (or adopts the socket an upgrade
@@ -53,7 +55,7 @@ fn serve_metrics(cluster: &Cluster, address: &str, listener: tokio::net::TcpList
     let bound = listener.local_addr().map(|a| a.to_string());
     let address = bound.as_deref().unwrap_or(address);
     tracing::info!(%address, "metrics at /metrics, probes at /healthz and /readyz");
-    super::metrics::serve(cluster.clone(), listener);
+    crate::primary::ops::metrics::serve(cluster.clone(), listener);
 }
 
 #[cfg(not(feature = "axum"))]
@@ -144,7 +146,7 @@ impl Cluster {
     pub(crate) async fn start(mut opts: ClusterOptions, expect_protocol: bool) -> Result<Cluster> {
         check_metrics_feature(&opts)?;
         // Started by an upgrade: the old primary's sockets are ours to serve.
-        let mut successor = super::upgrade::Successor::take();
+        let mut successor = crate::primary::ops::upgrade::Successor::take();
         if let Some(successor) = successor.as_mut() {
             if opts.inherited.is_empty() {
                 let listeners = std::mem::take(&mut successor.listeners);
@@ -176,8 +178,8 @@ impl Cluster {
         // Bound before anything starts: a clash is a start error naming the path.
         let handed_control = successor.as_mut().and_then(|s| s.control.take());
         let control = match (&opts.control, handed_control) {
-            (Some(path), Some(fd)) => Some(super::control::adopt(path, fd)?),
-            (Some(path), None) => Some(super::control::bind(path)?),
+            (Some(path), Some(fd)) => Some(crate::primary::ops::control::adopt(path, fd)?),
+            (Some(path), None) => Some(crate::primary::ops::control::bind(path)?),
             (None, _) => None,
         };
         let metrics = match &opts.metrics {
@@ -198,13 +200,18 @@ impl Cluster {
         };
         let opts = &cluster.inner.opts;
         if opts.mode == Mode::Steer {
-            super::steer::probe_at_start(&cluster);
+            crate::primary::traffic::steer::probe_at_start(&cluster);
         }
         if opts.subreaper {
-            super::reaper::become_subreaper()?;
+            crate::primary::lifecycle::reaper::become_subreaper()?;
         }
-        if super::reaper::needed() {
-            task::spawn("reaper", super::reaper::run(super::reaper::registry()));
+        if crate::primary::lifecycle::reaper::needed() {
+            task::spawn(
+                "reaper",
+                crate::primary::lifecycle::reaper::run(
+                    crate::primary::lifecycle::reaper::registry(),
+                ),
+            );
         }
         if opts.handle_signals {
             signals::handle(cluster.clone())?;
@@ -214,7 +221,7 @@ impl Cluster {
         let serving = cluster.clone();
         let serve = move || {
             if let Some(listener) = control {
-                super::control::serve(serving.clone(), listener);
+                crate::primary::ops::control::serve(serving.clone(), listener);
             }
             if let Some((address, listener)) = metrics {
                 serve_metrics(&serving, &address, listener);
@@ -228,7 +235,9 @@ impl Cluster {
             }
         };
         match successor {
-            Some(successor) => super::upgrade::take_over_when_ready(&cluster, successor, serve),
+            Some(successor) => {
+                crate::primary::ops::upgrade::take_over_when_ready(&cluster, successor, serve)
+            }
             None => serve(),
         }
         dispatch::start_reclaiming(&cluster);
@@ -236,7 +245,10 @@ impl Cluster {
             proxy::start_stopped_checks(&cluster);
         }
         if opts.max_requests.is_some() || opts.max_memory.is_some() {
-            task::spawn("recycle", super::recycle::watch(cluster.clone()));
+            task::spawn(
+                "recycle",
+                crate::primary::lifecycle::recycle::watch(cluster.clone()),
+            );
         }
         for slot in 0..opts.workers {
             supervisor::start_worker(&cluster, Start::Slot(slot))?;
@@ -383,7 +395,7 @@ impl Cluster {
     /// out) or `"fallback-reuseport"` (each worker accepts on its own socket, the kernel
     /// hashes). `None` outside steer mode.
     pub fn steering(&self) -> Option<&'static str> {
-        super::steer::status(self)
+        crate::primary::traffic::steer::status(self)
     }
 
     /// The addresses the cluster listens on.
@@ -407,7 +419,11 @@ impl Cluster {
                 reason: "must be at least 1".into(),
             });
         }
-        super::steer::check_workers(self.inner.opts.mode, self.inner.opts.balance, workers)?;
+        crate::primary::traffic::steer::check_workers(
+            self.inner.opts.mode,
+            self.inner.opts.balance,
+            workers,
+        )?;
         supervisor::rescale(self, workers)
     }
 

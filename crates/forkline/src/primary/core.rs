@@ -8,16 +8,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{watch, Notify};
 
-use super::cluster::Shutdown;
-use super::dispatch::Dispatcher;
-use super::event::{EventBus, EventStream};
-use super::handle::WorkerHandle;
-use super::keeper::Keeper;
-use super::listeners::{BoundListener, ListenerTable};
-use super::notify::NotifyDir;
-use super::options::ClusterOptions;
-use super::proxy::ProxyTable;
-use super::slots::{Seq, Slots};
+use crate::primary::cluster::Shutdown;
+use crate::primary::event::{EventBus, EventStream};
+use crate::primary::handle::WorkerHandle;
+use crate::primary::lifecycle::keeper::Keeper;
+use crate::primary::lifecycle::notify::NotifyDir;
+use crate::primary::lifecycle::slots::{Seq, Slots};
+use crate::primary::options::ClusterOptions;
+use crate::primary::traffic::dispatch::Dispatcher;
+use crate::primary::traffic::listeners::{BoundListener, ListenerTable};
+use crate::primary::traffic::proxy::ProxyTable;
 
 /// What the one lock guards: slot state (written only through `Slots`' methods) and the
 /// worker processes that have not exited, by unique id.
@@ -68,9 +68,9 @@ pub(crate) struct Core {
     pub reloads_ok: std::sync::atomic::AtomicU64,
     pub reloads_failed: std::sync::atomic::AtomicU64,
     /// Upgrades: one at a time, the program to start again, the handover.
-    pub upgrades: super::upgrade::Upgrades,
+    pub upgrades: crate::primary::ops::upgrade::Upgrades,
     /// Recent worker output, for `forkline logs`.
-    pub output: super::output_buffer::OutputBuffer,
+    pub output: crate::primary::lifecycle::output_buffer::OutputBuffer,
 }
 
 impl Core {
@@ -109,8 +109,8 @@ impl Core {
             started: std::time::Instant::now(),
             reloads_ok: std::sync::atomic::AtomicU64::new(0),
             reloads_failed: std::sync::atomic::AtomicU64::new(0),
-            output: super::output_buffer::OutputBuffer::new(opts.output_buffer),
-            upgrades: super::upgrade::Upgrades::new(),
+            output: crate::primary::lifecycle::output_buffer::OutputBuffer::new(opts.output_buffer),
+            upgrades: crate::primary::ops::upgrade::Upgrades::new(),
             opts,
         }
     }
@@ -144,7 +144,7 @@ impl Core {
 /// Starts the keeper, registered so the orphan reaper leaves it to the `Keeper`. Without one
 /// the cluster still runs; only what workers start could outlive a killed primary.
 fn start_keeper() -> Option<Keeper> {
-    let registry = super::reaper::registry();
+    let registry = crate::primary::lifecycle::reaper::registry();
     let mut registered = registry.lock();
     match Keeper::start() {
         Ok(keeper) => {

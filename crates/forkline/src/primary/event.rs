@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::handle::WorkerHandle;
+use crate::primary::handle::WorkerHandle;
 
 /// Something that happened in the cluster.
 #[derive(Debug, Clone)]

@@ -9,9 +9,9 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::slots::RestartReason;
-use super::stats::CpuWindow;
 use crate::error::{Error, Result};
+use crate::primary::lifecycle::slots::RestartReason;
+use crate::primary::ops::stats::CpuWindow;
 use crate::protocol::channel::encode;
 use crate::protocol::ToWorker;
 use crate::sys;

@@ -313,7 +313,7 @@ impl Default for ClusterOptions {
             stdio: WorkerStdio::default(),
             log_format: LogFormat::default(),
             log_timestamps: false,
-            output_buffer: super::output_buffer::DEFAULT_OUTPUT_BUFFER,
+            output_buffer: crate::primary::lifecycle::output_buffer::DEFAULT_OUTPUT_BUFFER,
             name: None,
             uid: None,
             gid: None,

@@ -56,7 +56,7 @@ impl<F: Future> Future for Guarded<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::primary::reaper::tests::{is_isolated, isolated_command};
+    use crate::primary::lifecycle::reaper::tests::{is_isolated, isolated_command};
 
     /// A panic in a task ends the whole process with exit code 70 and a line naming the task,
     /// instead of leaving the rest of the primary running without it.

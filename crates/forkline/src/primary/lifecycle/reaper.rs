@@ -254,7 +254,7 @@ pub(crate) fn stat(pid: u32) -> Option<Stat> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::primary) mod tests {
     use std::process::Command;
     use std::time::Instant;
 

@@ -113,7 +113,7 @@ impl OutputBuffer {
     }
 }
 
-impl super::cluster::Cluster {
+impl crate::primary::cluster::Cluster {
     /// The last `max` lines of worker output the primary copied (of `slot` only, if given),
     /// oldest first. Empty unless workers' output goes through the primary
     /// (`WorkerStdio::Prefixed` or `Captured`).

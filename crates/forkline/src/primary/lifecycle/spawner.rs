@@ -44,7 +44,7 @@ fn start_thread(runtime: Handle) -> std_mpsc::Sender<Request> {
         .name("forkline-spawner".into())
         .spawn(move || {
             let _entered = runtime.enter();
-            let registry = super::reaper::registry();
+            let registry = crate::primary::lifecycle::reaper::registry();
             for request in rx {
                 // Recorded before the orphan reaper can see it: tokio reaps this child.
                 let mut registered = registry.lock();

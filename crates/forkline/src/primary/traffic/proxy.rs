@@ -20,10 +20,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::cluster::Cluster;
-use super::handle::WorkerHandle;
-use super::options::{sticky_index, Balance};
-use super::stats::{AcceptErrorKind, Traffic};
+use crate::primary::cluster::Cluster;
+use crate::primary::handle::WorkerHandle;
+use crate::primary::ops::stats::{AcceptErrorKind, Traffic};
+use crate::primary::options::{sticky_index, Balance};
 use crate::protocol::SocketKind;
 
 /// How long a connect to a worker's port may take before trying another worker.
@@ -225,11 +225,11 @@ pub(crate) fn watch_worker(cluster: &Cluster, worker: &WorkerHandle) -> io::Resu
     let port = cluster.inner.proxy.port_for(worker)?;
     cluster.inner.proxy.add(worker, port);
     let (cluster, worker) = (cluster.clone(), worker.clone());
-    super::task::spawn("proxy-port", async move {
+    crate::primary::task::spawn("proxy-port", async move {
         if wait_port(port, &worker).await {
             cluster.inner.proxy.set_up(&worker);
-            if cluster.inner.opts.readiness == super::options::Readiness::Listen {
-                super::readiness::set_ready(&cluster, &worker);
+            if cluster.inner.opts.readiness == crate::primary::options::Readiness::Listen {
+                crate::primary::lifecycle::readiness::set_ready(&cluster, &worker);
             }
         }
     });
@@ -241,14 +241,14 @@ const STOPPED_CHECK: Duration = Duration::from_millis(250);
 
 /// True when process `pid` is stopped (state `T`, or `t` under a debugger).
 fn process_stopped(pid: u32) -> bool {
-    super::reaper::stat(pid).is_some_and(|s| matches!(s.state, 'T' | 't'))
+    crate::primary::lifecycle::reaper::stat(pid).is_some_and(|s| matches!(s.state, 'T' | 't'))
 }
 
 /// Starts the proxy's check for stopped workers.
 pub(crate) fn start_stopped_checks(cluster: &Cluster) {
     let table = cluster.inner.proxy.clone();
     let mut stop = cluster.inner.stop_accepting.subscribe();
-    super::task::spawn("proxy-stopped", async move {
+    crate::primary::task::spawn("proxy-stopped", async move {
         let mut tick = tokio::time::interval(STOPPED_CHECK);
         loop {
             tokio::select! {
@@ -260,13 +260,16 @@ pub(crate) fn start_stopped_checks(cluster: &Cluster) {
 }
 
 /// Starts the proxy's accept loop for a listener bound up front.
-pub(crate) fn start_accepting(cluster: &Cluster, listener: &super::listeners::BoundListener) {
+pub(crate) fn start_accepting(
+    cluster: &Cluster,
+    listener: &crate::primary::traffic::listeners::BoundListener,
+) {
     if let Some(socket) = listener.socket.clone() {
         let table = cluster.inner.proxy.clone();
         let balance = cluster.inner.opts.balance;
         let stop = cluster.inner.stop_accepting.subscribe();
         let kind = listener.kind;
-        super::task::spawn("proxy-accept", async move {
+        crate::primary::task::spawn("proxy-accept", async move {
             if let Err(e) = accept_loop(table, balance, kind, socket, stop).await {
                 tracing::error!(error = %e, "proxy accept loop failed");
             }
@@ -321,7 +324,7 @@ pub(crate) async fn accept_loop(
                     Ok((client, peer)) => {
                         table.counters.accepted.fetch_add(1, Ordering::Relaxed);
                         let _ = client.set_nodelay(true);
-                        super::task::spawn(
+                        crate::primary::task::spawn(
                             "relay",
                             relay_tcp(table.clone(), balance, client, peer.ip()),
                         );
@@ -341,7 +344,10 @@ pub(crate) async fn accept_loop(
                 match accepted {
                     Ok((client, _)) => {
                         table.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                        super::task::spawn("relay", relay_copy(table.clone(), balance, client));
+                        crate::primary::task::spawn(
+                            "relay",
+                            relay_copy(table.clone(), balance, client),
+                        );
                     }
                     Err(e) => accept_error(&table, e).await,
                 }
@@ -403,7 +409,7 @@ async fn connect_upstream(
 /// Relays a TCP client with splice (zero-copy).
 async fn relay_tcp(table: Arc<ProxyTable>, balance: Balance, client: TcpStream, peer: IpAddr) {
     if let Some((upstream, active)) = connect_upstream(&table, balance, Some(peer)).await {
-        let _ = super::splice::relay(&client, &upstream).await;
+        let _ = crate::primary::traffic::splice::relay(&client, &upstream).await;
         active.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -8,14 +8,14 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
-use super::cluster::Cluster;
-use super::core::State;
-use super::event::Event;
-use super::handle::{ExitInfo, WorkerHandle, WorkerState};
-use super::listeners::BoundListener;
-use super::slots::{ExitFacts, OnExit, Refused, RestartReason, Seq};
-use super::{ipc, spawn, task};
 use crate::error::{Error, Result};
+use crate::primary::cluster::Cluster;
+use crate::primary::core::State;
+use crate::primary::event::Event;
+use crate::primary::handle::{ExitInfo, WorkerHandle, WorkerState};
+use crate::primary::lifecycle::slots::{ExitFacts, OnExit, Refused, RestartReason, Seq};
+use crate::primary::traffic::listeners::BoundListener;
+use crate::primary::{lifecycle::ipc, lifecycle::spawn, task};
 
 /// How a new worker gets its slot.
 #[derive(Debug, Clone, Copy)]
@@ -118,7 +118,7 @@ fn record_exit(cluster: &Cluster, worker: &WorkerHandle, exit: ExitInfo) -> OnEx
             keeper.forget(pid);
         }
         // Reaped by tokio by now: the orphan reaper may take that pid's next zombie.
-        super::reaper::registry().remove(pid);
+        crate::primary::lifecycle::reaper::registry().remove(pid);
     }
     cluster
         .inner

@@ -6,11 +6,11 @@
 
 use std::time::Instant;
 
-use super::cluster::Cluster;
-use super::event::Event;
-use super::handle::{WorkerHandle, WorkerState};
-use super::options::Readiness;
-use super::task;
+use crate::primary::cluster::Cluster;
+use crate::primary::event::Event;
+use crate::primary::handle::{WorkerHandle, WorkerState};
+use crate::primary::options::Readiness;
+use crate::primary::task;
 use nix::sys::signal::Signal;
 
 /// Called once the process exists: a program that does not speak the protocol is online now,
@@ -63,7 +63,7 @@ fn enforce_ready_timeout(cluster: &Cluster, worker: &WorkerHandle) {
         let _ = worker
             .shared
             .kill_reason
-            .set(super::slots::RestartReason::ReadyTimeout);
+            .set(crate::primary::lifecycle::slots::RestartReason::ReadyTimeout);
         let _ = worker.signal_group(Signal::SIGKILL);
     });
 }
@@ -91,7 +91,7 @@ pub(crate) fn set_ready(cluster: &Cluster, worker: &WorkerHandle) {
     }
     worker.set_state(WorkerState::Ready);
     // Steer mode: the kernel may steer to it from now on (before `ready` is seen).
-    super::steer::worker_ready(cluster, worker);
+    crate::primary::traffic::steer::worker_ready(cluster, worker);
     cluster.inner.events.emit(Event::Ready {
         worker: worker.clone(),
     });
@@ -112,7 +112,7 @@ fn release_unclaimed_listeners(cluster: &Cluster, worker: &WorkerHandle) {
             return;
         }
         let released = cluster.inner.listeners.release_awaiting(worker.id());
-        super::supervisor::forget_listeners(&cluster, released);
+        crate::primary::lifecycle::supervisor::forget_listeners(&cluster, released);
     });
 }
 

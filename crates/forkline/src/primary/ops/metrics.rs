@@ -21,10 +21,12 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use super::cluster::Cluster;
-use super::handle::WorkerState;
-use super::stats::{AcceptErrorKind, LatencyHistogram, Stats, WorkerStats, LATENCY_BOUNDS};
-use super::task;
+use crate::primary::cluster::Cluster;
+use crate::primary::handle::WorkerState;
+use crate::primary::ops::stats::{
+    AcceptErrorKind, LatencyHistogram, Stats, WorkerStats, LATENCY_BOUNDS,
+};
+use crate::primary::task;
 
 /// Starts serving the endpoint on `listener` until the cluster has stopped.
 pub(crate) fn serve(cluster: Cluster, listener: tokio::net::TcpListener) {

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::cluster::{Cluster, Shutdown};
-use super::handle::WorkerHandle;
-use super::task;
+use crate::primary::cluster::{Cluster, Shutdown};
+use crate::primary::handle::WorkerHandle;
+use crate::primary::task;
 
 /// How long to wait for the exits of SIGKILLed workers before reporting anyway.
 const AFTER_KILL: Duration = Duration::from_secs(10);

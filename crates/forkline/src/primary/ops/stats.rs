@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cluster::Cluster;
-use super::handle::WorkerState;
-use super::recycle::resident_bytes;
+use crate::primary::cluster::Cluster;
+use crate::primary::handle::WorkerState;
+use crate::primary::lifecycle::recycle::resident_bytes;
 
 /// The cluster at one moment.
 #[derive(Debug, Clone, Serialize)]
@@ -143,7 +143,7 @@ impl Cluster {
                 let current = self.worker(slot.id).filter(|w| w.pid() != 0);
                 let cpu_ticks = slot
                     .pid
-                    .and_then(super::reaper::stat)
+                    .and_then(crate::primary::lifecycle::reaper::stat)
                     .map(|stat| stat.cpu_ticks);
                 let cpu_percent = match (&current, cpu_ticks) {
                     (Some(w), Some(ticks)) => w.shared.cpu.lock().unwrap().sample(

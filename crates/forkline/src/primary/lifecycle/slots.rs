@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::options::{Backoff, RestartPolicy};
+use crate::primary::options::{Backoff, RestartPolicy};
 
 /// A worker process, by its unique id (`WorkerHandle::unique_id`).
 pub(crate) type Seq = u64;

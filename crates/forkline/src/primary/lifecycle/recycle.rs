@@ -7,8 +7,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::cluster::Cluster;
-use super::handle::{WorkerHandle, WorkerState};
+use crate::primary::cluster::Cluster;
+use crate::primary::handle::{WorkerHandle, WorkerState};
 
 /// How often limits are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
@@ -97,11 +97,11 @@ pub(crate) fn recycle(cluster: &Cluster, old: WorkerHandle, why: String) {
     // Never picked twice while its replacement is on trial.
     old.shared.recycling.store(true, Ordering::Release);
     let cluster = cluster.clone();
-    super::task::spawn("recycle", async move {
-        let replaced = super::replace::replace(
+    crate::primary::task::spawn("recycle", async move {
+        let replaced = crate::primary::lifecycle::replace::replace(
             &cluster,
             old.id(),
-            super::event::Replacement::Recycle,
+            crate::primary::event::Replacement::Recycle,
             Some(old.unique_id()),
         )
         .await;

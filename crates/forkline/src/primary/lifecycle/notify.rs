@@ -20,8 +20,8 @@ use nix::sys::socket::{
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
-use super::cluster::Cluster;
-use super::handle::{WorkerHandle, WorkerState};
+use crate::primary::cluster::Cluster;
+use crate::primary::handle::{WorkerHandle, WorkerState};
 
 /// What a worker said on its notify socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +66,9 @@ pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDa
             Ok(Ok((n, sender))) if from_worker(&worker, sender) => {
                 for notice in parse(&buf[..n]) {
                     match notice {
-                        Notice::Ready => super::readiness::set_ready(&cluster, &worker),
+                        Notice::Ready => {
+                            crate::primary::lifecycle::readiness::set_ready(&cluster, &worker)
+                        }
                         // Before the watchdog is armed a ping changes nothing.
                         Notice::Watchdog if last_ping.is_some() => last_ping = Some(Instant::now()),
                         Notice::Watchdog => {}
@@ -99,7 +101,7 @@ pub(crate) async fn serve(cluster: Cluster, worker: WorkerHandle, socket: UnixDa
         }
         if let (Some(timeout), Some(last_ping)) = (timeout, last_ping) {
             if last_ping.elapsed() > timeout && !worker.is_dead() {
-                super::ipc::worker_error(
+                crate::primary::lifecycle::ipc::worker_error(
                     &cluster,
                     &worker,
                     format!("watchdog: no WATCHDOG=1 for {timeout:?}"),

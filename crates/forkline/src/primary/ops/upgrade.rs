@@ -22,10 +22,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::cluster::Cluster;
-use super::event::Event;
-use super::{spawner, task};
 use crate::error::{Error, Result};
+use crate::primary::cluster::Cluster;
+use crate::primary::event::Event;
+use crate::primary::{lifecycle::spawner, task};
 use crate::sys;
 
 /// The new primary's end of the handover channel.
@@ -118,7 +118,10 @@ impl Cluster {
             .enumerate()
             .filter_map(|(index, listener)| {
                 let socket = listener.socket_to_pass()?;
-                Some((super::spawn::fd_name(self, index, listener), socket))
+                Some((
+                    crate::primary::lifecycle::spawn::fd_name(self, index, listener),
+                    socket,
+                ))
             })
             .collect()
     }
@@ -299,7 +302,7 @@ async fn read_line(channel: &mut UnixStream) -> io::Result<String> {
 /// `exited with code 1` / `was killed by signal 9`, as a failed replacement says it.
 fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
-    super::event::ReplaceFailure::Exited {
+    crate::primary::event::ReplaceFailure::Exited {
         code: status.code(),
         signal: status.signal(),
     }

@@ -10,13 +10,16 @@ use std::sync::Arc;
 
 use tokio::process::Child;
 
-use super::cluster::Cluster;
-use super::handle::WorkerHandle;
-use super::listeners::BoundListener;
-use super::options::WorkerStdio;
-use super::output_buffer::OutputStream;
-use super::{notify, output, proxy, readiness, spawner, task};
 use crate::error::{Error, Result};
+use crate::primary::cluster::Cluster;
+use crate::primary::handle::WorkerHandle;
+use crate::primary::lifecycle::output_buffer::OutputStream;
+use crate::primary::options::WorkerStdio;
+use crate::primary::traffic::listeners::BoundListener;
+use crate::primary::{
+    lifecycle::notify, lifecycle::output, lifecycle::readiness, lifecycle::spawner, task,
+    traffic::proxy,
+};
 use crate::protocol::channel::AsyncChannel;
 use crate::protocol::wire::{ENV_IPC_FD, ENV_WORKER_ID};
 use crate::protocol::Mode;
@@ -47,7 +50,7 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
         "NOTIFY_SOCKET",
     ]
     .into_iter()
-    .chain(super::upgrade::UPGRADE_ENV)
+    .chain(crate::primary::ops::upgrade::UPGRADE_ENV)
     {
         command.env_remove(inherited);
     }
@@ -107,7 +110,11 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
     // Delivers a stop asked for before the process existed.
     worker.set_pid(pid);
     if let Some(max) = opts.max_requests {
-        let limit = super::recycle::request_limit(max, opts.max_requests_jitter, worker);
+        let limit = crate::primary::lifecycle::recycle::request_limit(
+            max,
+            opts.max_requests_jitter,
+            worker,
+        );
         worker
             .shared
             .request_limit
@@ -136,9 +143,12 @@ pub(crate) async fn spawn(cluster: &Cluster, worker: &WorkerHandle) -> Result<Sp
     }
     let channel = Arc::new(AsyncChannel::new(primary_end)?);
     tracing::info!(worker = worker.id(), pid, "worker started");
-    cluster.inner.events.emit(super::event::Event::Fork {
-        worker: worker.clone(),
-    });
+    cluster
+        .inner
+        .events
+        .emit(crate::primary::event::Event::Fork {
+            worker: worker.clone(),
+        });
     readiness::on_started(cluster, worker);
     let _ = worker.shared.worker_end.set(Arc::new(worker_end_copy));
     Ok(Spawned { child, channel })
@@ -206,5 +216,5 @@ pub(crate) fn fd_name(cluster: &Cluster, index: usize, listener: &BoundListener)
     inherited
         .or(given)
         .cloned()
-        .unwrap_or_else(|| super::options::fd_name_for(&listener.local))
+        .unwrap_or_else(|| crate::primary::options::fd_name_for(&listener.local))
 }

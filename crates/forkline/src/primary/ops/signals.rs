@@ -4,9 +4,9 @@
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::cluster::Cluster;
-use super::task;
 use crate::error::Result;
+use crate::primary::cluster::Cluster;
+use crate::primary::task;
 
 /// Starts the task that acts on the primary's signals.
 pub(crate) fn handle(cluster: Cluster) -> Result<()> {

@@ -9,9 +9,9 @@ use std::time::SystemTime;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
-use super::cluster::Cluster;
-use super::options::{LogFormat, WorkerStdio};
-use super::output_buffer::{OutputLine, OutputStream};
+use crate::primary::cluster::Cluster;
+use crate::primary::lifecycle::output_buffer::{OutputLine, OutputStream};
+use crate::primary::options::{LogFormat, WorkerStdio};
 
 /// Longest line passed through in one piece; longer lines are split.
 const MAX_LINE: usize = 64 * 1024;

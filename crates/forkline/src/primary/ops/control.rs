@@ -17,10 +17,10 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
-use super::cluster::Cluster;
-use super::event::Replacement;
-use super::{replace, task};
 use crate::error::{Error, Result};
+use crate::primary::cluster::Cluster;
+use crate::primary::event::Replacement;
+use crate::primary::{lifecycle::replace, task};
 
 /// The version of the control protocol this primary speaks.
 pub const CONTROL_VERSION: u32 = 1;

@@ -12,14 +12,14 @@ use nix::sys::signal::Signal;
 use tokio::process::Child;
 use tokio::sync::mpsc;
 
-use super::cluster::Cluster;
-use super::dispatch::Dispatcher;
-use super::event::Event;
-use super::handle::{ExitInfo, Outgoing, WorkerHandle, WorkerShared, WorkerState};
-use super::listeners::ListenKey;
-use super::options::{Balance, Readiness};
-use super::{dispatch, readiness, task};
 use crate::error::{Error, Result};
+use crate::primary::cluster::Cluster;
+use crate::primary::event::Event;
+use crate::primary::handle::{ExitInfo, Outgoing, WorkerHandle, WorkerShared, WorkerState};
+use crate::primary::options::{Balance, Readiness};
+use crate::primary::traffic::dispatch::Dispatcher;
+use crate::primary::traffic::listeners::ListenKey;
+use crate::primary::{lifecycle::readiness, task, traffic::dispatch};
 use crate::protocol::channel::{encode, AsyncChannel, Packet};
 use crate::protocol::{FromWorker, Mode, SocketKind, ToWorker, MAX_PACKET, PROTOCOL_VERSION};
 
@@ -212,7 +212,7 @@ async fn handle_packet(
         }
         FromWorker::Load { open } => {
             cluster.inner.dispatcher.report_load(worker, open);
-            super::steer::report_load(cluster, worker, open);
+            crate::primary::traffic::steer::report_load(cluster, worker, open);
         }
         FromWorker::Message { data } => cluster.inner.events.emit(Event::Message {
             worker: worker.clone(),
@@ -305,7 +305,7 @@ async fn listen(
         mode,
         index,
     } = request;
-    let mode = super::steer::effective(
+    let mode = crate::primary::traffic::steer::effective(
         cluster,
         effective_mode(kind, mode.unwrap_or(cluster.inner.opts.mode)),
     );
@@ -366,7 +366,7 @@ async fn listen(
         }
     }
     // Steer mode: a worker ready already is steered to from now on (before `listening`).
-    super::steer::listening(worker, &listener);
+    crate::primary::traffic::steer::listening(worker, &listener);
     cluster.inner.events.emit(Event::Listening {
         worker: worker.clone(),
         address: listener.local.clone(),

@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::migration::{Migration, Migrator};
-use super::options::Balance;
-use super::steer::{SteerGroup, Steerer};
 use crate::error::{Error, Result};
+use crate::primary::options::Balance;
+use crate::primary::traffic::migration::{Migration, Migrator};
+use crate::primary::traffic::steer::{SteerGroup, Steerer};
 use crate::protocol::{Mode, SocketKind};
 
 /// Backlog for every listening socket (the kernel caps it at `net.core.somaxconn`).
@@ -170,7 +170,7 @@ impl BoundListener {
         let Some(socket) = self.per_slot.lock().unwrap().get(&slot).cloned() else {
             return;
         };
-        super::steer::enter(group, slot, seq, &socket);
+        crate::primary::traffic::steer::enter(group, slot, seq, &socket);
     }
 
     /// Steer mode with least-conn: worker `seq` of `slot` has `open` connections.

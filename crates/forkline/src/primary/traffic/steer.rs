@@ -50,14 +50,14 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::cluster::Cluster;
-use super::handle::{WorkerHandle, WorkerState};
-use super::listeners::BoundListener;
-use super::migration::{
+use crate::primary::cluster::Cluster;
+use crate::primary::handle::{WorkerHandle, WorkerState};
+use crate::primary::options::Balance;
+use crate::primary::traffic::listeners::BoundListener;
+use crate::primary::traffic::migration::{
     refused_for_tests, BPF_PROG_TYPE_SK_REUSEPORT, BPF_SK_REUSEPORT_SELECT_OR_MIGRATE, LICENSE,
     SK_PASS,
 };
-use super::options::Balance;
 use crate::protocol::Mode;
 use crate::sys::{self, BpfInsn, BpfMap, MappedWords, BPF_ANY, BPF_F_MMAPABLE};
 

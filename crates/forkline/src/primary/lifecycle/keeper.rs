@@ -37,7 +37,7 @@ const EXIT_WAIT: Duration = Duration::from_secs(2);
 ///
 /// The keeper is a child of the primary that no one else reaps: the `Keeper` reaps it, in
 /// [`Keeper::exited`] and when dropped. Its pid therefore belongs in the orphan reaper's
-/// [`Registry`](super::reaper::Registry) for as long as the `Keeper` lives:
+/// [`Registry`](crate::primary::lifecycle::reaper::Registry) for as long as the `Keeper` lives:
 ///
 /// ```text
 /// let keeper = {
@@ -182,7 +182,7 @@ mod tests {
     use nix::sys::signal::{kill, killpg, Signal};
 
     use super::*;
-    use crate::primary::reaper::tests::{is_isolated, isolated_command};
+    use crate::primary::lifecycle::reaper::tests::{is_isolated, isolated_command};
     use crate::sys::KEEPER_NAME;
 
     /// Generous: the machine is small and shared.

@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use super::cluster::Cluster;
-use super::coalesce::{CoalesceGate, Coalescer};
-use super::handle::WorkerHandle;
-use super::listeners::BoundListener;
-use super::options::{sticky_index, Balance};
-use super::stats::{AcceptErrorKind, LatencyHistogram, Traffic};
+use crate::primary::cluster::Cluster;
+use crate::primary::handle::WorkerHandle;
+use crate::primary::ops::stats::{AcceptErrorKind, LatencyHistogram, Traffic};
+use crate::primary::options::{sticky_index, Balance};
+use crate::primary::traffic::coalesce::{CoalesceGate, Coalescer};
+use crate::primary::traffic::listeners::BoundListener;
 use crate::protocol::channel::{encode, AsyncChannel};
 use crate::protocol::ToWorker;
 use crate::sys::MAX_FDS_PER_PACKET;
@@ -888,7 +888,7 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
             .inner
             .opts
             .accept_threads
-            .unwrap_or_else(|| super::options::auto_accept_threads(cluster.target()));
+            .unwrap_or_else(|| crate::primary::options::auto_accept_threads(cluster.target()));
         if threads > 1 {
             let shared = AcceptThreads {
                 listener: id,
@@ -904,7 +904,7 @@ pub(crate) fn start_accepting(cluster: &Cluster, listener: &BoundListener) {
                 ),
             }
         }
-        super::task::spawn("accept", async move {
+        crate::primary::task::spawn("accept", async move {
             if let Err(e) = dispatcher
                 .accept_loop(id, socket, coalesce, always, stop)
                 .await
@@ -969,7 +969,7 @@ fn spawn_accept_threads(
             .insert(listener, gate.on());
     }
     let (dispatcher, mut waiting) = (dispatcher.clone(), stop.clone());
-    super::task::spawn("accept-threads-stop", async move {
+    crate::primary::task::spawn("accept-threads-stop", async move {
         let _ = waiting.wait_for(|s| *s).await;
         drop(wake);
         dispatcher.coalescing.lock().unwrap().remove(&listener);
@@ -982,7 +982,7 @@ pub(crate) fn stop_signal(cluster: &Cluster, listener: &BoundListener) -> watch:
     let (tx, rx) = watch::channel(false);
     let mut cluster_stop = cluster.inner.stop_accepting.subscribe();
     let mut closed = listener.closed.subscribe();
-    super::task::spawn("accept-stop", async move {
+    crate::primary::task::spawn("accept-stop", async move {
         tokio::select! {
             _ = cluster_stop.wait_for(|s| *s) => {}
             _ = closed.wait_for(|c| *c) => {}
@@ -999,7 +999,7 @@ pub(crate) fn start_reclaiming(cluster: &Cluster) {
     let dispatcher = cluster.inner.dispatcher.clone();
     let deadline = cluster.inner.opts.handoff_timeout;
     let mut stop = cluster.inner.stop_accepting.subscribe();
-    super::task::spawn("reclaim", async move {
+    crate::primary::task::spawn("reclaim", async move {
         let mut tick = tokio::time::interval((deadline / 4).max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

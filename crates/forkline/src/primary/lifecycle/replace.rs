@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::cluster::Cluster;
-use super::event::{Event, ReplaceFailure, Replacement};
-use super::handle::WorkerHandle;
-use super::readiness::{self, Waited};
-use super::slots::{Refused, RestartReason, Seq};
-use super::supervisor;
+use crate::primary::cluster::Cluster;
+use crate::primary::event::{Event, ReplaceFailure, Replacement};
+use crate::primary::handle::WorkerHandle;
+use crate::primary::lifecycle::readiness::{self, Waited};
+use crate::primary::lifecycle::slots::{Refused, RestartReason, Seq};
+use crate::primary::lifecycle::supervisor;
 
 /// How long a reload waits for another replacement of the same slot (recycling) to end.
 const BUSY_WAIT: Duration = Duration::from_millis(50);

@@ -1,0 +1,18 @@
+//! The life of worker processes: slot state, supervision, spawning, readiness, replacing,
+//! recycling, shutdown, the keeper and the orphan reaper, each worker's IPC channel, notify
+//! socket and output.
+
+pub(crate) mod ipc;
+pub(crate) mod keeper;
+pub(crate) mod notify;
+pub(crate) mod output;
+pub(crate) mod output_buffer;
+pub(crate) mod readiness;
+pub(crate) mod reaper;
+pub(crate) mod recycle;
+pub(crate) mod replace;
+pub(crate) mod shutdown;
+pub(crate) mod slots;
+pub(crate) mod spawn;
+pub(crate) mod spawner;
+pub(crate) mod supervisor;
