@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::Path;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args};
+use clap::ArgMatches;
 use figment::error::Kind;
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
@@ -140,17 +140,14 @@ impl Settings {
     /// The values clap read, by where it found them: its defaults, one layer per environment
     /// variable, and the flags (with the command after `--`).
     fn clap_layers(&self, matches: &ArgMatches) -> (Layer, Vec<Layer>, Layer) {
-        let values = Value::serialize(self)
-            .ok()
-            .and_then(Value::into_dict)
-            .unwrap_or_default();
+        let values = self.values();
         let layer = |source| Layer {
             source,
             values: Dict::new(),
         };
         let (mut defaults, mut variables, mut flags) =
             (layer(Source::Default), Vec::new(), layer(Source::Flag));
-        for arg in Self::augment_args(clap::Command::new("forkline")).get_arguments() {
+        for arg in Self::flags().get_arguments() {
             let id = arg.get_id().as_str();
             let key = id.replace('_', "-");
             // `--config` and `--no-log-prefix` are no settings of their own.
@@ -259,7 +256,7 @@ fn extract_error(e: figment::Error, file: Option<&ConfigFile>) -> String {
 #[cfg(test)]
 pub(super) mod testing {
     use super::*;
-    use clap::{Command, FromArgMatches};
+    use clap::{Args, Command, FromArgMatches};
 
     /// The settings for `ARGS -- true` with the config file `text`, if any, as `run` resolves
     /// them.

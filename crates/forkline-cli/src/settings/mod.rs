@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
+use figment::value::{Dict, Value};
 use forkline::{Balance, Mode, Readiness, RestartPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -312,5 +313,18 @@ impl Settings {
         self.control
             .clone()
             .unwrap_or_else(|| crate::control::default_path(self.name()))
+    }
+
+    /// Every setting that has a value, as figment values by config key.
+    fn values(&self) -> Dict {
+        Value::serialize(self)
+            .ok()
+            .and_then(Value::into_dict)
+            .unwrap_or_default()
+    }
+
+    /// The settings' flags, in the order of `--help`.
+    fn flags() -> clap::Command {
+        Self::augment_args(clap::Command::new("forkline"))
     }
 }

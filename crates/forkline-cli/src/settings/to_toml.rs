@@ -1,9 +1,6 @@
 //! The settings spelled back as a config file for `check-config`, each line commented with
 //! where its value came from.
 
-use clap::Args;
-use figment::value::Value;
-
 use super::Settings;
 
 impl Settings {
@@ -11,11 +8,8 @@ impl Settings {
     /// each line commented with where its value came from.
     pub fn to_toml(&self) -> String {
         let set = toml::Table::try_from(self).unwrap_or_default();
-        let all = Value::serialize(self)
-            .ok()
-            .and_then(Value::into_dict)
-            .unwrap_or_default();
-        let flags = Self::augment_args(clap::Command::new("forkline"));
+        let all = self.values();
+        let flags = Self::flags();
         let keys = std::iter::once("command".to_string()).chain(
             flags
                 .get_arguments()
