@@ -9,7 +9,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
 use serde_json::{json, Value};
 
 use crate::error::CliError;
@@ -35,14 +34,6 @@ pub fn default_path(name: &str) -> PathBuf {
     default_dir().join(format!("{}.sock", name.replace('/', "_")))
 }
 
-/// Which cluster a subcommand talks to: by name, or by `--control PATH`.
-#[derive(Debug, Clone, Args)]
-pub struct TargetArgs {
-    /// Talk to the control socket at PATH instead of finding the cluster by name
-    #[arg(long, value_name = "PATH")]
-    pub control: Option<PathBuf>,
-}
-
 /// A cluster to talk to.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -55,14 +46,14 @@ pub struct Target {
 }
 
 impl Target {
-    /// The cluster named `name`, or the socket given with `--control`.
-    pub fn new(name: Option<&str>, args: &TargetArgs) -> Result<Target, CliError> {
-        match (&args.control, name) {
+    /// The cluster named `name`, or the socket `control` (given with `--control`).
+    pub fn new(name: Option<&str>, control: Option<&Path>) -> Result<Target, CliError> {
+        match (control, name) {
             (Some(path), name) => Ok(Target {
                 name: name
                     .map(str::to_string)
                     .unwrap_or_else(|| path.display().to_string()),
-                path: path.clone(),
+                path: path.to_path_buf(),
                 by_name: false,
             }),
             (None, Some(name)) if !name.is_empty() => Ok(Target {

@@ -6,16 +6,13 @@ use std::io::{BufRead, BufReader, ErrorKind, Write};
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::control::{self, Target, TargetArgs};
+use super::cluster_args::ClusterArgs;
+use crate::control;
 use crate::error::CliError;
 
 /// Arguments of `forkline logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// The cluster's name (see forkline ls)
-    #[arg(value_name = "NAME", required_unless_present = "control")]
-    pub name: Option<String>,
-
     /// Keep printing new lines as workers write them
     #[arg(short, long)]
     pub follow: bool,
@@ -32,13 +29,14 @@ pub struct LogsArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Which cluster: NAME, or --control PATH.
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub cluster: ClusterArgs,
 }
 
 /// Runs `logs`.
 pub fn logs(args: LogsArgs) -> Result<i32, CliError> {
-    let target = Target::new(args.name.as_deref(), &args.target)?;
+    let target = args.cluster.target()?;
     let mut stream = target.connect()?;
     let broken = |e: std::io::Error| {
         CliError::Runtime(format!(

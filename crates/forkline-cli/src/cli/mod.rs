@@ -4,6 +4,7 @@
 //! starts each worker).
 
 pub mod check_config;
+pub mod cluster_args;
 pub mod completions;
 pub mod exec;
 pub mod logs;

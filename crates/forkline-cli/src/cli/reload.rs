@@ -4,23 +4,21 @@
 use clap::Args;
 use serde_json::json;
 
-use crate::control::{self, Target, TargetArgs};
+use super::cluster_args::ClusterArgs;
+use crate::control;
 use crate::error::CliError;
 
 /// Arguments of `forkline reload`.
 #[derive(Debug, Args)]
 pub struct ReloadArgs {
-    /// The cluster's name (see forkline ls)
-    #[arg(value_name = "NAME", required_unless_present = "control")]
-    pub name: Option<String>,
-
+    /// Which cluster: NAME, or --control PATH.
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub cluster: ClusterArgs,
 }
 
 /// Runs `reload`.
 pub fn reload(args: ReloadArgs) -> Result<i32, CliError> {
-    let target = Target::new(args.name.as_deref(), &args.target)?;
+    let target = args.cluster.target()?;
     let reply = target.send(json!({"cmd": "reload"}), None)?;
     if reply["ok"] == json!(true) {
         control::print(&format!(

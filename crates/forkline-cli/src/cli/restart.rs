@@ -4,44 +4,39 @@
 use clap::Args;
 use serde_json::json;
 
-use crate::control::{self, Target, TargetArgs};
+use super::cluster_args::ClusterArgs;
+use crate::control;
 use crate::error::CliError;
 
 /// Arguments of `forkline restart`.
 #[derive(Debug, Args)]
 #[command(
-    override_usage = "forkline restart NAME SLOT\n       forkline restart --control PATH SLOT"
+    override_usage = "forkline restart NAME SLOT\n       forkline restart --control PATH SLOT",
+    mut_arg("name", ClusterArgs::name_always_given),
+    mut_arg("slot", ClusterArgs::word_after_name)
 )]
 pub struct RestartArgs {
-    /// The cluster's name (see forkline ls)
-    #[arg(value_name = "NAME")]
-    pub name: String,
+    /// Which cluster: NAME, or --control PATH (then NAME holds the SLOT).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 
     /// The worker slot (its FORKLINE_WORKER_ID; see forkline status)
     #[arg(value_name = "SLOT")]
     pub slot: Option<String>,
-
-    #[command(flatten)]
-    pub target: TargetArgs,
 }
 
 /// Runs `restart`.
 pub fn restart(args: RestartArgs) -> Result<i32, CliError> {
-    let (name, slot) = match (&args.slot, &args.target.control) {
-        (Some(slot), _) => (Some(args.name.as_str()), slot.as_str()),
-        (None, Some(_)) => (None, args.name.as_str()),
-        (None, None) => {
-            return Err(CliError::Usage(
-                "restart: give the cluster's name and a SLOT".into(),
-            ))
-        }
-    };
+    let (cluster, slot) = args.cluster.with_word(
+        args.slot.as_deref(),
+        "restart: give the cluster's name and a SLOT",
+    )?;
     let slot: usize = slot.parse().map_err(|_| {
         CliError::Usage(format!(
             "restart: invalid SLOT `{slot}`: expected a slot number (see forkline status)"
         ))
     })?;
-    let target = Target::new(name, &args.target)?;
+    let target = cluster.target()?;
     let reply = target.send(json!({"cmd": "restart", "slot": slot}), None)?;
     if reply["ok"] == json!(true) {
         control::print(&format!("{}: slot {slot} restarted\n", target.name));

@@ -3,41 +3,36 @@
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::control::{self, Target, TargetArgs};
+use super::cluster_args::ClusterArgs;
+use crate::control;
 use crate::error::CliError;
 
 /// Arguments of `forkline scale`.
 #[derive(Debug, Args)]
 #[command(
     allow_negative_numbers = true,
-    override_usage = "forkline scale NAME N|+K|-K\n       forkline scale --control PATH N|+K|-K"
+    override_usage = "forkline scale NAME N|+K|-K\n       forkline scale --control PATH N|+K|-K",
+    mut_arg("name", ClusterArgs::name_always_given),
+    mut_arg("count", ClusterArgs::word_after_name)
 )]
 pub struct ScaleArgs {
-    /// The cluster's name (see forkline ls)
-    #[arg(value_name = "NAME")]
-    pub name: String,
+    /// Which cluster: NAME, or --control PATH (then NAME holds the count).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 
     /// N workers, or K more (+K) or fewer (-K)
     #[arg(value_name = "N|+K|-K", allow_hyphen_values = true)]
     pub count: Option<String>,
-
-    #[command(flatten)]
-    pub target: TargetArgs,
 }
 
 /// Runs `scale`.
 pub fn scale(args: ScaleArgs) -> Result<i32, CliError> {
-    let (name, count) = match (&args.count, &args.target.control) {
-        (Some(count), _) => (Some(args.name.as_str()), count.as_str()),
-        (None, Some(_)) => (None, args.name.as_str()),
-        (None, None) => {
-            return Err(CliError::Usage(
-                "scale: give the cluster's name and N, +K or -K".into(),
-            ))
-        }
-    };
-    let request = parse_count(count)?;
-    let target = Target::new(name, &args.target)?;
+    let (cluster, count) = args.cluster.with_word(
+        args.count.as_deref(),
+        "scale: give the cluster's name and N, +K or -K",
+    )?;
+    let request = parse_count(&count)?;
+    let target = cluster.target()?;
     let reply = target.call(request, Some(control::QUICK))?;
     control::print(&format!(
         "{}: scaled to {} workers\n",

@@ -5,27 +5,28 @@
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::control::{self, Target, TargetArgs};
+use super::cluster_args::ClusterArgs;
+use crate::control;
 use crate::error::CliError;
 
 /// Arguments of `forkline status`.
 #[derive(Debug, Args)]
+#[command(mut_arg("name", |name| name.help(
+    "The cluster's name (its --name, else its command's file name; see forkline ls)"
+)))]
 pub struct StatusArgs {
-    /// The cluster's name (its --name, else its command's file name; see forkline ls)
-    #[arg(value_name = "NAME", required_unless_present = "control")]
-    pub name: Option<String>,
-
     /// Print the status object as JSON (with its `workers` list)
     #[arg(long)]
     pub json: bool,
 
+    /// Which cluster: NAME, or --control PATH.
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub cluster: ClusterArgs,
 }
 
 /// Runs `status`.
 pub fn status(args: StatusArgs) -> Result<i32, CliError> {
-    let target = Target::new(args.name.as_deref(), &args.target)?;
+    let target = args.cluster.target()?;
     let mut reply = target.call(json!({"cmd": "status"}), Some(control::QUICK))?;
     if args.json {
         if let Some(object) = reply.as_object_mut() {

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::json;
 
-use crate::control::{self, Target, TargetArgs};
+use super::cluster_args::ClusterArgs;
+use crate::control;
 use crate::error::CliError;
 
 /// The longest `stop` waits for the cluster to be gone.
@@ -15,21 +16,18 @@ const STOP_WAIT: Duration = Duration::from_secs(600);
 /// Arguments of `forkline stop`.
 #[derive(Debug, Args)]
 pub struct StopArgs {
-    /// The cluster's name (see forkline ls)
-    #[arg(value_name = "NAME", required_unless_present = "control")]
-    pub name: Option<String>,
-
     /// Kill the workers at once instead of letting them finish (SIGKILL)
     #[arg(long)]
     pub now: bool,
 
+    /// Which cluster: NAME, or --control PATH.
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub cluster: ClusterArgs,
 }
 
 /// Runs `stop`.
 pub fn stop(args: StopArgs) -> Result<i32, CliError> {
-    let target = Target::new(args.name.as_deref(), &args.target)?;
+    let target = args.cluster.target()?;
     target.call(
         json!({"cmd": "stop", "now": args.now}),
         Some(control::QUICK),

@@ -28,8 +28,9 @@ use ratatui::widgets::{Block, Borders, Paragraph, RenderDirection, Row, Sparklin
 use ratatui::{Frame, Terminal};
 use serde_json::{json, Value};
 
+use super::cluster_args::ClusterArgs;
 use super::top_model::{self, Model, Snapshot, COLUMNS};
-use crate::control::{self, Target, TargetArgs};
+use crate::control::{self, Target};
 use crate::error::CliError;
 use crate::parse;
 
@@ -48,16 +49,13 @@ const TICK: Duration = Duration::from_millis(50);
 /// Arguments of `forkline top`.
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// The cluster's name (see forkline ls)
-    #[arg(value_name = "NAME", required_unless_present = "control")]
-    pub name: Option<String>,
-
     /// How often to refresh: 1s, 500ms, 2s (at least 100ms)
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = interval)]
     pub interval: Duration,
 
+    /// Which cluster: NAME, or --control PATH.
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub cluster: ClusterArgs,
 }
 
 /// `--interval`: a duration of at least [`MIN_INTERVAL`].
@@ -80,7 +78,7 @@ pub fn top(args: TopArgs) -> Result<i32, CliError> {
             "forkline top needs a terminal; use forkline status".into(),
         ));
     }
-    let target = Target::new(args.name.as_deref(), &args.target)?;
+    let target = args.cluster.target()?;
     let first = target.call(json!({"cmd": "status"}), Some(STATUS_TIMEOUT))?;
     let mut app = App::new(target, args.interval);
     app.status(Poll::Status(first));
@@ -527,7 +525,7 @@ mod tests {
     #[test]
     fn the_screen_shows_the_rows_and_the_keys() {
         use ratatui::backend::TestBackend;
-        let target = Target::new(Some("web"), &TargetArgs { control: None }).unwrap();
+        let target = Target::new(Some("web"), None).unwrap();
         let mut app = App::new(target, Duration::from_millis(500));
         app.status(Poll::Status(json!({
             "ok": true, "name": "web", "pid": 42, "mode": "proxy", "uptime_secs": 7.0,

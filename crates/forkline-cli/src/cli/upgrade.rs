@@ -6,23 +6,21 @@
 use clap::Args;
 use serde_json::json;
 
-use crate::control::{self, Target, TargetArgs};
+use super::cluster_args::ClusterArgs;
+use crate::control;
 use crate::error::CliError;
 
 /// Arguments of `forkline upgrade`.
 #[derive(Debug, Args)]
 pub struct UpgradeArgs {
-    /// The cluster's name (see forkline ls)
-    #[arg(value_name = "NAME", required_unless_present = "control")]
-    pub name: Option<String>,
-
+    /// Which cluster: NAME, or --control PATH.
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub cluster: ClusterArgs,
 }
 
 /// Runs `upgrade`.
 pub fn upgrade(args: UpgradeArgs) -> Result<i32, CliError> {
-    let target = Target::new(args.name.as_deref(), &args.target)?;
+    let target = args.cluster.target()?;
     let reply = target.call(json!({"cmd": "upgrade"}), None)?;
     control::print(&format!(
         "{}: upgraded: primary {} took over\n",

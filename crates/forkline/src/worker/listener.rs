@@ -53,20 +53,29 @@ fn source_parts(reply: ListenReply, address: &str) -> Result<Parts> {
     }
 }
 
-fn blocking_source(reply: ListenReply, address: &str) -> Result<BlockingSource> {
-    Ok(match source_parts(reply, address)? {
-        Err(queue) => BlockingSource::Handoff(Mutex::new(queue)),
-        Ok(socket) => BlockingSource::Socket(socket),
-    })
+/// A source built from the primary's answer (see [`source_parts`]).
+trait Source: Sized {
+    fn from_parts(parts: Parts) -> Result<Self>;
 }
 
-fn async_source(reply: ListenReply, address: &str) -> Result<AsyncSource> {
-    Ok(match source_parts(reply, address)? {
-        Err(queue) => AsyncSource::Handoff(tokio::sync::Mutex::new(queue)),
-        Ok(socket) => {
-            AsyncSource::Socket(crate::sys::async_fd(socket, tokio::io::Interest::READABLE)?)
-        }
-    })
+impl Source for BlockingSource {
+    fn from_parts(parts: Parts) -> Result<Self> {
+        Ok(match parts {
+            Err(queue) => BlockingSource::Handoff(Mutex::new(queue)),
+            Ok(socket) => BlockingSource::Socket(socket),
+        })
+    }
+}
+
+impl Source for AsyncSource {
+    fn from_parts(parts: Parts) -> Result<Self> {
+        Ok(match parts {
+            Err(queue) => AsyncSource::Handoff(tokio::sync::Mutex::new(queue)),
+            Ok(socket) => {
+                AsyncSource::Socket(crate::sys::async_fd(socket, tokio::io::Interest::READABLE)?)
+            }
+        })
+    }
 }
 
 /// An accepted fd, whether it counts toward least-conn, and the client address if known.
@@ -162,61 +171,81 @@ impl AsyncSource {
     }
 }
 
-/// The worker's count of open connections, if this one counts toward it: a handed-off one
-/// does (the reader counted it as it arrived), and so does one accepted from a steer socket
-/// while the primary balances by load (counted here). Dropping the `Connection` uncounts it.
-fn counted(
-    worker: &Worker,
-    handed_off: bool,
-    steered: bool,
-) -> Option<std::sync::Arc<super::Shared>> {
-    let shared = &worker.shared;
-    if handed_off {
-        return Some(shared.clone());
+/// What every listener holds, whatever its flavour (blocking or tokio, `S`) and its socket
+/// kind: its worker, the listen index it keeps open, where its connections come from, and the
+/// mode the primary chose.
+#[derive(Debug)]
+struct Base<S> {
+    worker: Worker,
+    /// Held while the listener lives: its listen index (see `indexes`).
+    _index: Option<super::indexes::ListenIndex>,
+    source: S,
+    mode: Mode,
+}
+
+impl<S: Source> Base<S> {
+    fn new(worker: Worker, mut reply: ListenReply, address: &str) -> Result<Self> {
+        let _index = reply.index.take();
+        let mode = reply.mode;
+        let source = S::from_parts(source_parts(reply, address)?)?;
+        Ok(Self {
+            worker,
+            _index,
+            source,
+            mode,
+        })
     }
-    if steered
-        && shared
-            .report_load
-            .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        shared
-            .open
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        return Some(shared.clone());
+}
+
+impl<S> Base<S> {
+    /// The worker's count of open connections, if this one counts toward it: a handed-off one
+    /// does (the reader counted it as it arrived), and so does one accepted from a steer socket
+    /// while the primary balances by load (counted here). Dropping the `Connection` uncounts
+    /// it.
+    fn counted(&self, handed_off: bool, steered: bool) -> Option<std::sync::Arc<super::Shared>> {
+        let shared = &self.worker.shared;
+        if handed_off {
+            return Some(shared.clone());
+        }
+        if steered
+            && shared
+                .report_load
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            shared
+                .open
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            return Some(shared.clone());
+        }
+        None
     }
-    None
+
+    /// [`counted`](Self::counted) for a TCP listener, whose accepted connections are steered
+    /// ones in `steer` mode.
+    fn counted_tcp(&self, handed_off: bool) -> Option<std::sync::Arc<super::Shared>> {
+        self.counted(handed_off, self.mode == Mode::Steer)
+    }
 }
 
 /// A TCP listener through the primary (blocking API).
 #[derive(Debug)]
 pub struct TcpListener {
-    worker: Worker,
-    /// Held while the listener lives: its listen index (see `indexes`).
-    _index: Option<super::indexes::ListenIndex>,
-    source: BlockingSource,
+    base: Base<BlockingSource>,
     local: SocketAddr,
-    mode: Mode,
 }
 
 impl TcpListener {
-    pub(crate) fn new(worker: Worker, mut reply: ListenReply, address: &str) -> Result<Self> {
-        let _index = reply.index.take();
+    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
         let local = parse_local(&reply.address, address)?;
-        let mode = reply.mode;
-        let source = blocking_source(reply, address)?;
-        Ok(Self {
-            worker,
-            _index,
-            source,
-            local,
-            mode,
-        })
+        let base = Base::new(worker, reply, address)?;
+        Ok(Self { base, local })
     }
 
     /// The next connection and its peer address; `Ok(None)` once the worker is disconnected.
     pub fn accept(&self) -> io::Result<Option<(Connection<std::net::TcpStream>, SocketAddr)>> {
-        while let Some((fd, counts, peer)) = self.source.accept(&self.worker)? {
-            let stream = Connection::new(std::net::TcpStream::from(fd), self.counted(counts));
+        while let Some((fd, counts, peer)) = self.base.source.accept(&self.base.worker)? {
+            let stream =
+                Connection::new(std::net::TcpStream::from(fd), self.base.counted_tcp(counts));
             // A client that already reset has no peer address; skip it.
             if let Some(peer) = peer.or_else(|| stream.peer_addr().ok()) {
                 return Ok(Some((stream, peer)));
@@ -232,10 +261,6 @@ impl TcpListener {
         std::iter::from_fn(move || self.accept().transpose().map(|r| r.map(|(s, _)| s)))
     }
 
-    fn counted(&self, handed_off: bool) -> Option<std::sync::Arc<super::Shared>> {
-        counted(&self.worker, handed_off, self.mode == Mode::Steer)
-    }
-
     /// The address the cluster listens on (the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
@@ -243,51 +268,38 @@ impl TcpListener {
 
     /// The distribution mode in effect.
     pub fn mode(&self) -> Mode {
-        self.mode
+        self.base.mode
     }
 }
 
 /// A TCP listener through the primary (tokio API). Also usable with `axum::serve`.
 #[derive(Debug)]
 pub struct AsyncTcpListener {
-    worker: Worker,
-    /// Held while the listener lives: its listen index (see `indexes`).
-    _index: Option<super::indexes::ListenIndex>,
-    source: AsyncSource,
+    base: Base<AsyncSource>,
     local: SocketAddr,
-    mode: Mode,
 }
 
 impl AsyncTcpListener {
-    pub(crate) fn new(worker: Worker, mut reply: ListenReply, address: &str) -> Result<Self> {
-        let _index = reply.index.take();
+    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
         let local = parse_local(&reply.address, address)?;
-        let mode = reply.mode;
-        let source = async_source(reply, address)?;
-        Ok(Self {
-            worker,
-            _index,
-            source,
-            local,
-            mode,
-        })
+        let base = Base::new(worker, reply, address)?;
+        Ok(Self { base, local })
     }
 
     /// The next connection and its peer address; `Ok(None)` once the worker is disconnected.
     pub async fn accept(
         &self,
     ) -> io::Result<Option<(Connection<tokio::net::TcpStream>, SocketAddr)>> {
-        while let Some((fd, counts, peer)) = self.source.accept(&self.worker).await? {
+        while let Some((fd, counts, peer)) = self.base.source.accept(&self.base.worker).await? {
             let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))?;
             if let Some(peer) = peer.or_else(|| stream.peer_addr().ok()) {
-                return Ok(Some((Connection::new(stream, self.counted(counts)), peer)));
+                return Ok(Some((
+                    Connection::new(stream, self.base.counted_tcp(counts)),
+                    peer,
+                )));
             }
         }
         Ok(None)
-    }
-
-    fn counted(&self, handed_off: bool) -> Option<std::sync::Arc<super::Shared>> {
-        counted(&self.worker, handed_off, self.mode == Mode::Steer)
     }
 
     /// The address the cluster listens on.
@@ -297,46 +309,41 @@ impl AsyncTcpListener {
 
     /// The distribution mode in effect.
     pub fn mode(&self) -> Mode {
-        self.mode
+        self.base.mode
     }
 
     /// The worker this listener belongs to.
     pub fn worker(&self) -> &Worker {
-        &self.worker
+        &self.base.worker
     }
 }
 
 /// A Unix stream listener through the primary (blocking API).
 #[derive(Debug)]
 pub struct UnixListener {
-    worker: Worker,
-    /// Held while the listener lives: its listen index (see `indexes`).
-    _index: Option<super::indexes::ListenIndex>,
-    source: BlockingSource,
+    base: Base<BlockingSource>,
     path: String,
 }
 
 impl UnixListener {
-    pub(crate) fn new(worker: Worker, mut reply: ListenReply, address: &str) -> Result<Self> {
-        let _index = reply.index.take();
+    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
         let path = reply.address.clone();
-        let source = blocking_source(reply, address)?;
-        Ok(Self {
-            worker,
-            _index,
-            source,
-            path,
-        })
+        let base = Base::new(worker, reply, address)?;
+        Ok(Self { base, path })
     }
 
     /// The next connection; `Ok(None)` once the worker is disconnected.
     pub fn accept(&self) -> io::Result<Option<Connection<std::os::unix::net::UnixStream>>> {
-        Ok(self.source.accept(&self.worker)?.map(|(fd, counts, _)| {
-            Connection::new(
-                std::os::unix::net::UnixStream::from(fd),
-                counted(&self.worker, counts, false),
-            )
-        }))
+        Ok(self
+            .base
+            .source
+            .accept(&self.base.worker)?
+            .map(|(fd, counts, _)| {
+                Connection::new(
+                    std::os::unix::net::UnixStream::from(fd),
+                    self.base.counted(counts, false),
+                )
+            }))
     }
 
     /// The socket path.
@@ -348,35 +355,26 @@ impl UnixListener {
 /// A Unix stream listener through the primary (tokio API).
 #[derive(Debug)]
 pub struct AsyncUnixListener {
-    worker: Worker,
-    /// Held while the listener lives: its listen index (see `indexes`).
-    _index: Option<super::indexes::ListenIndex>,
-    source: AsyncSource,
+    base: Base<AsyncSource>,
     path: String,
 }
 
 impl AsyncUnixListener {
-    pub(crate) fn new(worker: Worker, mut reply: ListenReply, address: &str) -> Result<Self> {
-        let _index = reply.index.take();
+    pub(crate) fn new(worker: Worker, reply: ListenReply, address: &str) -> Result<Self> {
         let path = reply.address.clone();
-        let source = async_source(reply, address)?;
-        Ok(Self {
-            worker,
-            _index,
-            source,
-            path,
-        })
+        let base = Base::new(worker, reply, address)?;
+        Ok(Self { base, path })
     }
 
     /// The next connection; `Ok(None)` once the worker is disconnected.
     pub async fn accept(&self) -> io::Result<Option<Connection<tokio::net::UnixStream>>> {
-        match self.source.accept(&self.worker).await? {
+        match self.base.source.accept(&self.base.worker).await? {
             Some((fd, counts, _)) => {
                 let stream =
                     tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?;
                 Ok(Some(Connection::new(
                     stream,
-                    counted(&self.worker, counts, false),
+                    self.base.counted(counts, false),
                 )))
             }
             None => Ok(None),

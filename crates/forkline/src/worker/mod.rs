@@ -280,12 +280,8 @@ impl Worker {
         address: &str,
         mode: Option<Mode>,
     ) -> Result<ListenReply> {
-        let index = self.listen_index(kind, address, mode);
-        let answer =
-            self.send_listen(kind, address, mode, index.as_ref().map_or(0, |i| i.get()))?;
-        let mut reply = listen_answer(answer.blocking_recv(), address)?;
-        reply.index = index;
-        Ok(reply)
+        let (index, answer) = self.send_listen(kind, address, mode)?;
+        listen_answer(answer.blocking_recv(), address, index)
     }
 
     async fn request_listen_async(
@@ -294,12 +290,8 @@ impl Worker {
         address: &str,
         mode: Option<Mode>,
     ) -> Result<ListenReply> {
-        let index = self.listen_index(kind, address, mode);
-        let answer =
-            self.send_listen(kind, address, mode, index.as_ref().map_or(0, |i| i.get()))?;
-        let mut reply = listen_answer(answer.await, address)?;
-        reply.index = index;
-        Ok(reply)
+        let (index, answer) = self.send_listen(kind, address, mode)?;
+        listen_answer(answer.await, address, index)
     }
 
     /// The index of a new stream listener of `address`. UDP sockets are always index 0 (one
@@ -313,13 +305,19 @@ impl Worker {
         (kind != SocketKind::Udp).then(|| self.shared.indexes.take(kind, address, mode))
     }
 
+    /// Sends a `listen` request under a new listen index (the first half of
+    /// [`request_listen`](Self::request_listen) and of its async twin): the index, and where the
+    /// primary's answer will come.
     fn send_listen(
         &self,
         kind: SocketKind,
         address: &str,
         mode: Option<Mode>,
-        index: u32,
-    ) -> Result<oneshot::Receiver<Result<ListenReply>>> {
+    ) -> Result<(
+        Option<indexes::ListenIndex>,
+        oneshot::Receiver<Result<ListenReply>>,
+    )> {
+        let index = self.listen_index(kind, address, mode);
         let req = self.shared.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared.replies.lock().unwrap().insert(req, tx);
@@ -328,9 +326,9 @@ impl Worker {
             kind,
             address: address.to_string(),
             mode,
-            index,
+            index: index.as_ref().map_or(0, |i| i.get()),
         })?;
-        Ok(rx)
+        Ok((index, rx))
     }
 }
 
@@ -368,19 +366,23 @@ pub fn decode<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T> {
     serde_json::from_value(payload).map_err(|e| Error::Protocol(e.to_string()))
 }
 
-/// The primary's answer to `listen`, with the address asked for put into a bind error.
+/// The primary's answer to `listen` (the second half of `request_listen`), holding `index`,
+/// with the address asked for put into a bind error.
 fn listen_answer(
     answer: std::result::Result<Result<ListenReply>, oneshot::error::RecvError>,
     address: &str,
+    index: Option<indexes::ListenIndex>,
 ) -> Result<ListenReply> {
     let reply = answer.map_err(|_| Error::Protocol("primary went away during listen".into()))?;
-    reply.map_err(|e| match e {
+    let mut reply = reply.map_err(|e| match e {
         Error::Listen { source, .. } => Error::Listen {
             address: address.to_string(),
             source,
         },
         other => other,
-    })
+    })?;
+    reply.index = index;
+    Ok(reply)
 }
 
 /// `path` made absolute against this process's working directory.

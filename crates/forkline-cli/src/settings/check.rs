@@ -1,0 +1,41 @@
+//! The checks of settings that no single value can get wrong: a mode and a strategy that do not
+//! go together, a setting that needs another.
+
+use forkline::{Balance, Mode};
+
+use super::Settings;
+use crate::error::CliError;
+
+impl Settings {
+    /// Checks combinations that no single value can get wrong.
+    pub fn check(&self) -> Result<(), CliError> {
+        if self.mode == Mode::Proxy
+            && !self
+                .listen
+                .iter()
+                .any(|l| l.kind == forkline::SocketKind::Tcp)
+        {
+            return Err(CliError::Usage(
+                "--mode proxy needs a TCP --listen address to relay from".into(),
+            ));
+        }
+        if self.mode == Mode::Steer && self.balance == Balance::IpHash {
+            return Err(CliError::Usage(
+                "--mode steer balances round-robin or least-conn in the kernel; --balance \
+                 ip-hash needs the primary to pick (--mode proxy, or round-robin for \
+                 forkline-library workers)"
+                    .into(),
+            ));
+        }
+        forkline::check_steered_workers(self.mode, self.balance, self.workers.resolve())
+            .map_err(crate::error::from_library)?;
+        forkline::check_accept_coalesce(self.accept_coalesce)
+            .map_err(crate::error::from_library)?;
+        if self.max_requests_jitter > 0 && self.max_requests.is_none() {
+            return Err(CliError::Usage(
+                "--max-requests-jitter needs --max-requests".into(),
+            ));
+        }
+        Ok(())
+    }
+}
