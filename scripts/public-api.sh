@@ -20,10 +20,15 @@ case "${1:-}" in
 esac
 
 snapshot=crates/forkline/public-api.txt
-json=${CARGO_TARGET_DIR:-target}/doc/forkline.json
+# A target directory of its own: with RUSTC_BOOTSTRAP set, some dependencies' build scripts
+# (thiserror's) answer differently, and sharing target/ would rebuild them and everything
+# above them at each switch between this and cargo build or test.
+target=${CARGO_TARGET_DIR:-target}/public-api
+json=$target/doc/forkline.json
 rm -f "$json"
 # The library with its default features, as a dependent gets it.
-RUSTC_BOOTSTRAP=1 cargo rustdoc -q -p forkline -- -Z unstable-options --output-format json
+RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$target \
+  cargo rustdoc -q -p forkline -- -Z unstable-options --output-format json
 [ -f "$json" ] || { echo "public-api.sh: rustdoc wrote no $json" >&2; exit 1; }
 current=$(mktemp -t forkline-public-api-XXXXXX)
 trap 'rm -f "$current"' EXIT
