@@ -27,6 +27,10 @@ second from this script). The primary's own CPU per connection is printed too, a
 thread's (what caps a primary on the connection path). Build first:
 cargo build --release -p forkline-loadgen && cargo build --release --example cluster -p forkline
 cargo build --release -p forkline-loadgen --features ops --bin ops-server   # for ops-*
+
+BENCH_PROFILE=debug runs target/debug's binaries instead. BENCH_SMOKE=1 checks that the script
+still works: one round of 1 s per configuration, no warm-up. A configuration that does not
+answer within 15 s, or that served nothing, fails the script (exit 1).
 """
 
 import json
@@ -43,9 +47,13 @@ import urllib.request
 from proc_stat import busiest, process_ticks, session_pids, thread_ticks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
-ROUNDS = int(os.environ.get("ROUNDS", "3"))
-SECS = os.environ.get("SECS", "5")
+TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
+                      os.environ.get("BENCH_PROFILE", "release"))
+SMOKE = os.environ.get("BENCH_SMOKE") == "1"
+ROUNDS = int(os.environ.get("ROUNDS", "1" if SMOKE else "3"))
+SECS = os.environ.get("SECS", "1" if SMOKE else "5")
+WARMUP = not SMOKE
+READY_TIMEOUT = 15.0
 CONCURRENCY = os.environ.get("CONCURRENCY", "32")
 TICK = os.sysconf("SC_CLK_TCK")
 LOADGEN = os.path.join(TARGET, "loadgen")
@@ -134,13 +142,18 @@ def measure(config):
     server = start(config, port)
     stop = threading.Event()
     try:
-        for _ in range(75):
-            probe = [LOADGEN, "--addr", f"127.0.0.1:{port}", "-c", "1", "-n", "1", "-d", "1s",
-                     "--timeout", "1s"]
-            if subprocess.run(probe, capture_output=True).returncode == 0:
-                break
-            time.sleep(0.2)
-        loadgen(port, "1s")
+        deadline = time.monotonic() + READY_TIMEOUT
+        probe = [LOADGEN, "--addr", f"127.0.0.1:{port}", "-c", "1", "-n", "1", "-d", "1s",
+                 "--timeout", "1s"]
+        while subprocess.run(probe, capture_output=True).returncode != 0:
+            if server.poll() is not None:
+                sys.exit(f"cpu_per_conn: {config} exited ({server.returncode}) before it answered")
+            if time.monotonic() > deadline:
+                sys.exit(f"cpu_per_conn: {config} did not answer on 127.0.0.1:{port} "
+                         f"within {READY_TIMEOUT:.0f} s")
+            time.sleep(0.1)
+        if WARMUP:
+            loadgen(port, "1s")
         if config == "ops-on":
             threading.Thread(target=scrape_every_second, args=(server.metrics, stop),
                              daemon=True).start()
@@ -161,7 +174,7 @@ def measure(config):
             except OSError:
                 pass
     if not result or not result.get("total"):
-        return None
+        sys.exit(f"cpu_per_conn: {config} served no request ({result})")
     n = result["total"]
     per_conn = lambda ticks: ticks / TICK * 1e6 / n  # noqa: E731
     return {
@@ -184,6 +197,9 @@ def show(m):
 
 def main():
     configs = sys.argv[1:] or ["limit", "rr", "rr-nocoalesce", "shared"]
+    for path in [LOADGEN] + [os.path.join(TARGET, "limit-server")] * ("limit" in configs):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"cpu_per_conn: no {path}: cargo build --release -p forkline-loadgen")
     runs = {c: [] for c in configs}
     for r in range(ROUNDS):
         for config in configs:

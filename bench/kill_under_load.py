@@ -24,8 +24,11 @@ queued connections are lost or migrate. BENCH_MIN_UPTIME_MS=500 makes them stabl
 It runs in a network namespace of its own (it re-executes itself under `unshare -n`, as root),
 so `net.ipv4.tcp_migrate_req` is 0 there whatever the machine has, and nothing else shares its
 loopback. Knobs: BENCH_SECS=10 BENCH_KILLS=5 BENCH_ROUNDS=3 BENCH_CLIENTS=32
-BENCH_MIN_UPTIME_MS, TESTBED (default target/release/forkline-testbed). Build first:
+BENCH_MIN_UPTIME_MS, TESTBED (default target/$BENCH_PROFILE/forkline-testbed, BENCH_PROFILE
+release by default). Build first:
   cargo build --release -p forkline --bin forkline-testbed
+BENCH_SMOKE=1 checks that the script still works: one round of 2 s with 2 kills. A run whose
+clients got no reply, or in which a kill found no worker to kill, fails the script (exit 1).
 """
 
 import json
@@ -37,13 +40,16 @@ import sys
 import threading
 import time
 
-SECS = float(os.environ.get("BENCH_SECS", "10"))
-KILLS = int(os.environ.get("BENCH_KILLS", "5"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SMOKE = os.environ.get("BENCH_SMOKE") == "1"
+SECS = float(os.environ.get("BENCH_SECS", "2" if SMOKE else "10"))
+KILLS = int(os.environ.get("BENCH_KILLS", "2" if SMOKE else "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if SMOKE else "3"))
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "32"))
 MIN_UPTIME_MS = os.environ.get("BENCH_MIN_UPTIME_MS")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTBED = os.environ.get("TESTBED", os.path.join(ROOT, "target/release/forkline-testbed"))
+TESTBED = os.environ.get("TESTBED", os.path.join(
+    os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
+    os.environ.get("BENCH_PROFILE", "release"), "forkline-testbed"))
 KINDS = ["ok", "reset", "empty", "refused", "timeout", "other"]
 
 
@@ -154,6 +160,7 @@ def run(migration):
         ]
         for t in clients:
             t.start()
+        killed = 0
         for i in range(KILLS):
             at = start + SECS * (i + 0.5) / KILLS
             time.sleep(max(0, at - time.monotonic()))
@@ -162,12 +169,17 @@ def run(migration):
             pid = serving.get(i % 2)
             try:
                 os.kill(pid, 9)
+                killed += 1
             except (ProcessLookupError, TypeError):
                 log(f"slot {i % 2} had no worker to kill")
         for t in clients:
             t.join()
         command("shutdown")
         tb.wait(timeout=30)
+        if counts["ok"] == 0:
+            raise SystemExit(f"kill_under_load: no client got a reply (migration {migration}): {counts}")
+        if SMOKE and killed < KILLS:
+            raise SystemExit(f"kill_under_load: {KILLS - killed} of {KILLS} kills found no worker")
         return status, counts
     finally:
         if tb.poll() is None:

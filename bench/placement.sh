@@ -13,19 +13,40 @@
 # the limit in the same placement. Pinning uses `taskset`; nothing in forkline pins anything.
 # Needs 2+ CPUs.
 #
-# Knobs: BENCH_SECS=4 BENCH_ROUNDS=3 CARGO_TARGET_DIR. Build first:
+# Knobs: BENCH_SECS=4 BENCH_ROUNDS=3 BENCH_PROFILE=release (or debug) CARGO_TARGET_DIR;
+#   BENCH_SMOKE=1: one round of 1 s per case, to check that the script works. A server that does
+#   not answer within 15 s, or a measurement that served nothing, fails the script. Build first:
 #   cargo build --release -p forkline --example cluster -p forkline-loadgen
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${BENCH_SECS:-4}
-ROUNDS=${BENCH_ROUNDS:-3}
-TARGET=${CARGO_TARGET_DIR:-target}/release
+if [ "${BENCH_SMOKE:-0}" = 1 ]; then SECS=${BENCH_SECS:-1} ROUNDS=${BENCH_ROUNDS:-1}; else
+  SECS=${BENCH_SECS:-4} ROUNDS=${BENCH_ROUNDS:-3}; fi
+TARGET=${CARGO_TARGET_DIR:-target}
+TARGET=${TARGET%/}/${BENCH_PROFILE:-release}
+READY_TIMEOUT=15
 CASES=("rr free" "rr together" "rr apart" "rr one-cpu" "limit free" "limit one-cpu")
 log() { echo "[placement] $*" >&2; }
+die() { log "$*"; exit 1; }
+[ "$(nproc)" -ge 2 ] || die "needs 2 or more CPUs"
+for bin in "$TARGET/loadgen" "$TARGET/limit-server" "$TARGET/examples/cluster"; do
+  [ -x "$bin" ] || die "no $bin: cargo build --release -p forkline --example cluster -p forkline-loadgen"
+done
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start SERVER PORT: starts the server in its own session; prints its process group id.
+# The server running now (its session id), killed on any exit.
+SID=""
+stop_server() {
+  local p
+  [ -n "$SID" ] || return 0
+  kill -KILL -- "-$SID" 2>/dev/null || true
+  for p in $(pgrep -s "$SID" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+  wait "$SID" 2>/dev/null || true
+  SID=""
+}
+trap stop_server EXIT
+
+# start SERVER PORT: starts the server in its own session; sets SID.
 start() {
   local server=$1 port=$2
   if [ "$server" = rr ]; then
@@ -36,41 +57,45 @@ start() {
     setsid bash -c '"$0" "$1" 0 & "$0" "$1" 0 & wait' "$TARGET/limit-server" "127.0.0.1:$port" \
       >/dev/null 2>&1 </dev/null &
   fi
-  echo $!
+  SID=$!
 }
 
-# measure SERVER PLACEMENT -> prints req/s
+# measure SERVER PLACEMENT: sets RPS.
 measure() {
-  local server=$1 placement=$2 port pgid pids pid rps pin_loadgen=()
+  local server=$1 placement=$2 port pids pid json deadline pin_loadgen=()
   port=$(free_port)
-  pgid=$(start "$server" "$port")
-  for _ in $(seq 1 75); do
-    "$TARGET/loadgen" --addr "127.0.0.1:$port" -c 1 -n 1 -d 1s --timeout 1s --json >/dev/null 2>&1 && break
-    sleep 0.2
+  start "$server" "$port"
+  deadline=$((SECONDS + READY_TIMEOUT))
+  until "$TARGET/loadgen" --addr "127.0.0.1:$port" -c 1 -n 1 -d 1s --timeout 1s >/dev/null 2>&1; do
+    kill -0 "$SID" 2>/dev/null || die "$server exited before it answered"
+    [ "$SECONDS" -lt "$deadline" ] || die "$server did not answer on 127.0.0.1:$port within ${READY_TIMEOUT}s"
+    sleep 0.1
   done
-  mapfile -t pids < <(pgrep -g "$pgid")
+  # Every process of the session: the primary (or limit's bash) and the workers, which forkline
+  # starts in process groups of their own.
+  mapfile -t pids < <(pgrep -s "$SID")
   case "$placement" in
     together | one-cpu) for pid in "${pids[@]}"; do taskset -a -p -c 0 "$pid" >/dev/null; done ;;
     apart) for pid in "${pids[@]}"; do
-        if [ "$pid" = "$pgid" ]; then taskset -a -p -c 0 "$pid" >/dev/null
+        if [ "$pid" = "$SID" ]; then taskset -a -p -c 0 "$pid" >/dev/null
         else taskset -a -p -c 1 "$pid" >/dev/null; fi
       done ;;
   esac
   [ "$placement" = one-cpu ] && pin_loadgen=(taskset -c 0)
-  rps=$("${pin_loadgen[@]}" "$TARGET/loadgen" --addr "127.0.0.1:$port" -c 32 -d "${SECS}s" --json \
-    2>/dev/null | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["rps"]))')
-  kill -KILL -- "-$pgid" 2>/dev/null || true
-  wait "$pgid" 2>/dev/null || true
-  echo "$rps"
+  json=$("${pin_loadgen[@]}" "$TARGET/loadgen" --addr "127.0.0.1:$port" -c 32 -d "${SECS}s" --json) ||
+    die "$server $placement: loadgen failed: ${json:-no output}"
+  stop_server
+  RPS=$(python3 -c 'import json,sys; print(int(json.loads(sys.stdin.read().splitlines()[-1])["rps"]))' <<<"$json")
+  [ "$RPS" -gt 0 ] || die "$server $placement served no request: $json"
 }
 
 declare -A sum=()
 for round in $(seq 1 "$ROUNDS"); do
   for case in "${CASES[@]}"; do
     # shellcheck disable=SC2086 # two words: server and placement
-    rps=$(measure $case)
-    log "round $round, $case: $rps req/s"
-    sum[$case]=$(( ${sum[$case]:-0} + rps ))
+    measure $case
+    log "round $round, $case: $RPS req/s"
+    sum[$case]=$(( ${sum[$case]:-0} + RPS ))
   done
 done
 echo "| server | placement | mean req/s over $ROUNDS rounds | fraction of the limit, same placement |"

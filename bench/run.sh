@@ -18,25 +18,35 @@
 #   BENCH_CONCURRENCY=32 BENCH_DELAYS="0 10" BENCH_CONFIGS="<ids>" BENCH_BUILD=1 BENCH_HTTP=1
 #   BENCH_INSTALL=1 (apt-get install wrk if missing) CARGO_TARGET_DIR (where binaries are)
 #   BENCH_SCRAPE_SECS=1 (how often the forkline-rr-ops-on row's /metrics is scraped).
+#   BENCH_PROFILE=release (or debug: the cargo profile built and run). BENCH_OUT=bench/out.
+#   BENCH_SMOKE=1: a check that the script still works, not a measurement: every configuration
+#   once, at delay 0, 1 s each, no warm-up; it fails when any configuration was skipped, did
+#   not start or served nothing (a full run reports those in its table and goes on).
 # All traffic goes to 127.0.0.1. Every wait is bounded; every server is killed by its group id.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-SECS=${BENCH_SECS:-8}
+SMOKE=${BENCH_SMOKE:-0}
+if [ "$SMOKE" = 1 ]; then
+  SECS=${BENCH_SECS:-1} WARMUP=${BENCH_WARMUP:-0} DELAYS=${BENCH_DELAYS:-0}
+else
+  SECS=${BENCH_SECS:-8} WARMUP=${BENCH_WARMUP:-1} DELAYS=${BENCH_DELAYS:-"0 10"}
+fi
 ROUNDS=${BENCH_ROUNDS:-1}
-WARMUP=${BENCH_WARMUP:-1}
 WORKERS=${BENCH_WORKERS:-2}
 CONC=${BENCH_CONCURRENCY:-32}
-DELAYS=${BENCH_DELAYS:-"0 10"}
 CONFIGS=${BENCH_CONFIGS:-"limit node-rr node-none forkline-rr forkline-rr-nocoalesce forkline-shared forkline-reuseport forkline-proxy forkline-rr-ops-off forkline-rr-ops-on"}
 HTTP_CONFIGS=${BENCH_HTTP_CONFIGS:-"node-http-rr node-http-none forkline-http-rr forkline-http-shared forkline-http-reuseport"}
 BUILD=${BENCH_BUILD:-1}
 HTTP=${BENCH_HTTP:-1}
 INSTALL=${BENCH_INSTALL:-1}
+PROFILE=${BENCH_PROFILE:-release}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-TARGET=${TARGET%/}/release
+TARGET=${TARGET%/}/$PROFILE
+# The cargo flag that builds into target/$PROFILE (cargo calls the debug profile `dev`).
+case "$PROFILE" in release) CARGO_PROFILE=(--release) ;; debug) CARGO_PROFILE=() ;; *) CARGO_PROFILE=(--profile "$PROFILE") ;; esac
 READY_TIMEOUT=15 # seconds a server gets to come up
 SCRAPE_SECS=${BENCH_SCRAPE_SECS:-1}
 
@@ -50,7 +60,7 @@ NODE_CLUSTER=$ROOT/bench/node/cluster.js
 NODE_HTTP=$ROOT/bench/node/http.js
 
 STAMP=$(date +%Y%m%d-%H%M%S)
-OUT=$ROOT/bench/out
+OUT=${BENCH_OUT:-$ROOT/bench/out}
 LOGS=$OUT/logs-$STAMP
 RAW=$OUT/raw-$STAMP.tsv
 RESULTS=$OUT/results-$STAMP.md
@@ -59,15 +69,17 @@ mkdir -p "$LOGS"
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 # ---------------------------------------------------------------------------------------------
-# Process handling: each server runs in its own session (setsid, no fork: $! is the leader), so
-# one `kill -- -PGID` reaches the primary and every worker it forked.
+# Process handling: each server runs in its own session (setsid, no fork: $! is the leader, and
+# its pid is the session's and its process group's id). `kill -- -PGID` reaches the primary and
+# what shares its group (Node's workers); forkline's workers each have a process group of their
+# own, so what the session still holds after the grace period is killed by pid.
 CURRENT_PGID=""
 SCRAPER_PGID=""
 
-# True while a process of group PGID is alive (zombies waiting to be reaped do not count).
-group_alive() {
+# True while a process of session SID is alive (zombies waiting to be reaped do not count).
+session_alive() {
   local p st
-  for p in $(pgrep -g "$1" 2>/dev/null); do
+  for p in $(pgrep -s "$1" 2>/dev/null); do
     st=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f1)
     [ -n "$st" ] && [ "$st" != Z ] && return 0
   done
@@ -75,14 +87,15 @@ group_alive() {
 }
 
 stop_group() {
-  local pgid=$1 i
+  local pgid=$1 i p
   [ -n "$pgid" ] || return 0
   kill -TERM -- "-$pgid" 2>/dev/null || true
   for i in $(seq 1 30); do
-    group_alive "$pgid" || break
+    session_alive "$pgid" || break
     sleep 0.1
   done
   kill -KILL -- "-$pgid" 2>/dev/null || true
+  for p in $(pgrep -s "$pgid" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
   wait "$pgid" 2>/dev/null || true
 }
 
@@ -333,25 +346,23 @@ run_http() {
 # Build.
 if [ "$BUILD" = 1 ]; then
   log "building loadgen and limit-server"
-  cargo build --release -p forkline-loadgen
+  cargo build "${CARGO_PROFILE[@]}" -p forkline-loadgen
   log "building forkline's examples (missing ones are skipped later)"
-  cargo build --release --example cluster -p forkline || log "examples/cluster did not build: forkline rows will be skipped"
-  cargo build --release --example http -p forkline || log "examples/http did not build: forkline HTTP rows will be skipped"
+  cargo build "${CARGO_PROFILE[@]}" --example cluster -p forkline || log "examples/cluster did not build: forkline rows will be skipped"
+  cargo build "${CARGO_PROFILE[@]}" --example http -p forkline || log "examples/http did not build: forkline HTTP rows will be skipped"
   log "building ops-server (the seed cluster with metrics and control switchable)"
-  cargo build --release -p forkline-loadgen --features ops --bin ops-server ||
+  cargo build "${CARGO_PROFILE[@]}" -p forkline-loadgen --features ops --bin ops-server ||
     log "ops-server did not build: the forkline-rr-ops rows will be skipped"
   if [ -f crates/forkline-cli/Cargo.toml ]; then
-    cargo build --release -p forkline-cli || log "forkline-cli did not build: the proxy row will be skipped"
+    cargo build "${CARGO_PROFILE[@]}" -p forkline-cli || log "forkline-cli did not build: the proxy row will be skipped"
   fi
 fi
-[ -x "$LOADGEN" ] || { log "no $LOADGEN: build it with cargo build --release -p forkline-loadgen"; exit 1; }
+[ -x "$LOADGEN" ] || { log "no $LOADGEN: build it with cargo build ${CARGO_PROFILE[*]} -p forkline-loadgen"; exit 1; }
 
 if [ "$HTTP" = 1 ] && ! command -v wrk >/dev/null; then
-  if [ "$INSTALL" = 1 ] && [ "$(id -u)" = 0 ]; then
-    log "installing wrk"
-    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1; } || true
-  fi
-  command -v wrk >/dev/null || log "wrk is not available: the HTTP section will be skipped"
+  # shellcheck source=scripts/need.sh
+  . "$ROOT/scripts/need.sh"
+  NEED_INSTALL=$INSTALL need_ensure wrk || log "wrk is not available: the HTTP section will be skipped"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +461,7 @@ fmt_mib() { awk -v k="$1" 'BEGIN { if (k == "-" || k == "") printf "-"; else pri
     echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for delay in $DELAYS; do
       off=$(aggregate forkline-rr-ops-off "$delay"); on=$(aggregate forkline-rr-ops-on "$delay")
-      [ -n "$off" ] && [ -n "$on" ] || continue
+      if [ -z "$off" ] || [ -z "$on" ]; then continue; fi
       read -r off_rps _ _ off_rss _ _ <<<"$off"
       read -r on_rps _ _ on_rss _ _ <<<"$on"
       printf '| %s | %.0f | %.0f | %s | %s | %s | %s |\n' "$delay" "$off_rps" "$on_rps" \
@@ -479,9 +490,32 @@ fmt_mib() { awk -v k="$1" 'BEGIN { if (k == "-" || k == "") printf "-"; else pri
     done
   fi
   echo
-  echo "Raw rows: \`bench/out/raw-$STAMP.tsv\`; server logs and loadgen JSON: \`bench/out/logs-$STAMP/\`."
+  echo "Raw rows: \`${RAW#"$ROOT"/}\`; server logs and loadgen JSON: \`${LOGS#"$ROOT"/}/\`."
 } >"$RESULTS"
 
 echo
 cat "$RESULTS"
 log "written $RESULTS"
+
+# A smoke run fails when anything did not run: a configuration skipped, one that did not start,
+# or one that served nothing.
+if [ "$SMOKE" = 1 ]; then
+  failed=0
+  for cfg in "${!SKIP[@]}"; do log "smoke: $cfg was skipped: ${SKIP[$cfg]}"; failed=1; done
+  for cfg in "${RUNNABLE[@]}"; do
+    for delay in $DELAYS; do
+      agg=$(aggregate "$cfg" "$delay")
+      if [ -z "$agg" ] || ! awk -v r="${agg%% *}" 'BEGIN { exit !(r > 0) }'; then
+        log "smoke: $cfg at delay $delay served nothing: $(status_of "$cfg" "$delay") (logs: $LOGS)"; failed=1
+      fi
+    done
+  done
+  for cfg in "${HTTP_RUNNABLE[@]}"; do
+    agg=$(aggregate "$cfg" http)
+    if [ -z "$agg" ] || ! awk -v r="${agg%% *}" 'BEGIN { exit !(r > 0) }'; then
+      log "smoke: $cfg served nothing: $(status_of "$cfg" http) (logs: $LOGS)"; failed=1
+    fi
+  done
+  [ "$failed" = 0 ] || { log "smoke run FAILED"; exit 1; }
+  log "smoke run passed: ${#RUNNABLE[@]} seed and ${#HTTP_RUNNABLE[@]} HTTP configurations served"
+fi

@@ -36,7 +36,14 @@ bodies that name none, the workers' CPU time stands in; the CV of those is the b
 Knobs (environment): SCALE_WORKERS ("1 2 4 ..." up to the cores), SCALE_CONFIGS (ids below),
 SCALE_ROUNDS (3), SCALE_SECS (5), SCALE_CONCURRENCY (32), SCALE_DELAY (0), SCALE_PROJECT
 ("1 2 4 8 16 32"), SCALE_HTTP (1), SCALE_HTTP_CONFIGS, SCALE_OUT (bench/out), SCALE_PLOT
-(bench/scaling.png), CARGO_TARGET_DIR.
+(bench/scaling.png), CARGO_TARGET_DIR, BENCH_PROFILE (release; or debug: which build runs).
+
+BENCH_SMOKE=1 checks that the script still works, end to end, and measures nothing worth
+keeping: every configuration at W = 1 (SCALE_WORKERS) and the HTTP ones at W = cores, one round
+of 1 s each without warm-up, the tables, JSON and plot written to SCALE_OUT (the plot to
+SCALE_OUT/scaling-smoke.png, not bench/scaling.png). It fails (exit 1) when a configuration was
+skipped, did not come up or served nothing, or when the plot could not be drawn; a full run
+reports those and goes on.
 """
 
 import atexit
@@ -55,7 +62,9 @@ import time
 from proc_stat import busiest, process_ticks, session_pids, thread_ticks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
+TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
+                      os.environ.get("BENCH_PROFILE", "release"))
+SMOKE = os.environ.get("BENCH_SMOKE") == "1"
 CORES = os.cpu_count() or 1
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -74,19 +83,22 @@ def powers_up_to(n):
     return out
 
 
-WORKERS = [int(w) for w in env_list("SCALE_WORKERS", " ".join(map(str, powers_up_to(CORES))))]
+WORKERS = [int(w) for w in env_list("SCALE_WORKERS",
+                                    "1" if SMOKE else " ".join(map(str, powers_up_to(CORES))))]
 CONFIGS = env_list("SCALE_CONFIGS",
                    "limit steer-limit steer reuseport shared rr rr-2acc proxy node-rr node-none")
 HTTP_CONFIGS = env_list("SCALE_HTTP_CONFIGS",
                         "http-steer http-reuseport http-shared http-rr node-http-rr node-http-none")
-ROUNDS = int(os.environ.get("SCALE_ROUNDS", "3"))
-SECS = os.environ.get("SCALE_SECS", "5")
+ROUNDS = int(os.environ.get("SCALE_ROUNDS", "1" if SMOKE else "3"))
+SECS = os.environ.get("SCALE_SECS", "1" if SMOKE else "5")
+WARMUP = not SMOKE
 CONCURRENCY = os.environ.get("SCALE_CONCURRENCY", "32")
 DELAY = os.environ.get("SCALE_DELAY", "0")
 PROJECT = [int(w) for w in env_list("SCALE_PROJECT", "1 2 4 8 16 32")]
 HTTP = os.environ.get("SCALE_HTTP", "1") == "1"
 OUT = os.environ.get("SCALE_OUT", os.path.join(ROOT, "bench", "out"))
-PLOT = os.environ.get("SCALE_PLOT", os.path.join(ROOT, "bench", "scaling.png"))
+PLOT = os.environ.get("SCALE_PLOT", os.path.join(OUT, "scaling-smoke.png") if SMOKE
+                      else os.path.join(ROOT, "bench", "scaling.png"))
 
 LOADGEN = os.path.join(TARGET, "loadgen")
 LIMIT_SERVER = os.path.join(TARGET, "limit-server")
@@ -283,7 +295,8 @@ def measure(config, workers, logdir):
             if not wait_up(proc, port, workers):
                 log(f"  {config} W={workers} did not come up")
                 return None
-            subprocess.run(loadgen_argv(port, 1, workers), capture_output=True)
+            if WARMUP:
+                subprocess.run(loadgen_argv(port, 1, workers), capture_output=True)
             before, threads_before = counters(proc), thread_ticks(proc.pid)
             out = subprocess.run(loadgen_argv(port, SECS, workers), capture_output=True,
                                  text=True)
@@ -345,7 +358,9 @@ def measure_http(config, workers, logdir, script):
                 log(f"  {config} did not come up")
                 return None
             url = f"http://127.0.0.1:{port}/"
-            subprocess.run(["wrk", "-t2", f"-c{CONCURRENCY}", "-d1s", url], capture_output=True)
+            if WARMUP:
+                subprocess.run(["wrk", "-t2", f"-c{CONCURRENCY}", "-d1s", url],
+                               capture_output=True)
             before = counters(proc)
             out = subprocess.run(["wrk", "-t2", f"-c{CONCURRENCY}", f"-d{SECS}s", "-s", script,
                                   url], capture_output=True, text=True)
@@ -456,11 +471,37 @@ def main():
     load_after = open("/proc/loadavg").read().split()[:3]
     data = {"stamp": stamp, "cores": CORES, "workers": workers, "project": PROJECT,
             "rounds": ROUNDS, "secs": SECS, "concurrency": CONCURRENCY, "delay": DELAY,
+            "warmup": WARMUP,
             "load": [load_before, load_after], "skipped": skipped,
             "runs": {f"{c}@{w}": v for (c, w), v in runs.items()}, "http": http}
     with open(os.path.join(OUT, f"scaling-{stamp}.json"), "w") as f:
         json.dump(data, f, indent=1)
+    started = time.time()
     report(data)
+    if SMOKE:
+        smoke_check(data, runnable, started)
+
+
+def smoke_check(data, runnable, started):
+    """A smoke run fails when anything did not run: a configuration skipped, one that did not
+    come up or served nothing, or a plot that was not drawn."""
+    failures = [f"{c} was skipped: {why}" for c, why in data["skipped"].items()]
+    for w in data["workers"]:
+        for c in runnable:
+            if not any(m["rps"] > 0 for m in data["runs"].get(f"{c}@{w}", [])):
+                failures.append(f"{c} at W={w} served nothing (logs: {OUT})")
+    if HTTP:
+        for c in HTTP_CONFIGS:
+            if c not in data["skipped"] and not any(m["rps"] > 0 for m in data["http"].get(c, [])):
+                failures.append(f"{c} (HTTP) served nothing (logs: {OUT})")
+    if not os.path.exists(PLOT) or os.path.getmtime(PLOT) < started - 1:
+        failures.append(f"no plot written to {PLOT}")
+    for failure in failures:
+        log(f"smoke: {failure}")
+    if failures:
+        sys.exit("scaling: smoke run FAILED")
+    log(f"smoke run passed: {len(runnable)} configurations at W={data['workers']}, "
+        f"{len(data['http'])} HTTP configurations, plot {PLOT}")
 
 
 def report(data):
@@ -479,7 +520,8 @@ def report(data):
     lines.append(f"Machine: {data['cores']} cores, {os.uname().sysname} {os.uname().release}; load "
                  f"average before {' '.join(load_before)}, after {' '.join(load_after)}. "
                  f"Seed workload (connection per request, delay {delay} ms), {conc} "
-                 f"loadgen clients, {secs} s per run after 1 s of warm-up, {rounds} round(s); "
+                 f"loadgen clients, {secs} s per run after "
+                 f"{'1 s of' if data.get('warmup', True) else 'no'} warm-up, {rounds} round(s); "
                  "medians over rounds. Servers pinned to cores 0..W-1; the load generator to "
                  "the others, or unpinned when W takes every core (\"shared\").\n")
     lines.append("| W | config | conn/s | ratio to limit | CV % | primary µs/conn | "
@@ -554,6 +596,8 @@ def plot(med, workers, ref_w, projection, data):
         import matplotlib.pyplot as plt
     except ImportError:
         log("no matplotlib (pip install matplotlib): no plot")
+        if SMOKE:
+            sys.exit("scaling: smoke run FAILED: no plot")
         return
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 5.4),
                                               gridspec_kw={"width_ratios": [5, 4, 3]})

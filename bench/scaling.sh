@@ -15,8 +15,9 @@
 #   proxy node-rr node-none" SCALE_ROUNDS=3 SCALE_SECS=5 SCALE_CONCURRENCY=32 SCALE_DELAY=0
 #   SCALE_PROJECT="1 2 4 8 16 32" SCALE_HTTP=1 SCALE_HTTP_CONFIGS="http-steer http-reuseport
 #   http-shared http-rr node-http-rr node-http-none" SCALE_OUT=bench/out
-#   SCALE_PLOT=bench/scaling.png BENCH_BUILD=1 BENCH_INSTALL=1 (apt-get wrk, pip matplotlib
-#   when missing) CARGO_TARGET_DIR.
+#   SCALE_PLOT=bench/scaling.png BENCH_BUILD=1 BENCH_INSTALL=1 (wrk and matplotlib, with
+#   scripts/need.sh, when missing) BENCH_PROFILE=release (or debug) CARGO_TARGET_DIR;
+#   BENCH_SMOKE=1: a check that the script works end to end (bench/scaling.py says what it runs).
 # Steer mode needs BPF (root or CAP_BPF); without it the steer rows measure its fallback.
 set -euo pipefail
 
@@ -29,23 +30,21 @@ for tool in taskset python3; do
   command -v "$tool" >/dev/null || { log "needs $tool"; exit 1; }
 done
 
+PROFILE=${BENCH_PROFILE:-release}
+# The cargo flag that builds into target/$PROFILE (cargo calls the debug profile `dev`).
+case "$PROFILE" in release) CARGO_PROFILE=(--release) ;; debug) CARGO_PROFILE=() ;; *) CARGO_PROFILE=(--profile "$PROFILE") ;; esac
 if [ "${BENCH_BUILD:-1}" = 1 ]; then
-  log "building loadgen, limit-server, the forkline CLI and the examples (release)"
-  cargo build --release -p forkline-loadgen -p forkline-cli
-  cargo build --release -p forkline --example cluster --example http
+  log "building loadgen, limit-server, the forkline CLI and the examples ($PROFILE)"
+  cargo build "${CARGO_PROFILE[@]}" -p forkline-loadgen -p forkline-cli
+  cargo build "${CARGO_PROFILE[@]}" -p forkline --example cluster --example http
 fi
 
-if [ "${BENCH_INSTALL:-1}" = 1 ]; then
-  if [ "${SCALE_HTTP:-1}" = 1 ] && ! command -v wrk >/dev/null; then
-    log "installing wrk"
-    (apt-get install -y wrk || (apt-get update && apt-get install -y wrk)) >/dev/null 2>&1 ||
-      log "wrk is not available: the HTTP section will be skipped"
-  fi
-  if ! python3 -c 'import matplotlib' 2>/dev/null; then
-    log "installing matplotlib (for the plot)"
-    python3 -m pip install --quiet matplotlib >/dev/null 2>&1 ||
-      log "matplotlib is not available: no plot"
-  fi
+# shellcheck source=scripts/need.sh
+. "$ROOT/scripts/need.sh"
+export NEED_INSTALL=${BENCH_INSTALL:-1}
+if [ "${SCALE_HTTP:-1}" = 1 ]; then
+  need_ensure wrk || log "wrk is not available: the HTTP section will be skipped"
 fi
+need_ensure matplotlib || log "matplotlib is not available: no plot"
 
 exec python3 "$ROOT/bench/scaling.py"

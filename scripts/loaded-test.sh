@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole test suite ROUNDS times (default 5) while every core is kept busy by one
+# Runs the whole test suite (scripts/test.sh) ROUNDS times (default 5) while every core is kept busy by one
 # spinning process per core, the way a loaded CI machine is. Prints one line per round and a
 # total; exits 1 if any round failed. Logs of failed rounds stay in $LOG_DIR.
 #
@@ -11,7 +11,11 @@ rounds=${1:-5}
 cores=$(nproc)
 log_dir=${LOG_DIR:-$(mktemp -d -t forkline-loaded-XXXXXX)}
 
-# Build first, unloaded: the rounds measure the tests, not the compiler.
+# What the suite needs (installed where it can be, as scripts/test.sh does), then build first,
+# unloaded: the rounds measure the tests, not the compiler.
+# shellcheck source=scripts/need.sh
+. scripts/need.sh
+need_ensure tests || { echo "loaded-test.sh: the tests cannot run without the above" >&2; exit 1; }
 cargo test --workspace --no-run -q 2>&1 | tail -n 3
 
 spinners=()
@@ -30,8 +34,9 @@ failed=0
 for round in $(seq "$rounds"); do
     log="$log_dir/round-$round.log"
     start=$(date +%s)
-    if cargo test --workspace --no-fail-fast >"$log" 2>&1; then result=passed; else result=FAILED; fi
-    counts=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$log")
+    # The README's test command (its last line is the total: "tests: N passed, M failed").
+    if scripts/test.sh --no-fail-fast >"$log" 2>&1; then result=passed; else result=FAILED; fi
+    counts=$(sed -n 's/^tests: //p' "$log" | tail -n 1)
     echo "round $round: $result in $(( $(date +%s) - start )) s ($counts)"
     if [ "$result" = FAILED ]; then
         failed=$((failed + 1))

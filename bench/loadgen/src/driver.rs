@@ -79,7 +79,7 @@ pub fn run(config: &LoadConfig) -> Totals {
         let clients: Vec<_> = (0..config.concurrency.max(1))
             .map(|i| {
                 let issued = &issued;
-                let rng = Rng::new(seed ^ ((i as u64 + 1) * 0x9e37_79b9_7f4a_7c15));
+                let rng = Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
                 scope.spawn(move || client_loop(config, deadline, issued, rng))
             })
             .collect();
