@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "worker {} listening on {} ({})",
         worker.id(),
         listener.local_addr(),
-        listener.mode().name()
+        listener.mode().as_str()
     );
     // Ends when the primary asks this worker to disconnect.
     for conn in listener.incoming() {

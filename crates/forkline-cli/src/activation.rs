@@ -52,7 +52,7 @@ const VARS: [&str; 4] = [
 /// Must run before any thread is started (it changes the process environment).
 pub fn take() -> Result<Activation, CliError> {
     let fds = std::env::var("LISTEN_FDS").ok();
-    let upgrade = std::env::var_os(forkline::primary::ENV_UPGRADE_FD).is_some();
+    let upgrade = std::env::var_os(forkline::cli_support::ENV_UPGRADE_FD).is_some();
     // An old primary handing over (`forkline upgrade`) cannot know our pid: its
     // FORKLINE_UPGRADE_FD stands for LISTEN_PID.
     if fds.is_some() && std::env::var_os("LISTEN_PID").is_none() && upgrade {

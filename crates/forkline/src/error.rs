@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong in forkline's library API.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An option has a value that can never work.
     #[error("invalid option `{field}`: {reason}")]
@@ -65,16 +66,28 @@ pub enum Error {
         /// What went wrong with the replacement.
         reason: crate::primary::ReplaceFailure,
     },
-    /// An operating-system error.
     /// A new primary did not take over (`Cluster::upgrade`); the running one carries on.
     #[error("upgrade failed: {reason}; the running primary carries on")]
     UpgradeFailed {
         /// What went wrong (`the new primary (pid 12) exited with code 1`).
         reason: String,
     },
-
+    /// An operating-system error.
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+/// A name that names no choice: `"fast"` as a [`Mode`](crate::Mode) or a
+/// [`Balance`](crate::Balance) (what their `FromStr` returns).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{name}` (expected one of: {expected})")]
+pub struct UnknownName {
+    /// What was being named (`"mode"`).
+    pub what: &'static str,
+    /// The name given.
+    pub name: String,
+    /// The names that are known, comma-separated.
+    pub expected: &'static str,
 }
 
 /// forkline's result type.

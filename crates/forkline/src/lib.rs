@@ -34,24 +34,33 @@
 // Unsafe code lives in `sys` alone, each block with a `// SAFETY:` note.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod error;
-pub mod primary;
+mod primary;
 pub mod protocol;
 mod role;
 #[allow(unsafe_code)]
 mod sys;
 pub mod worker;
 
-pub use error::{Error, Result};
-pub use primary::Migration;
+pub use error::{Error, Result, UnknownName};
 pub use primary::{
-    accept_coalesce_from_env, auto_accept_threads, check_accept_coalesce, check_steered_workers,
     Backoff, Balance, Cluster, ClusterBuilder, ClusterOptions, Event, EventStream, ListenSpec,
-    LogFormat, OutputLine, OutputStream, Readiness, ReplaceFailure, Replacement, RestartPolicy,
-    Shutdown, SlotStatus, Stats, WorkerHandle, WorkerState, WorkerStats, WorkerStdio,
-    DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME, ENV_ACCEPT_COALESCE_US, MAX_ACCEPT_COALESCE,
+    LogFormat, Migration, OutputLine, OutputStream, Readiness, ReplaceFailure, Replacement,
+    RestartPolicy, Shutdown, SlotStatus, Stats, WorkerHandle, WorkerState, WorkerStats,
+    WorkerStdio, DEFAULT_ACCEPT_COALESCE, DEFAULT_OUTPUT_BUFFER, DEFAULT_SETTLE_TIME,
+    MAX_ACCEPT_COALESCE,
 };
 pub use protocol::{Mode, SocketKind};
 pub use role::{role, Role};
 pub use worker::Worker;
+
+/// What the `forkline` command shares with the library beyond its API: the checks and
+/// environment variables both honour, and the names of an upgrade's variables. Not part of the
+/// library's API: it may change in any release.
+#[doc(hidden)]
+pub mod cli_support {
+    pub use crate::primary::cli_support::*;
+}

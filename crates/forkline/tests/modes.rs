@@ -111,7 +111,7 @@ fn accept_threads_come_with_4_workers() {
     drop(three);
     let addr = format!("127.0.0.1:{}", free_port());
     let mut tb = serving(4, &addr, &[("TB_MODE", "round-robin")]);
-    let expected = match forkline::auto_accept_threads(4) {
+    let expected = match forkline::cli_support::auto_accept_threads(4) {
         1 => 0,
         n => n,
     };
@@ -576,7 +576,7 @@ fn a_unix_socket_with_4_workers_is_served_by_accept_threads() {
         &path_str,
         &[("TB_KIND", "unix"), ("TB_MODE", "round-robin")],
     );
-    if forkline::auto_accept_threads(4) > 1 {
+    if forkline::cli_support::auto_accept_threads(4) > 1 {
         assert!(eventually(SOON, || accept_threads_of(tb.pid()) > 1));
     }
     let mut seen = HashSet::new();

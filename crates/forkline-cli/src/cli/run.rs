@@ -70,8 +70,9 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
             )));
         }
     }
-    let program = forkline::primary::resolve_program(Path::new(&command), settings.cwd.as_deref())
-        .map_err(error::from_library)?;
+    let program =
+        forkline::cli_support::resolve_program(Path::new(&command), settings.cwd.as_deref())
+            .map_err(error::from_library)?;
     let (uid, gid) = user_and_group(settings.user.as_deref(), settings.group.as_deref())?;
     let socket_owner = settings
         .socket_owner
@@ -95,7 +96,7 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
         {
             return Err(CliError::Usage(format!(
                 "--mode {} with socket activation needs ReusePort=yes in the .socket unit",
-                settings.mode.name()
+                settings.mode.as_str()
             )));
         }
     }
@@ -109,7 +110,7 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
         tracing::warn!(
             "--max-requests counts connections only in proxy and round-robin modes, where the \
              primary accepts; in {} mode workers accept on their own and are not recycled by count",
-            settings.mode.name()
+            settings.mode.as_str()
         );
     }
     hints::at_start(settings.mode, &program, !settings.listen.is_empty());
@@ -327,7 +328,7 @@ async fn supervise(
         .collect();
     tracing::info!(
         workers = settings.workers.resolve(),
-        mode = settings.mode.name(),
+        mode = settings.mode.as_str(),
         command = %command.join(" "),
         "forkline started"
     );
@@ -345,7 +346,7 @@ async fn supervise(
         tracing::info!(
             "listening on {} ({})",
             addresses.join(", "),
-            settings.mode.name()
+            settings.mode.as_str()
         );
     }
 

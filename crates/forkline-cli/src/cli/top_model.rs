@@ -257,7 +257,7 @@ impl Model {
             .current
             .as_ref()
             .and_then(|s| s.mode.as_deref())
-            .and_then(forkline::Mode::parse)
+            .and_then(|s| s.parse::<forkline::Mode>().ok())
             .is_some_and(forkline::Mode::workers_accept);
         if shared {
             title.push_str(" (workers accept by themselves in this mode: not counted)");

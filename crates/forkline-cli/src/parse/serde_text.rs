@@ -133,7 +133,7 @@ impl Text for Mode {
         mode(s)
     }
     fn text(&self) -> String {
-        self.name().into()
+        self.to_string()
     }
 }
 
@@ -143,7 +143,7 @@ impl Text for Balance {
         balance(s)
     }
     fn text(&self) -> String {
-        self.name().into()
+        self.to_string()
     }
 }
 
@@ -174,6 +174,8 @@ impl Text for Readiness {
             Readiness::Online => "online".into(),
             Readiness::None => "none".into(),
             Readiness::Delay(d) => format!("delay:{}", format_duration(*d)),
+            // A readiness this CLI does not know yet cannot have come from its own parser.
+            other => format!("{other:?}"),
         }
     }
 }

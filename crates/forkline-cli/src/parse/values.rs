@@ -218,7 +218,7 @@ pub fn did_you_mean(value: &str, choices: &[&str]) -> String {
 
 /// Parses `--mode`.
 pub fn mode(s: &str) -> Result<Mode, String> {
-    Mode::parse(s.trim()).ok_or_else(|| {
+    s.trim().parse::<Mode>().map_err(|_| {
         let choices = ["shared", "reuseport", "steer", "proxy", "round-robin"];
         format!(
             "unknown mode `{s}` (expected shared, reuseport, steer, proxy or round-robin{})",
@@ -229,7 +229,7 @@ pub fn mode(s: &str) -> Result<Mode, String> {
 
 /// Parses `--balance`.
 pub fn balance(s: &str) -> Result<Balance, String> {
-    Balance::parse(s.trim()).ok_or_else(|| {
+    s.trim().parse::<Balance>().map_err(|_| {
         let choices = ["round-robin", "least-conn", "ip-hash"];
         format!(
             "unknown balancing strategy `{s}` (expected round-robin, least-conn or ip-hash{})",

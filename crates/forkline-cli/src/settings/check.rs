@@ -27,9 +27,13 @@ impl Settings {
                     .into(),
             ));
         }
-        forkline::check_steered_workers(self.mode, self.balance, self.workers.resolve())
-            .map_err(crate::error::from_library)?;
-        forkline::check_accept_coalesce(self.accept_coalesce)
+        forkline::cli_support::check_steered_workers(
+            self.mode,
+            self.balance,
+            self.workers.resolve(),
+        )
+        .map_err(crate::error::from_library)?;
+        forkline::cli_support::check_accept_coalesce(self.accept_coalesce)
             .map_err(crate::error::from_library)?;
         if self.max_requests_jitter > 0 && self.max_requests.is_none() {
             return Err(CliError::Usage(

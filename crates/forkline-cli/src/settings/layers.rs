@@ -217,10 +217,10 @@ fn library_variables() -> Result<Vec<Layer>, CliError> {
             mode.text(),
         ));
     }
-    let window =
-        forkline::accept_coalesce_from_env().map_err(|e| CliError::Usage(e.to_string()))?;
+    let window = forkline::cli_support::accept_coalesce_from_env()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     if let Some(window) = window {
-        let var = Source::Env(forkline::ENV_ACCEPT_COALESCE_US.into());
+        let var = Source::Env(forkline::cli_support::ENV_ACCEPT_COALESCE_US.into());
         let window = window.unwrap_or_default().text();
         layers.push(Layer::one(var, "accept-coalesce", window));
     }

@@ -37,7 +37,7 @@ pub(crate) struct State {
 
 impl State {
     /// The live handle of `seq`.
-    pub fn worker(&self, seq: Option<Seq>) -> Option<WorkerHandle> {
+    pub(super) fn worker(&self, seq: Option<Seq>) -> Option<WorkerHandle> {
         seq.and_then(|seq| self.live.get(&seq)).cloned()
     }
 }
@@ -101,7 +101,7 @@ pub(crate) struct Core {
 
 impl Core {
     /// A core with no worker yet.
-    pub fn new(
+    pub(super) fn new(
         opts: ClusterOptions,
         expect_protocol: bool,
         listeners: ListenerTable,
@@ -144,7 +144,7 @@ impl Core {
     }
 
     /// This core, owned: for a task that outlives the borrow.
-    pub fn arc(&self) -> Arc<Core> {
+    pub(super) fn arc(&self) -> Arc<Core> {
         self.me
             .upgrade()
             .expect("a borrowed core is owned by an Arc that lives")
@@ -153,34 +153,34 @@ impl Core {
     // --- settings ---
 
     /// The settings the cluster runs with.
-    pub fn opts(&self) -> &ClusterOptions {
+    pub(super) fn opts(&self) -> &ClusterOptions {
         &self.opts
     }
 
     /// True when workers are library workers that speak the protocol.
-    pub fn expect_protocol(&self) -> bool {
+    pub(super) fn expect_protocol(&self) -> bool {
         self.expect_protocol
     }
 
     /// When the cluster started.
-    pub fn started(&self) -> Instant {
+    pub(super) fn started(&self) -> Instant {
         self.started
     }
 
     // --- events and signals ---
 
     /// The event bus.
-    pub fn events(&self) -> &EventBus {
+    pub(super) fn events(&self) -> &EventBus {
         &self.events
     }
 
     /// Emits `event`.
-    pub fn emit(&self, event: Event) {
+    pub(super) fn emit(&self, event: Event) {
         self.events.emit(event);
     }
 
     /// The event stream: every event since start the first time, from now on after that.
-    pub fn event_stream(&self) -> EventStream {
+    pub(super) fn event_stream(&self) -> EventStream {
         self.initial_events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -189,28 +189,28 @@ impl Core {
     }
 
     /// Notified whenever a worker changes state or exits.
-    pub fn changed(&self) -> &Notify {
+    pub(super) fn changed(&self) -> &Notify {
         &self.signals.changed
     }
 
     /// Woken when a worker reaches `max_requests`.
-    pub fn limit_reached(&self) -> &Arc<Notify> {
+    pub(super) fn limit_reached(&self) -> &Arc<Notify> {
         &self.signals.limit_reached
     }
 
     /// Set when the cluster stops accepting (shutdown began).
-    pub fn stop_accepting(&self) -> &watch::Sender<bool> {
+    pub(super) fn stop_accepting(&self) -> &watch::Sender<bool> {
         &self.signals.stop_accepting
     }
 
     /// Set once the cluster has shut down.
-    pub fn finished(&self) -> &watch::Sender<Option<Shutdown>> {
+    pub(super) fn finished(&self) -> &watch::Sender<Option<Shutdown>> {
         &self.signals.finished
     }
 
     /// Waits until `done` holds, checked now and after every worker change, or until
     /// `deadline`; true when it holds.
-    pub async fn wait_until(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
+    pub(super) async fn wait_until(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
         loop {
             // Created before the check, so a change between the check and the wait is seen.
             let changed = self.signals.changed.notified();
@@ -229,7 +229,7 @@ impl Core {
     // --- workers and slots ---
 
     /// The slot state and live workers, locked. Hold it briefly; never across an `await`.
-    pub fn state(&self) -> MutexGuard<'_, State> {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -239,13 +239,13 @@ impl Core {
     /// changed: the `online` and `ready` events go out here. A state never goes back: a
     /// `STOPPING=1` read after the exit was recorded leaves the worker exited. False when the
     /// worker was already at `to` or beyond.
-    pub fn transition(&self, worker: &WorkerHandle, to: WorkerState) -> bool {
+    pub(super) fn transition(&self, worker: &WorkerHandle, to: WorkerState) -> bool {
         self.transition_then(worker, to, || {})
     }
 
     /// `transition`, running `first` after the change and before anyone hears of it (steer
     /// mode lets the kernel steer to a ready worker before `ready` goes out).
-    pub fn transition_then(
+    pub(super) fn transition_then(
         &self,
         worker: &WorkerHandle,
         to: WorkerState,
@@ -270,20 +270,20 @@ impl Core {
 
     /// Every worker whose process has not exited (replacements on trial included), ordered by
     /// slot.
-    pub fn workers(&self) -> Vec<WorkerHandle> {
+    pub(super) fn workers(&self) -> Vec<WorkerHandle> {
         let mut all: Vec<WorkerHandle> = self.state().live.values().cloned().collect();
         all.sort_by_key(|w| (w.id(), w.unique_id()));
         all
     }
 
     /// The current worker of `slot`, while it runs.
-    pub fn worker(&self, slot: usize) -> Option<WorkerHandle> {
+    pub(super) fn worker(&self, slot: usize) -> Option<WorkerHandle> {
         let state = self.state();
         state.worker(state.slots.current(slot))
     }
 
     /// Supervision state of every slot.
-    pub fn status(&self) -> Vec<SlotStatus> {
+    pub(super) fn status(&self) -> Vec<SlotStatus> {
         let state = self.state();
         state
             .slots
@@ -311,17 +311,17 @@ impl Core {
     }
 
     /// The number of slots the cluster keeps.
-    pub fn target(&self) -> usize {
+    pub(super) fn target(&self) -> usize {
         self.state().slots.target()
     }
 
     /// True once shutdown has begun.
-    pub fn is_stopping(&self) -> bool {
+    pub(super) fn is_stopping(&self) -> bool {
         self.state().slots.is_stopping()
     }
 
     /// True when as many workers as the cluster keeps are ready and no restart is due.
-    pub fn all_ready(&self) -> bool {
+    pub(super) fn all_ready(&self) -> bool {
         let slots = self.status();
         let ready = slots
             .iter()
@@ -331,7 +331,7 @@ impl Core {
     }
 
     /// The keeper, while one runs.
-    pub fn keeper(&self) -> Option<Arc<Keeper>> {
+    pub(super) fn keeper(&self) -> Option<Arc<Keeper>> {
         self.keeper
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -339,39 +339,39 @@ impl Core {
     }
 
     /// Puts `keeper` in place (at start, and when a dead one is replaced).
-    pub fn set_keeper(&self, keeper: Option<Arc<Keeper>>) {
+    pub(super) fn set_keeper(&self, keeper: Option<Arc<Keeper>>) {
         *self.keeper.lock().unwrap_or_else(|p| p.into_inner()) = keeper;
     }
 
     /// The directory of the workers' notify sockets, when enabled.
-    pub fn notify_dir(&self) -> Option<&NotifyDir> {
+    pub(super) fn notify_dir(&self) -> Option<&NotifyDir> {
         self.notify_dir.as_ref()
     }
 
     // --- traffic ---
 
     /// Every listener, by key.
-    pub fn listeners(&self) -> &ListenerTable {
+    pub(super) fn listeners(&self) -> &ListenerTable {
         &self.traffic.listeners
     }
 
     /// Listeners bound up front, in `LISTEN_FDS` order.
-    pub fn prebound(&self) -> &[Arc<BoundListener>] {
+    pub(super) fn prebound(&self) -> &[Arc<BoundListener>] {
         &self.traffic.prebound
     }
 
     /// The round-robin dispatcher.
-    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+    pub(super) fn dispatcher(&self) -> &Arc<Dispatcher> {
         &self.traffic.dispatcher
     }
 
     /// The proxy's table of workers' ports.
-    pub fn proxy(&self) -> &Arc<ProxyTable> {
+    pub(super) fn proxy(&self) -> &Arc<ProxyTable> {
         &self.traffic.proxy
     }
 
     /// The primary stops routing to listeners that were released.
-    pub fn forget_listeners(&self, released: Vec<Arc<BoundListener>>) {
+    pub(super) fn forget_listeners(&self, released: Vec<Arc<BoundListener>>) {
         for listener in released {
             tracing::info!(address = %listener.local, "no worker listens any more; socket closed");
             self.traffic.dispatcher.forget_listener(listener.id);
@@ -380,14 +380,14 @@ impl Core {
 
     /// The connection counters of the dispatcher (round-robin) and the proxy, added up: each
     /// mode counts only its own connections.
-    pub fn traffic(&self) -> Traffic {
+    pub(super) fn traffic(&self) -> Traffic {
         let mut traffic = self.traffic.dispatcher.traffic();
         traffic.add(self.traffic.proxy.traffic());
         traffic
     }
 
     /// The addresses the cluster listens on, sorted.
-    pub fn listen_addresses(&self) -> Vec<String> {
+    pub(super) fn listen_addresses(&self) -> Vec<String> {
         let mut all: Vec<String> = self
             .traffic
             .listeners
@@ -402,22 +402,22 @@ impl Core {
     // --- operations ---
 
     /// One rolling reload at a time.
-    pub fn reload_lock(&self) -> &tokio::sync::Mutex<()> {
+    pub(super) fn reload_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.reload_lock
     }
 
     /// True while a rolling reload is in progress.
-    pub fn is_reloading(&self) -> bool {
+    pub(super) fn is_reloading(&self) -> bool {
         self.reload_lock.try_lock().is_err()
     }
 
     /// The counters.
-    pub fn counters(&self) -> &Counters {
+    pub(super) fn counters(&self) -> &Counters {
         &self.counters
     }
 
     /// Rolling reloads so far: (finished, failed).
-    pub fn reload_counts(&self) -> (u64, u64) {
+    pub(super) fn reload_counts(&self) -> (u64, u64) {
         (
             self.counters.reloads_ok.load(Ordering::Relaxed),
             self.counters.reloads_failed.load(Ordering::Relaxed),
@@ -425,12 +425,12 @@ impl Core {
     }
 
     /// Upgrades of the primary: one at a time, the program to start, the handover.
-    pub fn upgrades(&self) -> &Upgrades {
+    pub(super) fn upgrades(&self) -> &Upgrades {
         &self.upgrades
     }
 
     /// Recent worker output.
-    pub fn output(&self) -> &OutputBuffer {
+    pub(super) fn output(&self) -> &OutputBuffer {
         &self.output
     }
 }

@@ -9,6 +9,7 @@ use crate::primary::handle::WorkerHandle;
 
 /// Something that happened in the cluster.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Event {
     /// A worker process was started.
     Fork {
@@ -144,6 +145,7 @@ impl Event {
 
 /// Why a slot's worker is being replaced by a new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Replacement {
     /// A rolling reload ([`super::Cluster::reload`], SIGHUP).
     Reload,
@@ -163,6 +165,7 @@ impl Replacement {
 
 /// Why a replacement worker was not committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReplaceFailure {
     /// It exited before it had been ready for the settle time.
     Exited {
@@ -218,21 +221,21 @@ pub(crate) struct EventBus {
 
 impl EventBus {
     /// A new subscriber that sees every event from now on.
-    pub fn subscribe(&self) -> EventStream {
+    pub(super) fn subscribe(&self) -> EventStream {
         let (tx, rx) = mpsc::unbounded_channel();
         self.subscribers.lock().unwrap().push(tx);
         EventStream { rx }
     }
 
     /// Delivers `event` to every live subscriber.
-    pub fn emit(&self, event: Event) {
+    pub(super) fn emit(&self, event: Event) {
         tracing::debug!(event = event.name(), "cluster event");
         let mut subs = self.subscribers.lock().unwrap();
         subs.retain(|tx| tx.send(event.clone()).is_ok());
     }
 
     /// Ends every stream.
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         self.subscribers.lock().unwrap().clear();
     }
 }

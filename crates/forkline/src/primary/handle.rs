@@ -20,6 +20,7 @@ use crate::sys;
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum WorkerState {
     /// Process started, handshake not done yet.
     Starting,
@@ -59,7 +60,7 @@ pub(crate) struct ExitInfo {
 
 impl ExitInfo {
     /// A non-zero code or a signal.
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.code != Some(0) || self.signal.is_some()
     }
 }

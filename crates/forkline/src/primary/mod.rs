@@ -15,22 +15,32 @@ mod status;
 mod task;
 mod traffic;
 
-pub use builder::{resolve_program, ClusterBuilder};
+pub use builder::ClusterBuilder;
 pub use cluster::Cluster;
 pub use event::{Event, EventStream, ReplaceFailure, Replacement};
 pub use handle::{WorkerHandle, WorkerState};
 pub use lifecycle::output_buffer::{OutputLine, OutputStream, DEFAULT_OUTPUT_BUFFER};
 pub use ops::stats::{Stats, WorkerStats};
-pub use ops::upgrade_state::{ENV_UPGRADE_CONTROL_FD, ENV_UPGRADE_FD, ENV_UPGRADE_METRICS_FD};
-pub use options::check_steered_workers;
 pub use options::{
-    accept_coalesce_from_env, auto_accept_threads, check_accept_coalesce, Backoff, Balance,
-    ClusterOptions, ListenSpec, LogFormat, Readiness, RestartPolicy, WorkerStdio,
-    DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME, ENV_ACCEPT_COALESCE_US, MAX_ACCEPT_COALESCE,
+    Backoff, Balance, ClusterOptions, ListenSpec, LogFormat, Readiness, RestartPolicy, WorkerStdio,
+    DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME, MAX_ACCEPT_COALESCE,
 };
 pub use status::{Shutdown, SlotStatus};
-pub use traffic::migration::{Migration, ENV_TEST_NO_BPF};
-pub use traffic::steering::{
-    STEERING_BPF, STEERING_BPF_LEAST_CONN, STEERING_FALLBACK_REUSEPORT,
-    STEERING_FALLBACK_ROUND_ROBIN,
-};
+pub use traffic::migration::Migration;
+
+/// See `forkline::cli_support`.
+pub(crate) mod cli_support {
+    pub use super::builder::resolve_program;
+    pub use super::ops::upgrade_state::{
+        ENV_UPGRADE_CONTROL_FD, ENV_UPGRADE_FD, ENV_UPGRADE_METRICS_FD,
+    };
+    pub use super::options::{
+        accept_coalesce_from_env, auto_accept_threads, check_accept_coalesce,
+        check_steered_workers, ENV_ACCEPT_COALESCE_US,
+    };
+    pub use super::traffic::migration::ENV_TEST_NO_BPF;
+    pub use super::traffic::steering::{
+        STEERING_BPF, STEERING_BPF_LEAST_CONN, STEERING_FALLBACK_REUSEPORT,
+        STEERING_FALLBACK_ROUND_ROBIN,
+    };
+}

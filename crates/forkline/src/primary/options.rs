@@ -76,6 +76,7 @@ impl Default for Backoff {
 /// How connections are balanced across workers when the primary picks (round-robin and proxy
 /// modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Balance {
     /// Each worker in turn.
     #[default]
@@ -87,22 +88,36 @@ pub enum Balance {
 }
 
 impl Balance {
-    /// Parses `round-robin`, `least-conn` or `ip-hash`.
-    pub fn parse(s: &str) -> Option<Balance> {
-        match s {
-            "round-robin" | "rr" => Some(Balance::RoundRobin),
-            "least-conn" => Some(Balance::LeastConn),
-            "ip-hash" => Some(Balance::IpHash),
-            _ => None,
-        }
-    }
-
-    /// The canonical name.
-    pub fn name(self) -> &'static str {
+    /// The canonical name (what `Display` writes and `FromStr` reads back).
+    pub fn as_str(self) -> &'static str {
         match self {
             Balance::RoundRobin => "round-robin",
             Balance::LeastConn => "least-conn",
             Balance::IpHash => "ip-hash",
+        }
+    }
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Balance {
+    type Err = crate::error::UnknownName;
+
+    /// `round-robin` (or `rr`), `least-conn` or `ip-hash`.
+    fn from_str(s: &str) -> Result<Balance, Self::Err> {
+        match s {
+            "round-robin" | "rr" => Ok(Balance::RoundRobin),
+            "least-conn" => Ok(Balance::LeastConn),
+            "ip-hash" => Ok(Balance::IpHash),
+            _ => Err(crate::error::UnknownName {
+                what: "balance",
+                name: s.to_string(),
+                expected: "round-robin, least-conn, ip-hash",
+            }),
         }
     }
 }
@@ -118,6 +133,7 @@ pub(crate) fn sticky_index(client: Option<std::net::IpAddr>, n: usize) -> usize 
 /// When a newly started worker counts as ready (gates rolling reloads and the primary's own
 /// `READY=1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Readiness {
     /// Ready once online (a library worker's handshake) — or at once for a program that does
     /// not speak the protocol.
@@ -407,11 +423,13 @@ pub fn accept_coalesce_from_env() -> crate::error::Result<Option<Option<Duration
 
 /// The mode named by `FORKLINE_SCHED_POLICY` (`rr`, `none`, or a mode name), if set; an error
 /// naming the variable if it names no mode.
-pub fn mode_from_env() -> crate::error::Result<Option<Mode>> {
+pub(super) fn mode_from_env() -> crate::error::Result<Option<Mode>> {
     use crate::protocol::wire::ENV_SCHED_POLICY;
     match std::env::var(ENV_SCHED_POLICY) {
         Ok(value) => {
-            Mode::parse(&value)
+            value
+                .parse::<Mode>()
+                .ok()
                 .map(Some)
                 .ok_or_else(|| crate::error::Error::InvalidOption {
                     field: ENV_SCHED_POLICY,
@@ -449,7 +467,7 @@ fn accept_threads_for(workers: usize, cpus: usize) -> usize {
 /// `FORKLINE_ACCEPT_THREADS`, the round-robin accept loops per listener, if set to a number of
 /// at least 1 (for programs that do not call the builder's `accept_threads`; another value is
 /// refused by the builder, see [`check_accept_threads_env`]).
-pub fn accept_threads_from_env() -> Option<usize> {
+pub(super) fn accept_threads_from_env() -> Option<usize> {
     std::env::var("FORKLINE_ACCEPT_THREADS")
         .ok()?
         .parse()

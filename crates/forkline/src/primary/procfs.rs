@@ -72,7 +72,7 @@ pub(crate) struct CpuWindow {
 impl CpuWindow {
     /// Records `ticks` of CPU time at `now` and returns the CPU used, in percent of one CPU,
     /// since the last look at least `CPU_WINDOW` ago, or since `started` while there was none.
-    pub fn sample(
+    pub(crate) fn sample(
         &mut self,
         now: Instant,
         ticks: u64,

@@ -9,6 +9,7 @@ use crate::primary::handle::WorkerState;
 
 /// How the cluster ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Shutdown {
     /// True when every worker stopped within the graceful timeout.
     pub clean: bool,
@@ -29,6 +30,7 @@ impl Shutdown {
 
 /// Per-slot supervision state, visible through [`Cluster::status`].
 #[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
 pub struct SlotStatus {
     /// The slot.
     pub slot: usize,

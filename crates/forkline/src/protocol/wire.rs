@@ -31,6 +31,7 @@ pub enum SocketKind {
 /// How connections on one listener reach workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Mode {
     /// The primary accepts and passes each connection to a worker (Node's SCHED_RR).
     #[default]
@@ -49,18 +50,6 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Parses a mode name, also accepting Node's `rr` and `none`.
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "rr" | "round-robin" => Some(Mode::RoundRobin),
-            "none" | "shared" => Some(Mode::Shared),
-            "reuseport" => Some(Mode::Reuseport),
-            "proxy" => Some(Mode::Proxy),
-            "steer" => Some(Mode::Steer),
-            _ => None,
-        }
-    }
-
     /// Whether each worker accepts on a listening socket of its own (reuseport, steer).
     pub fn socket_per_worker(self) -> bool {
         matches!(self, Mode::Reuseport | Mode::Steer)
@@ -72,14 +61,40 @@ impl Mode {
         matches!(self, Mode::Shared | Mode::Reuseport | Mode::Steer)
     }
 
-    /// The canonical name, as accepted by [`Mode::parse`].
-    pub fn name(self) -> &'static str {
+    /// The canonical name (what `Display` writes and `FromStr` reads back).
+    pub fn as_str(self) -> &'static str {
         match self {
             Mode::RoundRobin => "round-robin",
             Mode::Shared => "shared",
             Mode::Reuseport => "reuseport",
             Mode::Proxy => "proxy",
             Mode::Steer => "steer",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = crate::error::UnknownName;
+
+    /// A mode's name, also Node's `rr` and `none`.
+    fn from_str(s: &str) -> Result<Mode, Self::Err> {
+        match s {
+            "rr" | "round-robin" => Ok(Mode::RoundRobin),
+            "none" | "shared" => Ok(Mode::Shared),
+            "reuseport" => Ok(Mode::Reuseport),
+            "proxy" => Ok(Mode::Proxy),
+            "steer" => Ok(Mode::Steer),
+            _ => Err(crate::error::UnknownName {
+                what: "mode",
+                name: s.to_string(),
+                expected: "round-robin, shared, reuseport, proxy, steer",
+            }),
         }
     }
 }

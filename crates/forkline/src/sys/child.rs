@@ -16,7 +16,7 @@ const MAX_PLACED_FDS: usize = 64;
 /// - start with an empty signal mask.
 ///
 /// The spawning thread must live as long as the child should (see `primary::spawner`).
-pub fn prepare_child(
+pub(crate) fn prepare_child(
     cmd: &mut std::process::Command,
     fds: Vec<(OwnedFd, RawFd)>,
 ) -> io::Result<()> {
@@ -25,7 +25,10 @@ pub fn prepare_child(
 
 /// Like [`prepare_child`], for a child that must outlive this process (a new primary taking
 /// over): the fds are placed and the signal mask emptied, with no death signal.
-pub fn place_fds(cmd: &mut std::process::Command, fds: Vec<(OwnedFd, RawFd)>) -> io::Result<()> {
+pub(crate) fn place_fds(
+    cmd: &mut std::process::Command,
+    fds: Vec<(OwnedFd, RawFd)>,
+) -> io::Result<()> {
     arrange_child(cmd, fds, false)
 }
 

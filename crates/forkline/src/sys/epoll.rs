@@ -7,10 +7,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 /// A private epoll instance holding one socket with `EPOLLEXCLUSIVE`: of the threads blocked
 /// in `wait` on such instances of one socket, an event wakes one, not all. It also holds a
 /// `wake` descriptor (not exclusive): once that is readable, every `wait` returns at once.
-pub struct ExclusiveEpoll(OwnedFd);
+pub(crate) struct ExclusiveEpoll(OwnedFd);
 
 impl ExclusiveEpoll {
-    pub fn new(socket: &OwnedFd, wake: BorrowedFd<'_>) -> io::Result<Self> {
+    pub(crate) fn new(socket: &OwnedFd, wake: BorrowedFd<'_>) -> io::Result<Self> {
         use std::os::fd::FromRawFd;
         // SAFETY: plain syscalls on descriptors borrowed for the call; a returned descriptor
         // is new and owned here.
@@ -40,7 +40,7 @@ impl ExclusiveEpoll {
 
     /// Waits up to `timeout_ms` for the socket to be readable or the wake descriptor to fire;
     /// true if either did.
-    pub fn wait(&self, timeout_ms: i32) -> io::Result<bool> {
+    pub(crate) fn wait(&self, timeout_ms: i32) -> io::Result<bool> {
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: one event's room, for the epoll descriptor owned here.
         let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut event, 1, timeout_ms) };

@@ -12,10 +12,10 @@ use nix::sys::socket::{
 };
 
 /// Most fds the kernel accepts in one SCM_RIGHTS message (SCM_MAX_FD).
-pub const MAX_FDS_PER_PACKET: usize = 253;
+pub(crate) const MAX_FDS_PER_PACKET: usize = 253;
 
 /// A connected pair of CLOEXEC SOCK_SEQPACKET Unix sockets: one message per packet.
-pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (a, b) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -27,7 +27,7 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sends one packet carrying `data` and, as SCM_RIGHTS, `fds`. `nonblocking` adds MSG_DONTWAIT.
 /// Never raises SIGPIPE (MSG_NOSIGNAL).
-pub fn send_packet(
+pub(crate) fn send_packet(
     sock: BorrowedFd<'_>,
     data: &[u8],
     fds: &[RawFd],
@@ -58,7 +58,7 @@ pub fn send_packet(
 /// the kernel cut fds off (MSG_CTRUNC: this process is at RLIMIT_NOFILE, so only the first
 /// ones arrived, in order, and the kernel closed the rest). A packet larger than `buf`
 /// (MSG_TRUNC) is an `InvalidData` error, and the fds that did arrive are closed.
-pub fn recv_packet(
+pub(crate) fn recv_packet(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
@@ -127,7 +127,7 @@ pub fn recv_packet(
 
 /// Reads the next packet's bytes into `buf` without taking it off the socket (MSG_PEEK) and
 /// without installing any fd it carries. `WouldBlock` when none is queued.
-pub fn peek_packet(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn peek_packet(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     let mut iov = [IoSliceMut::new(buf)];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
     let msg = recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, None, flags)?;
@@ -136,7 +136,7 @@ pub fn peek_packet(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 
 /// True when the peer of the connected socket `fd` has shut its end down (POLLRDHUP or
 /// POLLHUP now), so a zero-length read was a close and not an empty packet.
-pub fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
+pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
     let mut pollfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLRDHUP,

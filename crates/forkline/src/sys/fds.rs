@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Duplicates `fd` to a new CLOEXEC descriptor.
-pub fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     fd.try_clone_to_owned()
 }
 
@@ -13,7 +13,7 @@ pub fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// it CLOEXEC so it does not leak into programs this process runs.
 ///
 /// Returns an error if `fd` is not open.
-pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     // SAFETY: F_GETFD only reads the flags of `fd`; an invalid fd yields EBADF, no UB.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -25,7 +25,7 @@ pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// Registers an owned fd with tokio's reactor.
-pub fn async_fd(
+pub(crate) fn async_fd(
     fd: OwnedFd,
     interest: tokio::io::Interest,
 ) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {

@@ -9,14 +9,14 @@ const KEEPER_FD: RawFd = 3;
 
 /// Slots in the keeper's table of watched process groups (the keeper cannot allocate); a watch
 /// beyond it is dropped.
-pub const KEEPER_MAX_GROUPS: usize = 4096;
+pub(super) const KEEPER_MAX_GROUPS: usize = 4096;
 
 /// The keeper's command name (`/proc/PID/comm`, `ps`), set once its setup is complete.
-pub const KEEPER_NAME: &std::ffi::CStr = c"forkline-keeper";
+pub(crate) const KEEPER_NAME: &std::ffi::CStr = c"forkline-keeper";
 
 /// Signals the keeper ignores: job control, terminal hang-up, the stop and control signals an
 /// operator or a supervisor sends to the primary (or to its process group), and SIGPIPE.
-pub const KEEPER_IGNORED_SIGNALS: [libc::c_int; 9] = [
+pub(crate) const KEEPER_IGNORED_SIGNALS: [libc::c_int; 9] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGHUP,
@@ -35,7 +35,7 @@ pub const KEEPER_IGNORED_SIGNALS: [libc::c_int; 9] = [
 ///
 /// The child never returns from here: it runs [`keeper_main`], which makes only
 /// async-signal-safe system calls (the primary is multi-threaded), and ends in `_exit`.
-pub fn fork_keeper(sock: BorrowedFd<'_>) -> io::Result<u32> {
+pub(crate) fn fork_keeper(sock: BorrowedFd<'_>) -> io::Result<u32> {
     use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 
     let sock = sock.as_raw_fd();

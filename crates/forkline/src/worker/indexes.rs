@@ -28,14 +28,14 @@ pub(crate) struct ListenIndex {
 
 impl ListenIndex {
     /// The index to send in the `listen` request.
-    pub fn get(&self) -> u32 {
+    pub(crate) fn get(&self) -> u32 {
         self.index
     }
 }
 
 impl ListenIndexes {
     /// The next index for a listener of `kind` at `address` with `mode`.
-    pub fn take(
+    pub(crate) fn take(
         self: &Arc<Self>,
         kind: SocketKind,
         address: &str,

@@ -95,10 +95,10 @@ async fn primary() {
     }
     builder = builder.backoff(backoff);
     if let Some(mode) = env("TB_MODE") {
-        builder = builder.mode(Mode::parse(&mode).expect("TB_MODE"));
+        builder = builder.mode(mode.parse::<Mode>().expect("TB_MODE"));
     }
     if let Some(balance) = env("TB_BALANCE") {
-        builder = builder.balance(Balance::parse(&balance).expect("TB_BALANCE"));
+        builder = builder.balance(balance.parse::<Balance>().expect("TB_BALANCE"));
     }
     if let Some(n) = env("TB_CREDIT_WINDOW") {
         builder = builder.credit_window(n.parse().expect("TB_CREDIT_WINDOW"));
@@ -384,6 +384,7 @@ fn describe(event: &Event) -> Value {
         Event::ReloadStarted => {}
         Event::ReloadFinished { ok } => value["ok"] = json!(ok),
         Event::UpgradeFailed { reason } => value["reason"] = json!(reason),
+        _ => {}
     }
     value
 }
@@ -648,7 +649,7 @@ fn serve(worker: forkline::Worker, id: usize, address: &str) {
                 Ok(listener) => listener,
                 Err(e) => return report_listen_error(&worker, &e),
             };
-            let _ = worker.send(&json!({"listening": listener.local_addr().to_string(), "mode": listener.mode().name()}));
+            let _ = worker.send(&json!({"listening": listener.local_addr().to_string(), "mode": listener.mode().as_str()}));
             let mut in_flight = Vec::new();
             while let Ok(Some((mut conn, _))) = listener.accept() {
                 let reply = reply.clone();

@@ -339,7 +339,7 @@ async fn listen(
         }
     };
     if fresh {
-        tracing::info!(address = %listener.local, mode = mode.name(), "listening");
+        tracing::info!(address = %listener.local, mode = mode.as_str(), "listening");
     }
     listener.hold(worker.unique_id());
     let reply = encode(&ToWorker::Listening {

@@ -66,7 +66,7 @@ impl Keeper {
     /// Forks the keeper. Call once per cluster, before any worker starts.
     ///
     /// Blocks for no longer than a `fork`. Fails if the socket pair or the fork fails.
-    pub fn start() -> io::Result<Keeper> {
+    pub(crate) fn start() -> io::Result<Keeper> {
         let (primary_end, keeper_end) = sys::seqpacket_pair()?;
         let pid = sys::fork_keeper(keeper_end.as_fd())?;
         // The keeper has its own copy now; the primary holds only its end.
@@ -85,7 +85,7 @@ impl Keeper {
     /// Refuses 0, 1, numbers beyond `i32::MAX` and the primary's own process group. Watch a
     /// group as soon as its leader is spawned (the group exists once the spawn returns); the
     /// keeper holds at most `sys::KEEPER_MAX_GROUPS` groups.
-    pub fn watch(&self, pgid: u32) {
+    pub(crate) fn watch(&self, pgid: u32) {
         self.send(pgid, true);
     }
 
@@ -94,18 +94,18 @@ impl Keeper {
     /// Forget a group only once it is empty (its leader reaped and the group signalled), and
     /// promptly: a group number left watched after the group is gone could, after pid
     /// wrap-around, name someone else's group by the time the primary dies.
-    pub fn forget(&self, pgid: u32) {
+    pub(crate) fn forget(&self, pgid: u32) {
         self.send(pgid, false);
     }
 
     /// The keeper's pid.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
 
     /// Whether the keeper process has exited (it was killed, say), reaping it if it has. Once
     /// true, always true, and the keeper's pid is never waited for again. Never blocks.
-    pub fn exited(&self) -> bool {
+    pub(crate) fn exited(&self) -> bool {
         let mut reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
         if *reaped {
             return true;

@@ -19,7 +19,7 @@ impl NotifyDir {
     /// Creates a private directory (0700) with an unguessable name under the runtime or temp
     /// dir (first removing those left by primaries that were killed before they could clean
     /// up). Workers that run as another user (`owner`) own it, so they can reach their socket.
-    pub fn create(owner: Option<(Option<u32>, Option<u32>)>) -> io::Result<Self> {
+    pub(crate) fn create(owner: Option<(Option<u32>, Option<u32>)>) -> io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
@@ -42,7 +42,7 @@ impl NotifyDir {
     }
 
     /// Binds the notify socket of worker `seq`: 0600, the workers' user's, credentials passed.
-    pub fn bind(&self, seq: u64) -> io::Result<(UnixDatagram, PathBuf)> {
+    pub(crate) fn bind(&self, seq: u64) -> io::Result<(UnixDatagram, PathBuf)> {
         use std::os::unix::fs::PermissionsExt;
         let path = self.path.join(format!("notify-{seq}.sock"));
         let _ = std::fs::remove_file(&path);

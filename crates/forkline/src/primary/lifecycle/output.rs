@@ -40,7 +40,7 @@ pub(crate) struct Style {
 
 impl Style {
     /// The style for `stream` of the worker in `slot` with `pid`.
-    pub fn new(core: &Core, slot: usize, pid: u32, stream: OutputStream) -> Style {
+    pub(crate) fn new(core: &Core, slot: usize, pid: u32, stream: OutputStream) -> Style {
         let opts = &core.opts();
         let prefix = match opts.stdio {
             WorkerStdio::Prefixed => prefix(opts.name.as_deref(), slot, pid),

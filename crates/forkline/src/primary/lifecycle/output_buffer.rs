@@ -61,7 +61,7 @@ struct Ring {
 
 impl OutputBuffer {
     /// A buffer keeping at most `capacity` bytes of lines (0 keeps none).
-    pub fn new(capacity: usize) -> OutputBuffer {
+    pub(crate) fn new(capacity: usize) -> OutputBuffer {
         OutputBuffer {
             capacity,
             ring: Mutex::new(Ring::default()),
@@ -70,7 +70,7 @@ impl OutputBuffer {
     }
 
     /// Keeps `line`, dropping the oldest lines past the capacity, and announces it.
-    pub fn push(&self, line: OutputLine) {
+    pub(crate) fn push(&self, line: OutputLine) {
         if self.capacity == 0 {
             return;
         }
@@ -90,7 +90,7 @@ impl OutputBuffer {
 
     /// The last `max` lines (of `slot` only, if given), oldest first, and a receiver of every
     /// line pushed after them.
-    pub fn recent_and_follow(
+    pub(crate) fn recent_and_follow(
         &self,
         max: usize,
         slot: Option<usize>,

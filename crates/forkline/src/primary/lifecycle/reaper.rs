@@ -68,27 +68,27 @@ pub(crate) struct RegistryGuard<'a> {
 
 impl RegistryGuard<'_> {
     /// Records `pid` as started by this process: the orphan reaper never reaps it.
-    pub fn insert(&mut self, pid: u32) {
+    pub(crate) fn insert(&mut self, pid: u32) {
         *self.pids.entry(pid).or_insert(0) += 1;
     }
 }
 
 impl Registry {
     /// An empty registry.
-    pub fn new() -> Registry {
+    pub(crate) fn new() -> Registry {
         Registry::default()
     }
 
     /// Holds the registry while a child is being spawned, so the reaper never sees a fresh
     /// child before it is recorded: the spawner calls this, spawns, then `insert`s the pid
     /// through the guard.
-    pub fn lock(&self) -> RegistryGuard<'_> {
+    pub(crate) fn lock(&self) -> RegistryGuard<'_> {
         RegistryGuard { pids: self.pids() }
     }
 
     /// Removes `pid` (one insertion of it). Call it only once the child has been reaped by its
     /// owner: removed earlier, its zombie could be taken by the orphan reaper.
-    pub fn remove(&self, pid: u32) {
+    pub(crate) fn remove(&self, pid: u32) {
         let mut pids = self.pids();
         if let Some(count) = pids.get_mut(&pid) {
             *count -= 1;
@@ -100,14 +100,14 @@ impl Registry {
 
     /// Whether `pid` is registered.
     #[cfg(test)]
-    pub fn contains(&self, pid: u32) -> bool {
+    pub(crate) fn contains(&self, pid: u32) -> bool {
         self.pids().contains_key(&pid)
     }
 
     /// Reaps (waitpid WNOHANG, one pid at a time) every zombie child of this process that is
     /// not registered. Returns how many it reaped. Never blocks on a child; holds the registry
     /// while it works.
-    pub fn reap_orphans(&self) -> usize {
+    pub(crate) fn reap_orphans(&self) -> usize {
         let registered = self.pids();
         let zombies = match zombie_children() {
             Ok(zombies) => zombies,

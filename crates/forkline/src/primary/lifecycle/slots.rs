@@ -83,7 +83,7 @@ pub(crate) enum RestartReason {
 
 impl RestartReason {
     /// Every reason, in the order of `Slots::restarts_by_reason`.
-    pub const ALL: [RestartReason; 7] = [
+    pub(crate) const ALL: [RestartReason; 7] = [
         RestartReason::Exit,
         RestartReason::Crash,
         RestartReason::Signal,
@@ -94,14 +94,14 @@ impl RestartReason {
     ];
 
     /// Its index in `ALL`.
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
     /// The label value: `exit`, `crash`, `signal`, `ready_timeout`, `killed`, `reload`,
     /// `recycle`.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))] // used by `/metrics`
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             RestartReason::Exit => "exit",
             RestartReason::Crash => "crash",
@@ -184,7 +184,7 @@ pub(crate) struct Slots {
 
 impl Slots {
     /// No slot in use yet; `target` slots wanted.
-    pub fn new(target: usize, restart: RestartPolicy, backoff: Backoff) -> Self {
+    pub(crate) fn new(target: usize, restart: RestartPolicy, backoff: Backoff) -> Self {
         Self {
             slots: BTreeMap::new(),
             target,
@@ -198,7 +198,7 @@ impl Slots {
 
     /// Workers started in place of another so far, by reason (the cluster's whole life).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))] // used by `/metrics`
-    pub fn restarts_by_reason(&self) -> impl Iterator<Item = (RestartReason, u64)> + '_ {
+    pub(crate) fn restarts_by_reason(&self) -> impl Iterator<Item = (RestartReason, u64)> + '_ {
         RestartReason::ALL
             .iter()
             .zip(self.restarts_by_reason)
@@ -206,17 +206,17 @@ impl Slots {
     }
 
     /// How many slots the cluster wants.
-    pub fn target(&self) -> usize {
+    pub(crate) fn target(&self) -> usize {
         self.target
     }
 
     /// True once the cluster began to stop.
-    pub fn is_stopping(&self) -> bool {
+    pub(crate) fn is_stopping(&self) -> bool {
         self.stopping
     }
 
     /// The cluster stops: no restart is due any more, no replacement begins.
-    pub fn begin_stop(&mut self) {
+    pub(crate) fn begin_stop(&mut self) {
         self.stopping = true;
         for slot in self.slots.values_mut() {
             slot.restart = None;
@@ -224,24 +224,24 @@ impl Slots {
     }
 
     /// The current worker of `slot`.
-    pub fn current(&self, slot: usize) -> Option<Seq> {
+    pub(crate) fn current(&self, slot: usize) -> Option<Seq> {
         self.slots.get(&slot).and_then(|s| s.current)
     }
 
     /// Every slot, by id.
-    pub fn all(&self) -> impl Iterator<Item = (usize, &Slot)> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = (usize, &Slot)> {
         self.slots.iter().map(|(id, slot)| (*id, slot))
     }
 
     /// True when some slot waits for a restart.
     #[cfg(test)]
-    pub fn restart_pending(&self) -> bool {
+    pub(crate) fn restart_pending(&self) -> bool {
         self.slots.values().any(|s| s.restart.is_some())
     }
 
     /// Makes `seq` the current worker of `slot` (the first workers, scale-up). False when
     /// stopping or the slot is occupied.
-    pub fn assign(&mut self, slot: usize, seq: Seq) -> bool {
+    pub(crate) fn assign(&mut self, slot: usize, seq: Seq) -> bool {
         if self.stopping || self.slots.get(&slot).is_some_and(Slot::occupied) {
             return false;
         }
@@ -253,7 +253,7 @@ impl Slots {
 
     /// Node's `fork()`: makes `seq` the current worker of the lowest free slot, and counts that
     /// slot in the target. `None` when stopping.
-    pub fn claim(&mut self, seq: Seq) -> Option<usize> {
+    pub(crate) fn claim(&mut self, seq: Seq) -> Option<usize> {
         if self.stopping {
             return None;
         }
@@ -267,7 +267,7 @@ impl Slots {
 
     /// The restart booked with `ticket` is due: `seq` becomes the slot's current worker. False
     /// when that booking is gone (cancelled, stopping, or the slot was taken otherwise).
-    pub fn take_restart(&mut self, slot: usize, ticket: u64, seq: Seq) -> bool {
+    pub(crate) fn take_restart(&mut self, slot: usize, ticket: u64, seq: Seq) -> bool {
         let Some(entry) = self.slots.get_mut(&slot) else {
             return false;
         };
@@ -280,7 +280,7 @@ impl Slots {
     }
 
     /// Starts the trial of `seq` as the replacement of `slot`'s current worker `old`.
-    pub fn begin_replace(&mut self, slot: usize, old: Seq, seq: Seq) -> Result<(), Refused> {
+    pub(crate) fn begin_replace(&mut self, slot: usize, old: Seq, seq: Seq) -> Result<(), Refused> {
         if self.stopping {
             return Err(Refused::Stopping);
         }
@@ -300,7 +300,7 @@ impl Slots {
     /// had one), or `Err(())` when the candidate is no longer on trial (its slot went away, or
     /// the cluster is stopping), so it must be stopped.
     #[allow(clippy::result_unit_err)]
-    pub fn commit(
+    pub(crate) fn commit(
         &mut self,
         slot: usize,
         seq: Seq,
@@ -319,7 +319,7 @@ impl Slots {
     }
 
     /// The candidate `seq` failed its trial: it is forgotten and the current worker stays.
-    pub fn rollback(&mut self, slot: usize, seq: Seq) {
+    pub(crate) fn rollback(&mut self, slot: usize, seq: Seq) {
         if let Some(entry) = self.slots.get_mut(&slot) {
             if entry.candidate == Some(seq) {
                 entry.candidate = None;
@@ -328,7 +328,13 @@ impl Slots {
     }
 
     /// Worker `seq` of `slot` exited at `now`: decides what happens to the slot.
-    pub fn on_exit(&mut self, slot: usize, seq: Seq, exit: ExitFacts, now: Instant) -> OnExit {
+    pub(crate) fn on_exit(
+        &mut self,
+        slot: usize,
+        seq: Seq,
+        exit: ExitFacts,
+        now: Instant,
+    ) -> OnExit {
         let Some(entry) = self.slots.get_mut(&slot) else {
             return OnExit::Retired;
         };
@@ -386,7 +392,7 @@ impl Slots {
     /// Sets the number of slots wanted: returns the empty slots to start (from the old target
     /// up) and the workers of the slots that go away (from the new target up), whose pending
     /// restarts are cancelled.
-    pub fn set_target(&mut self, target: usize) -> Rescale {
+    pub(crate) fn set_target(&mut self, target: usize) -> Rescale {
         let mut rescale = Rescale::default();
         if self.stopping {
             return rescale;

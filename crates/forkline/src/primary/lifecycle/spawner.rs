@@ -23,7 +23,7 @@ static SPAWNER: OnceLock<std::sync::Mutex<std_mpsc::Sender<Request>>> = OnceLock
 
 /// Starts `command` from the spawner thread and returns the tokio child, registered with the
 /// runtime that first used the spawner.
-pub async fn spawn(command: std::process::Command) -> io::Result<Child> {
+pub(crate) async fn spawn(command: std::process::Command) -> io::Result<Child> {
     let sender = SPAWNER
         .get_or_init(|| std::sync::Mutex::new(start_thread(Handle::current())))
         .lock()

@@ -27,7 +27,7 @@ use crate::primary::ops::upgrade;
 use crate::primary::{lifecycle::replace, task};
 
 /// The version of the control protocol this primary speaks.
-pub const CONTROL_VERSION: u32 = 1;
+pub(crate) const CONTROL_VERSION: u32 = 1;
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -35,7 +35,7 @@ const MAX_REQUEST: u64 = 64 * 1024;
 /// A request on the control socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
-pub enum Request {
+pub(crate) enum Request {
     /// The cluster and every worker.
     Status,
     /// A rolling reload; answered when it has finished or failed.

@@ -18,6 +18,7 @@ use crate::primary::traffic::counters::Traffic;
 
 /// The cluster at one moment.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// The cluster's name (`ClusterBuilder::name`), if it has one.
     pub name: Option<String>,
@@ -65,6 +66,7 @@ pub struct Stats {
 
 /// One slot and its current worker.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct WorkerStats {
     /// The slot (the worker's `FORKLINE_WORKER_ID`).
     pub slot: usize,
@@ -148,7 +150,7 @@ pub(crate) fn snapshot(core: &Core, traffic: &Traffic) -> Stats {
     Stats {
         name: core.opts().name.clone(),
         pid: std::process::id(),
-        mode: core.opts().mode.name(),
+        mode: core.opts().mode.as_str(),
         steering: crate::primary::traffic::steering::status(core),
         addresses: core.listen_addresses(),
         uptime_secs: secs(core.started().elapsed()),

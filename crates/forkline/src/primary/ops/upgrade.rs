@@ -256,7 +256,7 @@ pub(crate) struct Successor {
 impl Successor {
     /// The handover, when this process was started by an upgrade; `None` otherwise. The fds
     /// are adopted (close-on-exec) once: a second call finds nothing.
-    pub fn take() -> Option<Successor> {
+    pub(crate) fn take() -> Option<Successor> {
         static TAKEN: AtomicBool = AtomicBool::new(false);
         let fd = env_fd(ENV_UPGRADE_FD)?;
         if TAKEN.swap(true, Ordering::SeqCst) {
@@ -285,7 +285,7 @@ impl Successor {
 
     /// Tells the old primary this one is ready, and waits until it has stopped accepting
     /// (`go`), or is gone: either way this one serves from then on.
-    pub async fn take_over(self) {
+    pub(crate) async fn take_over(self) {
         let Ok(()) = self.channel.set_nonblocking(true) else {
             return;
         };

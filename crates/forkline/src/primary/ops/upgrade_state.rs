@@ -41,7 +41,7 @@ pub(crate) struct Upgrades {
 impl Upgrades {
     /// Remembers the program this process runs (its path now, before a deploy replaces the
     /// file, and its arguments).
-    pub fn new() -> Upgrades {
+    pub(crate) fn new() -> Upgrades {
         let program = std::env::current_exe().ok().map(|exe| {
             // A binary deleted since start shows as "PATH (deleted)": the path is what counts.
             let text = exe.as_os_str().to_string_lossy();
@@ -62,24 +62,24 @@ impl Upgrades {
     }
 
     /// Keeps a copy of the control socket's listener for a new primary.
-    pub fn keep_control(&self, fd: OwnedFd) {
+    pub(crate) fn keep_control(&self, fd: OwnedFd) {
         *self.control.lock().unwrap() = Some(fd);
     }
 
     /// Keeps a copy of the metrics endpoint's listener for a new primary.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))] // used by `/metrics`
-    pub fn keep_metrics(&self, fd: OwnedFd) {
+    pub(crate) fn keep_metrics(&self, fd: OwnedFd) {
         *self.metrics.lock().unwrap() = Some(fd);
     }
 
     /// True once a new primary took over.
-    pub fn handed_over(&self) -> bool {
+    pub(crate) fn handed_over(&self) -> bool {
         *self.handover.borrow()
     }
 
     /// True when this primary's socket files (the control socket, Unix listeners) are its own
     /// to remove at exit: not once handed over, nor in a new primary that has not taken over.
-    pub fn owns_files(&self) -> bool {
+    pub(crate) fn owns_files(&self) -> bool {
         self.owns_files.load(Ordering::Relaxed) && !self.handed_over()
     }
 }

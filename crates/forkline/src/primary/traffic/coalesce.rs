@@ -36,7 +36,7 @@ pub(crate) struct CoalesceGate {
 
 impl CoalesceGate {
     /// Coalescing with `window`, decided by a governor unless `always`.
-    pub fn new(window: Duration, always: bool) -> Self {
+    pub(crate) fn new(window: Duration, always: bool) -> Self {
         Self {
             window,
             governor: (!always).then(|| Mutex::new(Governor::new(window, Instant::now()))),
@@ -45,12 +45,12 @@ impl CoalesceGate {
     }
 
     /// The coalescing window.
-    pub fn window(&self) -> Duration {
+    pub(crate) fn window(&self) -> Duration {
         self.window
     }
 
     /// The flag that shows whether coalescing is on.
-    pub fn on(&self) -> Arc<AtomicBool> {
+    pub(crate) fn on(&self) -> Arc<AtomicBool> {
         self.on.clone()
     }
 
@@ -59,7 +59,7 @@ impl CoalesceGate {
     /// connections or more (they arrive faster than the primary wakes up), and cold again after
     /// one with one or none (so a client that connects again only after each answer never
     /// waits), or when the governor finds that coalescing does not pay.
-    pub fn record(&self, accepted: usize) -> bool {
+    pub(crate) fn record(&self, accepted: usize) -> bool {
         let allowed = self.governor.as_ref().is_none_or(|governor| {
             let mut governor = governor.lock().unwrap();
             governor.record(accepted, Instant::now());
@@ -82,7 +82,7 @@ pub(crate) struct Coalescer {
 
 impl Coalescer {
     /// Coalescing as `gate` decides, on a timer of its window.
-    pub fn new(gate: CoalesceGate) -> io::Result<Self> {
+    pub(crate) fn new(gate: CoalesceGate) -> io::Result<Self> {
         Ok(Self {
             timer: CoalesceTimer::new(gate.window())?,
             gate,
@@ -91,18 +91,18 @@ impl Coalescer {
     }
 
     /// Whether the accept loop's next wait is for the timer.
-    pub fn hot(&self) -> bool {
+    pub(crate) fn hot(&self) -> bool {
         self.hot
     }
 
     /// Waits one window.
-    pub async fn wait(&self) -> io::Result<()> {
+    pub(crate) async fn wait(&self) -> io::Result<()> {
         self.timer.wait().await
     }
 
     /// Records a wake-up of the accept loop that took `accepted` connections (see
     /// [`CoalesceGate::record`]).
-    pub fn record(&mut self, accepted: usize) {
+    pub(crate) fn record(&mut self, accepted: usize) {
         self.hot = self.gate.record(accepted);
     }
 }
@@ -117,7 +117,7 @@ struct CoalesceTimer {
 
 impl CoalesceTimer {
     /// A timer that fires `window` after each [`wait`](Self::wait) starts.
-    pub fn new(window: Duration) -> io::Result<Self> {
+    pub(crate) fn new(window: Duration) -> io::Result<Self> {
         let timer = TimerFd::new(
             ClockId::CLOCK_MONOTONIC,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
@@ -132,7 +132,7 @@ impl CoalesceTimer {
     }
 
     /// Waits one window.
-    pub async fn wait(&self) -> io::Result<()> {
+    pub(crate) async fn wait(&self) -> io::Result<()> {
         self.timer.set(
             Expiration::OneShot(TimeSpec::from_duration(self.window)),
             TimerSetTimeFlags::empty(),
@@ -205,7 +205,7 @@ pub(crate) struct Governor {
 
 impl Governor {
     /// A governor for a coalescing `window`, starting by probing without coalescing.
-    pub fn new(window: Duration, now: Instant) -> Self {
+    pub(crate) fn new(window: Duration, now: Instant) -> Self {
         Self {
             phase: Phase::ProbeWithout,
             phase_start: now,
@@ -218,7 +218,7 @@ impl Governor {
     }
 
     /// Whether the accept loop may coalesce now.
-    pub fn allowed(&self) -> bool {
+    pub(crate) fn allowed(&self) -> bool {
         match self.phase {
             Phase::ProbeWithout => false,
             Phase::ProbeWith => true,
@@ -227,7 +227,7 @@ impl Governor {
     }
 
     /// Records a wake-up of the accept loop at `now` that accepted `accepted` connections.
-    pub fn record(&mut self, accepted: usize, now: Instant) {
+    pub(crate) fn record(&mut self, accepted: usize, now: Instant) {
         let pause = now.saturating_duration_since(self.last_wake);
         self.last_wake = now;
         if self.phase != Phase::Hold && pause > self.idle_gap {

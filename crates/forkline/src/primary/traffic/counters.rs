@@ -51,14 +51,14 @@ pub(crate) enum AcceptErrorKind {
 
 impl AcceptErrorKind {
     /// Every kind, in the order of `Traffic::accept_errors`.
-    pub const ALL: [AcceptErrorKind; 3] = [
+    pub(crate) const ALL: [AcceptErrorKind; 3] = [
         AcceptErrorKind::FdLimit,
         AcceptErrorKind::NoMemory,
         AcceptErrorKind::Other,
     ];
 
     /// The kind of `error`.
-    pub fn of(error: &io::Error) -> Self {
+    pub(crate) fn of(error: &io::Error) -> Self {
         match error.raw_os_error() {
             Some(libc::EMFILE | libc::ENFILE) => AcceptErrorKind::FdLimit,
             Some(libc::ENOBUFS | libc::ENOMEM) => AcceptErrorKind::NoMemory,
@@ -67,13 +67,13 @@ impl AcceptErrorKind {
     }
 
     /// Its index in `ALL` (and in `Traffic::accept_errors`).
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
     /// The label value: `fd_limit`, `no_memory`, `other`.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))] // used by `/metrics`
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             AcceptErrorKind::FdLimit => "fd_limit",
             AcceptErrorKind::NoMemory => "no_memory",
@@ -103,7 +103,7 @@ pub(crate) struct LatencyHistogram {
 
 impl LatencyHistogram {
     /// Records one latency.
-    pub fn observe(&mut self, latency: Duration) {
+    pub(crate) fn observe(&mut self, latency: Duration) {
         let secs = latency.as_secs_f64();
         let bucket = LATENCY_BOUNDS
             .iter()

@@ -123,7 +123,7 @@ struct Lifetime {
 
 impl BoundListener {
     /// The socket a worker in `slot` should accept on (shared and reuseport modes).
-    pub fn socket_for(&self, slot: usize) -> Result<Arc<OwnedFd>> {
+    pub(crate) fn socket_for(&self, slot: usize) -> Result<Arc<OwnedFd>> {
         if let Some(socket) = &self.socket {
             return Ok(socket.clone());
         }
@@ -157,7 +157,7 @@ impl BoundListener {
     /// Steer mode: worker `seq` of `slot` is ready (or, ready, has just listened on it): its
     /// slot's socket enters the group's socket array, if the worker accepts on it (it listened
     /// on it, or the listener was bound up front and passed at start).
-    pub fn steer_ready(&self, slot: usize, seq: u64) {
+    pub(crate) fn steer_ready(&self, slot: usize, seq: u64) {
         let Some(group) = &self.steer else {
             return;
         };
@@ -174,7 +174,7 @@ impl BoundListener {
     }
 
     /// Steer mode with least-conn: worker `seq` of `slot` has `open` connections.
-    pub fn steer_load(&self, slot: usize, seq: u64, open: u64) {
+    pub(crate) fn steer_load(&self, slot: usize, seq: u64, open: u64) {
         if let Some(group) = &self.steer {
             group.report_load(slot, seq, open);
         }
@@ -182,7 +182,7 @@ impl BoundListener {
 
     /// A socket of this listener to hand to a new primary (`Cluster::upgrade`): the primary's
     /// own, or in reuseport mode one of the group's (the spare, else the lowest slot's).
-    pub fn socket_to_pass(&self) -> Option<Arc<OwnedFd>> {
+    pub(crate) fn socket_to_pass(&self) -> Option<Arc<OwnedFd>> {
         if let Some(socket) = &self.socket {
             return Some(socket.clone());
         }
@@ -200,7 +200,7 @@ impl BoundListener {
     /// group if migration is on (see `migration.rs`), instead of holding them on a socket
     /// nobody accepts on. The group's last socket is kept as the spare instead: there is no
     /// other socket to move its queue to, and the next worker takes it.
-    pub fn release_slot(&self, slot: usize) {
+    pub(crate) fn release_slot(&self, slot: usize) {
         if let Some(group) = &self.steer {
             // Out of the socket array first: the group keeps a copy of each socket in it.
             group.slot_released(slot);
@@ -218,14 +218,14 @@ impl BoundListener {
     }
 
     /// Records that worker `seq` listens on it.
-    pub fn hold(&self, seq: u64) {
+    pub(crate) fn hold(&self, seq: u64) {
         let mut lifetime = self.lifetime.lock().unwrap();
         lifetime.holders.insert(seq);
         lifetime.awaiting = None;
     }
 
     /// Keeps it until shutdown (bound up front).
-    pub fn pin(&self) {
+    pub(crate) fn pin(&self) {
         self.lifetime.lock().unwrap().pinned = true;
     }
 
@@ -273,7 +273,7 @@ pub(crate) struct ListenerTable {
 
 impl ListenerTable {
     /// An empty table whose sockets are set up by `options`.
-    pub fn new(options: BindOptions) -> Self {
+    pub(crate) fn new(options: BindOptions) -> Self {
         Self {
             options,
             migrator: Arc::new(Migrator::new(options.migration)),
@@ -285,19 +285,19 @@ impl ListenerTable {
 
     /// How the queues of closing reuseport sockets are kept: `"bpf"`, `"sysctl"`, `"off"`, or
     /// `None` before the first reuseport TCP socket. Steer mode's program migrates (`"bpf"`).
-    pub fn migration(&self) -> Option<&'static str> {
+    pub(crate) fn migration(&self) -> Option<&'static str> {
         self.migrator
             .status()
             .or_else(|| (self.steerer.status() == Some(true)).then_some("bpf"))
     }
 
     /// Steer mode's state: whether BPF could be loaded.
-    pub fn steerer(&self) -> &Steerer {
+    pub(crate) fn steerer(&self) -> &Steerer {
         &self.steerer
     }
 
     /// The listener for `key`, binding it on first use. The bool is true when it was just bound.
-    pub fn get_or_bind(&self, key: ListenKey) -> Result<(Arc<BoundListener>, bool)> {
+    pub(crate) fn get_or_bind(&self, key: ListenKey) -> Result<(Arc<BoundListener>, bool)> {
         let mut table = self.by_key.lock().unwrap();
         if let Some(found) = table.get(&key) {
             return Ok((found.clone(), false));
@@ -321,7 +321,7 @@ impl ListenerTable {
     /// Registers an already-bound socket (socket activation, an upgrade) under `key`. In steer
     /// mode the group's program is attached to it at once: it replaces the program of the
     /// primary that passed it, which steers only to that primary's workers.
-    pub fn adopt(&self, key: ListenKey, socket: OwnedFd) -> Result<Arc<BoundListener>> {
+    pub(crate) fn adopt(&self, key: ListenKey, socket: OwnedFd) -> Result<Arc<BoundListener>> {
         let mut table = self.by_key.lock().unwrap();
         let steer = self.steer_group(&key);
         if let Some(group) = &steer {
@@ -380,13 +380,13 @@ impl ListenerTable {
     }
 
     /// Every listener.
-    pub fn all(&self) -> Vec<Arc<BoundListener>> {
+    pub(crate) fn all(&self) -> Vec<Arc<BoundListener>> {
         self.by_key.lock().unwrap().values().cloned().collect()
     }
 
     /// Worker `seq` of `slot` exited: releases the listeners nothing holds any more (see
     /// `Lifetime`) and returns them.
-    pub fn release_after_exit(
+    pub(crate) fn release_after_exit(
         &self,
         seq: u64,
         slot: usize,
@@ -401,7 +401,7 @@ impl ListenerTable {
     }
 
     /// `slot` went away (scale-down): releases the listeners that waited for its next worker.
-    pub fn release_awaiting(&self, slot: usize) -> Vec<Arc<BoundListener>> {
+    pub(crate) fn release_awaiting(&self, slot: usize) -> Vec<Arc<BoundListener>> {
         self.release_where(|l| l.awaits(slot))
     }
 
@@ -427,7 +427,7 @@ impl ListenerTable {
     /// Drops every socket we own and removes Unix socket files we created.
     ///
     /// With `keep_files`, Unix socket files stay: a new primary serves them (an upgrade).
-    pub fn close_all(&self, keep_files: bool) {
+    pub(crate) fn close_all(&self, keep_files: bool) {
         let mut table = self.by_key.lock().unwrap();
         for (key, listener) in table.drain() {
             listener.closed.send_replace(true);

@@ -42,6 +42,7 @@ use crate::sys::{self, BpfInsn};
 /// another worker's socket; with `off` they are reset. Connections a worker had already
 /// accepted die with it in every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Migration {
     /// BPF if a program can be loaded; else `net.ipv4.tcp_migrate_req`, if it is 1 or can be
     /// set to 1 (it is then set, for the whole network namespace); else off, with one log line
@@ -124,7 +125,7 @@ enum Chosen {
 
 impl Migrator {
     /// Nothing chosen yet.
-    pub fn new(wanted: Migration) -> Self {
+    pub(crate) fn new(wanted: Migration) -> Self {
         Self {
             wanted,
             chosen: OnceLock::new(),
@@ -134,7 +135,7 @@ impl Migrator {
     /// Sets up a reuseport TCP socket that has just started listening, so that its group
     /// migrates (attaching the program to a member sets it for the whole group; the same
     /// program again changes nothing). The first call chooses how, and logs it.
-    pub fn prepare(&self, socket: BorrowedFd<'_>) -> io::Result<()> {
+    pub(crate) fn prepare(&self, socket: BorrowedFd<'_>) -> io::Result<()> {
         match self.chosen.get_or_init(|| choose(self.wanted)) {
             Chosen::Bpf(prog) => sys::attach_reuseport_prog(socket, prog.as_fd()),
             Chosen::Kernel => Ok(()),
@@ -143,7 +144,7 @@ impl Migrator {
 
     /// `"bpf"`, `"sysctl"` (the sysctl is 1 now) or `"off"`; `None` before the first reuseport
     /// TCP socket (not reuseport mode).
-    pub fn status(&self) -> Option<&'static str> {
+    pub(crate) fn status(&self) -> Option<&'static str> {
         Some(match self.chosen.get()? {
             Chosen::Bpf(_) => "bpf",
             Chosen::Kernel if sysctl_on() => "sysctl",

@@ -64,7 +64,7 @@ struct Counters {
 
 impl ProxyTable {
     /// An empty table whose clients wait at most `queue_timeout` for a worker.
-    pub fn new(queue_timeout: Duration) -> ProxyTable {
+    pub(crate) fn new(queue_timeout: Duration) -> ProxyTable {
         ProxyTable {
             backends: Mutex::default(),
             ports: Mutex::default(),
@@ -75,7 +75,7 @@ impl ProxyTable {
     }
 
     /// True while a relay to some worker is open.
-    pub fn has_open_relays(&self) -> bool {
+    pub(crate) fn has_open_relays(&self) -> bool {
         self.backends
             .lock()
             .unwrap()
@@ -84,7 +84,7 @@ impl ProxyTable {
     }
 
     /// The counters as they are now, and each worker's open relays.
-    pub fn traffic(&self) -> Traffic {
+    pub(crate) fn traffic(&self) -> Traffic {
         let c = &self.counters;
         let mut traffic = Traffic {
             accepted: c.accepted.load(Ordering::Relaxed),
@@ -106,7 +106,7 @@ impl ProxyTable {
     }
 
     /// The loopback port for `worker`, chosen once (a port that was free a moment ago).
-    pub fn port_for(&self, worker: &WorkerHandle) -> io::Result<u16> {
+    pub(crate) fn port_for(&self, worker: &WorkerHandle) -> io::Result<u16> {
         let mut ports = self.ports.lock().unwrap();
         if let Some(port) = ports.get(&worker.unique_id()) {
             return Ok(*port);
@@ -118,7 +118,7 @@ impl ProxyTable {
     }
 
     /// Registers a freshly started worker (down until its port accepts).
-    pub fn add(&self, worker: &WorkerHandle, port: u16) {
+    pub(crate) fn add(&self, worker: &WorkerHandle, port: u16) {
         self.backends.lock().unwrap().insert(
             worker.unique_id(),
             Backend {
@@ -132,14 +132,14 @@ impl ProxyTable {
     }
 
     /// Marks the worker up: it receives new connections.
-    pub fn set_up(&self, worker: &WorkerHandle) {
+    pub(crate) fn set_up(&self, worker: &WorkerHandle) {
         if let Some(b) = self.backends.lock().unwrap().get_mut(&worker.unique_id()) {
             b.up = true;
         }
     }
 
     /// Stops sending new connections to the worker.
-    pub fn remove(&self, worker: &WorkerHandle) {
+    pub(crate) fn remove(&self, worker: &WorkerHandle) {
         self.backends.lock().unwrap().remove(&worker.unique_id());
         if worker.is_dead() {
             self.ports.lock().unwrap().remove(&worker.unique_id());
@@ -148,7 +148,7 @@ impl ProxyTable {
 
     /// Stops sending new connections to the worker and waits (up to `grace`) until the
     /// connections it is serving have finished, so stopping it drops none.
-    pub async fn retire(&self, worker: &WorkerHandle, grace: Duration) {
+    pub(crate) async fn retire(&self, worker: &WorkerHandle, grace: Duration) {
         let active = {
             let mut backends = self.backends.lock().unwrap();
             match backends.get_mut(&worker.unique_id()) {
@@ -167,7 +167,7 @@ impl ProxyTable {
     }
 
     /// Looks at every worker's process state: a stopped one is skipped until it runs again.
-    pub fn check_stopped(&self) {
+    pub(crate) fn check_stopped(&self) {
         let mut backends = self.backends.lock().unwrap();
         for backend in backends.values_mut() {
             let stopped = process_stopped(backend.handle.pid());

@@ -42,7 +42,7 @@ pub(crate) fn probe_at_start(core: &Core) {
         ),
         Err(e) => tracing::warn!(
             "steer: BPF refused ({e}); falling back to {} mode",
-            fallback_mode(core).name()
+            fallback_mode(core)
         ),
     }
 }

@@ -4,7 +4,7 @@
 /// and source registers (4 bits each), a signed offset and a signed immediate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
-pub struct BpfInsn {
+pub(crate) struct BpfInsn {
     code: u8,
     regs: u8,
     off: i16,
@@ -13,7 +13,7 @@ pub struct BpfInsn {
 
 impl BpfInsn {
     /// An instruction from its fields (`dst` and `src` are registers 0 to 10).
-    pub const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Self {
+    pub(crate) const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Self {
         // `dst_reg:4, src_reg:4` bitfields: the first field takes the low bits on a
         // little-endian machine, the high bits on a big-endian one.
         #[cfg(target_endian = "little")]
@@ -30,115 +30,115 @@ impl BpfInsn {
 
     /// The instruction's offset (a jump's distance, a memory access's displacement).
     #[cfg(test)]
-    pub const fn off(&self) -> i16 {
+    pub(crate) const fn off(&self) -> i16 {
         self.off
     }
 
     /// `dst = imm` (64-bit move: `BPF_ALU64 | BPF_MOV | BPF_K`).
-    pub const fn mov64_imm(dst: u8, imm: i32) -> Self {
+    pub(crate) const fn mov64_imm(dst: u8, imm: i32) -> Self {
         Self::new(0x07 | 0xb0, dst, 0, 0, imm)
     }
 
     /// `exit`: return `r0` (`BPF_JMP | BPF_EXIT`).
-    pub const fn exit() -> Self {
+    pub(crate) const fn exit() -> Self {
         Self::new(0x05 | 0x90, 0, 0, 0, 0)
     }
 
     /// `dst = src` (64-bit move: `BPF_ALU64 | BPF_MOV | BPF_X`).
-    pub const fn mov64_reg(dst: u8, src: u8) -> Self {
+    pub(crate) const fn mov64_reg(dst: u8, src: u8) -> Self {
         Self::new(0x07 | 0xb0 | 0x08, dst, src, 0, 0)
     }
 
     /// `dst += imm` (64-bit: `BPF_ALU64 | BPF_ADD | BPF_K`).
-    pub const fn add64_imm(dst: u8, imm: i32) -> Self {
+    pub(crate) const fn add64_imm(dst: u8, imm: i32) -> Self {
         Self::new(0x07, dst, 0, 0, imm)
     }
 
     /// `dst %= src`, unsigned 64-bit (`BPF_ALU64 | BPF_MOD | BPF_X`; the kernel defines
     /// `x % 0` as `x`).
-    pub const fn mod64_reg(dst: u8, src: u8) -> Self {
+    pub(crate) const fn mod64_reg(dst: u8, src: u8) -> Self {
         Self::new(0x07 | 0x90 | 0x08, dst, src, 0, 0)
     }
 
     /// `*(u32 *)(dst + off) = imm` (`BPF_ST | BPF_MEM | BPF_W`).
-    pub const fn store32_imm(dst: u8, off: i16, imm: i32) -> Self {
+    pub(crate) const fn store32_imm(dst: u8, off: i16, imm: i32) -> Self {
         Self::new(0x02 | 0x60, dst, 0, off, imm)
     }
 
     /// `*(u32 *)(dst + off) = src` (`BPF_STX | BPF_MEM | BPF_W`).
-    pub const fn store32_reg(dst: u8, off: i16, src: u8) -> Self {
+    pub(crate) const fn store32_reg(dst: u8, off: i16, src: u8) -> Self {
         Self::new(0x03 | 0x60, dst, src, off, 0)
     }
 
     /// `dst = *(u32 *)(src + off)`, zero-extended (`BPF_LDX | BPF_MEM | BPF_W`).
-    pub const fn load32(dst: u8, src: u8, off: i16) -> Self {
+    pub(crate) const fn load32(dst: u8, src: u8, off: i16) -> Self {
         Self::new(0x01 | 0x60, dst, src, off, 0)
     }
 
     /// `src = atomic_fetch_add((u64 *)(dst + off), src)`: adds `src` to the 64-bit word at
     /// `dst + off` atomically and leaves its previous value in `src` (`BPF_STX | BPF_ATOMIC |
     /// BPF_DW` with `imm = BPF_ADD | BPF_FETCH`; Linux 5.12+).
-    pub const fn atomic_fetch_add64(dst: u8, off: i16, src: u8) -> Self {
+    pub(crate) const fn atomic_fetch_add64(dst: u8, off: i16, src: u8) -> Self {
         Self::new(0x03 | 0xc0 | 0x18, dst, src, off, 0x01)
     }
 
     /// `if dst == imm goto pc + 1 + off` (`BPF_JMP | BPF_JEQ | BPF_K`).
-    pub const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Self {
+    pub(crate) const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Self {
         Self::new(0x05 | 0x10, dst, 0, off, imm)
     }
 
     /// `if dst > imm goto pc + 1 + off`, unsigned (`BPF_JMP | BPF_JGT | BPF_K`).
-    pub const fn jgt_imm(dst: u8, imm: i32, off: i16) -> Self {
+    pub(crate) const fn jgt_imm(dst: u8, imm: i32, off: i16) -> Self {
         Self::new(0x05 | 0x20, dst, 0, off, imm)
     }
 
     /// `if dst >= src goto pc + 1 + off`, unsigned (`BPF_JMP | BPF_JGE | BPF_X`).
-    pub const fn jge_reg(dst: u8, src: u8, off: i16) -> Self {
+    pub(crate) const fn jge_reg(dst: u8, src: u8, off: i16) -> Self {
         Self::new(0x05 | 0x30 | 0x08, dst, src, off, 0)
     }
 
     /// `goto pc + 1 + off` (`BPF_JMP | BPF_JA`).
-    pub const fn ja(off: i16) -> Self {
+    pub(crate) const fn ja(off: i16) -> Self {
         Self::new(0x05, 0, 0, off, 0)
     }
 
     /// `dst = imm` as a 32-bit move, zero-extended (`BPF_ALU | BPF_MOV | BPF_K`): `-1` gives
     /// `u32::MAX`.
-    pub const fn mov32_imm(dst: u8, imm: i32) -> Self {
+    pub(crate) const fn mov32_imm(dst: u8, imm: i32) -> Self {
         Self::new(0x04 | 0xb0, dst, 0, 0, imm)
     }
 
     /// `dst += src` (64-bit: `BPF_ALU64 | BPF_ADD | BPF_X`).
-    pub const fn add64_reg(dst: u8, src: u8) -> Self {
+    pub(crate) const fn add64_reg(dst: u8, src: u8) -> Self {
         Self::new(0x07 | 0x08, dst, src, 0, 0)
     }
 
     /// `dst &= imm` (64-bit: `BPF_ALU64 | BPF_AND | BPF_K`).
-    pub const fn and64_imm(dst: u8, imm: i32) -> Self {
+    pub(crate) const fn and64_imm(dst: u8, imm: i32) -> Self {
         Self::new(0x07 | 0x50, dst, 0, 0, imm)
     }
 
     /// `dst <<= imm` (64-bit: `BPF_ALU64 | BPF_LSH | BPF_K`).
-    pub const fn lsh64_imm(dst: u8, imm: i32) -> Self {
+    pub(crate) const fn lsh64_imm(dst: u8, imm: i32) -> Self {
         Self::new(0x07 | 0x60, dst, 0, 0, imm)
     }
 
     /// `*(u32 *)(dst + off) += src` atomically (`BPF_STX | BPF_ATOMIC | BPF_W` with
     /// `imm = BPF_ADD`).
-    pub const fn atomic_add32(dst: u8, off: i16, src: u8) -> Self {
+    pub(crate) const fn atomic_add32(dst: u8, off: i16, src: u8) -> Self {
         Self::new(0x03 | 0xc0, dst, src, off, 0x00)
     }
 
     /// `call helper` (`BPF_JMP | BPF_CALL`): arguments in r1-r5, result in r0; r1-r5 are
     /// clobbered, r6-r9 kept.
-    pub const fn call(helper: i32) -> Self {
+    pub(crate) const fn call(helper: i32) -> Self {
         Self::new(0x05 | 0x80, 0, 0, 0, helper)
     }
 
     /// `dst = map` (`BPF_LD | BPF_DW | BPF_IMM` with `src = BPF_PSEUDO_MAP_FD`): the map's fd
     /// in the immediate, which the kernel replaces by the map's address at load time. Two
     /// instructions (a 64-bit immediate); the second carries the upper half, 0.
-    pub const fn load_map_fd(dst: u8, map_fd: i32) -> [Self; 2] {
+    pub(crate) const fn load_map_fd(dst: u8, map_fd: i32) -> [Self; 2] {
         [
             Self::new(0x18, dst, BPF_PSEUDO_MAP_FD, 0, map_fd),
             Self::new(0, 0, 0, 0, 0),

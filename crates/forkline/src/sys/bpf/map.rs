@@ -15,7 +15,7 @@ use super::{
 /// value sizes it was created with, which every access is checked against (the kernel copies
 /// exactly that many bytes from, or to, the buffers it is given).
 #[derive(Debug)]
-pub struct BpfMap {
+pub(crate) struct BpfMap {
     fd: OwnedFd,
     key_size: usize,
     value_size: usize,
@@ -45,16 +45,16 @@ struct BpfMapElemAttr {
 }
 
 /// `BPF_ANY`: create an element or update an existing one.
-pub const BPF_ANY: u64 = 0;
+pub(crate) const BPF_ANY: u64 = 0;
 
 /// `BPF_F_MMAPABLE`: an `ARRAY` map whose values this process can map into its memory
 /// ([`BpfMap::map_words`]; Linux 5.5+).
-pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+pub(crate) const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 impl BpfMap {
     /// Creates a map (`bpf(BPF_MAP_CREATE)`) of `map_type` with `max_entries` entries of
     /// `key_size`-byte keys and `value_size`-byte values, named `name` (up to 15 bytes).
-    pub fn create(
+    pub(crate) fn create(
         map_type: u32,
         key_size: u32,
         value_size: u32,
@@ -65,7 +65,7 @@ impl BpfMap {
     }
 
     /// [`create`](Self::create) with `map_flags` (such as [`BPF_F_MMAPABLE`]).
-    pub fn create_with_flags(
+    pub(crate) fn create_with_flags(
         map_type: u32,
         key_size: u32,
         value_size: u32,
@@ -95,7 +95,7 @@ impl BpfMap {
     }
 
     /// The map's fd (for `BpfInsn::load_map_fd`).
-    pub fn as_raw_fd(&self) -> RawFd {
+    pub(crate) fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
@@ -119,7 +119,7 @@ impl BpfMap {
     /// Sets `key` to `value` (`bpf(BPF_MAP_UPDATE_ELEM)`, with `flags` such as [`BPF_ANY`]).
     /// For a `REUSEPORT_SOCKARRAY` the value is a socket's fd (a `u32` or `u64`), and the kernel
     /// stores the socket itself.
-    pub fn update(&self, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+    pub(crate) fn update(&self, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
         self.check(key, Some(value.len()))?;
         let attr = BpfMapElemAttr {
             map_fd: self.fd.as_raw_fd() as u32,
@@ -135,7 +135,7 @@ impl BpfMap {
     }
 
     /// Removes `key` (`bpf(BPF_MAP_DELETE_ELEM)`).
-    pub fn delete(&self, key: &[u8]) -> io::Result<()> {
+    pub(crate) fn delete(&self, key: &[u8]) -> io::Result<()> {
         self.check(key, None)?;
         let attr = BpfMapElemAttr {
             map_fd: self.fd.as_raw_fd() as u32,
@@ -154,7 +154,7 @@ impl BpfMap {
     /// Not every map type can be read from user space (a `REUSEPORT_SOCKARRAY` gives socket
     /// cookies, and only with a `u64` value size).
     #[cfg(test)]
-    pub fn lookup(&self, key: &[u8]) -> io::Result<Vec<u8>> {
+    pub(crate) fn lookup(&self, key: &[u8]) -> io::Result<Vec<u8>> {
         self.check(key, None)?;
         let mut value = vec![0u8; self.value_size];
         let attr = BpfMapElemAttr {
@@ -175,7 +175,7 @@ impl BpfMap {
     /// Maps the values of an `ARRAY` map created with [`BPF_F_MMAPABLE`] into this process
     /// (`mmap`, shared): the first `words` 32-bit words of its values, which the program and
     /// this process then read and write in place, with no syscall per access.
-    pub fn map_words(&self, words: usize) -> io::Result<MappedWords> {
+    pub(crate) fn map_words(&self, words: usize) -> io::Result<MappedWords> {
         let len = words
             .checked_mul(4)
             .filter(|&len| len > 0 && len <= self.value_size)
@@ -214,7 +214,7 @@ impl BpfMap {
 /// 32-bit words of a BPF map's values mapped into this process ([`BpfMap::map_words`]),
 /// accessed atomically: a BPF program updates the same memory with atomic instructions.
 #[derive(Debug)]
-pub struct MappedWords {
+pub(crate) struct MappedWords {
     ptr: *mut std::sync::atomic::AtomicU32,
     words: usize,
 }
@@ -234,7 +234,7 @@ impl MappedWords {
     }
 
     /// Sets the word at `index` (ignored past the end).
-    pub fn store(&self, index: usize, value: u32) {
+    pub(crate) fn store(&self, index: usize, value: u32) {
         if let Some(word) = self.word(index) {
             word.store(value, std::sync::atomic::Ordering::Relaxed);
         }
@@ -242,14 +242,14 @@ impl MappedWords {
 
     /// Subtracts `value` from the word at `index` (ignored past the end), atomically with the
     /// program's own additions.
-    pub fn subtract(&self, index: usize, value: u32) {
+    pub(crate) fn subtract(&self, index: usize, value: u32) {
         if let Some(word) = self.word(index) {
             word.fetch_sub(value, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
     /// The word at `index` (0 past the end).
-    pub fn load(&self, index: usize) -> u32 {
+    pub(crate) fn load(&self, index: usize) -> u32 {
         self.word(index)
             .map_or(0, |word| word.load(std::sync::atomic::Ordering::Relaxed))
     }

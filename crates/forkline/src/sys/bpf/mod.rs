@@ -10,9 +10,9 @@ mod prog;
 
 use std::io;
 
-pub use insn::BpfInsn;
-pub use map::{BpfMap, MappedWords, BPF_ANY, BPF_F_MMAPABLE};
-pub use prog::{attach_reuseport_prog, bpf_prog_load};
+pub(crate) use insn::BpfInsn;
+pub(crate) use map::{BpfMap, MappedWords, BPF_ANY, BPF_F_MMAPABLE};
+pub(crate) use prog::{attach_reuseport_prog, bpf_prog_load};
 
 /// `bpf(2)` commands (`enum bpf_cmd` in `linux/bpf.h`).
 const BPF_MAP_CREATE: libc::c_int = 0;

@@ -36,7 +36,7 @@ struct BpfProgLoadAttr {
 /// always CLOEXEC (the kernel opens it so). When the kernel refuses the program for any reason
 /// but privilege (EPERM), the load is tried once more with a verifier log, and the error
 /// carries its last lines.
-pub fn bpf_prog_load(
+pub(crate) fn bpf_prog_load(
     prog_type: u32,
     expected_attach_type: u32,
     insns: &[BpfInsn],
@@ -104,7 +104,10 @@ fn prog_load(attr: &BpfProgLoadAttr) -> io::Result<OwnedFd> {
 /// one not yet listening, it is kept for the group that socket forms (and such a socket can
 /// no longer join an existing group: `listen` fails with EADDRINUSE). The group keeps a
 /// reference to the program, so `prog` may be closed afterwards.
-pub fn attach_reuseport_prog(socket: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn attach_reuseport_prog(
+    socket: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+) -> io::Result<()> {
     let value: libc::c_int = prog.as_raw_fd();
     // SAFETY: `socket` is an open fd borrowed for the call, and the option value is a valid
     // `c_int` whose exact size is passed; the kernel only reads it.

@@ -229,7 +229,7 @@ impl Dispatcher {
     /// With a `coalesce` window, a wake-up that found two connections or more is followed by a
     /// timer wait instead of a socket wait, as long as the governor finds that it pays, or
     /// `always` (see `coalesce`).
-    pub async fn accept_loop(
+    pub(crate) async fn accept_loop(
         self: Arc<Self>,
         listener: u64,
         socket: Arc<OwnedFd>,

@@ -138,7 +138,7 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher with a balancing strategy and a per-worker credit window.
-    pub fn new(balance: Balance, window: usize) -> Self {
+    pub(crate) fn new(balance: Balance, window: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             changed: Notify::new(),
@@ -150,7 +150,7 @@ impl Dispatcher {
     }
 
     /// The counters as they are now, and what each worker has in flight.
-    pub fn traffic(&self) -> Traffic {
+    pub(crate) fn traffic(&self) -> Traffic {
         let state = self.state.lock().unwrap();
         let mut traffic = Traffic {
             accepted: state.counters.accepted,
@@ -179,7 +179,12 @@ impl Dispatcher {
     }
 
     /// Starts handing `listener`'s connections to `worker`.
-    pub fn add_target(&self, worker: &WorkerHandle, channel: &Arc<AsyncChannel>, listener: u64) {
+    pub(crate) fn add_target(
+        &self,
+        worker: &WorkerHandle,
+        channel: &Arc<AsyncChannel>,
+        listener: u64,
+    ) {
         let mut state = self.state.lock().unwrap();
         let target = state
             .targets
@@ -209,7 +214,7 @@ impl Dispatcher {
     /// stays with it until it acks or goes away. Handoffs are sent under the same lock, so once
     /// this returns none to `worker` is under way: a packet sent to it afterwards (its
     /// `disconnect`) follows every handoff it will get.
-    pub fn stop_new(&self, worker: &WorkerHandle) {
+    pub(crate) fn stop_new(&self, worker: &WorkerHandle) {
         let mut state = self.state.lock().unwrap();
         if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
             target.listeners.clear();
@@ -218,7 +223,7 @@ impl Dispatcher {
 
     /// The worker process has exited. `leftover` is the primary's copy of the worker's end of
     /// the IPC socket: the connections in packets it never read are re-dispatched.
-    pub fn remove_target(&self, worker: &WorkerHandle, leftover: Option<&OwnedFd>) {
+    pub(crate) fn remove_target(&self, worker: &WorkerHandle, leftover: Option<&OwnedFd>) {
         let orphans = leftover.map(unread_connections).unwrap_or_default();
         if !orphans.is_empty() {
             tracing::info!(
@@ -241,7 +246,7 @@ impl Dispatcher {
     }
 
     /// The worker now owns `seqs`; `open` is its reported open-connection count.
-    pub fn ack(&self, worker: &WorkerHandle, seqs: &[u64], open: Option<u64>) {
+    pub(crate) fn ack(&self, worker: &WorkerHandle, seqs: &[u64], open: Option<u64>) {
         let now = Instant::now();
         let mut guard = self.state.lock().unwrap();
         let state = &mut *guard;
@@ -266,7 +271,7 @@ impl Dispatcher {
     }
 
     /// Wakes the accept loops: a worker may take connections now (a replacement committed).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         let mut state = self.state.lock().unwrap();
         if !state.pending.is_empty() {
             self.flush(&mut state);
@@ -279,7 +284,7 @@ impl Dispatcher {
     /// connections: they count as acknowledged, go to other workers first, and the worker gets
     /// no more connections of that listener. An error (the worker is lying: more than it holds,
     /// a listener it was never given, fds that are not connections) leaves everything as it was.
-    pub fn give_back(
+    pub(crate) fn give_back(
         &self,
         worker: &WorkerHandle,
         listener: u64,
@@ -333,7 +338,7 @@ impl Dispatcher {
     /// that stopped reading (SIGSTOP, a hung event loop) and hands them to other workers; that
     /// worker then gets one connection at a time until it reads again. Handoffs it read but has
     /// not acked yet (acks come in batches) are its own and stay. Returns how many came back.
-    pub fn reclaim_stuck(&self, deadline: Duration) -> usize {
+    pub(crate) fn reclaim_stuck(&self, deadline: Duration) -> usize {
         let mut state = self.state.lock().unwrap();
         let mut reclaimed = Vec::new();
         for target in state.targets.values_mut() {
@@ -400,7 +405,7 @@ impl Dispatcher {
     }
 
     /// Records a worker's open-connection report.
-    pub fn report_load(&self, worker: &WorkerHandle, open: u64) {
+    pub(crate) fn report_load(&self, worker: &WorkerHandle, open: u64) {
         let mut state = self.state.lock().unwrap();
         if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
             target.open = open;
@@ -409,7 +414,7 @@ impl Dispatcher {
 
     /// `listener` was released: nothing more is routed for it, and its connections still
     /// waiting for a worker are closed.
-    pub fn forget_listener(&self, listener: u64) {
+    pub(crate) fn forget_listener(&self, listener: u64) {
         let mut state = self.state.lock().unwrap();
         state.pending.retain(|conn| conn.listener != listener);
         for target in state.targets.values_mut() {
@@ -418,12 +423,12 @@ impl Dispatcher {
     }
 
     /// True while connections wait for a worker to take them.
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.state.lock().unwrap().pending.is_empty()
     }
 
     /// Drops connections still waiting for a worker (shutdown): their clients see the close.
-    pub fn drop_pending(&self) {
+    pub(crate) fn drop_pending(&self) {
         self.state.lock().unwrap().pending.clear();
     }
 

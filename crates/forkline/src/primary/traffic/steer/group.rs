@@ -76,7 +76,7 @@ const NORMALIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 impl SteerGroup {
     /// Creates the maps and loads the program that balances by `balance` (round-robin, or
     /// least-conn; anything else is round-robin). Refused when `FORKLINE_TEST_NO_BPF` is set.
-    pub fn new(balance: Balance) -> io::Result<SteerGroup> {
+    pub(crate) fn new(balance: Balance) -> io::Result<SteerGroup> {
         refused_for_tests()?;
         let socks = BpfMap::create(
             BPF_MAP_TYPE_REUSEPORT_SOCKARRAY,
@@ -121,13 +121,18 @@ impl SteerGroup {
 
     /// Attaches the program to a socket of the group that has just started listening
     /// (attached before `listen`, the socket could not join the group).
-    pub fn prepare(&self, socket: BorrowedFd<'_>) -> io::Result<()> {
+    pub(crate) fn prepare(&self, socket: BorrowedFd<'_>) -> io::Result<()> {
         sys::attach_reuseport_prog(socket, self.prog.as_fd())
     }
 
     /// Worker `seq` of `slot`, whose socket is `socket`, is ready: the slot's socket enters the
     /// array if it is not there yet.
-    pub fn worker_ready(&self, slot: usize, seq: u64, socket: &Arc<OwnedFd>) -> io::Result<()> {
+    pub(crate) fn worker_ready(
+        &self,
+        slot: usize,
+        seq: u64,
+        socket: &Arc<OwnedFd>,
+    ) -> io::Result<()> {
         let mut members = self.members.lock().unwrap();
         members.ready.entry(slot).or_default().insert(seq);
         if members.order.iter().any(|(s, _)| *s == slot) {
@@ -146,7 +151,7 @@ impl SteerGroup {
     /// Worker `seq` of `slot` exited: the slot's socket leaves the array if no other ready
     /// worker of the slot (a replacement) accepts on it; if one does, the slot's count is what
     /// the workers left have reported.
-    pub fn worker_gone(&self, slot: usize, seq: u64) {
+    pub(crate) fn worker_gone(&self, slot: usize, seq: u64) {
         let mut members = self.members.lock().unwrap();
         if let Some(reports) = members.reports.get_mut(&slot) {
             reports.remove(&seq);
@@ -165,7 +170,7 @@ impl SteerGroup {
     }
 
     /// `slot`'s socket is released (no worker will accept on it): it leaves the array.
-    pub fn slot_released(&self, slot: usize) {
+    pub(crate) fn slot_released(&self, slot: usize) {
         let mut members = self.members.lock().unwrap();
         members.ready.remove(&slot);
         members.reports.remove(&slot);
@@ -176,7 +181,7 @@ impl SteerGroup {
     /// the sum of its workers' reports (the program's own additions replaced: the worker has
     /// counted what it accepted, and what is still queued for it shows with its next report).
     /// Kept while the slot is out of the array too, for when it enters.
-    pub fn report_load(&self, slot: usize, seq: u64, open: u64) {
+    pub(crate) fn report_load(&self, slot: usize, seq: u64, open: u64) {
         if self.loads.is_none() {
             return;
         }
@@ -191,7 +196,7 @@ impl SteerGroup {
     /// Least-conn: when every count is above [`NORMALIZE_ABOVE`], takes the smallest off each,
     /// so counts that only grow (workers that never report) do not wrap. The order between
     /// them, which is all the program looks at, stays.
-    pub fn normalize(&self) {
+    pub(crate) fn normalize(&self) {
         let Some((_, loads)) = &self.loads else {
             return;
         };
@@ -206,7 +211,7 @@ impl SteerGroup {
     }
 
     /// Whether the program balances by load (least-conn).
-    pub fn by_load(&self) -> bool {
+    pub(crate) fn by_load(&self) -> bool {
         self.loads.is_some()
     }
 
@@ -226,7 +231,7 @@ impl SteerGroup {
 
     /// The slots in the array, by index.
     #[cfg(test)]
-    pub fn slots(&self) -> Vec<usize> {
+    pub(crate) fn slots(&self) -> Vec<usize> {
         let members = self.members.lock().unwrap();
         members.order.iter().map(|(slot, _)| *slot).collect()
     }
@@ -315,7 +320,7 @@ pub(crate) struct Steerer {
 
 impl Steerer {
     /// Steering by `balance` (least-conn, else round-robin), not decided yet.
-    pub fn new(balance: Balance) -> Steerer {
+    pub(crate) fn new(balance: Balance) -> Steerer {
         Steerer {
             balance,
             ..Steerer::default()
@@ -324,7 +329,7 @@ impl Steerer {
 
     /// A new group, or `None` when BPF is refused (the listener then works as in reuseport
     /// mode). The first refusal decides for the cluster's life.
-    pub fn group(&self) -> Option<Arc<SteerGroup>> {
+    pub(crate) fn group(&self) -> Option<Arc<SteerGroup>> {
         if let Some(Err(_)) = self.decided.get() {
             return None;
         }
@@ -349,7 +354,7 @@ impl Steerer {
     }
 
     /// Decides now, if not yet: the error when BPF is refused.
-    pub fn probe(&self) -> Result<(), String> {
+    pub(crate) fn probe(&self) -> Result<(), String> {
         if self.decided.get().is_none() {
             drop(self.group());
         }
@@ -358,12 +363,12 @@ impl Steerer {
 
     /// `Some(true)` once a group was set up, `Some(false)` once BPF was refused, `None`
     /// before anything steered was bound.
-    pub fn status(&self) -> Option<bool> {
+    pub(crate) fn status(&self) -> Option<bool> {
         self.decided.get().map(Result::is_ok)
     }
 
     /// Whether the groups balance by load (least-conn).
-    pub fn by_load(&self) -> bool {
+    pub(crate) fn by_load(&self) -> bool {
         self.balance == Balance::LeastConn
     }
 }

@@ -20,7 +20,7 @@ pub(crate) const MAX_SOCKETS: u32 = 4096;
 /// kernel's verifier follows each step of that scan at load time (refusing a program whose
 /// paths hold more than 8,192 branches, two per step; 1,024 steps took 0.4 s to verify, 256
 /// take about 0.1 s). A power of two (see `MASK`).
-pub const LEAST_CONN_MAX_SOCKETS: u32 = 256;
+pub(crate) const LEAST_CONN_MAX_SOCKETS: u32 = 256;
 
 /// Bytes of the state map's one value: `n: u32`, 4 bytes of padding, `counter: u64`.
 pub(crate) const STATE_SIZE: u32 = 16;
