@@ -35,6 +35,7 @@
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod control;
 pub mod error;
 pub mod primary;
 pub mod protocol;
