@@ -540,11 +540,7 @@ impl Monitor {
     fn nothing_left(&self) -> bool {
         !self.cluster.is_stopping()
             && self.cluster.workers().is_empty()
-            && self
-                .cluster
-                .status()
-                .iter()
-                .all(|slot| slot.restart_at.is_none())
+            && !self.cluster.restarts_pending()
     }
 
     /// Whether the workers' own exits amount to a failure.
