@@ -58,6 +58,10 @@ pub use protocol::{Mode, SocketKind};
 pub use role::{role, Role};
 pub use worker::Worker;
 
+/// The signals [`WorkerHandle::kill`] sends (nix's, re-exported so a program needs no nix of
+/// its own); `Event::Exit`'s `signal` is the same number (`Signal::SIGKILL as i32`).
+pub use nix::sys::signal::Signal;
+
 /// What the `forkline` command shares with the library beyond its API: the checks and
 /// environment variables both honour, and the names of an upgrade's variables. Not part of the
 /// library's API: it may change in any release.
