@@ -1,5 +1,7 @@
 //! The client side of the control socket (`docs/CONTROL.md`): where a cluster's socket lives,
-//! and one request/reply over it, for `status`, `ls`, `reload`, `scale`, `restart` and `stop`.
+//! and one request/reply over it, for `status`, `ls`, `reload`, `scale`, `restart`, `stop`,
+//! `upgrade` and `top` (`logs` reads a stream of its own). Requests and replies are the
+//! protocol's types, `forkline::control`.
 //!
 //! A cluster named NAME serves `DIR/NAME.sock`, DIR being `$XDG_RUNTIME_DIR/forkline` when
 //! XDG_RUNTIME_DIR is set, else `/run/forkline` for root, else `$TMPDIR/forkline-UID`.
@@ -9,7 +11,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use forkline::control::{Reply, Request, RequestLine, SlotStatus, Status};
+use serde::de::DeserializeOwned;
 
 use crate::error::CliError;
 
@@ -67,36 +70,43 @@ impl Target {
         }
     }
 
-    /// Sends `request` (the version is added) and returns the reply when it says `ok`; a
-    /// reply that does not is a runtime error with the reply's own words. `timeout` bounds the
-    /// wait for the reply (`None`: a reload or restart, which takes as long as it takes).
-    pub fn call(&self, request: Value, timeout: Option<Duration>) -> Result<Value, CliError> {
-        let reply = self.send(request, timeout)?;
-        if reply["ok"] == json!(true) {
-            return Ok(reply);
-        }
-        let error = reply["error"].as_str().unwrap_or("the cluster refused");
-        Err(CliError::Runtime(format!("{}: {error}", self.name)))
+    /// Sends `request` and returns the answer when the reply says `ok`; a reply that does not
+    /// is a runtime error with the reply's own words. `timeout` bounds the wait for the reply
+    /// (`None`: a reload or restart, which takes as long as it takes).
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        request: Request,
+        timeout: Option<Duration>,
+    ) -> Result<T, CliError> {
+        self.send(request, timeout)?
+            .into_result()
+            .map_err(|failure| CliError::Runtime(format!("{}: {failure}", self.name)))
     }
 
-    /// Sends `request` and returns the reply as it is (a permission-denied reply is an error).
-    pub fn send(&self, mut request: Value, timeout: Option<Duration>) -> Result<Value, CliError> {
-        request["v"] = json!(1);
+    /// Sends `request` and returns the reply as it is (a permission-denied reply is an error;
+    /// so is a reply that is not one of type `T`).
+    pub fn send<T: DeserializeOwned>(
+        &self,
+        request: Request,
+        timeout: Option<Duration>,
+    ) -> Result<Reply<T>, CliError> {
         let stream = self.connect()?;
-        let reply = exchange(stream, &request, timeout).map_err(|e| {
-            CliError::Runtime(format!(
-                "{}: control socket {}: {e}",
-                self.name,
-                self.path.display()
-            ))
-        })?;
-        let refused = reply["error"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("permission denied"));
-        if reply["ok"] != json!(true) && refused {
-            return Err(self.permission_denied());
+        let reply = exchange(stream, request, timeout).map_err(|e| self.broken(e))?;
+        match reply {
+            Reply::Failed(failure) if failure.error.starts_with("permission denied") => {
+                Err(self.permission_denied())
+            }
+            reply => Ok(reply),
         }
-        Ok(reply)
+    }
+
+    /// The error for a control socket that failed mid-conversation.
+    pub fn broken(&self, e: std::io::Error) -> CliError {
+        CliError::Runtime(format!(
+            "{}: control socket {}: {e}",
+            self.name,
+            self.path.display()
+        ))
     }
 
     /// Connects, turning "nothing there" into an error that lists the live clusters.
@@ -150,15 +160,29 @@ impl Target {
     }
 }
 
+/// `request` as the line that carries it: in this build's protocol version, with its newline.
+pub fn request_line(request: Request) -> std::io::Result<String> {
+    let mut line = serde_json::to_string(&RequestLine::new(request))
+        .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
+    line.push('\n');
+    Ok(line)
+}
+
+/// `line` as one reply of type `R`; one that is not is an error that says why.
+pub fn parse_reply<R: DeserializeOwned>(line: &str) -> std::io::Result<R> {
+    serde_json::from_str(line)
+        .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, format!("bad reply: {e}")))
+}
+
 /// Writes one request line and reads one reply line.
-fn exchange(
+fn exchange<T: DeserializeOwned>(
     mut stream: UnixStream,
-    request: &Value,
+    request: Request,
     timeout: Option<Duration>,
-) -> std::io::Result<Value> {
+) -> std::io::Result<Reply<T>> {
     stream.set_read_timeout(timeout)?;
     stream.set_write_timeout(Some(QUICK))?;
-    stream.write_all(format!("{request}\n").as_bytes())?;
+    stream.write_all(request_line(request)?.as_bytes())?;
     let mut line = String::new();
     let read = BufReader::new(&stream).read_line(&mut line);
     match read {
@@ -166,8 +190,7 @@ fn exchange(
             ErrorKind::UnexpectedEof,
             "the cluster closed the connection without a reply",
         )),
-        Ok(_) => serde_json::from_str(&line)
-            .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, format!("bad reply: {e}"))),
+        Ok(_) => parse_reply(&line),
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
             Err(std::io::Error::new(ErrorKind::TimedOut, "no reply in time"))
         }
@@ -179,8 +202,8 @@ fn exchange(
 pub struct Live {
     /// Its name (the socket file's name without `.sock`).
     pub name: String,
-    /// Its `status` reply.
-    pub status: Value,
+    /// Its `status` answer.
+    pub status: Status,
 }
 
 /// Every cluster of this user that answers in `dir`, by name; stale socket files (their
@@ -202,10 +225,7 @@ pub fn live_clusters(dir: &Path) -> Vec<Live> {
         let Ok(stream) = UnixStream::connect(&path) else {
             continue;
         };
-        let Ok(status) = exchange(stream, &json!({"v": 1, "cmd": "status"}), Some(QUICK)) else {
-            continue;
-        };
-        if status["ok"] == json!(true) {
+        if let Ok(Reply::Ok(status)) = exchange(stream, Request::Status, Some(QUICK)) {
             found.push(Live {
                 name: name.to_string(),
                 status,
@@ -214,6 +234,28 @@ pub fn live_clusters(dir: &Path) -> Vec<Live> {
     }
     found.sort_by(|a, b| a.name.cmp(&b.name));
     found
+}
+
+/// A value, or `-` when there is none.
+pub fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// A slot's state as the tables show it: its worker's state (`-` without one), `gave-up` once
+/// the slot gave up, `(crash loop)` while it keeps dying young, `(replacing: PID)` while a
+/// replacement is on trial.
+pub fn slot_state(slot: &SlotStatus) -> String {
+    let mut state = if slot.gave_up {
+        "gave-up".to_string()
+    } else if slot.crash_loop {
+        format!("{} (crash loop)", or_dash(slot.state))
+    } else {
+        or_dash(slot.state)
+    };
+    if let Some(pid) = slot.replacement_pid {
+        state.push_str(&format!(" (replacing: {pid})"));
+    }
+    state
 }
 
 /// `95` → `1m35s`: the two largest units.
@@ -296,5 +338,79 @@ mod tests {
             ]),
             "A    BB\nccc  d\n"
         );
+    }
+
+    #[test]
+    fn slot_states() {
+        let mut w = SlotStatus::default();
+        assert_eq!(slot_state(&w), "-");
+        w.state = Some(forkline::WorkerState::Ready);
+        w.crash_loop = true;
+        w.replacement_pid = Some(7);
+        assert_eq!(slot_state(&w), "ready (crash loop) (replacing: 7)");
+        w.gave_up = true;
+        w.replacement_pid = None;
+        assert_eq!(slot_state(&w), "gave-up");
+    }
+
+    /// Sends `request` to a one-shot control socket that answers `reply`; returns what `send`
+    /// made of the answer, and the request line the socket read.
+    fn ask<T: DeserializeOwned>(
+        tag: &str,
+        reply: &'static str,
+        request: Request,
+    ) -> (Result<Reply<T>, CliError>, String) {
+        let dir = std::env::temp_dir().join(format!("forkline-cli-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut request = String::new();
+            BufReader::new(&stream).read_line(&mut request).unwrap();
+            (&stream)
+                .write_all(format!("{reply}\n").as_bytes())
+                .unwrap();
+            request
+        });
+        let target = Target::new(Some("web"), Some(&path)).unwrap();
+        let answer = target.send(request, Some(QUICK));
+        let sent = server.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (answer, sent)
+    }
+
+    #[test]
+    fn requests_carry_the_version_and_replies_are_typed() {
+        use forkline::control::{Scaled, CONTROL_VERSION};
+        let request = Request::Scale {
+            workers: Some(4),
+            delta: None,
+        };
+        let (reply, sent) = ask::<Scaled>("typed", r#"{"ok":true,"workers":4}"#, request);
+        assert_eq!(reply.unwrap(), Reply::Ok(Scaled::new(4)));
+        assert_eq!(
+            sent,
+            format!("{{\"v\":{CONTROL_VERSION},\"cmd\":\"scale\",\"workers\":4}}\n")
+        );
+    }
+
+    #[test]
+    fn replies_that_fail_or_do_not_parse() {
+        let (reply, _) = ask::<Status>("bad", r#"{"ok":true,"pid":"x"}"#, Request::Status);
+        let text = reply.unwrap_err().to_string();
+        assert!(text.starts_with("web: control socket "), "{text}");
+        assert!(text.contains("bad reply: invalid type"), "{text}");
+
+        let denied = r#"{"ok":false,"error":"permission denied: no"}"#;
+        let (reply, _) = ask::<Status>("denied", denied, Request::Status);
+        let text = reply.unwrap_err().to_string();
+        assert!(text.contains("belongs to another user"), "{text}");
+
+        let refused = r#"{"ok":false,"error":"no worker in slot 9"}"#;
+        let (reply, _) = ask::<forkline::control::Done>("refused", refused, Request::Reload);
+        let failure = reply.unwrap().into_result().unwrap_err();
+        assert_eq!(failure.error, "no worker in slot 9");
     }
 }

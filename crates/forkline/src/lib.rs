@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod control;
 pub mod error;
 mod primary;
 pub mod protocol;
@@ -45,17 +46,21 @@ mod role;
 mod sys;
 pub mod worker;
 
+pub use control::{MigrationStatus, SlotStatus, Status, Steering};
 pub use error::{Error, Result, UnknownName};
 pub use primary::{
     Backoff, Balance, Cluster, ClusterBuilder, ClusterOptions, Event, EventStream, ListenSpec,
     LogFormat, Migration, OutputLine, OutputStream, Readiness, ReplaceFailure, Replacement,
-    RestartPolicy, Shutdown, SlotStatus, Stats, WorkerHandle, WorkerState, WorkerStats,
-    WorkerStdio, DEFAULT_ACCEPT_COALESCE, DEFAULT_OUTPUT_BUFFER, DEFAULT_SETTLE_TIME,
-    MAX_ACCEPT_COALESCE,
+    RestartPolicy, Shutdown, WorkerHandle, WorkerState, WorkerStdio, DEFAULT_ACCEPT_COALESCE,
+    DEFAULT_OUTPUT_BUFFER, DEFAULT_SETTLE_TIME, MAX_ACCEPT_COALESCE,
 };
 pub use protocol::{Mode, SocketKind};
 pub use role::{role, Role};
 pub use worker::Worker;
+
+/// The signals [`WorkerHandle::kill`] sends (nix's, re-exported so a program needs no nix of
+/// its own); `Event::Exit`'s `signal` is the same number (`Signal::SIGKILL as i32`).
+pub use nix::sys::signal::Signal;
 
 /// What the `forkline` command shares with the library beyond its API: the checks and
 /// environment variables both honour, and the names of an upgrade's variables. Not part of the

@@ -1,10 +1,10 @@
 //! `forkline logs NAME [-f]`: the recent lines of each worker's output, from the primary's
 //! output buffer, then (with `--follow`) every new line until interrupted or the cluster stops.
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufRead, BufReader, Write};
 
 use clap::Args;
-use serde_json::{json, Value};
+use forkline::control::{LogsReply, Request};
 
 use super::cluster_args::ClusterArgs;
 use crate::control;
@@ -38,38 +38,34 @@ pub struct LogsArgs {
 pub fn logs(args: LogsArgs) -> Result<i32, CliError> {
     let target = args.cluster.target()?;
     let mut stream = target.connect()?;
-    let broken = |e: std::io::Error| {
-        CliError::Runtime(format!(
-            "{}: control socket {}: {e}",
-            target.name,
-            target.path.display()
-        ))
-    };
+    let broken = |e: std::io::Error| target.broken(e);
     // A quiet cluster being followed may send nothing for hours: no read timeout then.
     let timeout = (!args.follow).then_some(control::QUICK);
     stream.set_read_timeout(timeout).map_err(broken)?;
-    let request = json!({"v": 1, "cmd": "logs", "lines": args.lines, "follow": args.follow,
-                         "slot": args.slot});
+    let request = Request::Logs {
+        lines: Some(args.lines),
+        follow: args.follow,
+        slot: args.slot,
+    };
     stream
-        .write_all(format!("{request}\n").as_bytes())
+        .write_all(control::request_line(request).map_err(broken)?.as_bytes())
         .map_err(broken)?;
     let name = target.name.clone();
     let mut out = std::io::stdout().lock();
     for line in BufReader::new(&stream).lines() {
         let line = line.map_err(broken)?;
-        let reply: Value = serde_json::from_str(&line)
-            .map_err(|e| broken(std::io::Error::new(ErrorKind::InvalidData, e)))?;
-        if reply["end"] == json!(true) {
-            return Ok(0);
-        }
-        if reply["ok"] == json!(false) {
-            let error = reply["error"].as_str().unwrap_or("the cluster refused");
-            return Err(CliError::Runtime(format!("{name}: {error}")));
-        }
-        let text = if args.json {
-            line
-        } else {
-            render(&name, &reply)
+        let reply: LogsReply = control::parse_reply(&line).map_err(broken)?;
+        let text = match reply {
+            LogsReply::End => return Ok(0),
+            LogsReply::Failed(failure) => {
+                return Err(CliError::Runtime(format!("{name}: {failure}")))
+            }
+            // The line as the primary sent it.
+            _ if args.json => line,
+            reply => match render(&name, &reply) {
+                Some(text) => text,
+                None => continue,
+            },
         };
         // Nobody reads any more (`| head`): stop quietly.
         if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
@@ -80,18 +76,22 @@ pub fn logs(args: LogsArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
-/// `TIME [NAME:SLOT PID] LINE`, or a note for lines a slow follower missed.
-fn render(name: &str, reply: &Value) -> String {
-    if let Some(skipped) = reply["skipped"].as_u64() {
-        return format!("... {skipped} lines skipped (this reader fell behind)");
+/// `TIME [NAME:SLOT PID] LINE`, or a note for lines a slow follower missed; `None` for a reply
+/// that is neither.
+fn render(name: &str, reply: &LogsReply) -> Option<String> {
+    match reply {
+        LogsReply::Skipped(skipped) => Some(format!(
+            "... {skipped} lines skipped (this reader fell behind)"
+        )),
+        LogsReply::Line(line) => Some(format!(
+            "{} [{name}:{} {}] {}",
+            humantime::format_rfc3339_micros(line.time),
+            line.slot,
+            line.pid,
+            line.line
+        )),
+        _ => None,
     }
-    format!(
-        "{} [{name}:{} {}] {}",
-        reply["time"].as_str().unwrap_or("-"),
-        reply["slot"],
-        reply["pid"],
-        reply["line"].as_str().unwrap_or_default()
-    )
 }
 
 #[cfg(test)]
@@ -100,12 +100,18 @@ mod tests {
 
     #[test]
     fn renders_a_line_with_who_wrote_it() {
-        let reply = json!({"time": "2026-11-30T06:00:00.000001Z", "slot": 1, "pid": 42,
-                           "stream": "stdout", "line": "hello"});
+        let reply: LogsReply = serde_json::from_str(
+            r#"{"time": "2026-11-30T06:00:00.000001Z", "slot": 1, "pid": 42,
+                "stream": "stdout", "line": "hello"}"#,
+        )
+        .unwrap();
         assert_eq!(
-            render("web", &reply),
+            render("web", &reply).unwrap(),
             "2026-11-30T06:00:00.000001Z [web:1 42] hello"
         );
-        assert!(render("web", &json!({"skipped": 3})).contains("3 lines skipped"));
+        assert!(render("web", &LogsReply::Skipped(3))
+            .unwrap()
+            .contains("3 lines skipped"));
+        assert_eq!(render("web", &LogsReply::End), None);
     }
 }

@@ -2,7 +2,7 @@
 //! worker failed and why (exit 1; the old worker keeps serving).
 
 use clap::Args;
-use serde_json::json;
+use forkline::control::{Done, Reply, Request};
 
 use super::cluster_args::ClusterArgs;
 use crate::control;
@@ -19,16 +19,18 @@ pub struct ReloadArgs {
 /// Runs `reload`.
 pub fn reload(args: ReloadArgs) -> Result<i32, CliError> {
     let target = args.cluster.target()?;
-    let reply = target.send(json!({"cmd": "reload"}), None)?;
-    if reply["ok"] == json!(true) {
-        control::print(&format!(
-            "{}: reloaded: every worker replaced\n",
-            target.name
-        ));
-        return Ok(0);
-    }
-    let error = reply["error"].as_str().unwrap_or("the reload failed");
-    match reply["slot"].as_u64() {
+    let failure = match target.send::<Done>(Request::Reload, None)? {
+        Reply::Ok(_) => {
+            control::print(&format!(
+                "{}: reloaded: every worker replaced\n",
+                target.name
+            ));
+            return Ok(0);
+        }
+        Reply::Failed(failure) => failure,
+    };
+    let error = &failure.error;
+    match failure.slot {
         Some(slot) => Err(CliError::Runtime(format!(
             "{}: reload failed at slot {slot}: {error}; the old worker keeps serving",
             target.name

@@ -2,7 +2,7 @@
 //! stops), waited for.
 
 use clap::Args;
-use serde_json::json;
+use forkline::control::{Done, Reply, Request};
 
 use super::cluster_args::ClusterArgs;
 use crate::control;
@@ -37,14 +37,14 @@ pub fn restart(args: RestartArgs) -> Result<i32, CliError> {
         ))
     })?;
     let target = cluster.target()?;
-    let reply = target.send(json!({"cmd": "restart", "slot": slot}), None)?;
-    if reply["ok"] == json!(true) {
-        control::print(&format!("{}: slot {slot} restarted\n", target.name));
-        return Ok(0);
+    match target.send::<Done>(Request::Restart { slot }, None)? {
+        Reply::Ok(_) => {
+            control::print(&format!("{}: slot {slot} restarted\n", target.name));
+            Ok(0)
+        }
+        Reply::Failed(failure) => Err(CliError::Runtime(format!(
+            "{}: restart of slot {slot} failed: {failure}",
+            target.name
+        ))),
     }
-    let error = reply["error"].as_str().unwrap_or("the restart failed");
-    Err(CliError::Runtime(format!(
-        "{}: restart of slot {slot} failed: {error}",
-        target.name
-    )))
 }

@@ -465,10 +465,10 @@ impl Monitor {
             } if self.replaced(worker) => self.failed_replacement = None,
             Event::GaveUp { .. } => self.gave_up = true,
             Event::ReplaceFailed {
-                id,
+                slot,
                 purpose,
                 reason,
-            } => self.replace_failed(*id, *purpose, reason),
+            } => self.replace_failed(*slot, *purpose, reason),
             Event::ReloadStarted => self.notify(&format!(
                 "RELOADING=1\n{}\nSTATUS=reloading",
                 systemd::monotonic_usec()
@@ -540,11 +540,7 @@ impl Monitor {
     fn nothing_left(&self) -> bool {
         !self.cluster.is_stopping()
             && self.cluster.workers().is_empty()
-            && self
-                .cluster
-                .status()
-                .iter()
-                .all(|slot| slot.restart_at.is_none())
+            && !self.cluster.restarts_pending()
     }
 
     /// Whether the workers' own exits amount to a failure.

@@ -1,7 +1,7 @@
 //! `forkline scale NAME N|+K|-K`: sets the number of workers, or adds or removes some.
 
 use clap::Args;
-use serde_json::{json, Value};
+use forkline::control::{Request, Scaled};
 
 use super::cluster_args::ClusterArgs;
 use crate::control;
@@ -33,16 +33,16 @@ pub fn scale(args: ScaleArgs) -> Result<i32, CliError> {
     )?;
     let request = parse_count(&count)?;
     let target = cluster.target()?;
-    let reply = target.call(request, Some(control::QUICK))?;
+    let scaled: Scaled = target.call(request, Some(control::QUICK))?;
     control::print(&format!(
         "{}: scaled to {} workers\n",
-        target.name, reply["workers"]
+        target.name, scaled.workers
     ));
     Ok(0)
 }
 
 /// `N` (at least 1), `+K` or `-K` (K at least 1) as a scale request.
-fn parse_count(count: &str) -> Result<Value, CliError> {
+fn parse_count(count: &str) -> Result<Request, CliError> {
     let bad = |why: &str| CliError::Usage(format!("scale: invalid count `{count}`: {why}"));
     let number = |digits: &str| -> Result<u64, CliError> {
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -50,26 +50,30 @@ fn parse_count(count: &str) -> Result<Value, CliError> {
         }
         digits.parse().map_err(|_| bad("too large"))
     };
-    if let Some(k) = count.strip_prefix('+') {
-        let k = number(k)?;
-        if k == 0 {
-            return Err(bad("K must be at least 1"));
-        }
-        return Ok(json!({"cmd": "scale", "delta": k}));
-    }
-    if let Some(k) = count.strip_prefix('-') {
+    let signed = (count.strip_prefix('+').map(|k| (k, 1)))
+        .or_else(|| count.strip_prefix('-').map(|k| (k, -1)));
+    if let Some((k, sign)) = signed {
         let k = number(k)?;
         if k == 0 {
             return Err(bad("K must be at least 1"));
         }
         let k = i64::try_from(k).map_err(|_| bad("too large"))?;
-        return Ok(json!({"cmd": "scale", "delta": -k}));
+        return Ok(Request::Scale {
+            workers: None,
+            delta: Some(sign * k),
+        });
     }
     match number(count)? {
         0 => Err(bad(
             "a cluster needs at least 1 worker (stop it with forkline stop)",
         )),
-        n => Ok(json!({"cmd": "scale", "workers": n})),
+        n => {
+            let n = usize::try_from(n).map_err(|_| bad("too large"))?;
+            Ok(Request::Scale {
+                workers: Some(n),
+                delta: None,
+            })
+        }
     }
 }
 
@@ -79,9 +83,10 @@ mod tests {
 
     #[test]
     fn counts() {
-        assert_eq!(parse_count("3").unwrap()["workers"], 3);
-        assert_eq!(parse_count("+2").unwrap()["delta"], 2);
-        assert_eq!(parse_count("-1").unwrap()["delta"], -1);
+        let scale = |workers, delta| Request::Scale { workers, delta };
+        assert_eq!(parse_count("3").unwrap(), scale(Some(3), None));
+        assert_eq!(parse_count("+2").unwrap(), scale(None, Some(2)));
+        assert_eq!(parse_count("-1").unwrap(), scale(None, Some(-1)));
         for bad in ["0", "abc", "+0", "-", "+", "1.5", "", "-0", " 2"] {
             let e = parse_count(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}");

@@ -3,7 +3,7 @@
 //! JSON.
 
 use clap::Args;
-use serde_json::{json, Value};
+use forkline::control::{MigrationStatus, Request, Status};
 
 use super::cluster_args::ClusterArgs;
 use crate::control;
@@ -27,50 +27,41 @@ pub struct StatusArgs {
 /// Runs `status`.
 pub fn status(args: StatusArgs) -> Result<i32, CliError> {
     let target = args.cluster.target()?;
-    let mut reply = target.call(json!({"cmd": "status"}), Some(control::QUICK))?;
+    let status: Status = target.call(Request::Status, Some(control::QUICK))?;
     if args.json {
-        if let Some(object) = reply.as_object_mut() {
-            object.remove("ok");
-        }
-        control::print(&format!("{reply}\n"));
+        // As a `Value` prints it (keys sorted), as the status object always printed.
+        let json = serde_json::to_value(&status)
+            .map_err(|e| CliError::Runtime(format!("{}: {e}", target.name)))?;
+        control::print(&format!("{json}\n"));
         return Ok(0);
     }
-    control::print(&render(&target.name, &reply));
+    control::print(&render(&target.name, &status));
     Ok(0)
 }
 
 /// The status as a header line and a table.
-fn render(name: &str, status: &Value) -> String {
-    let text = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let name = status["name"].as_str().unwrap_or(name);
-    let addresses: Vec<String> = status["addresses"]
-        .as_array()
-        .map(|a| a.iter().map(text).collect())
-        .unwrap_or_default();
+fn render(name: &str, status: &Status) -> String {
+    let name = status.name.as_deref().unwrap_or(name);
     let mut out = format!(
         "{name}: primary pid {}, {} mode{}, {}/{} workers ready, up {}{}\n",
-        text(&status["pid"]),
-        match status["steering"].as_str() {
+        status.pid,
+        match status.steering {
             // Steer mode says how: "steer (bpf-round-robin) mode".
-            Some(how) => format!("{} ({how})", text(&status["mode"])),
-            None => text(&status["mode"]),
+            Some(how) => format!("{} ({how})", status.mode.as_str()),
+            None => status.mode.as_str().to_string(),
         },
-        match status["reuseport_migration"].as_str() {
-            Some("off") => " (queues of closing workers are reset)".to_string(),
+        match status.reuseport_migration {
+            Some(MigrationStatus::Off) => " (queues of closing workers are reset)".to_string(),
             Some(how) => format!(" (queues migrate: {how})"),
             None => String::new(),
         },
-        text(&status["ready"]),
-        text(&status["target"]),
-        control::format_uptime(status["uptime_secs"].as_f64().unwrap_or(0.0)),
-        if addresses.is_empty() {
+        status.ready,
+        status.target,
+        control::format_uptime(status.uptime_secs),
+        if status.addresses.is_empty() {
             String::new()
         } else {
-            format!(", on {}", addresses.join(", "))
+            format!(", on {}", status.addresses.join(", "))
         }
     );
     let mut rows = vec![[
@@ -87,37 +78,19 @@ fn render(name: &str, status: &Value) -> String {
     .map(String::from)
     .to_vec()];
     // Only round-robin and proxy put the primary on the connection path, where it counts.
-    let counted = matches!(status["mode"].as_str(), Some("round-robin" | "proxy"));
-    let count = |v: &Value| if counted { text(v) } else { "-".into() };
-    for worker in status["workers"].as_array().into_iter().flatten() {
-        let mut state = text(&worker["state"]);
-        if worker["gave_up"] == json!(true) {
-            state = "gave-up".into();
-        } else if worker["crash_loop"] == json!(true) {
-            state.push_str(" (crash loop)");
-        }
-        if let Some(pid) = worker["replacement_pid"].as_u64() {
-            state.push_str(&format!(" (replacing: {pid})"));
-        }
+    let counted = !status.mode.workers_accept();
+    let count = |n: u64| control::or_dash(counted.then_some(n));
+    for worker in &status.workers {
         rows.push(vec![
-            text(&worker["slot"]),
-            text(&worker["pid"]),
-            state,
-            worker["uptime_secs"]
-                .as_f64()
-                .map(control::format_uptime)
-                .unwrap_or_else(|| "-".into()),
-            text(&worker["restarts"]),
-            count(&worker["connections_in_flight"]),
-            count(&worker["connections_served"]),
-            worker["rss_bytes"]
-                .as_u64()
-                .map(control::format_bytes)
-                .unwrap_or_else(|| "-".into()),
-            worker["cpu_percent"]
-                .as_f64()
-                .map(|cpu| format!("{cpu:.1}%"))
-                .unwrap_or_else(|| "-".into()),
+            worker.slot.to_string(),
+            control::or_dash(worker.pid),
+            control::slot_state(worker),
+            control::or_dash(worker.uptime_secs.map(control::format_uptime)),
+            worker.restarts.to_string(),
+            count(worker.connections_in_flight),
+            count(worker.connections_served),
+            control::or_dash(worker.rss_bytes.map(control::format_bytes)),
+            control::or_dash(worker.cpu_percent.map(|cpu| format!("{cpu:.1}%"))),
         ]);
     }
     out.push_str(&control::table(&rows));

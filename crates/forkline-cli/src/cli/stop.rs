@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde_json::json;
+use forkline::control::{Done, Request};
 
 use super::cluster_args::ClusterArgs;
 use crate::control;
@@ -28,10 +28,7 @@ pub struct StopArgs {
 /// Runs `stop`.
 pub fn stop(args: StopArgs) -> Result<i32, CliError> {
     let target = args.cluster.target()?;
-    target.call(
-        json!({"cmd": "stop", "now": args.now}),
-        Some(control::QUICK),
-    )?;
+    target.call::<Done>(Request::Stop { now: args.now }, Some(control::QUICK))?;
     let deadline = Instant::now() + STOP_WAIT;
     while target.answers() {
         if Instant::now() >= deadline {

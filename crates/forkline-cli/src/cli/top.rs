@@ -18,6 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use forkline::control::{Done, Reply, Request, Scaled, Status};
 use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::crossterm::{cursor, execute, terminal};
@@ -26,10 +27,9 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, RenderDirection, Row, Sparkline, Table};
 use ratatui::{Frame, Terminal};
-use serde_json::{json, Value};
 
 use super::cluster_args::ClusterArgs;
-use super::top_model::{self, Model, Snapshot, COLUMNS};
+use super::top_model::{self, Model, COLUMNS};
 use crate::control::{self, Target};
 use crate::error::CliError;
 use crate::parse;
@@ -79,7 +79,7 @@ pub fn top(args: TopArgs) -> Result<i32, CliError> {
         ));
     }
     let target = args.cluster.target()?;
-    let first = target.call(json!({"cmd": "status"}), Some(STATUS_TIMEOUT))?;
+    let first = target.call(Request::Status, Some(STATUS_TIMEOUT))?;
     let mut app = App::new(target, args.interval);
     app.status(Poll::Status(first));
 
@@ -106,15 +106,15 @@ enum Msg {
     /// A refresh.
     Status(Poll),
     /// A reload's reply, and when it was sent.
-    Reload(Result<Value, CliError>, Instant),
+    Reload(Result<Reply<Done>, CliError>, Instant),
     /// A scale request's reply.
-    Scale(Result<Value, CliError>),
+    Scale(Result<Reply<Scaled>, CliError>),
 }
 
 /// One status request's outcome.
 enum Poll {
-    /// The reply.
-    Status(Value),
+    /// The answer.
+    Status(Status),
     /// The control socket is gone: the cluster stopped.
     Gone,
     /// No usable answer this time (a timeout, a closed connection); the next refresh retries.
@@ -129,8 +129,8 @@ fn spawn_poller(target: Target, interval: Duration, tx: mpsc::Sender<Msg>) {
             // Keep the pace when a request was slow.
             std::thread::sleep(interval.saturating_sub(spent));
             let started = Instant::now();
-            let poll = match target.call(json!({"cmd": "status"}), Some(STATUS_TIMEOUT)) {
-                Ok(reply) => Poll::Status(reply),
+            let poll = match target.call(Request::Status, Some(STATUS_TIMEOUT)) {
+                Ok(status) => Poll::Status(status),
                 Err(_) if gone(&target.path) => Poll::Gone,
                 Err(e) => Poll::Failed(e.to_string()),
             };
@@ -197,19 +197,16 @@ impl App {
     /// Takes a refresh in.
     fn status(&mut self, poll: Poll) {
         match poll {
-            Poll::Status(reply) => match Snapshot::from_reply(reply) {
-                Ok(snapshot) => {
-                    self.model.update(snapshot);
-                    if self
-                        .message
-                        .as_ref()
-                        .is_some_and(|m| m.text.starts_with("no answer"))
-                    {
-                        self.message = None;
-                    }
+            Poll::Status(status) => {
+                self.model.update(status);
+                if self
+                    .message
+                    .as_ref()
+                    .is_some_and(|m| m.text.starts_with("no answer"))
+                {
+                    self.message = None;
                 }
-                Err(e) => self.say(false, e),
-            },
+            }
             Poll::Gone => {
                 self.gone = Some(Instant::now());
                 self.say(
@@ -231,31 +228,25 @@ impl App {
             Msg::Status(poll) => self.status(poll),
             Msg::Reload(reply, sent) => {
                 self.reload_sent = None;
-                if self.gone.is_some() {
-                    return;
-                }
-                match reply {
-                    Ok(reply) => {
-                        let (ok, text) =
-                            top_model::reload_outcome(&reply, sent.elapsed().as_secs_f64());
-                        self.say(ok, text);
-                    }
-                    Err(e) => self.say(false, format!("reload: {e}")),
-                }
+                let secs = sent.elapsed().as_secs_f64();
+                self.report("reload", reply.map(|r| top_model::reload_outcome(&r, secs)));
             }
             Msg::Scale(reply) => {
                 self.scales_pending = self.scales_pending.saturating_sub(1);
-                if self.gone.is_some() {
-                    return;
-                }
-                match reply {
-                    Ok(reply) => {
-                        let (ok, text) = top_model::scale_outcome(&reply);
-                        self.say(ok, text);
-                    }
-                    Err(e) => self.say(false, format!("scale: {e}")),
-                }
+                self.report("scale", reply.map(|r| top_model::scale_outcome(&r)));
             }
+        }
+    }
+
+    /// Shows the outcome of a `what` request (good or bad, and its line), or why there was
+    /// none; nothing once the cluster is gone.
+    fn report(&mut self, what: &str, outcome: Result<(bool, String), CliError>) {
+        if self.gone.is_some() {
+            return;
+        }
+        match outcome {
+            Ok((ok, text)) => self.say(ok, text),
+            Err(e) => self.say(false, format!("{what}: {e}")),
         }
     }
 
@@ -278,7 +269,7 @@ impl App {
                 let target = self.target.clone();
                 let tx = tx.clone();
                 std::thread::spawn(move || {
-                    let reply = target.send(json!({"cmd": "reload"}), None);
+                    let reply = target.send(Request::Reload, None);
                     let _ = tx.send(Msg::Reload(reply, sent));
                 });
             }
@@ -289,10 +280,11 @@ impl App {
                 let target = self.target.clone();
                 let tx = tx.clone();
                 std::thread::spawn(move || {
-                    let reply = target.send(
-                        json!({"cmd": "scale", "delta": delta}),
-                        Some(control::QUICK),
-                    );
+                    let request = Request::Scale {
+                        workers: None,
+                        delta: Some(delta),
+                    };
+                    let reply = target.send(request, Some(control::QUICK));
                     let _ = tx.send(Msg::Scale(reply));
                 });
             }
@@ -524,14 +516,25 @@ mod tests {
 
     #[test]
     fn the_screen_shows_the_rows_and_the_keys() {
+        use forkline::control::SlotStatus;
+        use forkline::{Mode, WorkerState};
         use ratatui::backend::TestBackend;
         let target = Target::new(Some("web"), None).unwrap();
         let mut app = App::new(target, Duration::from_millis(500));
-        app.status(Poll::Status(json!({
-            "ok": true, "name": "web", "pid": 42, "mode": "proxy", "uptime_secs": 7.0,
-            "target": 1, "ready": 1, "addresses": ["127.0.0.1:1"],
-            "workers": [{"slot": 0, "pid": 4321, "state": "ready", "connections": 5}]
-        })));
+        let mut worker = SlotStatus::default();
+        worker.pid = Some(4321);
+        worker.state = Some(WorkerState::Ready);
+        worker.connections = 5;
+        let mut status = Status::default();
+        status.name = Some("web".into());
+        status.pid = 42;
+        status.mode = Mode::Proxy;
+        status.uptime_secs = 7.0;
+        status.target = 1;
+        status.ready = 1;
+        status.addresses = vec!["127.0.0.1:1".into()];
+        status.workers = vec![worker];
+        app.status(Poll::Status(status));
         app.say(false, "scale refused: cannot scale to 0: at least 1 worker");
         let mut terminal = Terminal::new(TestBackend::new(120, 20)).unwrap();
         terminal.draw(|f| app.draw(f)).unwrap();
@@ -558,7 +561,7 @@ mod tests {
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cells,
-            ["0", "4321", "ready", "-", "-", "5", "-", "-", "-", "-"]
+            ["0", "4321", "ready", "-", "0", "5", "0", "0", "-", "-"]
         );
         assert!(text.contains("scale refused: cannot scale to 0"), "{text}");
         assert!(text.contains("q quit   (every 500ms)"), "{text}");

@@ -4,7 +4,7 @@
 //! (exit 1; the running primary carries on).
 
 use clap::Args;
-use serde_json::json;
+use forkline::control::{Request, Upgraded};
 
 use super::cluster_args::ClusterArgs;
 use crate::control;
@@ -21,10 +21,10 @@ pub struct UpgradeArgs {
 /// Runs `upgrade`.
 pub fn upgrade(args: UpgradeArgs) -> Result<i32, CliError> {
     let target = args.cluster.target()?;
-    let reply = target.call(json!({"cmd": "upgrade"}), None)?;
+    let upgraded: Upgraded = target.call(Request::Upgrade, None)?;
     control::print(&format!(
         "{}: upgraded: primary {} took over\n",
-        target.name, reply["pid"]
+        target.name, upgraded.pid
     ));
     Ok(0)
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::control::{MigrationStatus, SlotStatus, Status, Steering};
 use crate::error::Result;
 use crate::primary::builder::ClusterBuilder;
 use crate::primary::core::Core;
@@ -17,7 +18,7 @@ use crate::primary::lifecycle::supervisor::{self, Start};
 use crate::primary::lifecycle::{reload, shutdown};
 use crate::primary::ops::{stats, upgrade};
 use crate::primary::options::ClusterOptions;
-use crate::primary::status::{Shutdown, SlotStatus};
+use crate::primary::status::Shutdown;
 use crate::primary::traffic::steering;
 
 /// The primary's handle to a running cluster. Cheap to clone.
@@ -107,9 +108,31 @@ impl Cluster {
         Ok(())
     }
 
-    /// Supervision state of every slot.
+    /// Supervision state of every slot: who runs it, restarts and failures, connections handed
+    /// to it. Reads no `/proc` (memory and CPU stay `None`; [`stats`](Self::stats) has them).
     pub fn status(&self) -> Vec<SlotStatus> {
-        self.core.status()
+        self.core
+            .slots()
+            .into_iter()
+            .map(|view| SlotStatus {
+                slot: view.slot,
+                pid: view.pid,
+                state: view.state,
+                restarts: view.restarts,
+                failures: Some(view.failures),
+                connections: view.connections,
+                replacement_pid: view.replacement_pid,
+                crash_loop: view.crash_loop,
+                gave_up: view.gave_up,
+                ..SlotStatus::default()
+            })
+            .collect()
+    }
+
+    /// True while a restart is booked for some slot (a worker died and its slot restarts after
+    /// a backoff delay).
+    pub fn restarts_pending(&self) -> bool {
+        self.core.slots().iter().any(|s| s.restart_at.is_some())
     }
 
     /// The number of slots the cluster keeps.
@@ -134,20 +157,20 @@ impl Cluster {
     }
 
     /// How the connections queued on a closing reuseport socket are kept (see
-    /// [`Migration`](crate::Migration)): `"bpf"` (a BPF program attached to each reuseport group),
-    /// `"sysctl"` (`net.ipv4.tcp_migrate_req` is 1) — with both they move to another worker —
-    /// or `"off"` (they are reset). `None` until the cluster has bound a reuseport TCP socket
+    /// [`Migration`](crate::Migration)): `Bpf` (a BPF program attached to each reuseport group),
+    /// `Sysctl` (`net.ipv4.tcp_migrate_req` is 1) — with both they move to another worker — or
+    /// `Off` (they are reset). `None` until the cluster has bound a reuseport TCP socket
     /// (not reuseport mode).
-    pub fn reuseport_migration(&self) -> Option<&'static str> {
+    pub fn reuseport_migration(&self) -> Option<MigrationStatus> {
         self.core.listeners().migration()
     }
 
-    /// How steer mode steers (see [`Mode::Steer`](crate::Mode::Steer)): `"bpf-round-robin"` or
-    /// `"bpf-least-conn"` (a BPF program picks each new connection's worker in the kernel), or,
-    /// where BPF was refused, `"fallback-round-robin"` (library workers: the primary accepts
-    /// and hands connections out) or `"fallback-reuseport"` (each worker accepts on its own
-    /// socket, the kernel hashes). `None` outside steer mode.
-    pub fn steering(&self) -> Option<&'static str> {
+    /// How steer mode steers (see [`Mode::Steer`](crate::Mode::Steer)): `BpfRoundRobin` or
+    /// `BpfLeastConn` (a BPF program picks each new connection's worker in the kernel), or,
+    /// where BPF was refused, `FallbackRoundRobin` (library workers: the primary accepts and
+    /// hands connections out) or `FallbackReuseport` (each worker accepts on its own socket,
+    /// the kernel hashes). `None` outside steer mode.
+    pub fn steering(&self) -> Option<Steering> {
         steering::status(&self.core)
     }
 
@@ -200,7 +223,7 @@ impl Cluster {
     }
 
     /// A snapshot of the cluster and each slot's worker.
-    pub fn stats(&self) -> stats::Stats {
+    pub fn stats(&self) -> Status {
         stats::snapshot(&self.core, &self.core.traffic())
     }
 

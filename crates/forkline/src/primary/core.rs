@@ -20,7 +20,7 @@ use crate::primary::lifecycle::output_buffer::OutputBuffer;
 use crate::primary::lifecycle::slots::{Seq, Slots};
 use crate::primary::ops::upgrade_state::Upgrades;
 use crate::primary::options::ClusterOptions;
-use crate::primary::status::{Shutdown, SlotStatus};
+use crate::primary::status::{Shutdown, SlotView};
 use crate::primary::traffic::counters::Traffic;
 use crate::primary::traffic::dispatch::dispatcher::Dispatcher;
 use crate::primary::traffic::listeners::{BoundListener, ListenerTable};
@@ -283,14 +283,14 @@ impl Core {
     }
 
     /// Supervision state of every slot.
-    pub(super) fn status(&self) -> Vec<SlotStatus> {
+    pub(crate) fn slots(&self) -> Vec<SlotView> {
         let state = self.state();
         state
             .slots
             .all()
             .map(|(slot, record)| {
                 let current = state.worker(record.current);
-                SlotStatus {
+                SlotView {
                     slot,
                     // 0 until the process exists: no pid yet.
                     pid: current.as_ref().map(|w| w.pid()).filter(|pid| *pid != 0),
@@ -322,7 +322,7 @@ impl Core {
 
     /// True when as many workers as the cluster keeps are ready and no restart is due.
     pub(super) fn all_ready(&self) -> bool {
-        let slots = self.status();
+        let slots = self.slots();
         let ready = slots
             .iter()
             .filter(|s| s.state == Some(WorkerState::Ready))

@@ -59,8 +59,8 @@ pub enum Event {
     },
     /// A worker slot will be restarted after `delay`.
     Restarting {
-        /// The slot id.
-        id: usize,
+        /// The slot.
+        slot: usize,
         /// The backoff delay before the restart.
         delay: Duration,
         /// Consecutive deaths soon after starting.
@@ -70,16 +70,16 @@ pub enum Event {
     },
     /// A slot reached `max_restarts` and will not be restarted again.
     GaveUp {
-        /// The slot id.
-        id: usize,
+        /// The slot.
+        slot: usize,
         /// Consecutive deaths soon after starting.
         failures: u32,
     },
     /// A replacement (rolling reload or recycling) failed: the new worker was stopped, the old
     /// one stays current and serving.
     ReplaceFailed {
-        /// The slot id.
-        id: usize,
+        /// The slot.
+        slot: usize,
         /// Why the slot was being replaced.
         purpose: Replacement,
         /// What went wrong with the new worker.

@@ -18,7 +18,7 @@ use crate::protocol::ToWorker;
 use crate::sys;
 
 /// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum WorkerState {
@@ -35,6 +35,17 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    /// The name `Serialize` writes (`"ready"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Online => "online",
+            WorkerState::Ready => "ready",
+            WorkerState::Draining => "draining",
+            WorkerState::Exited => "exited",
+        }
+    }
+
     fn from_u8(v: u8) -> Self {
         match v {
             0 => WorkerState::Starting,
@@ -43,6 +54,12 @@ impl WorkerState {
             3 => WorkerState::Draining,
             _ => WorkerState::Exited,
         }
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

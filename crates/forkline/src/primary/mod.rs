@@ -20,12 +20,11 @@ pub use cluster::Cluster;
 pub use event::{Event, EventStream, ReplaceFailure, Replacement};
 pub use handle::{WorkerHandle, WorkerState};
 pub use lifecycle::output_buffer::{OutputLine, OutputStream, DEFAULT_OUTPUT_BUFFER};
-pub use ops::stats::{Stats, WorkerStats};
 pub use options::{
     Backoff, Balance, ClusterOptions, ListenSpec, LogFormat, Readiness, RestartPolicy, WorkerStdio,
     DEFAULT_ACCEPT_COALESCE, DEFAULT_SETTLE_TIME, MAX_ACCEPT_COALESCE,
 };
-pub use status::{Shutdown, SlotStatus};
+pub use status::Shutdown;
 pub use traffic::migration::Migration;
 
 /// See `forkline::cli_support`.
@@ -39,8 +38,4 @@ pub(crate) mod cli_support {
         check_steered_workers, ENV_ACCEPT_COALESCE_US,
     };
     pub use super::traffic::migration::ENV_TEST_NO_BPF;
-    pub use super::traffic::steering::{
-        STEERING_BPF, STEERING_BPF_LEAST_CONN, STEERING_FALLBACK_REUSEPORT,
-        STEERING_FALLBACK_ROUND_ROBIN,
-    };
 }

@@ -1,9 +1,8 @@
-//! What the cluster reports about itself: each slot's supervision state, and how the cluster
-//! ended.
+//! What the cluster reports about itself: how it ended (`Shutdown`), and each slot's
+//! supervision state as the core reads it (`SlotView`, the base of the control protocol's
+//! `SlotStatus`).
 
 use std::time::Instant;
-
-use serde::Serialize;
 
 use crate::primary::handle::WorkerState;
 
@@ -28,10 +27,9 @@ impl Shutdown {
     }
 }
 
-/// Per-slot supervision state, visible through [`Cluster::status`].
-#[derive(Debug, Clone, Default, Serialize)]
-#[non_exhaustive]
-pub struct SlotStatus {
+/// One slot's supervision state, read under the core's lock.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SlotView {
     /// The slot.
     pub slot: usize,
     /// Pid of the slot's current worker, if one is running.
@@ -49,7 +47,6 @@ pub struct SlotStatus {
     /// True when the slot reached `max_restarts` and is no longer restarted.
     pub gave_up: bool,
     /// When the next restart is due, if one is scheduled.
-    #[serde(skip)]
     pub restart_at: Option<Instant>,
     /// Connections handed to the current worker (round-robin/proxy).
     pub connections: u64,

@@ -352,7 +352,7 @@ fn describe(event: &Event) -> Value {
             value["payload"] = payload.clone();
         }
         Event::Restarting {
-            id,
+            slot: id,
             delay,
             failures,
             crash_loop,
@@ -362,12 +362,12 @@ fn describe(event: &Event) -> Value {
             value["failures"] = json!(failures);
             value["crash_loop"] = json!(crash_loop);
         }
-        Event::GaveUp { id, failures } => {
+        Event::GaveUp { slot: id, failures } => {
             value["id"] = json!(id);
             value["failures"] = json!(failures);
         }
         Event::ReplaceFailed {
-            id,
+            slot: id,
             purpose,
             reason,
         } => {

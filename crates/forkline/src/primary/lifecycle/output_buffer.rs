@@ -17,13 +17,22 @@ pub const DEFAULT_OUTPUT_BUFFER: usize = 256 * 1024;
 const FOLLOW_BACKLOG: usize = 1024;
 
 /// Which of a worker's streams a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputStream {
     /// Its stdout.
     Stdout,
     /// Its stderr.
     Stderr,
+}
+
+impl std::fmt::Display for OutputStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        })
+    }
 }
 
 /// One line a worker wrote.

@@ -61,7 +61,7 @@ pub(crate) async fn replace(
             );
         }
         core.events().emit(Event::ReplaceFailed {
-            id: slot,
+            slot,
             purpose,
             reason,
         });

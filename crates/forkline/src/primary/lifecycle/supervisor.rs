@@ -215,7 +215,7 @@ async fn follow_up(core: &Core, next: OnExit) {
                 tracing::error!(slot, failures, ?delay, "worker is crash-looping");
             }
             core.events().emit(Event::Restarting {
-                id: slot,
+                slot,
                 delay,
                 failures,
                 crash_loop,
@@ -236,7 +236,7 @@ async fn follow_up(core: &Core, next: OnExit) {
         OnExit::GaveUp { slot, failures } => {
             tracing::error!(slot, failures, "worker keeps dying; giving up on this slot");
             release_slot_sockets(core, slot);
-            core.events().emit(Event::GaveUp { id: slot, failures });
+            core.events().emit(Event::GaveUp { slot, failures });
         }
         OnExit::Released { slot } => release_slot_sockets(core, slot),
         OnExit::CandidateFailed { .. } | OnExit::Retired => {}

@@ -10,13 +10,17 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
+use crate::control::{
+    Done, Failure, LogLine, LogsReply, Reply, Request, RequestLine, Scaled, Upgraded,
+    CONTROL_VERSION,
+};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -26,65 +30,8 @@ use crate::primary::lifecycle::{reload, shutdown, supervisor};
 use crate::primary::ops::upgrade;
 use crate::primary::{lifecycle::replace, task};
 
-/// The version of the control protocol this primary speaks.
-pub(crate) const CONTROL_VERSION: u32 = 1;
-
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
-
-/// A request on the control socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "kebab-case")]
-pub(crate) enum Request {
-    /// The cluster and every worker.
-    Status,
-    /// A rolling reload; answered when it has finished or failed.
-    Reload,
-    /// A new number of workers: `workers`, or the current number plus `delta`.
-    Scale {
-        /// The new number of workers.
-        #[serde(default)]
-        workers: Option<usize>,
-        /// Workers to add (or remove, when negative).
-        #[serde(default)]
-        delta: Option<i64>,
-    },
-    /// Replace one slot's worker (start a new one, then stop the old one).
-    Restart {
-        /// The slot.
-        slot: usize,
-    },
-    /// Recent worker output: up to `lines` lines (default 100) as `{"time","slot","pid",
-    /// "stream","line"}` objects, then, with `follow`, every new line until the client hangs up.
-    Logs {
-        /// How many recent lines.
-        #[serde(default)]
-        lines: Option<usize>,
-        /// Keep sending new lines.
-        #[serde(default)]
-        follow: bool,
-        /// Only this slot's lines.
-        #[serde(default)]
-        slot: Option<usize>,
-    },
-    /// Replace the primary itself: start the program again as a new primary, which takes
-    /// over once its workers are ready. Answered when it has, or has failed.
-    Upgrade,
-    /// Stop the cluster gracefully (or at once with `now`).
-    Stop {
-        /// SIGKILL the workers instead of asking them to finish.
-        #[serde(default)]
-        now: bool,
-    },
-}
-
-/// A request line: the protocol version and the request.
-#[derive(Debug, Deserialize)]
-struct Envelope {
-    v: u32,
-    #[serde(flatten)]
-    request: Request,
-}
 
 /// Binds the control socket at `path`: creates its directory (0700) if missing, replaces a
 /// stale socket file left by a primary that was killed, and refuses one a live cluster serves.
@@ -175,7 +122,7 @@ fn authorized(stream: &UnixStream) -> bool {
 async fn client(core: Arc<Core>, stream: UnixStream) {
     if !authorized(&stream) {
         let (_, mut writer) = stream.into_split();
-        let reply = json!({"ok": false, "error": "permission denied: not the cluster's user"});
+        let reply = failed(Failure::new("permission denied: not the cluster's user"));
         let _ = send(&mut writer, &reply).await;
         return;
     }
@@ -194,7 +141,7 @@ async fn client(core: Arc<Core>, stream: UnixStream) {
             Ok(_) => {}
         }
         let reply = if line.len() as u64 > MAX_REQUEST {
-            json!({"ok": false, "error": "request too long"})
+            failed(Failure::new("request too long"))
         } else {
             match parse(&String::from_utf8_lossy(&line)) {
                 Ok(Request::Logs {
@@ -236,7 +183,7 @@ async fn logs(
 ) {
     let (recent, mut new_lines) = core.output().recent_and_follow(lines, slot);
     for line in recent {
-        if send(&mut writer, &json!(*line)).await.is_err() {
+        if send(&mut writer, &log_line(&line)).await.is_err() {
             return;
         }
     }
@@ -254,9 +201,9 @@ async fn logs(
                 _ = finished.wait_for(|f| f.is_some()) => break,
             };
             let reply = match next {
-                Ok(line) if slot.is_none_or(|s| line.slot == s) => json!(*line),
+                Ok(line) if slot.is_none_or(|s| line.slot == s) => log_line(&line),
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(skipped)) => json!({"skipped": skipped}),
+                Err(broadcast::error::RecvError::Lagged(skipped)) => LogsReply::Skipped(skipped),
                 Err(broadcast::error::RecvError::Closed) => break,
             };
             if send(&mut writer, &reply).await.is_err() {
@@ -264,114 +211,106 @@ async fn logs(
             }
         }
     }
-    let _ = send(&mut writer, &json!({"ok": true, "end": true})).await;
+    let _ = send(&mut writer, &LogsReply::End).await;
+}
+
+/// One line of worker output, as a `logs` stream carries it.
+fn log_line(line: &crate::primary::OutputLine) -> LogsReply {
+    LogsReply::Line(LogLine::new(
+        line.time,
+        line.slot,
+        line.pid,
+        line.stream,
+        line.line.as_str(),
+    ))
 }
 
 /// Writes one reply line.
-async fn send(writer: &mut OwnedWriteHalf, reply: &Value) -> io::Result<()> {
-    writer.write_all(format!("{reply}\n").as_bytes()).await
+async fn send(writer: &mut OwnedWriteHalf, reply: &impl Serialize) -> io::Result<()> {
+    let mut text = serde_json::to_string(reply).map_err(io::Error::other)?;
+    text.push('\n');
+    writer.write_all(text.as_bytes()).await
+}
+
+/// A reply, as JSON: `{"ok":true, ..answer}` or `{"ok":false,"error":...}`.
+fn reply<T: Serialize>(answer: std::result::Result<T, Failure>) -> Value {
+    serde_json::to_value(Reply::from(answer)).unwrap_or(Value::Null)
+}
+
+/// A failure reply, as JSON.
+fn failed(failure: Failure) -> Value {
+    reply::<Done>(Err(failure))
 }
 
 /// The request on one line, or the error reply for a line that is none.
 fn parse(line: &str) -> std::result::Result<Request, Value> {
-    let envelope: Envelope = serde_json::from_str(line)
-        .map_err(|e| json!({"ok": false, "error": format!("bad request: {e}")}))?;
-    if envelope.v != CONTROL_VERSION {
-        return Err(json!({"ok": false, "error": format!(
+    let line: RequestLine = serde_json::from_str(line)
+        .map_err(|e| failed(Failure::new(format!("bad request: {e}"))))?;
+    if line.v != CONTROL_VERSION {
+        return Err(failed(Failure::new(format!(
             "unsupported control protocol version {}; this primary speaks {CONTROL_VERSION}",
-            envelope.v
-        )}));
+            line.v
+        ))));
     }
-    Ok(envelope.request)
+    Ok(line.request)
 }
 
 /// The reply to one request (`logs` is answered as a stream by [`logs`]).
 async fn answer(core: &Core, request: Request) -> Value {
+    let failed_at = |slot: usize, reason| {
+        Failure::at_slot(slot, format!("slot {slot}: the new worker {reason}"))
+    };
     match request {
-        Request::Status => {
-            let mut status =
-                serde_json::to_value(crate::primary::ops::stats::snapshot(core, &core.traffic()))
-                    .unwrap_or(Value::Null);
-            status["ok"] = json!(true);
-            status
-        }
-        Request::Reload => match reload::reload(core).await {
-            Ok(()) => json!({"ok": true}),
-            Err(Error::ReloadFailed { slot, reason }) => json!({
-                "ok": false, "slot": slot, "error": format!("slot {slot}: the new worker {reason}")
-            }),
-            Err(e) => json!({"ok": false, "error": e.to_string()}),
-        },
+        Request::Status => reply(Ok(crate::primary::ops::stats::snapshot(
+            core,
+            &core.traffic(),
+        ))),
+        Request::Reload => reply(match reload::reload(core).await {
+            Ok(()) => Ok(Done::default()),
+            Err(Error::ReloadFailed { slot, reason }) => Err(failed_at(slot, reason)),
+            Err(e) => Err(Failure::new(e.to_string())),
+        }),
         Request::Scale { workers, delta } => {
             let target = match (workers, delta) {
                 (Some(n), None) => Some(n as i64),
                 (None, Some(d)) => Some(core.target() as i64 + d),
                 _ => None,
             };
-            match target {
-                Some(n) if n >= 1 => match supervisor::scale(core, n as usize) {
-                    Ok(()) => json!({"ok": true, "workers": n}),
-                    Err(e) => json!({"ok": false, "error": e.to_string()}),
-                },
-                Some(n) => {
-                    json!({"ok": false, "error": format!("cannot scale to {n}: at least 1 worker")})
-                }
-                None => json!({"ok": false, "error": "scale needs `workers` or `delta`"}),
-            }
+            reply(match target {
+                Some(n) if n >= 1 => supervisor::scale(core, n as usize)
+                    .map(|()| Scaled::new(n as usize))
+                    .map_err(|e| Failure::new(e.to_string())),
+                Some(n) => Err(Failure::new(format!(
+                    "cannot scale to {n}: at least 1 worker"
+                ))),
+                None => Err(Failure::new("scale needs `workers` or `delta`")),
+            })
         }
         Request::Restart { slot } => {
             if core.worker(slot).is_none() {
-                return json!({"ok": false, "error": format!("no worker in slot {slot}")});
+                return failed(Failure::new(format!("no worker in slot {slot}")));
             }
-            match replace::replace(core, slot, Replacement::Reload, None).await {
-                Ok(()) => json!({"ok": true}),
-                Err(reason) => {
-                    json!({"ok": false, "slot": slot, "error": format!("slot {slot}: the new worker {reason}")})
-                }
-            }
+            reply(
+                replace::replace(core, slot, Replacement::Reload, None)
+                    .await
+                    .map(|()| Done::default())
+                    .map_err(|reason| failed_at(slot, reason)),
+            )
         }
-        Request::Logs { .. } => json!({"ok": false, "error": "logs is answered as a stream"}),
-        Request::Upgrade => match upgrade::upgrade(core).await {
-            Ok(pid) => json!({"ok": true, "pid": pid}),
-            Err(e) => json!({"ok": false, "error": e.to_string()}),
-        },
+        Request::Upgrade => reply(
+            upgrade::upgrade(core)
+                .await
+                .map(Upgraded::new)
+                .map_err(|e| Failure::new(e.to_string())),
+        ),
         Request::Stop { now } => {
             if now {
                 shutdown::now(core);
             } else {
                 shutdown::graceful(core);
             }
-            json!({"ok": true})
+            reply(Ok(Done::default()))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_parse_with_their_version() {
-        let parse = |line: &str| serde_json::from_str::<Envelope>(line).map(|e| (e.v, e.request));
-        assert_eq!(
-            parse(r#"{"v":1,"cmd":"status"}"#).unwrap(),
-            (1, Request::Status)
-        );
-        assert_eq!(
-            parse(r#"{"v":1,"cmd":"scale","delta":-1}"#).unwrap().1,
-            Request::Scale {
-                workers: None,
-                delta: Some(-1)
-            }
-        );
-        assert_eq!(
-            parse(r#"{"v":1,"cmd":"stop","now":true}"#).unwrap().1,
-            Request::Stop { now: true }
-        );
-        assert!(parse(r#"{"v":1,"cmd":"explode"}"#).is_err());
-        assert!(
-            parse(r#"{"cmd":"status"}"#).is_err(),
-            "the version is required"
-        );
+        Request::Logs { .. } => failed(Failure::new("logs is answered as a stream")),
     }
 }

@@ -23,9 +23,9 @@ use prometheus_client::registry::Registry;
 
 use std::sync::Arc;
 
+use crate::control::{SlotStatus, Status};
 use crate::primary::core::Core;
 use crate::primary::handle::WorkerState;
-use crate::primary::ops::stats::{Stats, WorkerStats};
 use crate::primary::task;
 use crate::primary::traffic::counters::{AcceptErrorKind, LatencyHistogram, LATENCY_BOUNDS};
 
@@ -59,7 +59,7 @@ pub(crate) fn serve(core: Arc<Core>, listener: tokio::net::TcpListener) {
 /// worker is. A replacement on trial is not its slot's worker: during a reload the old workers
 /// keep the cluster ready, and a replacement that fails changes nothing.
 async fn readyz(axum::extract::State(core): axum::extract::State<Arc<Core>>) -> impl IntoResponse {
-    let slots = core.status();
+    let slots = core.slots();
     let ready = slots
         .iter()
         .filter(|s| s.state == Some(WorkerState::Ready))
@@ -149,7 +149,7 @@ fn gauge(value: u64) -> ConstGauge<i64> {
 }
 
 /// One series per slot that has a current worker: what `metric` gives for that worker.
-fn per_slot<M>(stats: &Stats, metric: impl Fn(&WorkerStats) -> Option<M>) -> Labeled<M> {
+fn per_slot<M>(stats: &Status, metric: impl Fn(&SlotStatus) -> Option<M>) -> Labeled<M> {
     stats
         .workers
         .iter()

@@ -283,12 +283,13 @@ impl ListenerTable {
         }
     }
 
-    /// How the queues of closing reuseport sockets are kept: `"bpf"`, `"sysctl"`, `"off"`, or
-    /// `None` before the first reuseport TCP socket. Steer mode's program migrates (`"bpf"`).
-    pub(crate) fn migration(&self) -> Option<&'static str> {
+    /// How the queues of closing reuseport sockets are kept, or `None` before the first
+    /// reuseport TCP socket. Steer mode's program migrates (`Bpf`).
+    pub(crate) fn migration(&self) -> Option<crate::control::MigrationStatus> {
+        use crate::control::MigrationStatus;
         self.migrator
             .status()
-            .or_else(|| (self.steerer.status() == Some(true)).then_some("bpf"))
+            .or_else(|| (self.steerer.status() == Some(true)).then_some(MigrationStatus::Bpf))
     }
 
     /// Steer mode's state: whether BPF could be loaded.

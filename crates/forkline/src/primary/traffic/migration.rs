@@ -26,6 +26,7 @@
 //! `REUSEPORT_SOCKARRAY` map) can reuse it; one that needs maps and relocations in earnest is
 //! the point to move to aya.
 
+use crate::control::MigrationStatus;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
@@ -142,13 +143,13 @@ impl Migrator {
         }
     }
 
-    /// `"bpf"`, `"sysctl"` (the sysctl is 1 now) or `"off"`; `None` before the first reuseport
-    /// TCP socket (not reuseport mode).
-    pub(crate) fn status(&self) -> Option<&'static str> {
+    /// `Bpf`, `Sysctl` (the sysctl is 1 now) or `Off`; `None` before the first reuseport TCP
+    /// socket (not reuseport mode).
+    pub(crate) fn status(&self) -> Option<MigrationStatus> {
         Some(match self.chosen.get()? {
-            Chosen::Bpf(_) => "bpf",
-            Chosen::Kernel if sysctl_on() => "sysctl",
-            Chosen::Kernel => "off",
+            Chosen::Bpf(_) => MigrationStatus::Bpf,
+            Chosen::Kernel if sysctl_on() => MigrationStatus::Sysctl,
+            Chosen::Kernel => MigrationStatus::Off,
         })
     }
 }

@@ -3,19 +3,11 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::control::Steering;
 use crate::primary::core::Core;
 use crate::primary::handle::{WorkerHandle, WorkerState};
 use crate::primary::traffic::listeners::BoundListener;
 use crate::protocol::Mode;
-
-/// What [`Cluster::steering`](crate::Cluster::steering) says when the kernel steers.
-pub const STEERING_BPF: &str = "bpf-round-robin";
-/// What it says when the kernel steers to the worker with the fewest open connections.
-pub const STEERING_BPF_LEAST_CONN: &str = "bpf-least-conn";
-/// What it says when BPF was refused and library workers get round-robin in the primary.
-pub const STEERING_FALLBACK_ROUND_ROBIN: &str = "fallback-round-robin";
-/// What it says when BPF was refused and workers accept on reuseport sockets (kernel hash).
-pub const STEERING_FALLBACK_REUSEPORT: &str = "fallback-reuseport";
 
 /// What steer mode falls back to in this cluster when BPF is refused: round-robin in the
 /// primary for library workers that listen through it (nothing bound up front), reuseport
@@ -60,17 +52,17 @@ pub(crate) fn effective(core: &Core, mode: Mode) -> Mode {
 }
 
 /// What [`Cluster::steering`](crate::Cluster::steering) reports.
-pub(crate) fn status(core: &Core) -> Option<&'static str> {
+pub(crate) fn status(core: &Core) -> Option<Steering> {
     let decided = core.listeners().steerer().status();
     if core.opts().mode != Mode::Steer && decided.is_none() {
         return None;
     }
     let by_load = core.listeners().steerer().by_load();
     Some(match (decided, fallback_mode(core)) {
-        (Some(false), Mode::RoundRobin) => STEERING_FALLBACK_ROUND_ROBIN,
-        (Some(false), _) => STEERING_FALLBACK_REUSEPORT,
-        _ if by_load => STEERING_BPF_LEAST_CONN,
-        _ => STEERING_BPF,
+        (Some(false), Mode::RoundRobin) => Steering::FallbackRoundRobin,
+        (Some(false), _) => Steering::FallbackReuseport,
+        _ if by_load => Steering::BpfLeastConn,
+        _ => Steering::BpfRoundRobin,
     })
 }
 

@@ -453,8 +453,8 @@ fn check_order(log: &[Event]) -> Result<(), String> {
     let mut per_worker: BTreeMap<u64, (WorkerHandle, Vec<&'static str>)> = BTreeMap::new();
     for event in log {
         match event {
-            Event::Restarting { id, .. } | Event::GaveUp { id, .. } => problems.push(format!(
-                "slot {id} was restarted ({}) under RestartPolicy::Never",
+            Event::Restarting { slot, .. } | Event::GaveUp { slot, .. } => problems.push(format!(
+                "slot {slot} was restarted ({}) under RestartPolicy::Never",
                 event.name()
             )),
             Event::WorkerError { worker, error } => {

@@ -34,7 +34,6 @@ pub(crate) const COUNTER_OFFSET: i16 = 8;
 pub(crate) fn program(state: i32, socks: i32) -> Vec<BpfInsn> {
     // Index of the last instruction block, `r0 = SK_PASS; exit`, which every path ends in.
     const PASS: i16 = 21;
-    let [socks_lo, socks_hi] = BpfInsn::load_map_fd(2, socks);
     let mut insns = state_lookup(state, PASS).to_vec();
     insns.extend([
         // 8: r1 = *(u32 *)(r0 + 0) — n, the sockets in the array.
@@ -47,29 +46,39 @@ pub(crate) fn program(state: i32, socks: i32) -> Vec<BpfInsn> {
         BpfInsn::atomic_fetch_add64(0, COUNTER_OFFSET, 2),
         // 12: r2 %= r1 — idx = turn % n.
         BpfInsn::mod64_reg(2, 1),
-        // 13: *(u32 *)(r10 - 8) = r2 — the socket array's key, idx, on the stack.
-        BpfInsn::store32_reg(10, -8, 2),
-        // 14: r1 = r6 — the context.
-        BpfInsn::mov64_reg(1, 6),
-        // 15-16: r2 = &socket array.
-        socks_lo,
-        socks_hi,
-        // 17: r3 = r10
-        BpfInsn::mov64_reg(3, 10),
-        // 18: r3 += -8 — r3 points to idx.
-        BpfInsn::add64_imm(3, -8),
-        // 19: r4 = 0 — flags.
-        BpfInsn::mov64_imm(4, 0),
-        // 20: bpf_sk_select_reuseport(ctx, socks, &idx, 0) — selects the socket at idx; on
-        // failure (the slot emptied as its socket closed) nothing is selected.
-        BpfInsn::call(BPF_FUNC_SK_SELECT_REUSEPORT),
-        // 21 (PASS): r0 = SK_PASS — the selected socket, or the kernel's hash without one.
-        BpfInsn::mov64_imm(0, SK_PASS),
-        // 22: exit
-        BpfInsn::exit(),
     ]);
+    // 13-22: select the socket at idx (r2), then PASS (21).
+    insns.extend(select_and_pass(2, socks));
     debug_assert_eq!(insns[PASS as usize], BpfInsn::mov64_imm(0, SK_PASS));
     insns
+}
+
+/// The last 10 instructions of both programs, with the socket array's key in register `key`:
+/// select the socket at that index, then `PASS`, where every path ends.
+fn select_and_pass(key: u8, socks: i32) -> [BpfInsn; 10] {
+    let [socks_lo, socks_hi] = BpfInsn::load_map_fd(2, socks);
+    [
+        // +0: *(u32 *)(r10 - 8) = key — the socket array's key on the stack.
+        BpfInsn::store32_reg(10, -8, key),
+        // +1: r1 = r6 — the context.
+        BpfInsn::mov64_reg(1, 6),
+        // +2-3: r2 = &socket array.
+        socks_lo,
+        socks_hi,
+        // +4: r3 = r10
+        BpfInsn::mov64_reg(3, 10),
+        // +5: r3 += -8 — r3 points to the key.
+        BpfInsn::add64_imm(3, -8),
+        // +6: r4 = 0 — flags.
+        BpfInsn::mov64_imm(4, 0),
+        // +7: bpf_sk_select_reuseport(ctx, socks, &key, 0) — selects the socket at the key; on
+        // failure (the slot emptied as its socket closed) nothing is selected.
+        BpfInsn::call(BPF_FUNC_SK_SELECT_REUSEPORT),
+        // +8 (PASS): r0 = SK_PASS — the selected socket, or the kernel's hash without one.
+        BpfInsn::mov64_imm(0, SK_PASS),
+        // +9: exit
+        BpfInsn::exit(),
+    ]
 }
 
 /// The first 8 instructions of both programs: keep the context in r6 (a helper call clobbers
@@ -110,7 +119,6 @@ pub(crate) fn least_conn_program(state: i32, loads: i32, socks: i32) -> Vec<BpfI
     // the value.
     const MASK: i32 = LEAST_CONN_MAX_SOCKETS as i32 - 1;
     let [loads_lo, loads_hi] = BpfInsn::load_map_fd(1, loads);
-    let [socks_lo, socks_hi] = BpfInsn::load_map_fd(2, socks);
     let mut insns = state_lookup(state, PASS).to_vec();
     insns.extend([
         // 8: r7 = n
@@ -173,25 +181,9 @@ pub(crate) fn least_conn_program(state: i32, loads: i32, socks: i32) -> Vec<BpfI
         // 41-42: loads[r9] += 1 (atomic) — counted before its worker accepts it.
         BpfInsn::mov64_imm(1, 1),
         BpfInsn::atomic_add32(3, 0, 1),
-        // 43: *(u32 *)(r10 - 8) = r9 — the socket array's key.
-        BpfInsn::store32_reg(10, -8, 9),
-        // 44: r1 = r6 — the context.
-        BpfInsn::mov64_reg(1, 6),
-        // 45-46: r2 = &socket array.
-        socks_lo,
-        socks_hi,
-        // 47-48: r3 = r10 - 8
-        BpfInsn::mov64_reg(3, 10),
-        BpfInsn::add64_imm(3, -8),
-        // 49: r4 = 0 — flags.
-        BpfInsn::mov64_imm(4, 0),
-        // 50: bpf_sk_select_reuseport(ctx, socks, &idx, 0)
-        BpfInsn::call(BPF_FUNC_SK_SELECT_REUSEPORT),
-        // 51 (PASS): r0 = SK_PASS
-        BpfInsn::mov64_imm(0, SK_PASS),
-        // 52: exit
-        BpfInsn::exit(),
     ]);
+    // 43-52: select the socket at the chosen index (r9), then PASS (51).
+    insns.extend(select_and_pass(9, socks));
     debug_assert_eq!(insns[PASS as usize], BpfInsn::mov64_imm(0, SK_PASS));
     debug_assert_eq!(insns[LOOP as usize], BpfInsn::jge_reg(4, 7, DONE - 23 - 1));
     debug_assert_eq!(insns[NEXT as usize], BpfInsn::add64_imm(4, 1));
