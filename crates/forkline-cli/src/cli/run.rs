@@ -113,7 +113,9 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
             settings.mode.as_str()
         );
     }
-    hints::at_start(settings.mode, &program, !settings.listen.is_empty());
+    if settings.ipc != "node" {
+        hints::at_start(settings.mode, &program, !settings.listen.is_empty());
+    }
     let sets_socket_files = settings.socket_mode.is_some() || settings.socket_owner.is_some();
     let binds_unix = activation.listeners.is_empty()
         && settings

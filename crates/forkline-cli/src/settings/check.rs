@@ -35,6 +35,19 @@ impl Settings {
         .map_err(crate::error::from_library)?;
         forkline::cli_support::check_accept_coalesce(self.accept_coalesce)
             .map_err(crate::error::from_library)?;
+        if !matches!(self.ipc.as_str(), "none" | "node") {
+            return Err(CliError::Usage(format!(
+                "ipc: unknown protocol `{}` (expected none or node)",
+                self.ipc
+            )));
+        }
+        if self.ipc == "node" && !self.mode.workers_accept() {
+            return Err(CliError::Usage(format!(
+                "--ipc node works in shared, reuseport and steer modes (--mode {} hands \
+                 connections out, which is not built for Node workers yet)",
+                self.mode
+            )));
+        }
         if self.max_requests_jitter > 0 && self.max_requests.is_none() {
             return Err(CliError::Usage(
                 "--max-requests-jitter needs --max-requests".into(),

@@ -90,6 +90,13 @@ pub struct Settings {
     #[serde(with = "parse::text")]
     pub balance: Balance,
 
+    /// The channel workers get: none, or node (Node's own cluster channel: an unmodified Node
+    /// program is a cluster worker whose every server.listen() gets a socket of forkline's;
+    /// shared, reuseport and steer modes; --listen is then optional)
+    #[arg(long, env = "FORKLINE_IPC", value_name = "PROTOCOL", default_value = "none",
+          value_parser = ["none", "node"])]
+    pub ipc: String,
+
     /// Proxy mode: how long a new connection waits for some worker to be up (all of them
     /// restarting, say) before it is closed
     #[arg(long, env = "FORKLINE_PROXY_QUEUE_TIMEOUT", value_name = "DURATION",

@@ -372,6 +372,17 @@ impl ClusterBuilder {
         self
     }
 
+    /// Workers are unmodified Node programs (default false): each gets Node's own cluster
+    /// channel (`cluster.isWorker` is true, `cluster.worker.id` is its slot), and every
+    /// `server.listen(...)` it makes is answered with a socket of the primary's — the shared
+    /// one, or its own `SO_REUSEPORT` socket in reuseport and steer modes. Messages go both ways
+    /// (`Event::Message`, `WorkerHandle::send`). Round-robin and proxy modes are refused with
+    /// it (hand-off to Node workers is not built yet).
+    pub fn node_ipc(mut self, on: bool) -> Self {
+        self.opts.node_ipc = on;
+        self
+    }
+
     /// Binds `spec` up front and passes it to every worker by the systemd convention.
     pub fn listen(mut self, spec: ListenSpec) -> Self {
         self.opts.listeners.push(spec);
@@ -489,6 +500,16 @@ impl ClusterBuilder {
             return Err(Error::InvalidOption {
                 field: "accept_threads",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if opts.node_ipc && !opts.mode.workers_accept() {
+            return Err(Error::InvalidOption {
+                field: "node_ipc",
+                reason: format!(
+                    "Node workers get listening sockets in shared, reuseport and steer modes; \
+                     {} mode hands connections out, which is not built for them yet",
+                    opts.mode
+                ),
             });
         }
         if opts.credit_window == 0 {

@@ -294,6 +294,10 @@ pub struct ClusterOptions {
     /// Make the primary a child subreaper (PR_SET_CHILD_SUBREAPER): what workers leave behind
     /// is reparented to it, and reaped. As PID 1 it reaps orphans either way.
     pub subreaper: bool,
+    /// Workers are Node programs that speak Node's own cluster protocol (`NODE_UNIQUE_ID`,
+    /// `NODE_CHANNEL_FD`): every `server.listen(...)` asks the primary, which answers with its
+    /// socket (shared, reuseport and steer modes).
+    pub node_ipc: bool,
     /// Reuseport mode: how the queues of a closing worker's socket move to the other workers
     /// instead of being reset (default [`Migration::Auto`](crate::Migration::Auto)).
     pub reuseport_migration: crate::Migration,
@@ -366,6 +370,7 @@ impl Default for ClusterOptions {
             proxy_queue_timeout: Duration::from_secs(5),
             handoff_timeout: Duration::from_secs(10),
             subreaper: false,
+            node_ipc: false,
             control: None,
             upgrade_timeout: Duration::from_secs(60),
             upgrade_env: Vec::new(),

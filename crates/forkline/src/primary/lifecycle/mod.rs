@@ -5,6 +5,7 @@
 pub(crate) mod ipc;
 pub(crate) mod keeper;
 pub(crate) mod keeper_watch;
+pub(crate) mod node_ipc;
 pub(crate) mod notice;
 pub(crate) mod notify;
 pub(crate) mod notify_dir;

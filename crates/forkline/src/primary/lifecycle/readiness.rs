@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 /// and readiness by delay or none starts counting.
 pub(crate) fn on_started(core: &Core, worker: &WorkerHandle) {
     let opts = &core.opts();
-    if !core.expect_protocol() {
+    if !core.expect_protocol() && !opts.node_ipc {
         set_online(core, worker);
         // A socket passed at spawn is listening already.
         let passed_socket = opts.mode.workers_accept() && !core.prebound().is_empty();

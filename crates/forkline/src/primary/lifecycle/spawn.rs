@@ -31,15 +31,28 @@ const FIRST_FD: RawFd = 3;
 /// A started worker process.
 pub(crate) struct Spawned {
     pub child: Child,
-    /// The primary's end of the IPC channel.
-    pub channel: Arc<AsyncChannel>,
+    pub channel: Channel,
+}
+
+/// The primary's end of a worker's channel.
+pub(crate) enum Channel {
+    /// forkline's own protocol (docs/PROTOCOL.md), on a SEQPACKET socket.
+    Forkline(Arc<AsyncChannel>),
+    /// Node's cluster protocol, on a stream socket.
+    Node(std::os::unix::net::UnixStream),
 }
 
 /// Starts the process with its IPC channel and listeners in place, and the tasks that follow
 /// it (output, notify socket, proxy port, readiness).
 pub(crate) async fn spawn(core: &Core, worker: &WorkerHandle) -> Result<Spawned> {
     let opts = &core.opts();
-    let (primary_end, worker_end) = sys::seqpacket_pair()?;
+    let node = opts.node_ipc;
+    let (primary_end, worker_end) = if node {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        (OwnedFd::from(ours), OwnedFd::from(theirs))
+    } else {
+        sys::seqpacket_pair()?
+    };
     let mut command = std::process::Command::new(&opts.exec);
     command.args(&opts.args);
     // What the primary itself inherited from systemd is not the worker's.
@@ -59,7 +72,15 @@ pub(crate) async fn spawn(core: &Core, worker: &WorkerHandle) -> Result<Spawned>
     let worker_end_copy = sys::dup_cloexec(worker_end.as_fd())?;
     placed.push((worker_end, ipc_fd));
     command.env(ENV_WORKER_ID, worker.id().to_string());
-    command.env(ENV_IPC_FD, ipc_fd.to_string());
+    if node {
+        // Node's own cluster worker: `cluster.isWorker`, `cluster.worker.id` is the slot, and
+        // every `listen` asks this primary over the channel (JSON lines).
+        command.env("NODE_UNIQUE_ID", worker.id().to_string());
+        command.env("NODE_CHANNEL_FD", ipc_fd.to_string());
+        command.env("NODE_CHANNEL_SERIALIZATION_MODE", "json");
+    } else {
+        command.env(ENV_IPC_FD, ipc_fd.to_string());
+    }
     let notify = match &core.notify_dir() {
         Some(dir) => {
             let (socket, path) = dir.bind(worker.unique_id())?;
@@ -139,13 +160,23 @@ pub(crate) async fn spawn(core: &Core, worker: &WorkerHandle) -> Result<Spawned>
     if opts.mode == Mode::Proxy && !core.prebound().is_empty() {
         proxy::watch_worker(core.proxy(), worker)?;
     }
-    let channel = Arc::new(AsyncChannel::new(primary_end)?);
+    let channel = if node {
+        worker
+            .shared
+            .speaks_protocol
+            .store(true, std::sync::atomic::Ordering::Release);
+        Channel::Node(std::os::unix::net::UnixStream::from(primary_end))
+    } else {
+        Channel::Forkline(Arc::new(AsyncChannel::new(primary_end)?))
+    };
     tracing::info!(worker = worker.id(), pid, "worker started");
     core.events().emit(crate::primary::event::Event::Fork {
         worker: worker.clone(),
     });
     readiness::on_started(core, worker);
-    let _ = worker.shared.worker_end.set(Arc::new(worker_end_copy));
+    if !node {
+        let _ = worker.shared.worker_end.set(Arc::new(worker_end_copy));
+    }
     Ok(Spawned { child, channel })
 }
 

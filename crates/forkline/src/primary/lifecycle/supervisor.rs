@@ -17,9 +17,12 @@ use crate::primary::event::Event;
 use crate::primary::handle::{ExitInfo, WorkerHandle, WorkerState};
 use crate::primary::lifecycle::notice::WorkerNotice;
 use crate::primary::lifecycle::slots::{ExitFacts, OnExit, Refused, RestartReason, Seq};
+use crate::primary::lifecycle::spawn::Channel;
 use crate::primary::options::check_steered_workers;
 use crate::primary::options::Readiness;
-use crate::primary::{lifecycle::ipc, lifecycle::readiness, lifecycle::spawn, task};
+use crate::primary::{
+    lifecycle::ipc, lifecycle::node_ipc, lifecycle::readiness, lifecycle::spawn, task,
+};
 
 /// How a new worker gets its slot.
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +81,8 @@ pub(crate) fn start_candidate(
 
 fn register(core: &Core, state: &mut State, slot: usize, seq: Seq) -> WorkerHandle {
     state.next_seq = seq;
-    let worker = WorkerHandle::new(slot, seq, core.expect_protocol());
+    let speaks = core.expect_protocol() || core.opts().node_ipc;
+    let worker = WorkerHandle::new(slot, seq, speaks);
     state.live.insert(seq, worker.clone());
     worker
 }
@@ -120,7 +124,10 @@ async fn heed(core: &Core, worker: &WorkerHandle) -> std::convert::Infallible {
 /// been read.
 async fn run(core: &Core, worker: &WorkerHandle) -> ExitInfo {
     match spawn::spawn(core, worker).await {
-        Ok(spawned) => ipc::serve(core, worker, spawned.child, spawned.channel).await,
+        Ok(spawned) => match spawned.channel {
+            Channel::Forkline(channel) => ipc::serve(core, worker, spawned.child, channel).await,
+            Channel::Node(stream) => node_ipc::serve(core, worker, spawned.child, stream).await,
+        },
         Err(e) => {
             tracing::error!(worker = worker.id(), error = %e, "could not start worker");
             core.events().emit(Event::WorkerError {

@@ -1,0 +1,516 @@
+//! Serving a Node worker's own cluster channel (`../shared/NODE_PROTOCOL.md`): an unmodified
+//! Node program started with `NODE_UNIQUE_ID` and `NODE_CHANNEL_FD` is a `cluster` worker, and
+//! every `server.listen(...)` it makes asks this primary (`queryServer`). The primary answers
+//! with a listening socket it owns — the shared one, or the worker's own `SO_REUSEPORT` socket
+//! in reuseport and steer modes — so the kernel (and forkline's BPF steering) balances Node
+//! workers with no primary on the connection path. Also `online`, `listening`, `close`,
+//! `exitedAfterDisconnect`, `disconnect`, and messages both ways (`process.send`).
+//!
+//! The channel is a stream socket of newline-delimited JSON. A message that carries a socket
+//! (`NODE_HANDLE`) sends it with the line's first byte; the worker acknowledges it, and until
+//! then nothing else is written (Node's own rule for handles in flight).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::process::Child;
+
+use crate::error::Error;
+use crate::primary::core::Core;
+use crate::primary::event::Event;
+use crate::primary::handle::{ExitInfo, WorkerHandle};
+use crate::primary::lifecycle::{ipc, readiness};
+use crate::primary::options::Readiness;
+use crate::primary::traffic::listeners::{BoundListener, ListenKey};
+use crate::protocol::{SocketKind, ToWorker};
+
+/// Longest line read from a Node worker (a message it sends); a longer one breaks the protocol.
+const MAX_LINE: usize = 1 << 20;
+
+/// Lines read from a dead worker's channel at the most: what it can have left queued.
+const MAX_DRAINED: usize = 10_000;
+
+/// A line for the worker, with the socket it carries, if any.
+struct Outgoing {
+    line: String,
+    socket: Option<Arc<OwnedFd>>,
+}
+
+/// One Node worker's channel, as the primary serves it.
+struct Channel<'a> {
+    core: &'a Core,
+    worker: &'a WorkerHandle,
+    writer: OwnedWriteHalf,
+    /// The primary's own `seq`, one per message it starts.
+    seq: u64,
+    /// Lines waiting while a socket is in flight (not acknowledged yet).
+    queued: VecDeque<Outgoing>,
+    /// A socket was sent and the worker has not acknowledged it yet.
+    in_flight: Option<Outgoing>,
+    /// The worker's servers, by the key the primary gave each.
+    servers: HashMap<String, Arc<BoundListener>>,
+}
+
+/// Serves the worker's Node channel until the process exits, then reads what it left queued.
+/// Returns how the process ended.
+pub(crate) async fn serve(
+    core: &Core,
+    worker: &WorkerHandle,
+    mut child: Child,
+    stream: std::os::unix::net::UnixStream,
+) -> ExitInfo {
+    let (reader, writer) = match stream
+        .set_nonblocking(true)
+        .and_then(|()| UnixStream::from_std(stream))
+    {
+        Ok(stream) => stream.into_split(),
+        Err(e) => {
+            ipc::worker_error(core, worker, format!("node channel: {e}"));
+            return wait(worker, &mut child).await;
+        }
+    };
+    let mut lines = BufReader::new(reader);
+    let mut outbox = worker.take_outbox();
+    let mut channel = Channel {
+        core,
+        worker,
+        writer,
+        seq: 0,
+        queued: VecDeque::new(),
+        in_flight: None,
+        servers: HashMap::new(),
+    };
+    let mut open = true;
+    let mut line = String::new();
+    let status = loop {
+        line.clear();
+        tokio::select! {
+            biased;
+            status = child.wait() => break status,
+            read = read_line(&mut lines, &mut line), if open => match read {
+                Ok(true) => channel.on_line(&line).await,
+                Ok(false) | Err(_) => {
+                    open = false;
+                    ipc::disconnected(core, worker);
+                }
+            },
+            packet = next_packet(&mut outbox), if open => match packet {
+                Some(packet) => channel.relay_queued(&packet).await,
+                None => outbox = None,
+            },
+        }
+    };
+    // The process is gone: everything it sent is in the socket already.
+    let mut drained = 0;
+    while open && drained < MAX_DRAINED {
+        line.clear();
+        match tokio::time::timeout(std::time::Duration::ZERO, read_line(&mut lines, &mut line))
+            .await
+        {
+            Ok(Ok(true)) => channel.on_line(&line).await,
+            _ => break,
+        }
+        drained += 1;
+    }
+    exit_info(worker, status)
+}
+
+/// The next packet the rest of the primary queued for the worker (messages, `disconnect`).
+async fn next_packet(
+    outbox: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+) -> Option<Vec<u8>> {
+    match outbox {
+        Some(queue) => queue.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads one line into `line`; false at end of file. A line longer than [`MAX_LINE`] is an
+/// error.
+async fn read_line(lines: &mut BufReader<OwnedReadHalf>, line: &mut String) -> io::Result<bool> {
+    let mut taken = (&mut *lines).take(MAX_LINE as u64 + 1);
+    let n = taken.read_line(line).await?;
+    if n > MAX_LINE {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+    }
+    Ok(n > 0)
+}
+
+async fn wait(worker: &WorkerHandle, child: &mut Child) -> ExitInfo {
+    let status = child.wait().await;
+    exit_info(worker, status)
+}
+
+fn exit_info(worker: &WorkerHandle, status: io::Result<std::process::ExitStatus>) -> ExitInfo {
+    match status {
+        Ok(status) => ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+        },
+        Err(e) => {
+            tracing::error!(worker = worker.id(), error = %e, "waiting for worker failed");
+            ExitInfo {
+                code: None,
+                signal: None,
+            }
+        }
+    }
+}
+
+impl Channel<'_> {
+    /// One line from the worker.
+    async fn on_line(&mut self, line: &str) {
+        let line = line.trim_end_matches('\n');
+        if line.is_empty() {
+            return;
+        }
+        let message: Value = match serde_json::from_str(line) {
+            Ok(message) => message,
+            Err(e) => {
+                ipc::worker_error(
+                    self.core,
+                    self.worker,
+                    format!("node channel: bad JSON: {e}"),
+                );
+                return;
+            }
+        };
+        let internal = message["cmd"]
+            .as_str()
+            .filter(|cmd| cmd.len() > 5 && cmd.starts_with("NODE_"))
+            .map(str::to_string);
+        match internal.as_deref() {
+            None => self.user_message(message),
+            Some("NODE_HANDLE_ACK") => self.acknowledged().await,
+            Some("NODE_HANDLE_NACK") => self.refused().await,
+            // A socket the worker sent (`process.send(m, socket)`): its fd was not taken (a
+            // plain read drops it), the message is delivered, and the worker hears ACK so its
+            // queue moves on.
+            Some("NODE_HANDLE") => {
+                self.write_now(json!({"cmd": "NODE_HANDLE_ACK"}).to_string(), None)
+                    .await;
+                self.user_message(message["msg"].clone());
+            }
+            Some("NODE_CLUSTER") => self.cluster_message(&message).await,
+            Some(_) => {}
+        }
+    }
+
+    /// A message of the program's own: an event, and a log line naming the worker.
+    fn user_message(&self, payload: Value) {
+        tracing::info!(worker = self.worker.id(), pid = self.worker.pid(), message = %payload, "message from worker");
+        self.core.emit(Event::Message {
+            worker: self.worker.clone(),
+            payload,
+        });
+    }
+
+    async fn cluster_message(&mut self, message: &Value) {
+        let seq = message["seq"].clone();
+        match message["act"].as_str() {
+            Some("online") => {
+                self.worker
+                    .shared
+                    .speaks_protocol
+                    .store(true, Ordering::Release);
+                readiness::set_online(self.core, self.worker);
+            }
+            Some("queryServer") => self.query_server(message, seq).await,
+            Some("listening") => self.listening(message),
+            Some("close") => {
+                if let Some(key) = message["key"].as_str() {
+                    self.servers.remove(key);
+                }
+            }
+            Some("exitedAfterDisconnect") => {
+                self.worker
+                    .shared
+                    .exited_after_disconnect
+                    .store(true, Ordering::Release);
+                self.core
+                    .transition(self.worker, crate::primary::handle::WorkerState::Draining);
+                let reply = self.cluster_reply(json!({"ack": seq}));
+                self.send(reply, None).await;
+            }
+            // Replies to what the primary sent (`accepted` of a `newconn`: not sent here).
+            _ => {}
+        }
+    }
+
+    /// `server.listen(...)` in the worker: the listening socket for it, or Node's errno.
+    async fn query_server(&mut self, message: &Value, seq: Value) {
+        let key = server_key(message);
+        let reply = match self.listener_for(message) {
+            Ok((listener, socket)) => {
+                listener.hold(self.worker.unique_id());
+                self.servers.insert(key.clone(), listener);
+                let inner = self.cluster_reply(
+                    json!({"errno": 0, "key": key, "ack": seq, "data": message["data"].clone()}),
+                );
+                let kind = if message["addressType"].as_str().is_some() {
+                    "dgram.Native"
+                } else {
+                    "net.Native"
+                };
+                let line = json!({"cmd": "NODE_HANDLE", "type": kind, "msg": inner});
+                self.send(line, Some(socket)).await;
+                return;
+            }
+            Err(errno) => {
+                self.cluster_reply(json!({"errno": -errno, "key": key, "ack": seq, "data": null}))
+            }
+        };
+        self.send(reply, None).await;
+    }
+
+    /// The forkline listener for a `queryServer` and the socket this worker gets of it; an
+    /// errno when it cannot be bound.
+    fn listener_for(&self, message: &Value) -> Result<(Arc<BoundListener>, Arc<OwnedFd>), i32> {
+        let port = message["port"].as_i64().unwrap_or(0);
+        let address = message["address"].as_str().unwrap_or("");
+        let (kind, address) = match message["addressType"].as_i64() {
+            Some(-1) => (SocketKind::Unix, address.to_string()),
+            _ if message["addressType"].as_str().is_some() => {
+                (SocketKind::Udp, host_port(address, port, message))
+            }
+            _ => (SocketKind::Tcp, host_port(address, port, message)),
+        };
+        let index = if port == 0 {
+            message["index"].as_u64().unwrap_or(0) as u32
+        } else {
+            0
+        };
+        let mode = self.core.opts().mode;
+        // `listen({fd: N})`: the Nth socket forkline passed from fd 3 (LISTEN_FDS), as it is
+        // without Node's channel; any other fd names nothing of the primary's (EBADF).
+        if let Some(fd) = message["fd"].as_i64().filter(|fd| *fd >= 0) {
+            let listener = usize::try_from(fd - 3)
+                .ok()
+                .and_then(|at| self.core.prebound().get(at))
+                .ok_or(libc::EBADF)?
+                .clone();
+            let socket = listener
+                .socket_for(self.worker.id())
+                .map_err(|e| errno_of(&e))?;
+            return Ok((listener, socket));
+        }
+        // A `--listen` address bound up front serves a Node listen on its port.
+        let prebound = self.core.prebound().iter().find(|l| {
+            l.kind == kind && kind != SocketKind::Unix && port > 0 && port_of(&l.local) == port
+        });
+        let listener = match prebound {
+            Some(listener) => listener.clone(),
+            None => {
+                let key = ListenKey {
+                    kind,
+                    address: address.clone(),
+                    mode,
+                    index,
+                };
+                match self.core.listeners().get_or_bind(key) {
+                    Ok((listener, fresh)) => {
+                        if fresh {
+                            tracing::info!(address = %listener.local, mode = mode.as_str(), "listening");
+                        }
+                        listener
+                    }
+                    Err(e) => {
+                        tracing::error!(worker = self.worker.id(), %address, error = %e, "listen failed");
+                        return Err(errno_of(&e));
+                    }
+                }
+            }
+        };
+        let socket = listener
+            .socket_for(self.worker.id())
+            .map_err(|e| errno_of(&e))?;
+        // Node 18's libuv freezes on a blocking listening socket.
+        let _ = socket2::SockRef::from(socket.as_ref()).set_nonblocking(true);
+        Ok((listener, socket))
+    }
+
+    /// The worker listens: `listening`, steering, readiness.
+    fn listening(&mut self, message: &Value) {
+        let Some(listener) = message["key"]
+            .as_str()
+            .and_then(|key| self.servers.get(key))
+            .or_else(|| self.servers.values().next())
+            .cloned()
+        else {
+            return;
+        };
+        crate::primary::traffic::steering::listening(self.worker, &listener);
+        self.core.emit(Event::Listening {
+            worker: self.worker.clone(),
+            address: listener.local.clone(),
+        });
+        if self.core.opts().readiness == Readiness::Listen {
+            readiness::set_ready(self.core, self.worker);
+        }
+    }
+
+    /// What the rest of the primary queued for the worker, in Node's words.
+    async fn relay_queued(&mut self, packet: &[u8]) {
+        match serde_json::from_slice::<ToWorker>(packet) {
+            Ok(ToWorker::Message { data }) => self.send(data, None).await,
+            Ok(ToWorker::Disconnect) => {
+                let line = self.cluster_reply(json!({"act": "disconnect"}));
+                self.send(line, None).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// A `NODE_CLUSTER` message of the primary's, with its `seq`.
+    fn cluster_reply(&mut self, mut fields: Value) -> Value {
+        self.seq += 1;
+        fields["cmd"] = json!("NODE_CLUSTER");
+        fields["seq"] = json!(self.seq);
+        fields
+    }
+
+    /// Sends `message` (with `socket`), or queues it behind a socket in flight.
+    async fn send(&mut self, message: Value, socket: Option<Arc<OwnedFd>>) {
+        let outgoing = Outgoing {
+            line: message.to_string(),
+            socket,
+        };
+        if self.in_flight.is_some() {
+            self.queued.push_back(outgoing);
+            return;
+        }
+        self.write(outgoing).await;
+    }
+
+    /// Writes at once, ahead of the queue (an acknowledgement is never queued).
+    async fn write_now(&mut self, line: String, socket: Option<Arc<OwnedFd>>) {
+        self.write(Outgoing { line, socket }).await;
+    }
+
+    async fn write(&mut self, outgoing: Outgoing) {
+        let result = match &outgoing.socket {
+            Some(socket) => self.write_with(&outgoing.line, socket).await,
+            None => {
+                let mut bytes = outgoing.line.clone().into_bytes();
+                bytes.push(b'\n');
+                self.writer.write_all(&bytes).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(worker = self.worker.id(), error = %e, "node channel: write failed");
+            return;
+        }
+        if outgoing.socket.is_some() {
+            self.in_flight = Some(outgoing);
+        }
+    }
+
+    /// Writes `line` with `socket` attached to its first byte.
+    async fn write_with(&mut self, line: &str, socket: &OwnedFd) -> io::Result<()> {
+        let bytes = format!("{line}\n").into_bytes();
+        let stream: &UnixStream = self.writer.as_ref();
+        stream
+            .async_io(Interest::WRITABLE, || {
+                crate::sys::send_packet(stream.as_fd(), &bytes[..1], &[socket.as_raw_fd()], true)
+            })
+            .await?;
+        self.writer.write_all(&bytes[1..]).await
+    }
+
+    /// The worker took the socket in flight: what waited behind it goes out.
+    async fn acknowledged(&mut self) {
+        self.in_flight = None;
+        while self.in_flight.is_none() {
+            let Some(next) = self.queued.pop_front() else {
+                break;
+            };
+            self.write(next).await;
+        }
+    }
+
+    /// The worker did not get the socket in flight: it is sent again.
+    async fn refused(&mut self) {
+        if let Some(again) = self.in_flight.take() {
+            self.write(again).await;
+        }
+    }
+}
+
+/// Node's key of a server: unique among the worker's live servers.
+fn server_key(message: &Value) -> String {
+    let part = |name: &str| match &message[name] {
+        Value::Null => "null".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    format!(
+        "{}:{}:{}:{}:{}",
+        part("address"),
+        part("port"),
+        part("addressType"),
+        part("fd"),
+        part("index")
+    )
+}
+
+/// `host:port` for a TCP or UDP listen: any address when none was given (IPv6 dual-stack for
+/// Node's default, as Node's own primary binds).
+fn host_port(address: &str, port: i64, message: &Value) -> String {
+    let port = port.max(0);
+    match address {
+        "" | "::" if message["addressType"] == json!("udp4") => format!("0.0.0.0:{port}"),
+        "" | "::" => format!("[::]:{port}"),
+        "0.0.0.0" => format!("0.0.0.0:{port}"),
+        host if host.contains(':') => format!("[{host}]:{port}"),
+        host => format!("{host}:{port}"),
+    }
+}
+
+/// The port of a `host:port` address.
+fn port_of(address: &str) -> i64 {
+    address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(-1)
+}
+
+/// The errno of a bind error, as Node wants it (positive here; sent negated).
+fn errno_of(error: &Error) -> i32 {
+    match error {
+        Error::Listen { source, .. } | Error::Io(source) => {
+            source.raw_os_error().unwrap_or(match source.kind() {
+                io::ErrorKind::AddrInUse => libc::EADDRINUSE,
+                io::ErrorKind::AddrNotAvailable => libc::EADDRNOTAVAIL,
+                io::ErrorKind::PermissionDenied => libc::EACCES,
+                _ => libc::EINVAL,
+            })
+        }
+        _ => libc::EINVAL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_addresses_follow_node() {
+        let query =
+            json!({"address": null, "port": 3000, "addressType": 4, "fd": null, "index": 0});
+        assert_eq!(server_key(&query), "null:3000:4:null:0");
+        assert_eq!(host_port("", 3000, &query), "[::]:3000");
+        assert_eq!(host_port("127.0.0.1", 3000, &query), "127.0.0.1:3000");
+        assert_eq!(host_port("::1", 3000, &query), "[::1]:3000");
+        assert_eq!(port_of("127.0.0.1:3000"), 3000);
+        assert_eq!(port_of("[::]:80"), 80);
+    }
+}
