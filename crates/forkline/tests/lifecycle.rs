@@ -513,10 +513,8 @@ fn a_stop_reaches_everything_a_worker_started() {
     assert_eq!(stopped["clean"], true, "{stopped}");
 }
 
-/// A worker that is a `sh -c` wrapper leaves nothing behind when its primary is SIGKILLed: the
-/// parent-death signal reaches only the shell, the keeper kills the rest of its group.
-#[test]
-fn sigkill_of_the_primary_leaves_nothing_a_worker_started() {
+/// Two plain workers, each a `sh -c` wrapper with two children in its process group.
+fn two_shells_with_children() -> (Testbed, Vec<u32>) {
     let args = "-c\u{1f}sleep 300 & sleep 300 & wait";
     let mut tb = Testbed::start(&[
         ("TB_WORKERS", "2"),
@@ -530,15 +528,31 @@ fn sigkill_of_the_primary_leaves_nothing_a_worker_started() {
             .len()
             >= 3));
     }
+    (tb, groups)
+}
+
+/// SIGKILLs the primary, waits until `groups` are empty (bounded), and returns what was left in
+/// each (killed then, so nothing outlives the test).
+fn sigkill_primary_and_collect(tb: &mut Testbed, groups: &[u32]) -> Vec<Vec<u32>> {
     tb.signal(nix::sys::signal::Signal::SIGKILL);
     tb.wait_exit(SOON).expect("the primary is gone");
-    let gone = common::eventually(SOON, || {
+    common::eventually(SOON, || {
         groups.iter().all(|g| common::group_members(*g).is_empty())
     });
     let left: Vec<Vec<u32>> = groups.iter().map(|g| common::group_members(*g)).collect();
-    for g in &groups {
+    for g in groups {
         common::kill_group(*g);
     }
+    left
+}
+
+/// A worker that is a `sh -c` wrapper leaves nothing behind when its primary is SIGKILLed: the
+/// parent-death signal reaches only the shell, the keeper kills the rest of its group.
+#[test]
+fn sigkill_of_the_primary_leaves_nothing_a_worker_started() {
+    let (mut tb, groups) = two_shells_with_children();
+    let left = sigkill_primary_and_collect(&mut tb, &groups);
+    let gone = left.iter().all(Vec::is_empty);
     eprintln!("processes left after SIGKILL of the primary: {left:?}");
     assert!(gone, "left running: {left:?}");
 }
@@ -559,19 +573,7 @@ fn keepers_of(primary: u32) -> Vec<u32> {
 /// of the primary afterwards still leaves nothing a worker started.
 #[test]
 fn a_killed_keeper_is_replaced_and_still_cleans_up() {
-    let args = "-c\u{1f}sleep 300 & sleep 300 & wait";
-    let mut tb = Testbed::start(&[
-        ("TB_WORKERS", "2"),
-        ("TB_PLAIN", "1"),
-        ("TB_EXEC", "/bin/sh"),
-        ("TB_ARGS", args),
-    ]);
-    let groups: Vec<u32> = tb.wait_online(2).iter().map(|(_, pid)| *pid).collect();
-    for pgid in &groups {
-        assert!(common::eventually(SOON, || common::group_members(*pgid)
-            .len()
-            >= 3));
-    }
+    let (mut tb, groups) = two_shells_with_children();
     let primary = tb.pid();
     let first = keepers_of(primary);
     assert_eq!(first.len(), 1, "one keeper: {first:?}");
@@ -581,15 +583,8 @@ fn a_killed_keeper_is_replaced_and_still_cleans_up() {
         now.len() == 1 && now[0] != first[0]
     });
     assert!(replaced, "keepers now: {:?}", keepers_of(primary));
-    tb.signal(nix::sys::signal::Signal::SIGKILL);
-    tb.wait_exit(SOON).expect("the primary is gone");
-    let gone = common::eventually(SOON, || {
-        groups.iter().all(|g| common::group_members(*g).is_empty())
-    });
-    let left: Vec<Vec<u32>> = groups.iter().map(|g| common::group_members(*g)).collect();
-    for g in &groups {
-        common::kill_group(*g);
-    }
+    let left = sigkill_primary_and_collect(&mut tb, &groups);
+    let gone = left.iter().all(Vec::is_empty);
     assert!(
         gone,
         "left running after the second keeper's turn: {left:?}"
