@@ -172,6 +172,34 @@ fn listen_on_fd_3_still_gets_forklines_socket() {
     cluster.stop_cleanly();
 }
 
+/// Without `--ipc`, a program named `node` gets Node's channel in a mode where workers accept,
+/// and the log says so once.
+#[test]
+fn a_node_program_gets_the_channel_by_default() {
+    require("node");
+    let dir = TempDir::new("node-ipc-auto");
+    let app = dir.write("app.js", NODE_APP);
+    let port = free_port();
+    let mut command = forkline();
+    command.args(["run", "-w", "2", "--mode", "reuseport", "--control"]);
+    command.arg(dir.path().join("control.sock"));
+    command
+        .arg("--")
+        .arg("node")
+        .arg(&app)
+        .arg(port.to_string());
+    let mut cluster = Running::spawn(command);
+    answers_from_workers(port, 2, STARTUP);
+    let said: Vec<String> = cluster
+        .stderr
+        .all()
+        .into_iter()
+        .filter(|l| l.contains("workers get Node's cluster channel"))
+        .collect();
+    assert_eq!(said.len(), 1, "{}", cluster.output());
+    cluster.stop_cleanly();
+}
+
 /// Round-robin hands connections out, which Node workers cannot take yet: refused at start.
 #[test]
 fn node_ipc_in_round_robin_mode_is_refused_in_one_line() {

@@ -113,7 +113,14 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
             settings.mode.as_str()
         );
     }
-    if settings.ipc != "node" {
+    if settings.node_ipc(&program) {
+        if settings.ipc == "auto" {
+            tracing::info!(
+                "a node program: workers get Node's cluster channel, every server.listen() gets \
+                 forkline's socket (--ipc none to opt out)"
+            );
+        }
+    } else {
         hints::at_start(settings.mode, &program, !settings.listen.is_empty());
     }
     let sets_socket_files = settings.socket_mode.is_some() || settings.socket_owner.is_some();

@@ -1,5 +1,5 @@
 //! The checks of settings that no single value can get wrong: a mode and a strategy that do not
-//! go together, a setting that needs another.
+//! go together, a setting that needs another; and which channel workers get (`node_ipc`).
 
 use forkline::{Balance, Mode};
 
@@ -35,9 +35,9 @@ impl Settings {
         .map_err(crate::error::from_library)?;
         forkline::cli_support::check_accept_coalesce(self.accept_coalesce)
             .map_err(crate::error::from_library)?;
-        if !matches!(self.ipc.as_str(), "none" | "node") {
+        if !matches!(self.ipc.as_str(), "auto" | "none" | "node") {
             return Err(CliError::Usage(format!(
-                "ipc: unknown protocol `{}` (expected none or node)",
+                "ipc: unknown protocol `{}` (expected auto, none or node)",
                 self.ipc
             )));
         }
@@ -54,5 +54,20 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// Whether workers get Node's cluster channel: `--ipc node`, or `auto` for a program named
+    /// `node` (or `nodejs`) in a mode where workers accept (shared, reuseport, steer).
+    pub fn node_ipc(&self, program: &std::path::Path) -> bool {
+        match self.ipc.as_str() {
+            "node" => true,
+            "auto" => {
+                let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                matches!(name, "node" | "nodejs") && self.mode.workers_accept()
+            }
+            _ => false,
+        }
     }
 }

@@ -85,7 +85,7 @@ impl Settings {
             worker_timeout: self.worker_timeout,
             notify_socket: true,
             tcp_nodelay: self.tcp_nodelay,
-            node_ipc: self.ipc == "node",
+            node_ipc: self.node_ipc(program),
             unix_mode: self.socket_mode.map(|mode| mode.0),
             // Looked up by `run` (user names), then set there.
             unix_owner: None,

@@ -90,11 +90,12 @@ pub struct Settings {
     #[serde(with = "parse::text")]
     pub balance: Balance,
 
-    /// The channel workers get: none, or node (Node's own cluster channel: an unmodified Node
-    /// program is a cluster worker whose every server.listen() gets a socket of forkline's;
-    /// shared, reuseport and steer modes; --listen is then optional)
-    #[arg(long, env = "FORKLINE_IPC", value_name = "PROTOCOL", default_value = "none",
-          value_parser = ["none", "node"])]
+    /// The channel workers get: node (Node's own cluster channel: an unmodified Node program is
+    /// a cluster worker whose every server.listen() gets a socket of forkline's; shared,
+    /// reuseport and steer modes; --listen is then optional), none, or auto (node when the
+    /// program is node and the mode allows it)
+    #[arg(long, env = "FORKLINE_IPC", value_name = "PROTOCOL", default_value = "auto",
+          value_parser = ["auto", "none", "node"])]
     pub ipc: String,
 
     /// Proxy mode: how long a new connection waits for some worker to be up (all of them
