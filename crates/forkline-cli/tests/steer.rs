@@ -193,9 +193,14 @@ fn steer_least_conn_with_a_plain_program_steers_round_robin_and_says_why() {
             eprintln!("skipped: no BPF here (steering {})", status["steering"]);
             return;
         }
+        // Within one, as in strict round-robin: a SYN the kernel sends again takes a second
+        // turn, and its first pick keeps the count it was given (seen under load: 101/99/100).
         let counts = steered.spread(300);
         assert_eq!(counts.len(), 3, "{counts:?}");
-        assert!(counts.values().all(|&n| n == 100), "{counts:?}");
+        assert!(
+            counts.values().all(|&n| (99..=101).contains(&n)),
+            "{counts:?}"
+        );
         let said = |l: &String| l.contains("least-conn counts the connections workers report");
         let told = steered.cluster.stderr.wait_for(STARTUP, |l| {
             l.contains("least-conn counts the connections workers report")
