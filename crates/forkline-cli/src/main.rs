@@ -47,6 +47,7 @@ fn main() {
         Command::Reload(args) => cli::reload::reload(args),
         Command::Scale(args) => cli::scale::scale(args),
         Command::Restart(args) => cli::restart::restart(args),
+        Command::Send(args) => cli::send::send(args),
         Command::Stop(args) => cli::stop::stop(args),
         Command::Logs(args) => cli::logs::logs(args),
         Command::Top(args) => cli::top::top(args),

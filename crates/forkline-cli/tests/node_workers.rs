@@ -25,6 +25,7 @@ const server = http.createServer((req, res) =>
 server.on('error', (e) => process.send({ listenError: e.code, syscall: e.syscall }));
 server.listen(Number(process.argv[2]), '127.0.0.1');
 process.send({ hello: cluster.worker.id });
+process.on('message', (m) => process.send({ echo: m, from: cluster.worker.id }));
 "#;
 
 fn node_cluster(mode: &str, port: u16, dir: &TempDir) -> Running {
@@ -197,6 +198,59 @@ fn a_node_program_gets_the_channel_by_default() {
         .filter(|l| l.contains("workers get Node's cluster channel"))
         .collect();
     assert_eq!(said.len(), 1, "{}", cluster.output());
+    cluster.stop_cleanly();
+}
+
+/// `forkline send` reaches the workers' `process.on('message')`, one slot or all of them; their
+/// answers come back as messages in the primary's log.
+#[test]
+fn forkline_send_reaches_node_workers_and_they_answer() {
+    let dir = TempDir::new("node-ipc-send");
+    let port = free_port();
+    let mut cluster = node_cluster("reuseport", port, &dir);
+    answers_from_workers(port, 2, STARTUP);
+    let control = dir.path().join("control.sock");
+    let send = |to: &str, json: &str| {
+        let mut command = forkline();
+        command
+            .arg("send")
+            .arg("--control")
+            .arg(&control)
+            .args([to, json]);
+        run_to_end(command, STARTUP)
+    };
+    let one = send("1", r#"{"n":1}"#);
+    assert_eq!(one.code, Some(0), "{}", one.stderr);
+    assert!(one.stdout.contains("sent to 1 worker"), "{}", one.stdout);
+    let echoed = |body: &str| {
+        let body = body.to_string();
+        move |l: &str| l.contains("message from worker") && l.contains(&body)
+    };
+    let said = cluster
+        .stderr
+        .wait_for(STARTUP, echoed(r#"{"echo":{"n":1},"from":1}"#));
+    assert!(said.is_some(), "{}", cluster.output());
+    let all = send("all", r#""hi""#);
+    assert!(
+        all.stdout.contains("sent to 2 workers"),
+        "{} {}",
+        all.stdout,
+        all.stderr
+    );
+    for slot in 0..2 {
+        let body = format!(r#"{{"echo":"hi","from":{slot}}}"#);
+        let said = cluster.stderr.wait_for(STARTUP, echoed(&body));
+        assert!(said.is_some(), "{}", cluster.output());
+    }
+    let bad = send("all", "{not json");
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    let nobody = send("7", "1");
+    assert_eq!(nobody.code, Some(1), "{}", nobody.stderr);
+    assert!(
+        nobody.stderr.contains("no worker in slot 7"),
+        "{}",
+        nobody.stderr
+    );
     cluster.stop_cleanly();
 }
 

@@ -14,6 +14,7 @@ pub mod reload;
 pub mod restart;
 pub mod run;
 pub mod scale;
+pub mod send;
 pub mod status;
 pub mod stop;
 pub mod top;
@@ -55,6 +56,8 @@ pub enum Command {
     Scale(scale::ScaleArgs),
     /// Replace one worker of a running cluster
     Restart(restart::RestartArgs),
+    /// Send a JSON message to one worker of a running cluster, or to all of them
+    Send(send::SendArgs),
     /// Stop a running cluster
     Stop(stop::StopArgs),
     /// Print a running cluster's recent worker output, and follow it with -f

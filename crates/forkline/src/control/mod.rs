@@ -25,7 +25,7 @@ mod request;
 mod status;
 
 pub use logs::{LogLine, LogsReply};
-pub use reply::{Done, Failure, Reply, Scaled, Upgraded};
+pub use reply::{Done, Failure, Reply, Scaled, Sent, Upgraded};
 pub use request::{Request, RequestLine};
 pub use status::{MigrationStatus, SlotStatus, Status, Steering};
 

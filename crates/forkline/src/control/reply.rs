@@ -149,6 +149,21 @@ impl Scaled {
     }
 }
 
+/// The answer to `send`: `{"ok":true,"workers":N}`, the workers it was queued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Sent {
+    /// How many workers the message was queued for.
+    pub workers: usize,
+}
+
+impl Sent {
+    /// Queued for `workers` workers.
+    pub fn new(workers: usize) -> Sent {
+        Sent { workers }
+    }
+}
+
 /// The answer to `upgrade`, once a new primary took over: `{"ok":true,"pid":NEW}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]

@@ -47,6 +47,15 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         slot: Option<usize>,
     },
+    /// A message for the workers' `process.on('message')` (Node) or `Worker::messages`
+    /// (forkline library): to the worker of `slot`, or without one to every connected worker.
+    Send {
+        /// The slot whose worker gets it; every worker when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slot: Option<usize>,
+        /// The message, any JSON value.
+        message: serde_json::Value,
+    },
     /// Replace the primary itself: start the program again as a new primary, which takes over
     /// once its workers are ready; answered with [`Upgraded`](super::Upgraded) when it has.
     Upgrade,

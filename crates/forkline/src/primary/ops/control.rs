@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
 use crate::control::{
-    Done, Failure, LogLine, LogsReply, Reply, Request, RequestLine, Scaled, Upgraded,
+    Done, Failure, LogLine, LogsReply, Reply, Request, RequestLine, Scaled, Sent, Upgraded,
     CONTROL_VERSION,
 };
 use crate::error::{Error, Result};
@@ -311,6 +311,33 @@ async fn answer(core: &Core, request: Request) -> Value {
             }
             reply(Ok(Done::default()))
         }
+        Request::Send { slot, message } => reply(send_message(core, slot, &message)),
         Request::Logs { .. } => failed(Failure::new("logs is answered as a stream")),
     }
+}
+
+/// Queues `message` for the worker of `slot`, or for every connected worker.
+fn send_message(
+    core: &Core,
+    slot: Option<usize>,
+    message: &Value,
+) -> std::result::Result<Sent, Failure> {
+    let workers = match slot {
+        Some(slot) => vec![core
+            .worker(slot)
+            .ok_or_else(|| Failure::new(format!("no worker in slot {slot}")))?],
+        None => core.workers(),
+    };
+    let mut sent = 0;
+    for worker in workers.iter().filter(|w| w.is_connected()) {
+        match worker.send(message) {
+            Ok(()) => sent += 1,
+            Err(e) if slot.is_some() => return Err(Failure::new(e.to_string())),
+            Err(_) => {}
+        }
+    }
+    if slot.is_some() && sent == 0 {
+        return Err(Failure::new("the worker is not connected"));
+    }
+    Ok(Sent::new(sent))
 }
