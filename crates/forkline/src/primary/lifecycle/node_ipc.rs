@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::process::Child;
@@ -77,7 +77,7 @@ pub(crate) async fn serve(
             return wait(worker, &mut child).await;
         }
     };
-    let mut lines = BufReader::new(reader);
+    let mut lines = LineReader::new(reader);
     let mut outbox = worker.take_outbox();
     let mut channel = Channel {
         core,
@@ -89,14 +89,22 @@ pub(crate) async fn serve(
         servers: HashMap::new(),
     };
     let mut open = true;
-    let mut line = String::new();
     let status = loop {
-        line.clear();
         tokio::select! {
             biased;
             status = child.wait() => break status,
-            read = read_line(&mut lines, &mut line), if open => match read {
-                Ok(true) => channel.on_line(&line).await,
+            // Cancel-safe: a read that loses the race reads nothing, and a line read in part
+            // stays in the reader's buffer for the next turn.
+            read = lines.fill(), if open => match read {
+                Ok(true) => {
+                    while let Some(line) = lines.next_line() {
+                        channel.on_line(&line).await;
+                    }
+                    if lines.overlong() {
+                        ipc::worker_error(core, worker, "node channel: line too long".into());
+                        open = false;
+                    }
+                }
                 Ok(false) | Err(_) => {
                     open = false;
                     ipc::disconnected(core, worker);
@@ -111,11 +119,12 @@ pub(crate) async fn serve(
     // The process is gone: everything it sent is in the socket already.
     let mut drained = 0;
     while open && drained < MAX_DRAINED {
-        line.clear();
-        match tokio::time::timeout(std::time::Duration::ZERO, read_line(&mut lines, &mut line))
-            .await
-        {
-            Ok(Ok(true)) => channel.on_line(&line).await,
+        match tokio::time::timeout(std::time::Duration::ZERO, lines.fill()).await {
+            Ok(Ok(true)) => {
+                while let Some(line) = lines.next_line() {
+                    channel.on_line(&line).await;
+                }
+            }
             _ => break,
         }
         drained += 1;
@@ -133,15 +142,37 @@ async fn next_packet(
     }
 }
 
-/// Reads one line into `line`; false at end of file. A line longer than [`MAX_LINE`] is an
-/// error.
-async fn read_line(lines: &mut BufReader<OwnedReadHalf>, line: &mut String) -> io::Result<bool> {
-    let mut taken = (&mut *lines).take(MAX_LINE as u64 + 1);
-    let n = taken.read_line(line).await?;
-    if n > MAX_LINE {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+/// Newline-delimited lines off the channel, read without losing any to a lost race.
+struct LineReader {
+    reader: OwnedReadHalf,
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    fn new(reader: OwnedReadHalf) -> LineReader {
+        LineReader {
+            reader,
+            buf: Vec::new(),
+        }
     }
-    Ok(n > 0)
+
+    /// Reads what is there (cancel-safe); false at end of file.
+    async fn fill(&mut self) -> io::Result<bool> {
+        self.buf.reserve(8192);
+        Ok(self.reader.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// The next complete line, if one is buffered.
+    fn next_line(&mut self) -> Option<String> {
+        let end = self.buf.iter().position(|&b| b == b'\n')?;
+        let line: Vec<u8> = self.buf.drain(..=end).collect();
+        Some(String::from_utf8_lossy(&line).into_owned())
+    }
+
+    /// True when more than [`MAX_LINE`] bytes wait without a newline.
+    fn overlong(&self) -> bool {
+        self.buf.len() > MAX_LINE
+    }
 }
 
 async fn wait(worker: &WorkerHandle, child: &mut Child) -> ExitInfo {
@@ -297,10 +328,7 @@ impl Channel<'_> {
                 .and_then(|at| self.core.prebound().get(at))
                 .ok_or(libc::EBADF)?
                 .clone();
-            let socket = listener
-                .socket_for(self.worker.id())
-                .map_err(|e| errno_of(&e))?;
-            return Ok((listener, socket));
+            return self.socket_of(listener);
         }
         // A `--listen` address bound up front serves a Node listen on its port.
         let prebound = self.core.prebound().iter().find(|l| {
@@ -329,11 +357,22 @@ impl Channel<'_> {
                 }
             }
         };
+        self.socket_of(listener)
+    }
+
+    /// The socket of `listener` this worker gets, non-blocking: Node builds its handle from
+    /// the fd as it is, and its accept loop blocks in `accept` on a blocking one (the worker
+    /// then serves nothing more and never finishes a `disconnect`).
+    fn socket_of(
+        &self,
+        listener: Arc<BoundListener>,
+    ) -> Result<(Arc<BoundListener>, Arc<OwnedFd>), i32> {
         let socket = listener
             .socket_for(self.worker.id())
             .map_err(|e| errno_of(&e))?;
-        // Node 18's libuv freezes on a blocking listening socket.
-        let _ = socket2::SockRef::from(socket.as_ref()).set_nonblocking(true);
+        socket2::SockRef::from(socket.as_ref())
+            .set_nonblocking(true)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
         Ok((listener, socket))
     }
 
