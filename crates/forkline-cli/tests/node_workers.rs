@@ -28,27 +28,25 @@ process.send({ hello: cluster.worker.id });
 process.on('message', (m) => process.send({ echo: m, from: cluster.worker.id }));
 "#;
 
-fn node_cluster(mode: &str, port: u16, dir: &TempDir) -> Running {
+/// `forkline run -w 2 FLAGS --control DIR/control.sock -- node SCRIPT ARGS`, the script written
+/// into `dir` first.
+fn start_node(dir: &TempDir, script: &str, flags: &[&str], args: &[String]) -> Running {
     require("node");
-    let app = dir.write("app.js", NODE_APP);
+    let file = dir.write("app.js", script);
     let mut command = forkline();
-    command.args([
-        "run",
-        "-w",
-        "2",
-        "--mode",
-        mode,
-        "--ipc",
-        "node",
-        "--control",
-    ]);
-    command.arg(dir.path().join("control.sock"));
     command
-        .arg("--")
-        .arg("node")
-        .arg(&app)
-        .arg(port.to_string());
+        .args(["run", "-w", "2"])
+        .args(flags)
+        .arg("--control");
+    command.arg(dir.path().join("control.sock"));
+    command.arg("--").arg("node").arg(&file).args(args);
     Running::spawn(command)
+}
+
+/// The app on `port`, with `--ipc node` in `mode`.
+fn node_cluster(mode: &str, port: u16, dir: &TempDir) -> Running {
+    let flags = ["--mode", mode, "--ipc", "node"];
+    start_node(dir, NODE_APP, &flags, &[port.to_string()])
 }
 
 /// Both workers serve the port the app asked for, each a Node cluster worker with its slot as
@@ -160,15 +158,11 @@ fn a_killed_node_worker_is_replaced_and_serves_again() {
 /// existed) keeps working with it: fd 3 is still the `--listen` socket.
 #[test]
 fn listen_on_fd_3_still_gets_forklines_socket() {
-    require("node");
     let dir = TempDir::new("node-ipc-fd3");
-    let server = dir.write("server.js", NODE_SERVER);
     let port = free_port();
-    let mut command = forkline();
-    command.args(["run", "-w", "2", "--mode", "shared", "--ipc", "node", "-l"]);
-    command.arg(format!("127.0.0.1:{port}"));
-    command.arg("--").arg("node").arg(&server);
-    let mut cluster = Running::spawn(command);
+    let address = format!("127.0.0.1:{port}");
+    let flags = ["--mode", "shared", "--ipc", "node", "-l", &address];
+    let mut cluster = start_node(&dir, NODE_SERVER, &flags, &[]);
     answers_from_workers(port, 2, STARTUP);
     cluster.stop_cleanly();
 }
@@ -177,19 +171,10 @@ fn listen_on_fd_3_still_gets_forklines_socket() {
 /// and the log says so once.
 #[test]
 fn a_node_program_gets_the_channel_by_default() {
-    require("node");
     let dir = TempDir::new("node-ipc-auto");
-    let app = dir.write("app.js", NODE_APP);
     let port = free_port();
-    let mut command = forkline();
-    command.args(["run", "-w", "2", "--mode", "reuseport", "--control"]);
-    command.arg(dir.path().join("control.sock"));
-    command
-        .arg("--")
-        .arg("node")
-        .arg(&app)
-        .arg(port.to_string());
-    let mut cluster = Running::spawn(command);
+    let flags = ["--mode", "reuseport"];
+    let mut cluster = start_node(&dir, NODE_APP, &flags, &[port.to_string()]);
     answers_from_workers(port, 2, STARTUP);
     let said: Vec<String> = cluster
         .stderr

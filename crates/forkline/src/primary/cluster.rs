@@ -18,7 +18,7 @@ use crate::primary::lifecycle::supervisor::{self, Start};
 use crate::primary::lifecycle::{reload, shutdown};
 use crate::primary::ops::{stats, upgrade};
 use crate::primary::options::ClusterOptions;
-use crate::primary::status::Shutdown;
+use crate::primary::status::{Shutdown, SlotView};
 use crate::primary::traffic::steering;
 
 /// The primary's handle to a running cluster. Cheap to clone.
@@ -111,22 +111,7 @@ impl Cluster {
     /// Supervision state of every slot: who runs it, restarts and failures, connections handed
     /// to it. Reads no `/proc` (memory and CPU stay `None`; [`stats`](Self::stats) has them).
     pub fn status(&self) -> Vec<SlotStatus> {
-        self.core
-            .slots()
-            .into_iter()
-            .map(|view| SlotStatus {
-                slot: view.slot,
-                pid: view.pid,
-                state: view.state,
-                restarts: view.restarts,
-                failures: Some(view.failures),
-                connections: view.connections,
-                replacement_pid: view.replacement_pid,
-                crash_loop: view.crash_loop,
-                gave_up: view.gave_up,
-                ..SlotStatus::default()
-            })
-            .collect()
+        self.core.slots().iter().map(SlotView::status).collect()
     }
 
     /// True while a restart is booked for some slot (a worker died and its slot restarts after

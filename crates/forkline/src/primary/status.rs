@@ -51,3 +51,22 @@ pub(crate) struct SlotView {
     /// Connections handed to the current worker (round-robin/proxy).
     pub connections: u64,
 }
+
+impl SlotView {
+    /// The control protocol's status of this slot, from what the core knows (memory, CPU and
+    /// the traffic figures are for `stats` to add).
+    pub(crate) fn status(&self) -> crate::control::SlotStatus {
+        crate::control::SlotStatus {
+            slot: self.slot,
+            pid: self.pid,
+            state: self.state,
+            restarts: self.restarts,
+            failures: Some(self.failures),
+            connections: self.connections,
+            replacement_pid: self.replacement_pid,
+            crash_loop: self.crash_loop,
+            gave_up: self.gave_up,
+            ..Default::default()
+        }
+    }
+}

@@ -66,6 +66,14 @@ pub(crate) async fn serve(
         drained += 1;
     }
     channel.shutdown();
+    exit_info(worker, status)
+}
+
+/// How the worker's process ended, from what waiting for it returned.
+pub(crate) fn exit_info(
+    worker: &WorkerHandle,
+    status: std::io::Result<std::process::ExitStatus>,
+) -> ExitInfo {
     match status {
         Ok(status) => ExitInfo {
             code: status.code(),
@@ -374,7 +382,7 @@ async fn listen(
 
 /// The OS error number behind a bind error, or the one its kind stands for (a live Unix socket
 /// found by forkline itself is EADDRINUSE).
-fn errno_of(error: &std::io::Error) -> Option<i32> {
+pub(crate) fn errno_of(error: &std::io::Error) -> Option<i32> {
     use std::io::ErrorKind;
     error.raw_os_error().or(match error.kind() {
         ErrorKind::AddrInUse => Some(libc::EADDRINUSE),

@@ -13,7 +13,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -129,7 +128,7 @@ pub(crate) async fn serve(
         }
         drained += 1;
     }
-    exit_info(worker, status)
+    ipc::exit_info(worker, status)
 }
 
 /// The next packet the rest of the primary queued for the worker (messages, `disconnect`).
@@ -177,23 +176,7 @@ impl LineReader {
 
 async fn wait(worker: &WorkerHandle, child: &mut Child) -> ExitInfo {
     let status = child.wait().await;
-    exit_info(worker, status)
-}
-
-fn exit_info(worker: &WorkerHandle, status: io::Result<std::process::ExitStatus>) -> ExitInfo {
-    match status {
-        Ok(status) => ExitInfo {
-            code: status.code(),
-            signal: status.signal(),
-        },
-        Err(e) => {
-            tracing::error!(worker = worker.id(), error = %e, "waiting for worker failed");
-            ExitInfo {
-                code: None,
-                signal: None,
-            }
-        }
-    }
+    ipc::exit_info(worker, status)
 }
 
 impl Channel<'_> {
@@ -526,12 +509,7 @@ fn port_of(address: &str) -> i64 {
 fn errno_of(error: &Error) -> i32 {
     match error {
         Error::Listen { source, .. } | Error::Io(source) => {
-            source.raw_os_error().unwrap_or(match source.kind() {
-                io::ErrorKind::AddrInUse => libc::EADDRINUSE,
-                io::ErrorKind::AddrNotAvailable => libc::EADDRNOTAVAIL,
-                io::ErrorKind::PermissionDenied => libc::EACCES,
-                _ => libc::EINVAL,
-            })
+            ipc::errno_of(source).unwrap_or(libc::EINVAL)
         }
         _ => libc::EINVAL,
     }

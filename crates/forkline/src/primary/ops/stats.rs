@@ -36,13 +36,7 @@ pub(crate) fn snapshot(core: &Core, traffic: &Traffic) -> Status {
                 _ => None,
             };
             SlotStatus {
-                slot: slot.slot,
-                pid: slot.pid,
-                state: slot.state,
                 uptime_secs: current.as_ref().map(|w| secs(w.uptime())),
-                restarts: slot.restarts,
-                failures: Some(slot.failures),
-                connections: slot.connections,
                 connections_in_flight: current
                     .as_ref()
                     .and_then(|w| traffic.in_flight.get(&w.unique_id()).copied())
@@ -51,9 +45,7 @@ pub(crate) fn snapshot(core: &Core, traffic: &Traffic) -> Status {
                 rss_bytes: slot.pid.and_then(resident_bytes),
                 cpu_seconds: cpu_ticks.map(|t| t as f64 / ticks_per_second()),
                 cpu_percent,
-                replacement_pid: slot.replacement_pid,
-                crash_loop: slot.crash_loop,
-                gave_up: slot.gave_up,
+                ..slot.status()
             }
         })
         .collect();
