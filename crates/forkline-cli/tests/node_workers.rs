@@ -1,6 +1,7 @@
 //! Unmodified Node programs as forkline workers over Node's own cluster channel (`--ipc node`):
 //! `cluster.isWorker`, `cluster.worker.id` is the slot, every `server.listen(port)` is answered
-//! with a socket of forkline's (shared, reuseport and steer modes), messages go both ways, a
+//! with a socket of forkline's (shared, reuseport and steer modes; round-robin is
+//! `node_round_robin.rs`), messages go both ways, a
 //! bind error reaches the server's `'error'` as Node's, and a graceful stop is Node's
 //! `disconnect`. Real Node, real sockets on 127.0.0.1.
 
@@ -239,14 +240,17 @@ fn forkline_send_reaches_node_workers_and_they_answer() {
     cluster.stop_cleanly();
 }
 
-/// Round-robin hands connections out, which Node workers cannot take yet: refused at start.
+/// Proxy mode relays to each worker's own `$PORT`, which a Node worker binds itself: Node's
+/// channel is refused there, in one line naming the flag.
 #[test]
-fn node_ipc_in_round_robin_mode_is_refused_in_one_line() {
+fn node_ipc_in_proxy_mode_is_refused_in_one_line() {
     let mut command = forkline();
     command.args([
         "run",
         "--mode",
-        "round-robin",
+        "proxy",
+        "-l",
+        "127.0.0.1:1",
         "--ipc",
         "node",
         "--",

@@ -116,8 +116,8 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> Result<i32, CliError> {
     if settings.node_ipc(&program) {
         if settings.ipc == "auto" {
             tracing::info!(
-                "a node program: workers get Node's cluster channel, every server.listen() gets \
-                 forkline's socket (--ipc none to opt out)"
+                "a node program: workers get Node's cluster channel, every server.listen() is served by \
+                 forkline's primary (--ipc none to opt out)"
             );
         }
     } else {

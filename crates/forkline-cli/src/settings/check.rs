@@ -41,12 +41,12 @@ impl Settings {
                 self.ipc
             )));
         }
-        if self.ipc == "node" && !self.mode.workers_accept() {
-            return Err(CliError::Usage(format!(
-                "--ipc node works in shared, reuseport and steer modes (--mode {} hands \
-                 connections out, which is not built for Node workers yet)",
-                self.mode
-            )));
+        if self.ipc == "node" && self.mode == Mode::Proxy {
+            return Err(CliError::Usage(
+                "--ipc node: proxy mode relays to each worker's own $PORT; Node's cluster \
+                 channel works in round-robin, shared, reuseport and steer modes"
+                    .into(),
+            ));
         }
         if self.max_requests_jitter > 0 && self.max_requests.is_none() {
             return Err(CliError::Usage(
@@ -59,13 +59,13 @@ impl Settings {
 
 impl Settings {
     /// Whether workers get Node's cluster channel: `--ipc node`, or `auto` for a program named
-    /// `node` (or `nodejs`) in a mode where workers accept (shared, reuseport, steer).
+    /// `node` (or `nodejs`) in any mode but proxy (where a worker serves its own `$PORT`).
     pub fn node_ipc(&self, program: &std::path::Path) -> bool {
         match self.ipc.as_str() {
             "node" => true,
             "auto" => {
                 let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                matches!(name, "node" | "nodejs") && self.mode.workers_accept()
+                matches!(name, "node" | "nodejs") && self.mode != Mode::Proxy
             }
             _ => false,
         }

@@ -91,9 +91,10 @@ pub struct Settings {
     pub balance: Balance,
 
     /// The channel workers get: node (Node's own cluster channel: an unmodified Node program is
-    /// a cluster worker whose every server.listen() gets a socket of forkline's; shared,
-    /// reuseport and steer modes; --listen is then optional), none, or auto (node when the
-    /// program is node and the mode allows it)
+    /// a cluster worker whose every server.listen() is served by forkline's primary: a socket
+    /// of its own in shared, reuseport and steer modes, connections one by one in round-robin;
+    /// not in proxy mode; --listen is then optional), none, or auto (node when the program is
+    /// node and the mode is not proxy)
     #[arg(long, env = "FORKLINE_IPC", value_name = "PROTOCOL", default_value = "auto",
           value_parser = ["auto", "none", "node"])]
     pub ipc: String,

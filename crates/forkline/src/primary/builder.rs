@@ -213,7 +213,7 @@ impl ClusterBuilder {
     }
 
     /// Round-robin accept threads per listener (else `FORKLINE_ACCEPT_THREADS`, else
-    /// [`auto_accept_threads`](crate::primary::auto_accept_threads): 1 below 4 workers, then
+    /// `auto_accept_threads`: 1 below 4 workers, then
     /// one per 4 workers, 2 to 8, decided when the listener starts accepting from the workers
     /// the cluster keeps then; scaling later does not change it).
     ///
@@ -375,9 +375,11 @@ impl ClusterBuilder {
     /// Workers are unmodified Node programs (default false): each gets Node's own cluster
     /// channel (`cluster.isWorker` is true, `cluster.worker.id` is its slot), and every
     /// `server.listen(...)` it makes is answered with a socket of the primary's — the shared
-    /// one, or its own `SO_REUSEPORT` socket in reuseport and steer modes. Messages go both ways
-    /// (`Event::Message`, `WorkerHandle::send`). Round-robin and proxy modes are refused with
-    /// it (hand-off to Node workers is not built yet).
+    /// one, or its own `SO_REUSEPORT` socket in reuseport and steer modes; in round-robin mode
+    /// the primary accepts and hands each connection to the worker's server with Node's
+    /// `newconn`, one at a time. Messages go both ways (`Event::Message`,
+    /// `WorkerHandle::send`). Proxy mode is refused with it (a proxied worker binds its own
+    /// `$PORT`).
     pub fn node_ipc(mut self, on: bool) -> Self {
         self.opts.node_ipc = on;
         self
@@ -502,14 +504,13 @@ impl ClusterBuilder {
                 reason: "must be at least 1".into(),
             });
         }
-        if opts.node_ipc && !opts.mode.workers_accept() {
+        if opts.node_ipc && opts.mode == Mode::Proxy {
             return Err(Error::InvalidOption {
                 field: "node_ipc",
-                reason: format!(
-                    "Node workers get listening sockets in shared, reuseport and steer modes; \
-                     {} mode hands connections out, which is not built for them yet",
-                    opts.mode
-                ),
+                reason: "proxy mode relays to each worker's own port ($PORT), which a Node \
+                         worker binds itself; Node's cluster channel works in round-robin, \
+                         shared, reuseport and steer modes"
+                    .into(),
             });
         }
         if opts.credit_window == 0 {

@@ -296,7 +296,8 @@ pub struct ClusterOptions {
     pub subreaper: bool,
     /// Workers are Node programs that speak Node's own cluster protocol (`NODE_UNIQUE_ID`,
     /// `NODE_CHANNEL_FD`): every `server.listen(...)` asks the primary, which answers with its
-    /// socket (shared, reuseport and steer modes).
+    /// socket (shared, reuseport and steer modes) or hands it connections one `newconn` at a
+    /// time (round-robin mode).
     pub node_ipc: bool,
     /// Reuseport mode: how the queues of a closing worker's socket move to the other workers
     /// instead of being reset (default [`Migration::Auto`](crate::Migration::Auto)).

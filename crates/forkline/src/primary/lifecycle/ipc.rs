@@ -363,7 +363,11 @@ async fn listen(
         None => channel.send(&reply, &[]).await?,
     }
     if mode == Mode::RoundRobin {
-        core.dispatcher().add_target(worker, channel, listener.id);
+        core.dispatcher().add_target(
+            worker,
+            crate::primary::traffic::dispatch::sink::Sink::Forkline(channel.clone()),
+            listener.id,
+        );
         if fresh {
             crate::primary::traffic::dispatch::accept::start_accepting(core, &listener);
         }
@@ -396,7 +400,7 @@ pub(crate) fn errno_of(error: &std::io::Error) -> Option<i32> {
 
 /// The mode a listener of `kind` really gets: UDP cannot be handed off per connection (nor
 /// steered: forkline's program is for TCP), and SO_REUSEPORT means nothing for Unix sockets.
-fn effective_mode(kind: SocketKind, wanted: Mode) -> Mode {
+pub(crate) fn effective_mode(kind: SocketKind, wanted: Mode) -> Mode {
     match (kind, wanted) {
         (SocketKind::Udp, Mode::Reuseport | Mode::Steer) => Mode::Reuseport,
         (SocketKind::Udp, _) => Mode::Shared,

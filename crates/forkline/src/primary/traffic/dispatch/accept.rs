@@ -382,6 +382,7 @@ impl Dispatcher {
                         fd,
                         peer,
                         accepted,
+                        refused: false,
                     }),
                     Ok(None) => {
                         stopped = Some(Stopped::Drained);

@@ -13,4 +13,7 @@ pub(crate) struct Conn {
     /// When its batch was accepted (or, for one taken back from a worker, when it was taken
     /// back): where its handoff latency starts.
     pub(crate) accepted: Instant,
+    /// A Node worker whose server was open refused it (`accepted: false`, its
+    /// `maxConnections`): refused a second time, it is closed rather than passed around.
+    pub(crate) refused: bool,
 }

@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::conn::Conn;
+use super::sink::{Handoff, Sink};
 use super::unread::{has_unread, take_unread_connections, unread_connections};
 use crate::primary::handle::WorkerHandle;
 use crate::primary::options::{sticky_index, Balance};
 use crate::primary::traffic::counters::{AcceptErrorKind, LatencyHistogram, Traffic};
-use crate::protocol::channel::{encode, AsyncChannel};
+use crate::protocol::channel::encode;
 use crate::protocol::ToWorker;
 use crate::sys::MAX_FDS_PER_PACKET;
 
@@ -48,7 +49,9 @@ pub(super) struct Sent {
 /// A worker that takes handoffs.
 pub(super) struct Target {
     pub(super) handle: WorkerHandle,
-    pub(super) channel: Arc<AsyncChannel>,
+    pub(super) sink: Sink,
+    /// How many connections it may hold unacknowledged (see `Sink::window`).
+    pub(super) window: usize,
     /// Listener ids this worker listens on.
     pub(super) listeners: Vec<u64>,
     /// Connections handed off and not yet acknowledged: the credit in use.
@@ -178,20 +181,16 @@ impl Dispatcher {
         traffic
     }
 
-    /// Starts handing `listener`'s connections to `worker`.
-    pub(crate) fn add_target(
-        &self,
-        worker: &WorkerHandle,
-        channel: &Arc<AsyncChannel>,
-        listener: u64,
-    ) {
+    /// Starts handing `listener`'s connections to `worker`, through `sink`.
+    pub(crate) fn add_target(&self, worker: &WorkerHandle, sink: Sink, listener: u64) {
         let mut state = self.state.lock().unwrap();
         let target = state
             .targets
             .entry(worker.unique_id())
             .or_insert_with(|| Target {
                 handle: worker.clone(),
-                channel: channel.clone(),
+                window: sink.window(self.window),
+                sink,
                 listeners: Vec::new(),
                 inflight: 0,
                 open: 0,
@@ -200,7 +199,7 @@ impl Dispatcher {
                 stuck: false,
                 probed: false,
                 probe_after: Instant::now(),
-                sent: VecDeque::with_capacity(self.window),
+                sent: VecDeque::new(),
             });
         if !target.listeners.contains(&listener) {
             target.listeners.push(listener);
@@ -243,6 +242,63 @@ impl Dispatcher {
         self.flush(&mut state);
         drop(state);
         self.changed.notify_waiters();
+    }
+
+    /// The connections a Node worker's channel task still holds for `worker`, which exited
+    /// (sent and not `accepted`, or not sent yet: the primary keeps its copy of each until the
+    /// worker answers), go to other workers. The target goes first, and `held` is called under
+    /// the lock every handoff is sent under, so it finds every connection sent to the task and
+    /// none can follow.
+    pub(crate) fn take_back(&self, worker: &WorkerHandle, held: impl FnOnce() -> Vec<Conn>) {
+        let mut state = self.state.lock().unwrap();
+        state.targets.remove(&worker.unique_id());
+        let conns = held();
+        if conns.is_empty() {
+            return;
+        }
+        tracing::info!(
+            worker = worker.id(),
+            pid = worker.pid(),
+            count = conns.len(),
+            "re-dispatching connections the worker never took"
+        );
+        worker.count_taken_back(conns.len() as u64);
+        state.counters.redispatched += conns.len() as u64;
+        for conn in conns.into_iter().rev() {
+            state.pending.push_front(conn);
+        }
+        self.flush(&mut state);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// A Node worker answered `accepted: false` for `conn`: it goes to another worker — unless
+    /// the worker refused it with its server open (its `maxConnections`) and it was refused
+    /// before, when it is closed (its client sees the close, as with one Node process at its
+    /// `maxConnections`) rather than passed around for ever.
+    pub(crate) fn not_accepted(&self, worker: &WorkerHandle, mut conn: Conn, server_open: bool) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
+            target.inflight = target.inflight.saturating_sub(1);
+            target.last_ack = Instant::now();
+        }
+        if !(server_open && conn.refused) {
+            conn.refused |= server_open;
+            worker.count_taken_back(1);
+            state.counters.redispatched += 1;
+            state.pending.push_front(conn);
+        }
+        self.flush(&mut state);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// `worker` closed its server of `listener`: it gets no more of its connections.
+    pub(crate) fn leave(&self, worker: &WorkerHandle, listener: u64) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
+            target.listeners.retain(|l| *l != listener);
+        }
     }
 
     /// The worker now owns `seqs`; `open` is its reported open-connection count.
@@ -326,6 +382,7 @@ impl Dispatcher {
                 fd,
                 peer,
                 accepted: now,
+                refused: false,
             });
         }
         self.flush(&mut state);
@@ -359,7 +416,10 @@ impl Dispatcher {
                 // Only a packet that raced past the peek: it goes to the worker again, after
                 // what followed it, rather than being lost.
                 let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-                let sent = target.channel.try_send(&packet, &raw);
+                let Sink::Forkline(channel) = &target.sink else {
+                    continue;
+                };
+                let sent = channel.try_send(&packet, &raw);
                 tracing::warn!(
                     worker = target.handle.id(),
                     resent = sent.is_ok(),
@@ -447,7 +507,7 @@ impl Dispatcher {
             && state.targets.values().any(|t| {
                 !t.full
                     && !t.probe_pending()
-                    && t.inflight < self.window
+                    && t.inflight < t.window
                     && t.listeners.contains(&listener)
                     && t.handle.takes_connections()
             })
@@ -489,13 +549,12 @@ impl Dispatcher {
         conn: &Conn,
         planned: &HashMap<u64, usize>,
     ) -> Option<u64> {
-        let window = self.window;
         let serves = |t: &Target| t.listeners.contains(&conn.listener);
         let has_room = |key: &u64, t: &Target| {
             let planned = planned.get(key).copied().unwrap_or(0);
             !t.full
                 && serves(t)
-                && t.inflight + planned < window
+                && t.inflight + planned < t.window
                 && !(t.probe_pending() || (t.stuck && planned > 0))
                 && t.handle.takes_connections()
         };
@@ -563,6 +622,8 @@ impl Dispatcher {
         returned
     }
 
+    /// Sends `chunk` (connections of one listener) to the worker `key` as one `conns` packet,
+    /// or as `newconn`s to a Node worker's channel task. What could not be sent comes back.
     pub(super) fn send_chunk(
         &self,
         state: &mut State,
@@ -571,56 +632,90 @@ impl Dispatcher {
         chunk: Vec<Conn>,
     ) -> Result<(), Vec<Conn>> {
         let first = state.next_seq;
-        let seqs: Vec<u64> = (first..first + chunk.len() as u64).collect();
-        let peers = peer_list(&chunk);
-        let packet = encode(&ToWorker::Conns {
-            listener,
-            seqs,
-            peers,
-        })
-        .expect("a conns packet always fits");
-        let fds: Vec<RawFd> = chunk.iter().map(|c| c.fd.as_raw_fd()).collect();
+        let count = chunk.len();
         let accepted = chunk.last().map(|c| c.accepted);
         let Some(target) = state.targets.get_mut(&key) else {
             return Err(chunk);
         };
-        match target.channel.try_send(&packet, &fds) {
-            Ok(()) => {
-                if target.stuck {
-                    target.probed = true;
+        if let Err((e, chunk)) = deliver(&target.sink, listener, first, chunk) {
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => {
+                    target.full = true;
+                    Err(chunk)
                 }
-                target.handle.count_connections(chunk.len() as u64);
-                // The fds are in the worker's socket now; dropping `chunk` closes our copies.
-                target.inflight += fds.len();
-                let end = first + fds.len() as u64;
-                if let Some(accepted) = accepted {
-                    // Packets given back are dropped from the front only by a later ack: a
-                    // worker that stopped acking must not grow this without bound.
-                    if target.sent.len() >= 2 * self.window {
-                        target.sent.pop_front();
-                    }
-                    target.sent.push_back(Sent {
-                        first,
-                        end,
-                        accepted,
-                    });
+                // Too many fds in flight for this user (more than RLIMIT_NOFILE queued in
+                // sockets): they wait for the next ack, which frees some.
+                Some(libc::ETOOMANYREFS) => Err(chunk),
+                _ => {
+                    tracing::debug!(worker = target.handle.id(), error = %e, "handoff failed");
+                    target.listeners.clear();
+                    Err(chunk)
                 }
-                state.next_seq = end;
-                state.counters.handed_off += fds.len() as u64;
-                Ok(())
+            };
+        }
+        if target.stuck {
+            target.probed = true;
+        }
+        target.handle.count_connections(count as u64);
+        target.inflight += count;
+        let end = first + count as u64;
+        if let Some(accepted) = accepted {
+            // Packets given back are dropped from the front only by a later ack: a worker that
+            // stopped acking must not grow this without bound.
+            if target.sent.len() >= 2 * target.window {
+                target.sent.pop_front();
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                target.full = true;
-                Err(chunk)
+            target.sent.push_back(Sent {
+                first,
+                end,
+                accepted,
+            });
+        }
+        state.next_seq = end;
+        state.counters.handed_off += count as u64;
+        Ok(())
+    }
+}
+
+/// Puts `chunk` on its way through `sink`, its seqs from `first`: one `conns` packet (the fds
+/// are in the worker's socket then, and dropping `chunk` closes the primary's copies), or one
+/// `Handoff` each to a Node worker's channel task (which keeps them until the worker answers).
+/// On an error, nothing was sent and `chunk` comes back.
+fn deliver(
+    sink: &Sink,
+    listener: u64,
+    first: u64,
+    chunk: Vec<Conn>,
+) -> Result<(), (io::Error, Vec<Conn>)> {
+    match sink {
+        Sink::Forkline(channel) => {
+            let packet = encode(&ToWorker::Conns {
+                listener,
+                seqs: (first..first + chunk.len() as u64).collect(),
+                peers: peer_list(&chunk),
+            })
+            .expect("a conns packet always fits");
+            let fds: Vec<RawFd> = chunk.iter().map(|c| c.fd.as_raw_fd()).collect();
+            match channel.try_send(&packet, &fds) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Err((io::Error::from_raw_os_error(libc::EAGAIN), chunk))
+                }
+                Err(e) => Err((e, chunk)),
             }
-            // Too many fds in flight for this user (more than RLIMIT_NOFILE queued in sockets):
-            // they wait for the next ack, which frees some.
-            Err(e) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => Err(chunk),
-            Err(e) => {
-                tracing::debug!(worker = target.handle.id(), error = %e, "handoff failed");
-                target.listeners.clear();
-                Err(chunk)
+        }
+        // The task's queue is closed only once the worker exited (and its target is removed
+        // under the same lock right after): then nothing of `chunk` was taken.
+        Sink::Node(task) if task.is_closed() => Err((io::ErrorKind::BrokenPipe.into(), chunk)),
+        Sink::Node(task) => {
+            for (seq, conn) in (first..).zip(chunk) {
+                if let Err(lost) = task.send(Handoff { seq, conn }) {
+                    // Closed between the check and now: the connection is closed with the
+                    // handoff (its client sees it), as for a worker that died holding it.
+                    tracing::debug!(seq = lost.0.seq, "node worker gone before its handoff");
+                }
             }
+            Ok(())
         }
     }
 }
@@ -695,6 +790,7 @@ mod tests {
             fd: std::fs::File::open("/dev/null").unwrap().into(),
             peer: peer.map(|p| p.parse().unwrap()),
             accepted: Instant::now(),
+            refused: false,
         };
         let mixed = [
             conn(Some("127.0.0.1:1000")),

@@ -2,6 +2,7 @@
 //! the accept loops and threads that feed it, and taking back what a worker did not read.
 
 pub(crate) mod accept;
-mod conn;
+pub(crate) mod conn;
 pub(crate) mod dispatcher;
+pub(crate) mod sink;
 mod unread;

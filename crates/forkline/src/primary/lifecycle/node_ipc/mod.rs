@@ -6,9 +6,15 @@
 //! workers with no primary on the connection path. Also `online`, `listening`, `close`,
 //! `exitedAfterDisconnect`, `disconnect`, and messages both ways (`process.send`).
 //!
+//! In round-robin mode the primary accepts and hands each connection to the worker's server
+//! with Node's `newconn` (`newconn.rs`); the servers themselves are `listen.rs`.
+//!
 //! The channel is a stream socket of newline-delimited JSON. A message that carries a socket
 //! (`NODE_HANDLE`) sends it with the line's first byte; the worker acknowledges it, and until
 //! then nothing else is written (Node's own rule for handles in flight).
+
+mod listen;
+mod newconn;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -21,15 +27,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::process::Child;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-use crate::error::Error;
 use crate::primary::core::Core;
 use crate::primary::event::Event;
 use crate::primary::handle::{ExitInfo, WorkerHandle};
 use crate::primary::lifecycle::{ipc, readiness};
-use crate::primary::options::Readiness;
-use crate::primary::traffic::listeners::{BoundListener, ListenKey};
-use crate::protocol::{SocketKind, ToWorker};
+use crate::primary::traffic::dispatch::sink::Handoff;
+use crate::primary::traffic::listeners::BoundListener;
+use crate::protocol::ToWorker;
 
 /// Longest line read from a Node worker (a message it sends); a longer one breaks the protocol.
 const MAX_LINE: usize = 1 << 20;
@@ -56,6 +62,12 @@ struct Channel<'a> {
     in_flight: Option<Outgoing>,
     /// The worker's servers, by the key the primary gave each.
     servers: HashMap<String, Arc<BoundListener>>,
+    /// The key of the worker's server of each listener (by its id).
+    keys: HashMap<u64, String>,
+    /// Where the dispatcher sends this worker's connections (round-robin).
+    handoffs: UnboundedSender<Handoff>,
+    /// Connections sent with `newconn` and not answered yet, by the `seq` of that message.
+    handed: HashMap<u64, newconn::Handed>,
 }
 
 /// Serves the worker's Node channel until the process exits, then reads what it left queued.
@@ -78,6 +90,7 @@ pub(crate) async fn serve(
     };
     let mut lines = LineReader::new(reader);
     let mut outbox = worker.take_outbox();
+    let (handoffs, mut handoff_queue) = unbounded_channel();
     let mut channel = Channel {
         core,
         worker,
@@ -86,6 +99,9 @@ pub(crate) async fn serve(
         queued: VecDeque::new(),
         in_flight: None,
         servers: HashMap::new(),
+        keys: HashMap::new(),
+        handoffs,
+        handed: HashMap::new(),
     };
     let mut open = true;
     let status = loop {
@@ -107,8 +123,11 @@ pub(crate) async fn serve(
                 Ok(false) | Err(_) => {
                     open = false;
                     ipc::disconnected(core, worker);
+                    // Nothing can be accepted on a closed channel.
+                    channel.give_back_all(&mut handoff_queue);
                 }
             },
+            Some(handoff) = handoff_queue.recv(), if open => channel.newconn(handoff).await,
             packet = next_packet(&mut outbox), if open => match packet {
                 Some(packet) => channel.relay_queued(&packet).await,
                 None => outbox = None,
@@ -128,6 +147,7 @@ pub(crate) async fn serve(
         }
         drained += 1;
     }
+    channel.give_back_all(&mut handoff_queue);
     ipc::exit_info(worker, status)
 }
 
@@ -239,11 +259,7 @@ impl Channel<'_> {
             }
             Some("queryServer") => self.query_server(message, seq).await,
             Some("listening") => self.listening(message),
-            Some("close") => {
-                if let Some(key) = message["key"].as_str() {
-                    self.servers.remove(key);
-                }
-            }
+            Some("close") => self.close(message),
             Some("exitedAfterDisconnect") => {
                 self.worker
                     .shared
@@ -254,128 +270,9 @@ impl Channel<'_> {
                 let reply = self.cluster_reply(json!({"ack": seq}));
                 self.send(reply, None).await;
             }
-            // Replies to what the primary sent (`accepted` of a `newconn`: not sent here).
-            _ => {}
-        }
-    }
-
-    /// `server.listen(...)` in the worker: the listening socket for it, or Node's errno.
-    async fn query_server(&mut self, message: &Value, seq: Value) {
-        let key = server_key(message);
-        let reply = match self.listener_for(message) {
-            Ok((listener, socket)) => {
-                listener.hold(self.worker.unique_id());
-                self.servers.insert(key.clone(), listener);
-                let inner = self.cluster_reply(
-                    json!({"errno": 0, "key": key, "ack": seq, "data": message["data"].clone()}),
-                );
-                let kind = if message["addressType"].as_str().is_some() {
-                    "dgram.Native"
-                } else {
-                    "net.Native"
-                };
-                let line = json!({"cmd": "NODE_HANDLE", "type": kind, "msg": inner});
-                self.send(line, Some(socket)).await;
-                return;
-            }
-            Err(errno) => {
-                self.cluster_reply(json!({"errno": -errno, "key": key, "ack": seq, "data": null}))
-            }
-        };
-        self.send(reply, None).await;
-    }
-
-    /// The forkline listener for a `queryServer` and the socket this worker gets of it; an
-    /// errno when it cannot be bound.
-    fn listener_for(&self, message: &Value) -> Result<(Arc<BoundListener>, Arc<OwnedFd>), i32> {
-        let port = message["port"].as_i64().unwrap_or(0);
-        let address = message["address"].as_str().unwrap_or("");
-        let (kind, address) = match message["addressType"].as_i64() {
-            Some(-1) => (SocketKind::Unix, address.to_string()),
-            _ if message["addressType"].as_str().is_some() => {
-                (SocketKind::Udp, host_port(address, port, message))
-            }
-            _ => (SocketKind::Tcp, host_port(address, port, message)),
-        };
-        let index = if port == 0 {
-            message["index"].as_u64().unwrap_or(0) as u32
-        } else {
-            0
-        };
-        let mode = self.core.opts().mode;
-        // `listen({fd: N})`: the Nth socket forkline passed from fd 3 (LISTEN_FDS), as it is
-        // without Node's channel; any other fd names nothing of the primary's (EBADF).
-        if let Some(fd) = message["fd"].as_i64().filter(|fd| *fd >= 0) {
-            let listener = usize::try_from(fd - 3)
-                .ok()
-                .and_then(|at| self.core.prebound().get(at))
-                .ok_or(libc::EBADF)?
-                .clone();
-            return self.socket_of(listener);
-        }
-        // A `--listen` address bound up front serves a Node listen on its port.
-        let prebound = self.core.prebound().iter().find(|l| {
-            l.kind == kind && kind != SocketKind::Unix && port > 0 && port_of(&l.local) == port
-        });
-        let listener = match prebound {
-            Some(listener) => listener.clone(),
-            None => {
-                let key = ListenKey {
-                    kind,
-                    address: address.clone(),
-                    mode,
-                    index,
-                };
-                match self.core.listeners().get_or_bind(key) {
-                    Ok((listener, fresh)) => {
-                        if fresh {
-                            tracing::info!(address = %listener.local, mode = mode.as_str(), "listening");
-                        }
-                        listener
-                    }
-                    Err(e) => {
-                        tracing::error!(worker = self.worker.id(), %address, error = %e, "listen failed");
-                        return Err(errno_of(&e));
-                    }
-                }
-            }
-        };
-        self.socket_of(listener)
-    }
-
-    /// The socket of `listener` this worker gets, non-blocking: Node builds its handle from
-    /// the fd as it is, and its accept loop blocks in `accept` on a blocking one (the worker
-    /// then serves nothing more and never finishes a `disconnect`).
-    fn socket_of(
-        &self,
-        listener: Arc<BoundListener>,
-    ) -> Result<(Arc<BoundListener>, Arc<OwnedFd>), i32> {
-        let socket = listener
-            .socket_for(self.worker.id())
-            .map_err(|e| errno_of(&e))?;
-        socket2::SockRef::from(socket.as_ref())
-            .set_nonblocking(true)
-            .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
-        Ok((listener, socket))
-    }
-
-    /// The worker listens: `listening`, steering, readiness.
-    fn listening(&mut self, message: &Value) {
-        let Some(listener) = message["key"]
-            .as_str()
-            .and_then(|key| self.servers.get(key))
-            .or_else(|| self.servers.values().next())
-            .cloned()
-        else {
-            return;
-        };
-        crate::primary::traffic::steering::listening(self.worker, &listener);
-        self.core.emit(Event::Listening {
-            worker: self.worker.clone(),
-            address: listener.local.clone(),
-        });
-        if self.core.opts().readiness == Readiness::Listen {
-            readiness::set_ready(self.core, self.worker);
+            // A reply to what the primary sent: `accepted` of a `newconn`.
+            None => self.settle(message),
+            Some(_) => {}
         }
     }
 
@@ -463,71 +360,5 @@ impl Channel<'_> {
         if let Some(again) = self.in_flight.take() {
             self.write(again).await;
         }
-    }
-}
-
-/// Node's key of a server: unique among the worker's live servers.
-fn server_key(message: &Value) -> String {
-    let part = |name: &str| match &message[name] {
-        Value::Null => "null".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    format!(
-        "{}:{}:{}:{}:{}",
-        part("address"),
-        part("port"),
-        part("addressType"),
-        part("fd"),
-        part("index")
-    )
-}
-
-/// `host:port` for a TCP or UDP listen: any address when none was given (IPv6 dual-stack for
-/// Node's default, as Node's own primary binds).
-fn host_port(address: &str, port: i64, message: &Value) -> String {
-    let port = port.max(0);
-    match address {
-        "" | "::" if message["addressType"] == json!("udp4") => format!("0.0.0.0:{port}"),
-        "" | "::" => format!("[::]:{port}"),
-        "0.0.0.0" => format!("0.0.0.0:{port}"),
-        host if host.contains(':') => format!("[{host}]:{port}"),
-        host => format!("{host}:{port}"),
-    }
-}
-
-/// The port of a `host:port` address.
-fn port_of(address: &str) -> i64 {
-    address
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(-1)
-}
-
-/// The errno of a bind error, as Node wants it (positive here; sent negated).
-fn errno_of(error: &Error) -> i32 {
-    match error {
-        Error::Listen { source, .. } | Error::Io(source) => {
-            ipc::errno_of(source).unwrap_or(libc::EINVAL)
-        }
-        _ => libc::EINVAL,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_and_addresses_follow_node() {
-        let query =
-            json!({"address": null, "port": 3000, "addressType": 4, "fd": null, "index": 0});
-        assert_eq!(server_key(&query), "null:3000:4:null:0");
-        assert_eq!(host_port("", 3000, &query), "[::]:3000");
-        assert_eq!(host_port("127.0.0.1", 3000, &query), "127.0.0.1:3000");
-        assert_eq!(host_port("::1", 3000, &query), "[::1]:3000");
-        assert_eq!(port_of("127.0.0.1:3000"), 3000);
-        assert_eq!(port_of("[::]:80"), 80);
     }
 }

@@ -1,0 +1,296 @@
+//! Unmodified Node programs in round-robin mode over Node's own cluster channel: the primary
+//! accepts and hands each connection to a worker's server with Node's `newconn`, one in flight
+//! per worker. Even spread, a connection handed to a worker that never read it (stopped, then
+//! killed) served by another, a server closed in one worker (`accepted: false`), a rolling
+//! reload and a worker killed under load with nothing hanging. Real Node, 127.0.0.1.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// An HTTP server that knows nothing of forkline (a fixed port from its argument), answering
+/// with its cluster id and pid; `{"close": true}` from the primary closes its server.
+const NODE_APP: &str = r#"
+const http = require('http');
+const cluster = require('cluster');
+const server = http.createServer((req, res) =>
+  res.end(`id=${cluster.worker.id} pid=${process.pid}\n`));
+server.listen(Number(process.argv[2]), '127.0.0.1');
+process.on('message', (m) => {
+  if (m && m.close) server.close(() => process.send({ closed: cluster.worker.id }));
+});
+"#;
+
+/// `forkline run -w 2 --mode round-robin --ipc node FLAGS -- node app.js PORT`.
+fn start(dir: &TempDir, port: u16, flags: &[&str]) -> Running {
+    require("node");
+    let file = dir.write("app.js", NODE_APP);
+    let mut command = forkline();
+    command
+        .args(["run", "-w", "2", "--mode", "round-robin", "--ipc", "node"])
+        .args(flags)
+        .arg("--control")
+        .arg(dir.path().join("control.sock"))
+        .arg("--")
+        .arg("node")
+        .arg(&file)
+        .arg(port.to_string());
+    Running::spawn(command)
+}
+
+/// `forkline CMD --control DIR/control.sock ARGS`, run to its end.
+fn control(dir: &TempDir, command: &str, args: &[&str]) -> Finished {
+    let mut cmd = forkline();
+    cmd.arg(command)
+        .arg("--control")
+        .arg(dir.path().join("control.sock"))
+        .args(args);
+    run_to_end(cmd, STARTUP)
+}
+
+/// The pid of each slot, from answers.
+fn pids_by_slot(port: u16) -> BTreeMap<String, i32> {
+    let mut pids = BTreeMap::new();
+    for body in answers_from_workers(port, 2, STARTUP) {
+        if let (Some(id), Some(pid)) = (field(&body, "id"), field(&body, "pid")) {
+            pids.insert(id.to_string(), pid.parse().unwrap());
+        }
+    }
+    pids
+}
+
+/// Connection after connection goes to the next worker: 100 requests, 50 each (one off at
+/// most: a connection taken back goes first to whoever has room), CV <= 0.05.
+#[test]
+fn round_robin_spreads_an_unmodified_node_app_evenly() {
+    let dir = TempDir::new("node-rr-even");
+    let port = free_port();
+    let mut cluster = start(&dir, port, &[]);
+    pids_by_slot(port);
+    let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..100 {
+        let body = http_get(port).expect("an answer").body;
+        *by_id
+            .entry(field(&body, "id").unwrap_or("?").to_string())
+            .or_insert(0) += 1;
+    }
+    let counts: Vec<f64> = by_id.values().map(|&n| n as f64).collect();
+    assert_eq!(counts.len(), 2, "{by_id:?}");
+    let mean = counts.iter().sum::<f64>() / 2.0;
+    let sd = (counts.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    assert!(sd / mean <= 0.05, "CV {} for {by_id:?}", sd / mean);
+    cluster.signal(Signal::SIGTERM);
+    let status = cluster.wait_exit(STARTUP).expect("the primary stops");
+    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+    assert!(cluster.output().contains("cluster stopped clean=true"));
+}
+
+/// A connection handed to a worker that never reads it (SIGSTOPped) waits in the primary's
+/// hands, and when that worker is killed it goes to the other worker, which answers it: none of
+/// the requests sent meanwhile fails or hangs, and the stopped worker held one at most.
+#[test]
+fn a_connection_handed_to_a_stopped_then_killed_worker_is_served_by_another() {
+    let dir = TempDir::new("node-rr-stopped");
+    let port = free_port();
+    let mut cluster = start(&dir, port, &[]);
+    let pids = pids_by_slot(port);
+    let (victim, other) = (pids["0"], pids["1"]);
+    kill(Pid::from_raw(victim), Signal::SIGSTOP).unwrap();
+    // Four requests, each on its own connection, all sent before anyone answers.
+    let mut clients: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    // The other worker answers three; the fourth stays with the stopped one until it dies.
+    let in_flight = until(STARTUP, || {
+        let status = control(&dir, "status", &["--json"]);
+        let json: serde_json::Value = serde_json::from_str(&status.stdout).ok()?;
+        let held = json["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["pid"].as_i64() == Some(victim as i64))?["connections_in_flight"]
+            .as_u64()?;
+        (held == 1).then_some(held)
+    });
+    assert_eq!(in_flight, Some(1), "{}", cluster.output());
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    for client in &mut clients {
+        let mut answer = String::new();
+        client
+            .read_to_string(&mut answer)
+            .expect("every request is answered");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let pid: i32 = answer
+            .rsplit("pid=")
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+        assert_ne!(pid, victim, "{answer}");
+        assert!(pid == other || pid > 0, "{answer}");
+    }
+    let said = cluster
+        .stderr
+        .wait_for(STARTUP, |l| l.contains("re-dispatching connections"));
+    assert!(said.is_some(), "{}", cluster.output());
+    cluster.stop_cleanly();
+}
+
+/// A worker that closes its server answers the connections still coming to it with
+/// `accepted: false`, and they go to the other worker: every request succeeds, all from it.
+#[test]
+fn a_server_closed_in_one_worker_sends_its_connections_to_the_other() {
+    let dir = TempDir::new("node-rr-close");
+    let port = free_port();
+    let mut cluster = start(&dir, port, &[]);
+    let pids = pids_by_slot(port);
+    let sent = control(&dir, "send", &["0", r#"{"close":true}"#]);
+    assert_eq!(sent.code, Some(0), "{}", sent.stderr);
+    let closed = cluster.stderr.wait_for(STARTUP, |l| {
+        l.contains("message from worker") && l.contains(r#"{"closed":0}"#)
+    });
+    assert!(closed.is_some(), "{}", cluster.output());
+    for _ in 0..20 {
+        let body = http_get(port).expect("an answer").body;
+        assert_eq!(field(&body, "id"), Some("1"), "{body}");
+    }
+    // Worker 0 lives on (its channel is open), serving nothing.
+    assert!(alive(pids["0"] as u32));
+    cluster.stop_cleanly();
+}
+
+/// What a load loop saw: answered, failed, and requests that got no answer within the client's
+/// timeout (hung).
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    hung: AtomicU64,
+}
+
+/// `threads` clients, each sending one request per connection until `stop`.
+fn load(
+    port: u16,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Tally>, Vec<std::thread::JoinHandle<()>>) {
+    let tally = Arc::new(Tally::default());
+    let handles = (0..threads)
+        .map(|_| {
+            let (tally, stop) = (tally.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match http_get(port) {
+                        Ok(r) if r.status == 200 => tally.ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            tally.hung.fetch_add(1, Ordering::Relaxed)
+                        }
+                        _ => tally.failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    (tally, handles)
+}
+
+/// A rolling reload under load (Node's `disconnect` to each old worker once its replacement
+/// settled) fails no request.
+#[test]
+fn a_rolling_reload_under_load_fails_no_request() {
+    let dir = TempDir::new("node-rr-reload");
+    let port = free_port();
+    let mut cluster = start(&dir, port, &["--settle-time", "300ms"]);
+    let before = pids_by_slot(port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, clients) = load(port, 4, stop.clone());
+    let reloaded = control(&dir, "reload", &[]);
+    assert_eq!(reloaded.code, Some(0), "{}", reloaded.stderr);
+    let after = until(STARTUP, || {
+        let pids = pids_by_slot(port);
+        pids.values()
+            .all(|pid| !before.values().any(|old| old == pid))
+            .then_some(pids)
+    });
+    assert!(after.is_some(), "not replaced: {}", cluster.output());
+    let served_after = tally.ok.load(Ordering::Relaxed);
+    until(STARTUP, || {
+        (tally.ok.load(Ordering::Relaxed) > served_after + 50).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let (ok, failed, hung) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+        tally.hung.load(Ordering::Relaxed),
+    );
+    eprintln!("reload under load: ok {ok} failed {failed} hung {hung}");
+    assert!(ok > 100, "only {ok} answered");
+    assert_eq!((failed, hung), (0, 0), "ok {ok}: {}", cluster.output());
+    cluster.stop_cleanly();
+}
+
+/// A worker SIGKILLed under load: the connections it had accepted die with it (their clients
+/// see the close), every other one is answered — by the survivor or the replacement — and none
+/// hangs.
+#[test]
+fn a_node_worker_killed_under_load_leaves_no_connection_hanging() {
+    let dir = TempDir::new("node-rr-kill");
+    let port = free_port();
+    let mut cluster = start(&dir, port, &[]);
+    let before = pids_by_slot(port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, clients) = load(port, 4, stop.clone());
+    until(STARTUP, || {
+        (tally.ok.load(Ordering::Relaxed) > 50).then_some(())
+    });
+    kill(Pid::from_raw(before["0"]), Signal::SIGKILL).unwrap();
+    let replaced = until(STARTUP, || {
+        let pids = pids_by_slot(port);
+        (pids.get("0").is_some_and(|pid| *pid != before["0"])).then_some(())
+    });
+    assert!(replaced.is_some(), "{}", cluster.output());
+    let served = tally.ok.load(Ordering::Relaxed);
+    until(STARTUP, || {
+        (tally.ok.load(Ordering::Relaxed) > served + 50).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let (ok, failed, hung) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+        tally.hung.load(Ordering::Relaxed),
+    );
+    eprintln!("killed under load: ok {ok} failed {failed} hung {hung}");
+    assert_eq!(hung, 0, "ok {ok} failed {failed}: {}", cluster.output());
+    // At most what the killed worker held: its open connections (4 clients).
+    assert!(failed <= 4, "ok {ok} failed {failed}: {}", cluster.output());
+    cluster.stop_cleanly();
+}
