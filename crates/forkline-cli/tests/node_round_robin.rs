@@ -156,6 +156,7 @@ fn a_connection_handed_to_a_stopped_then_killed_worker_is_served_by_another() {
 
 /// A worker that closes its server answers the connections still coming to it with
 /// `accepted: false`, and they go to the other worker: every request succeeds, all from it.
+/// (The worker's message saying so is in the log and in `forkline logs`.)
 #[test]
 fn a_server_closed_in_one_worker_sends_its_connections_to_the_other() {
     let dir = TempDir::new("node-rr-close");
@@ -168,6 +169,16 @@ fn a_server_closed_in_one_worker_sends_its_connections_to_the_other() {
         l.contains("message from worker") && l.contains(r#"{"closed":0}"#)
     });
     assert!(closed.is_some(), "{}", cluster.output());
+    // The message is in `forkline logs` too, as the worker's.
+    let logs = control(&dir, "logs", &["--slot", "0"]);
+    assert!(
+        logs.stdout
+            .lines()
+            .any(|l| l.contains(":0 ") && l.ends_with(r#"message: {"closed":0}"#)),
+        "{}{}",
+        logs.stdout,
+        logs.stderr
+    );
     for _ in 0..20 {
         let body = http_get(port).expect("an answer").body;
         assert_eq!(field(&body, "id"), Some("1"), "{body}");

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 
 use clap::Args;
 use forkline::control::{LogsReply, Request};
+use forkline::OutputStream;
 
 use super::cluster_args::ClusterArgs;
 use crate::control;
@@ -84,10 +85,15 @@ fn render(name: &str, reply: &LogsReply) -> Option<String> {
             "... {skipped} lines skipped (this reader fell behind)"
         )),
         LogsReply::Line(line) => Some(format!(
-            "{} [{name}:{} {}] {}",
+            "{} [{name}:{} {}] {}{}",
             humantime::format_rfc3339_micros(line.time),
             line.slot,
             line.pid,
+            if line.stream == OutputStream::Message {
+                "message: "
+            } else {
+                ""
+            },
             line.line
         )),
         _ => None,

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::primary::core::Core;
 use crate::primary::event::Event;
 use crate::primary::handle::{ExitInfo, Outgoing, WorkerHandle, WorkerShared, WorkerState};
+use crate::primary::lifecycle::output_buffer::{OutputLine, OutputStream};
 use crate::primary::options::{Balance, Readiness};
 use crate::primary::traffic::dispatch::dispatcher::Dispatcher;
 use crate::primary::traffic::listeners::ListenKey;
@@ -114,6 +115,23 @@ pub(crate) fn worker_error(core: &Core, worker: &WorkerHandle, error: String) {
         error,
     });
     let _ = worker.signal_group(Signal::SIGKILL);
+}
+
+/// A message of the worker's own (Node's `process.send`, the library's `Worker::send`): a log
+/// line naming the worker, a line in `forkline logs`, and `Event::Message`.
+pub(crate) fn message_from_worker(core: &Core, worker: &WorkerHandle, payload: serde_json::Value) {
+    tracing::info!(worker = worker.id(), pid = worker.pid(), message = %payload, "message from worker");
+    core.output().push(OutputLine {
+        time: std::time::SystemTime::now(),
+        slot: worker.id(),
+        pid: worker.pid(),
+        stream: OutputStream::Message,
+        line: payload.to_string(),
+    });
+    core.events().emit(Event::Message {
+        worker: worker.clone(),
+        payload,
+    });
 }
 
 /// The worker's channel closed: Node's `disconnect`.
@@ -222,10 +240,7 @@ async fn handle_packet(
             core.dispatcher().report_load(worker, open);
             crate::primary::traffic::steering::report_load(core, worker, open);
         }
-        FromWorker::Message { data } => core.events().emit(Event::Message {
-            worker: worker.clone(),
-            payload: data,
-        }),
+        FromWorker::Message { data } => message_from_worker(core, worker, data),
         FromWorker::Returned { listener, seqs } => core
             .dispatcher()
             .give_back(worker, listener, seqs.len(), packet.fds)

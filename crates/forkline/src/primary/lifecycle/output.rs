@@ -102,7 +102,7 @@ impl Style {
 fn colours(stream: OutputStream) -> bool {
     let terminal = match stream {
         OutputStream::Stdout => std::io::stdout().is_terminal(),
-        OutputStream::Stderr => std::io::stderr().is_terminal(),
+        OutputStream::Stderr | OutputStream::Message => std::io::stderr().is_terminal(),
     };
     terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
@@ -143,7 +143,9 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
         // One write_all under the std lock: whole lines, never interleaved.
         let _ = match which {
             OutputStream::Stdout => std::io::stdout().lock().write_all(&out),
-            OutputStream::Stderr => std::io::stderr().lock().write_all(&out),
+            OutputStream::Stderr | OutputStream::Message => {
+                std::io::stderr().lock().write_all(&out)
+            }
         };
         core.output().push(line);
     }

@@ -1,7 +1,7 @@
 //! The recent worker output the primary keeps for `forkline logs`: a ring of the last lines
 //! every worker wrote (bounded in bytes, oldest dropped first), and a broadcast of each new
 //! line for followers. Only output the primary copies (`WorkerStdio::Prefixed` or `Captured`)
-//! is kept.
+//! is kept, and the messages workers send on their channel.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -19,11 +19,15 @@ const FOLLOW_BACKLOG: usize = 1024;
 /// Which of a worker's streams a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum OutputStream {
     /// Its stdout.
     Stdout,
     /// Its stderr.
     Stderr,
+    /// A message it sent the primary on its channel (Node's `process.send`, the library's
+    /// `Worker::send`), as one line of JSON.
+    Message,
 }
 
 impl std::fmt::Display for OutputStream {
@@ -31,6 +35,7 @@ impl std::fmt::Display for OutputStream {
         f.write_str(match self {
             OutputStream::Stdout => "stdout",
             OutputStream::Stderr => "stderr",
+            OutputStream::Message => "message",
         })
     }
 }

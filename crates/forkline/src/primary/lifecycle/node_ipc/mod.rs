@@ -30,7 +30,6 @@ use tokio::process::Child;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::primary::core::Core;
-use crate::primary::event::Event;
 use crate::primary::handle::{ExitInfo, WorkerHandle};
 use crate::primary::lifecycle::{ipc, readiness};
 use crate::primary::traffic::dispatch::sink::Handoff;
@@ -238,13 +237,9 @@ impl Channel<'_> {
         }
     }
 
-    /// A message of the program's own: an event, and a log line naming the worker.
+    /// A message of the program's own (`process.send`).
     fn user_message(&self, payload: Value) {
-        tracing::info!(worker = self.worker.id(), pid = self.worker.pid(), message = %payload, "message from worker");
-        self.core.emit(Event::Message {
-            worker: self.worker.clone(),
-            payload,
-        });
+        ipc::message_from_worker(self.core, self.worker, payload);
     }
 
     async fn cluster_message(&mut self, message: &Value) {
