@@ -373,7 +373,7 @@ fn listen_answer(
     address: &str,
     index: Option<indexes::ListenIndex>,
 ) -> Result<ListenReply> {
-    let reply = answer.map_err(|_| Error::Protocol("primary went away during listen".into()))?;
+    let reply = answer.map_err(|_| Error::Protocol("the channel closed during listen (the worker was disconnected, or the primary went away)".into()))?;
     let mut reply = reply.map_err(|e| match e {
         Error::Listen { source, .. } => Error::Listen {
             address: address.to_string(),

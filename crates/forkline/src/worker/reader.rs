@@ -89,6 +89,9 @@ fn handle(
         }
         Ok(None) | Err(_) => {
             if shared.closing.load(Ordering::Acquire) {
+                // Disconnected: a `listen` still waiting for its answer gets none (the primary's
+                // answer, if it sent one, found the channel closed) and fails now.
+                shared.replies.lock().unwrap().clear();
                 return false;
             }
             // The primary is gone: a worker never outlives it.
@@ -219,11 +222,13 @@ fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(),
             send_ack(shared, state, None)?;
             shared.mark_disconnected();
             state.messages = None;
-            if shared.closing.load(Ordering::Acquire) {
-                // The answer to this worker's own `disconnecting`: the primary sends nothing
-                // after it, so the channel closes now (the next read sees the end).
-                shared.channel.shutdown();
-            }
+            // The primary sends nothing after `disconnect` (not one handoff: it stopped them
+            // first), and the listeners yield nothing new from here: the channel closes now,
+            // as a Node worker's does once its servers stop listening — the primary hears its
+            // `disconnect` then, while the worker lives on to finish the connections it holds.
+            // (The next read sees the end, and the reader stops without exiting the process.)
+            shared.closing.store(true, Ordering::Release);
+            shared.channel.shutdown();
         }
         ToWorker::Error { error } => return Err(Error::Protocol(error)),
         ToWorker::Welcome { .. } => return Err(Error::Protocol("unexpected welcome".into())),

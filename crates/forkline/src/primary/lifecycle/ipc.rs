@@ -96,8 +96,14 @@ async fn on_packet(
     channel: &Arc<AsyncChannel>,
     packet: Packet,
 ) {
-    if let Err(e) = handle_packet(core, worker, channel, packet).await {
-        worker_error(core, worker, e.to_string());
+    match handle_packet(core, worker, channel, packet).await {
+        Ok(()) => {}
+        // The worker closed its channel (it disconnected, after asking for something): its
+        // answer has nowhere to go, and nothing is wrong.
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            tracing::debug!(worker = worker.id(), "channel closed before the answer");
+        }
+        Err(e) => worker_error(core, worker, e.to_string()),
     }
 }
 
