@@ -90,6 +90,7 @@ impl Settings {
             // Looked up by `run` (user names), then set there.
             unix_owner: None,
             proxy_queue_timeout: self.proxy_queue_timeout,
+            proxy_in_kernel: self.proxy_kernel,
             handoff_timeout: self.handoff_timeout,
             ..ClusterOptions::default()
         }
@@ -152,6 +153,10 @@ mod tests {
         let layered = |key: &str| settings.source(key) != Source::Default;
         let unless_set = |key: &str, same: bool| assert!(same || layered(key), "{key}");
         unless_set("tcp-nodelay", opts.tcp_nodelay == library.tcp_nodelay);
+        unless_set(
+            "proxy-kernel",
+            opts.proxy_in_kernel == library.proxy_in_kernel,
+        );
         unless_set(
             "proxy-queue-timeout",
             opts.proxy_queue_timeout == library.proxy_queue_timeout,

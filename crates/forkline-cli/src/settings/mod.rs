@@ -99,6 +99,14 @@ pub struct Settings {
           value_parser = ["auto", "none", "node"])]
     pub ipc: String,
 
+    /// Proxy mode: steer each new connection in the kernel straight to a ready worker's own
+    /// listener (SK_LOOKUP; round-robin only), the relay taking only what it misses; false
+    /// relays every connection (as where the kernel refuses BPF)
+    #[arg(long, env = "FORKLINE_PROXY_KERNEL", value_name = "BOOL", action = ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), default_value = "true")]
+    pub proxy_kernel: bool,
+
     /// Proxy mode: how long a new connection waits for some worker to be up (all of them
     /// restarting, say) before it is closed
     #[arg(long, env = "FORKLINE_PROXY_QUEUE_TIMEOUT", value_name = "DURATION",

@@ -97,7 +97,7 @@ pub struct SlotStatus {
     pub gave_up: bool,
 }
 
-/// How steer mode steers connections ([`Status::steering`]).
+/// How steer mode, or proxy mode, steers connections ([`Status::steering`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
@@ -113,25 +113,36 @@ pub enum Steering {
     /// `fallback-reuseport`: BPF was refused; each worker accepts on its own socket and the
     /// kernel hashes.
     FallbackReuseport,
+    /// `proxy-kernel`: proxy mode, and a BPF program (`SK_LOOKUP`) sends each new connection
+    /// straight to the own listener of a worker in turn; the primary relays only what it
+    /// misses.
+    ProxyKernel,
+    /// `proxy-relay`: proxy mode, and the primary relays every connection (kernel steering
+    /// was refused, turned off, or not round-robin).
+    ProxyRelay,
 }
 
 impl Steering {
     /// Every value, in declaration order.
-    pub const ALL: [Steering; 4] = [
+    pub const ALL: [Steering; 6] = [
         Steering::BpfRoundRobin,
         Steering::BpfLeastConn,
         Steering::FallbackRoundRobin,
         Steering::FallbackReuseport,
+        Steering::ProxyKernel,
+        Steering::ProxyRelay,
     ];
 
     /// Its name on the wire: `bpf-round-robin`, `bpf-least-conn`, `fallback-round-robin`,
-    /// `fallback-reuseport`.
+    /// `fallback-reuseport`, `proxy-kernel`, `proxy-relay`.
     pub fn name(self) -> &'static str {
         match self {
             Steering::BpfRoundRobin => "bpf-round-robin",
             Steering::BpfLeastConn => "bpf-least-conn",
             Steering::FallbackRoundRobin => "fallback-round-robin",
             Steering::FallbackReuseport => "fallback-reuseport",
+            Steering::ProxyKernel => "proxy-kernel",
+            Steering::ProxyRelay => "proxy-relay",
         }
     }
 

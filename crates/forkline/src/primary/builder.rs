@@ -307,6 +307,16 @@ impl ClusterBuilder {
         self
     }
 
+    /// Proxy mode: steer each new connection in the kernel straight to a ready worker's own
+    /// listener (default true; `SK_LOOKUP`, Linux 5.9+ and `CAP_BPF`, round-robin only). The
+    /// primary takes each worker's listener on its `$PORT` (`pidfd_getfd`) once it accepts,
+    /// and relays only what the kernel does not steer; where BPF is refused, every connection
+    /// is relayed, as with `false`. [`Cluster::steering`](crate::Cluster::steering) says which.
+    pub fn proxy_in_kernel(mut self, on: bool) -> Self {
+        self.opts.proxy_in_kernel = on;
+        self
+    }
+
     /// Proxy mode: how long a client may wait for some worker to be up before it is closed
     /// (default 5 s).
     pub fn proxy_queue_timeout(mut self, timeout: Duration) -> Self {

@@ -154,7 +154,9 @@ impl Cluster {
     /// `BpfLeastConn` (a BPF program picks each new connection's worker in the kernel), or,
     /// where BPF was refused, `FallbackRoundRobin` (library workers: the primary accepts and
     /// hands connections out) or `FallbackReuseport` (each worker accepts on its own socket,
-    /// the kernel hashes). `None` outside steer mode.
+    /// the kernel hashes). In proxy mode, `ProxyKernel` (new connections go straight to the
+    /// workers' own listeners) or `ProxyRelay` (the primary relays them). `None` in other
+    /// modes.
     pub fn steering(&self) -> Option<Steering> {
         steering::status(&self.core)
     }

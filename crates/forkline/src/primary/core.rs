@@ -255,6 +255,10 @@ impl Core {
             return false;
         }
         first();
+        // Proxy mode: who the kernel steers to follows who takes connections.
+        if self.opts().mode == crate::protocol::Mode::Proxy {
+            self.proxy().sync();
+        }
         match to {
             WorkerState::Online => self.emit(Event::Online {
                 worker: worker.clone(),

@@ -299,6 +299,11 @@ pub struct ClusterOptions {
     /// socket (shared, reuseport and steer modes) or hands it connections one `newconn` at a
     /// time (round-robin mode).
     pub node_ipc: bool,
+    /// Proxy mode: steer each new connection in the kernel straight to a ready worker's own
+    /// listener (`SK_LOOKUP`, Linux 5.9+, with `CAP_BPF`; round-robin only), the relay only
+    /// taking what it misses (default true). Where the kernel refuses, every connection is
+    /// relayed, said once in the log.
+    pub proxy_in_kernel: bool,
     /// Reuseport mode: how the queues of a closing worker's socket move to the other workers
     /// instead of being reset (default [`Migration::Auto`](crate::Migration::Auto)).
     pub reuseport_migration: crate::Migration,
@@ -372,6 +377,7 @@ impl Default for ClusterOptions {
             handoff_timeout: Duration::from_secs(10),
             subreaper: false,
             node_ipc: false,
+            proxy_in_kernel: true,
             control: None,
             upgrade_timeout: Duration::from_secs(60),
             upgrade_env: Vec::new(),

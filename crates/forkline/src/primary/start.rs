@@ -18,7 +18,7 @@ use crate::primary::task;
 use crate::primary::traffic::dispatch::accept;
 use crate::primary::traffic::listeners::{BindOptions, ListenKey, ListenerTable};
 use crate::primary::traffic::{proxy, steering};
-use crate::protocol::Mode;
+use crate::protocol::{Mode, SocketKind};
 
 /// Starts a cluster with `opts`; `expect_protocol` when its workers are library workers.
 pub(crate) async fn start(mut opts: ClusterOptions, expect_protocol: bool) -> Result<Arc<Core>> {
@@ -96,6 +96,21 @@ pub(crate) async fn start(mut opts: ClusterOptions, expect_protocol: bool) -> Re
         }
         if let Some((address, listener)) = metrics {
             serve_metrics(&serving, &address, listener);
+        }
+        if serving.opts().mode == Mode::Proxy {
+            let first_tcp = serving
+                .prebound()
+                .iter()
+                .find(|l| l.kind == SocketKind::Tcp);
+            if let Some(listener) = first_tcp {
+                proxy::start_kernel_steering(
+                    serving.proxy(),
+                    serving.opts().proxy_in_kernel,
+                    serving.opts().balance,
+                    serving.stop_accepting().subscribe(),
+                    listener,
+                );
+            }
         }
         for listener in serving.prebound() {
             match serving.opts().mode {

@@ -7,7 +7,8 @@
 //! - `signals`: signals to a process or a process group;
 //! - `epoll`: the accept threads' exclusive epoll instances;
 //! - `bpf`: eBPF instructions, maps and program loading (reuseport steering and migration);
-//! - `keeper`: the keeper process, forked without exec, and its raw syscalls.
+//! - `keeper`: the keeper process, forked without exec, and its raw syscalls;
+//! - `pidfd`: process fds, and copying another process's fd (a proxied worker's listener).
 
 mod bpf;
 mod child;
@@ -15,10 +16,12 @@ mod epoll;
 mod fd_passing;
 mod fds;
 mod keeper;
+mod pidfd;
 mod signals;
 
 pub(crate) use bpf::{
-    attach_reuseport_prog, bpf_prog_load, BpfInsn, BpfMap, MappedWords, BPF_ANY, BPF_F_MMAPABLE,
+    attach_reuseport_prog, attach_to_netns, bpf_prog_load, BpfInsn, BpfMap, MappedWords, BPF_ANY,
+    BPF_F_MMAPABLE,
 };
 pub(crate) use child::{place_fds, prepare_child};
 pub(crate) use epoll::ExclusiveEpoll;
@@ -27,6 +30,7 @@ pub(crate) use fd_passing::{
 };
 pub(crate) use fds::{adopt_inherited_fd, async_fd, dup_cloexec};
 pub(crate) use keeper::fork_keeper;
+pub(crate) use pidfd::{pidfd_getfd, pidfd_open};
 // Only the keeper's tests read these.
 #[cfg(test)]
 pub(crate) use keeper::{KEEPER_IGNORED_SIGNALS, KEEPER_NAME};

@@ -135,6 +135,7 @@ async fn commit(
     };
     fresh.set_on_trial(false);
     core.dispatcher().wake();
+    core.proxy().sync();
     if let Some(old) = old {
         core.dispatcher().stop_new(&old);
         core.proxy()

@@ -5,6 +5,7 @@ pub(crate) mod coalesce;
 pub(crate) mod counters;
 pub(crate) mod dispatch;
 pub(crate) mod listeners;
+pub(crate) mod lookup;
 pub(crate) mod migration;
 pub(crate) mod proxy;
 pub(crate) mod splice;

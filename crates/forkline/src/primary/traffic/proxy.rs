@@ -3,6 +3,11 @@
 //! that know nothing of fds. A worker is up once its port accepts; new connections skip workers
 //! that are down, and a worker that refuses is skipped for the next one.
 //!
+//! Where the kernel allows it, the relay is only the fallback: kernel steering (`lookup/`)
+//! sends each new connection straight to the listener of a worker in turn, and this table
+//! decides who is in turn — the same workers the relay would choose (up, not stopped, taking
+//! connections), kept in step on every change (`sync`).
+//!
 //! For monitoring it counts connections accepted, handed off (connected to a worker's port)
 //! and re-dispatched (refused by a worker, so the next one got them) in relaxed atomics, one
 //! add per connection beside a task spawn, a connect and a relay; the connections in flight at
@@ -12,8 +17,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,6 +29,7 @@ use crate::primary::handle::WorkerHandle;
 use crate::primary::lifecycle::notice::WorkerNotice;
 use crate::primary::options::{sticky_index, Balance};
 use crate::primary::traffic::counters::{AcceptErrorKind, Traffic};
+use crate::primary::traffic::lookup::{self, KernelSteering};
 use crate::protocol::SocketKind;
 
 /// How long a connect to a worker's port may take before trying another worker.
@@ -41,6 +47,13 @@ struct Backend {
     active: Arc<AtomicUsize>,
 }
 
+impl Backend {
+    /// True when new connections may go to it: up, running, taking connections.
+    fn serves(&self) -> bool {
+        self.up && !self.stopped && self.handle.takes_connections()
+    }
+}
+
 /// The workers the proxy relays to, and the port of each slot.
 pub(crate) struct ProxyTable {
     backends: Mutex<BTreeMap<u64, Backend>>,
@@ -51,6 +64,10 @@ pub(crate) struct ProxyTable {
     /// How long a client waits for some worker to be up before it is closed.
     queue_timeout: Duration,
     counters: Counters,
+    /// Kernel steering, when it could start, with the public port it steers.
+    kernel: OnceLock<(KernelSteering, u16)>,
+    /// This primary stopped accepting (shutdown, or a new primary took over): nobody is in turn.
+    kernel_stopped: AtomicBool,
 }
 
 /// What the proxy counts (see `Traffic`).
@@ -71,6 +88,78 @@ impl ProxyTable {
             cursor: AtomicUsize::new(0),
             queue_timeout,
             counters: Counters::default(),
+            kernel: OnceLock::new(),
+            kernel_stopped: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts kernel steering of new connections to `public` (an IPv4 `HOST:PORT`): from now
+    /// on a worker that is up is steered to, straight to its own listener.
+    pub(crate) fn steer_in_kernel(&self, public: &str) -> io::Result<()> {
+        let address: SocketAddr = public.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not an address: {public}"),
+            )
+        })?;
+        let SocketAddr::V4(v4) = address else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "an IPv6 public address (the workers listen on 127.0.0.1)",
+            ));
+        };
+        let ip = (!v4.ip().is_unspecified()).then_some(*v4.ip());
+        let steering = KernelSteering::start(lookup::program::PublicAddress {
+            ip,
+            port: v4.port(),
+        })?;
+        let _ = self.kernel.set((steering, v4.port()));
+        Ok(())
+    }
+
+    /// True when new connections are steered in the kernel (else all are relayed).
+    pub(crate) fn in_kernel(&self) -> bool {
+        self.kernel.get().is_some()
+    }
+
+    /// This primary accepts no more: kernel steering stops (connections go to the listener,
+    /// which a successor accepts on, or nobody).
+    pub(crate) fn stop_steering(&self) {
+        self.kernel_stopped.store(true, Ordering::Release);
+        self.sync();
+    }
+
+    /// Puts in turn, in the kernel, exactly the workers the relay would choose now.
+    pub(crate) fn sync(&self) {
+        let Some((kernel, _)) = self.kernel.get() else {
+            return;
+        };
+        if self.kernel_stopped.load(Ordering::Acquire) {
+            kernel.set_turns(&[]);
+            return;
+        }
+        let backends = self.backends.lock().unwrap();
+        let mut up: Vec<&Backend> = backends.values().filter(|b| b.serves()).collect();
+        up.sort_by_key(|b| b.handle.id());
+        let ids: Vec<u64> = up.iter().map(|b| b.handle.unique_id()).collect();
+        kernel.set_turns(&ids);
+    }
+
+    /// Takes the listener of a worker that is up into kernel steering; where it cannot be
+    /// taken, that worker's connections are relayed (said once per worker).
+    fn take_listener(&self, worker: &WorkerHandle, port: u16) {
+        let Some((kernel, _)) = self.kernel.get() else {
+            return;
+        };
+        let taken = lookup::take_listener(worker.pid(), port)
+            .and_then(|socket| kernel.insert(worker.unique_id(), socket));
+        if let Err(e) = taken {
+            tracing::warn!(
+                worker = worker.id(),
+                pid = worker.pid(),
+                error = %e,
+                "proxy: could not take the worker's listener for kernel steering; its connections are relayed"
+            );
         }
     }
 
@@ -131,36 +220,53 @@ impl ProxyTable {
         );
     }
 
-    /// Marks the worker up: it receives new connections.
+    /// Marks the worker up: it receives new connections (in the kernel, straight to its
+    /// listener, once it takes connections).
     pub(crate) fn set_up(&self, worker: &WorkerHandle) {
-        if let Some(b) = self.backends.lock().unwrap().get_mut(&worker.unique_id()) {
-            b.up = true;
-        }
+        let port = match self.backends.lock().unwrap().get_mut(&worker.unique_id()) {
+            Some(b) => {
+                b.up = true;
+                b.port
+            }
+            None => return,
+        };
+        self.take_listener(worker, port);
+        self.sync();
     }
 
     /// Stops sending new connections to the worker.
     pub(crate) fn remove(&self, worker: &WorkerHandle) {
         self.backends.lock().unwrap().remove(&worker.unique_id());
+        if let Some((kernel, _)) = self.kernel.get() {
+            kernel.remove(worker.unique_id());
+        }
         if worker.is_dead() {
             self.ports.lock().unwrap().remove(&worker.unique_id());
         }
     }
 
     /// Stops sending new connections to the worker and waits (up to `grace`) until the
-    /// connections it is serving have finished, so stopping it drops none.
+    /// connections it is serving have finished, so stopping it drops none: its relays, and,
+    /// with kernel steering, the connections it accepted itself or has yet to accept.
     pub(crate) async fn retire(&self, worker: &WorkerHandle, grace: Duration) {
-        let active = {
+        let (active, port) = {
             let mut backends = self.backends.lock().unwrap();
             match backends.get_mut(&worker.unique_id()) {
                 Some(backend) => {
                     backend.up = false;
-                    backend.active.clone()
+                    (backend.active.clone(), backend.port)
                 }
                 None => return,
             }
         };
+        self.sync();
+        let direct = self.kernel.get().map(|(_, public)| *public);
+        let busy = || {
+            active.load(Ordering::Acquire) > 0
+                || direct.is_some_and(|public| lookup::serving(worker.pid(), port, public))
+        };
         let deadline = tokio::time::Instant::now() + grace;
-        while active.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        while busy() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.remove(worker);
@@ -184,6 +290,9 @@ impl ProxyTable {
                 backend.stopped = stopped;
             }
         }
+        drop(backends);
+        // Also catches every change of who takes connections (ready, draining, on trial).
+        self.sync();
     }
 
     /// Candidates for a client, best first, by the balancing strategy.
@@ -193,10 +302,7 @@ impl ProxyTable {
         client: Option<IpAddr>,
     ) -> Vec<(u16, WorkerHandle, Arc<AtomicUsize>)> {
         let backends = self.backends.lock().unwrap();
-        let mut up: Vec<&Backend> = backends
-            .values()
-            .filter(|b| b.up && !b.stopped && b.handle.takes_connections())
-            .collect();
+        let mut up: Vec<&Backend> = backends.values().filter(|b| b.serves()).collect();
         if up.is_empty() {
             return Vec::new();
         }
@@ -254,6 +360,42 @@ pub(crate) fn start_stopped_checks(table: &Arc<ProxyTable>, mut stop: watch::Rec
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
+    });
+}
+
+/// Starts kernel steering for `listener` (the first TCP one) where it is on and possible, says
+/// once which path connections take, and stops it when this primary stops accepting.
+pub(crate) fn start_kernel_steering(
+    table: &Arc<ProxyTable>,
+    enabled: bool,
+    balance: Balance,
+    mut stop: watch::Receiver<bool>,
+    listener: &crate::primary::traffic::listeners::BoundListener,
+) {
+    if !enabled {
+        return;
+    }
+    if balance != Balance::RoundRobin {
+        tracing::info!(
+            balance = balance.as_str(),
+            "proxy: the primary picks each connection's worker (kernel steering is round-robin only); relaying"
+        );
+        return;
+    }
+    match table.steer_in_kernel(&listener.local) {
+        Ok(()) => tracing::info!(
+            address = %listener.local,
+            "proxy: new connections go straight to the workers' own listeners (kernel steering, SK_LOOKUP); the relay takes what it misses"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "proxy: kernel steering unavailable; relaying every connection");
+            return;
+        }
+    }
+    let table = table.clone();
+    crate::primary::task::spawn("proxy-kernel-stop", async move {
+        let _ = stop.wait_for(|s| *s).await;
+        table.stop_steering();
     });
 }
 

@@ -53,6 +53,13 @@ pub(crate) fn effective(core: &Core, mode: Mode) -> Mode {
 
 /// What [`Cluster::steering`](crate::Cluster::steering) reports.
 pub(crate) fn status(core: &Core) -> Option<Steering> {
+    if core.opts().mode == Mode::Proxy {
+        return Some(if core.proxy().in_kernel() {
+            Steering::ProxyKernel
+        } else {
+            Steering::ProxyRelay
+        });
+    }
     let decided = core.listeners().steerer().status();
     if core.opts().mode != Mode::Steer && decided.is_none() {
         return None;

@@ -29,9 +29,19 @@ impl BpfInsn {
     }
 
     /// The instruction's offset (a jump's distance, a memory access's displacement).
-    #[cfg(test)]
     pub(crate) const fn off(&self) -> i16 {
         self.off
+    }
+
+    /// Sets the instruction's offset (a jump whose target was known only later).
+    pub(crate) fn set_off(&mut self, off: i16) {
+        self.off = off;
+    }
+
+    /// True for a conditional or unconditional jump (`BPF_JMP` class, not a call or an exit).
+    #[cfg(test)]
+    pub(crate) const fn is_jump(&self) -> bool {
+        self.code & 0x07 == 0x05 && !matches!(self.code & 0xf0, 0x80 | 0x90)
     }
 
     /// `dst = imm` (64-bit move: `BPF_ALU64 | BPF_MOV | BPF_K`).
@@ -85,6 +95,16 @@ impl BpfInsn {
     /// `if dst == imm goto pc + 1 + off` (`BPF_JMP | BPF_JEQ | BPF_K`).
     pub(crate) const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Self {
         Self::new(0x05 | 0x10, dst, 0, off, imm)
+    }
+
+    /// `if dst != imm goto pc + 1 + off` (`BPF_JMP | BPF_JNE | BPF_K`).
+    pub(crate) const fn jne_imm(dst: u8, imm: i32, off: i16) -> Self {
+        Self::new(0x05 | 0x50, dst, 0, off, imm)
+    }
+
+    /// `if dst != src goto pc + 1 + off` (`BPF_JMP | BPF_JNE | BPF_X`).
+    pub(crate) const fn jne_reg(dst: u8, src: u8, off: i16) -> Self {
+        Self::new(0x05 | 0x50 | 0x08, dst, src, off, 0)
     }
 
     /// `if dst > imm goto pc + 1 + off`, unsigned (`BPF_JMP | BPF_JGT | BPF_K`).

@@ -1,16 +1,18 @@
 //! eBPF: loading a program with bpf(BPF_PROG_LOAD) and attaching one to a reuseport group
-//! (`primary::migration`, `primary::steer`), and the maps a steering program reads
+//! (`primary::migration`, `primary::steer`) or to the network namespace (`primary::lookup`), and the maps a steering program reads
 //! (`BPF_MAP_CREATE`, `BPF_MAP_UPDATE_ELEM`, ...). No BPF library: the programs are a few
 //! instructions assembled in Rust ([`BpfInsn`]). This file holds the `bpf(2)` call itself; the
 //! instructions, the maps and the program loading each have a file of their own.
 
 mod insn;
+mod link;
 mod map;
 mod prog;
 
 use std::io;
 
 pub(crate) use insn::BpfInsn;
+pub(crate) use link::attach_to_netns;
 pub(crate) use map::{BpfMap, MappedWords, BPF_ANY, BPF_F_MMAPABLE};
 pub(crate) use prog::{attach_reuseport_prog, bpf_prog_load};
 
