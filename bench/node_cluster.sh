@@ -224,9 +224,9 @@ wait_ready() {
   return 1
 }
 
-# snapshot LOGFILE PIDS...: SIGUSR2 to each worker, then prints `PID COUNT` for each, from the
-# `served ... pid=PID requests=N` line it prints in answer (a worker that did not answer within
-# SNAP_TIMEOUT is printed as `PID -`).
+# snapshot LOGFILE PIDS...: SIGUSR2 to each worker, then prints `PID REQUESTS CONNECTIONS` for
+# each, in order, from the `served ... pid=PID requests=N connections=M` line it prints in
+# answer (a worker that did not answer within SNAP_TIMEOUT is printed as `PID - -`).
 snapshot() {
   local logf=$1 p deadline n
   shift
@@ -240,22 +240,35 @@ snapshot() {
     while :; do
       n=$(grep -c "served worker=[0-9]* pid=$p " "$logf" || true)
       if [ "$n" -gt "${before[$p]}" ]; then
-        echo "$p $(grep "served worker=[0-9]* pid=$p " "$logf" | tail -n 1 | sed -nE 's/.*requests=([0-9]+).*/\1/p')"
+        echo "$p $(grep "served worker=[0-9]* pid=$p " "$logf" | tail -n 1 |
+          sed -nE 's/.*requests=([0-9]+) connections=([0-9]+).*/\1 \2/p')"
         break
       fi
-      if [ "$SECONDS" -ge "$deadline" ]; then echo "$p -"; break; fi
+      if [ "$SECONDS" -ge "$deadline" ]; then echo "$p - -"; break; fi
       sleep 0.02
     done
   done
 }
 
+# served_in FIELD SNAP0 SNAP1: what each worker served between two snapshots (FIELD 2: requests,
+# 3: connections), comma-separated in the workers' order, W values (0 for a worker missing:
+# fewer than W listening); empty when a worker did not answer a snapshot.
+served_in() {
+  awk -v f="$1" -v w="$WORKERS" 'NR == FNR { a[FNR] = $f; next } { b[FNR] = $f; n = FNR }
+    END { for (i = 1; i <= n; i++) { if (a[i] == "-" || b[i] == "-" || a[i] == "" || b[i] == "") exit; c[i] = b[i] - a[i] }
+      for (; n < w; n++) c[n + 1] = 0
+      s = c[1]; for (i = 2; i <= n; i++) s = s "," c[i]; print s }' \
+    <(printf '%s\n' "$2") <(printf '%s\n' "$3")
+}
+
 # ---------------------------------------------------------------------------------------------
 # One row in one round: start, wait, warm up, measure each workload, stop. Appends to $RAW
-#   round cfg workload rps errors cv_fraction counts(,) status
+#   round cfg workload rps errors cv_fraction requests(,) connections(,) status
+# (requests and connections served by each worker in the measurement, comma-separated).
 NOT_AVAILABLE=""
 declare -A SKIP=()
 run_row() {
-  local cfg=$1 round=$2 port logf url w out rps errors pids cv counts status rc
+  local cfg=$1 round=$2 port logf url w out rps errors pids cv counts conns status rc
   port=$(free_port)
   logf=$LOGS/$cfg-r$round.log
   url=http://127.0.0.1:$port/
@@ -275,7 +288,7 @@ run_row() {
     [ -n "$EXIT_CODE" ] && [ -z "$SID" ] && status="exited $EXIT_CODE before it came up"
     log "  $cfg $status (see $logf)"
     stop_server
-    for w in $WORKLOADS; do printf '%s\t%s\t%s\t\t\t\t\t%s\n' "$round" "$cfg" "$w" "$status" >>"$RAW"; done
+    for w in $WORKLOADS; do printf '%s\t%s\t%s\t\t\t\t\t\t%s\n' "$round" "$cfg" "$w" "$status" >>"$RAW"; done
     return 0
   fi
   mapfile -t pids < <(worker_pids "$logf")
@@ -303,26 +316,19 @@ run_row() {
     # Socket errors (connect/read/write/timeout) plus non-2xx/3xx responses.
     errors=$(awk '/Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} /Non-2xx or 3xx/ {n += $NF}
       END {print n + 0}' <<<"$out")
-    # Requests per worker in this measurement: the difference of the two snapshots, 0 for a
-    # worker missing (fewer than W listening), empty when one did not answer.
-    counts=$(awk -v w="$WORKERS" 'NR == FNR { a[$1] = $2; next } { b[$1] = $2 }
-      END { n = 0; bad = 0
-        for (p in b) { if (a[p] == "-" || b[p] == "-" || a[p] == "") bad = 1; else { c[n++] = b[p] - a[p] } }
-        if (bad) exit
-        for (; n < w; n++) c[n] = 0
-        s = c[0]; for (i = 1; i < n; i++) s = s "," c[i]; print s }' \
-      <(printf '%s\n' "$snap0") <(printf '%s\n' "$snap1"))
+    counts=$(served_in 2 "$snap0" "$snap1")
+    conns=$(served_in 3 "$snap0" "$snap1")
     cv=""
     [ -n "$counts" ] && cv=$(awk -v c="$counts" 'BEGIN { n = split(c, x, ","); for (i = 1; i <= n; i++) s += x[i]
       m = s / n; if (m == 0) exit; for (i = 1; i <= n; i++) v += (x[i] - m) ^ 2; printf "%.6f", sqrt(v / n) / m }')
     status=ok
     if [ -z "$rps" ]; then status="wrk failed"; rps=""; fi
-    log "  $w: ${rps:--} req/s, per worker ${counts:-?}, CV $(awk -v c="$cv" 'BEGIN { if (c == "") print "-"; else printf "%.1f%%", c * 100 }'), errors $errors"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$cfg" "$w" "$rps" "$errors" "$cv" "$counts" "$status" >>"$RAW"
+    log "  $w: ${rps:--} req/s, requests per worker ${counts:-?} (CV $(awk -v c="$cv" 'BEGIN { if (c == "") print "-"; else printf "%.1f%%", c * 100 }')), connections ${conns:-?}, errors $errors"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$cfg" "$w" "$rps" "$errors" "$cv" "$counts" "$conns" "$status" >>"$RAW"
   done
   if [ "${#pids[@]}" -lt "$WORKERS" ] || [ "$(worker_pids "$logf" | wc -l)" -ne "${#pids[@]}" ]; then
     log "  $cfg: a worker exited or restarted during the measurement (see $logf)"
-    printf '%s\t%s\tnote\t\t\t\t\t%s\n' "$round" "$cfg" "worker exited" >>"$RAW"
+    printf '%s\t%s\tnote\t\t\t\t\t\t%s\n' "$round" "$cfg" "worker exited" >>"$RAW"
   fi
   stop_server
 }
@@ -352,26 +358,30 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # ---------------------------------------------------------------------------------------------
 # Report: means over rounds; ratios between those means, and their range within one round.
 aggregate() { # CONFIG WORKLOAD -> "rps errors cv n" (means; cv "-" when never known)
-  awk -F'\t' -v c="$1" -v w="$2" '$2 == c && $3 == w && $8 == "ok" {
+  awk -F'\t' -v c="$1" -v w="$2" '$2 == c && $3 == w && $9 == "ok" {
       n++; r += $4; e += $5; if ($6 != "") { v += $6; vn++ } }
     END { if (n) printf "%f %f %s %d\n", r/n, e/n, (vn ? v/vn : "-"), n }' "$RAW"
 }
 cv_range() { # CONFIG WORKLOAD -> lowest–highest CV % of one round
-  awk -F'\t' -v c="$1" -v w="$2" '$2 == c && $3 == w && $8 == "ok" && $6 != "" {
+  awk -F'\t' -v c="$1" -v w="$2" '$2 == c && $3 == w && $9 == "ok" && $6 != "" {
       if (n == 0 || $6 < lo) lo = $6; if (n == 0 || $6 > hi) hi = $6; n++ }
     END { if (n) printf "%.1f–%.1f", lo * 100, hi * 100; else printf "-" }' "$RAW"
 }
 status_of() {
   local s
   if [ -n "${SKIP[$1]:-}" ]; then echo "${SKIP[$1]}"; return; fi
-  s=$(awk -F'\t' -v c="$1" -v w="$2" '$2 == c && $3 == w && $8 != "ok" {print $8; exit}' "$RAW")
+  s=$(awk -F'\t' -v c="$1" -v w="$2" '$2 == c && $3 == w && $9 != "ok" {print $9; exit}' "$RAW")
   echo "${s:-not run}"
 }
 round_ratios() { # CONFIG WORKLOAD BASE -> lowest–highest of CONFIG/BASE within one round
-  awk -F'\t' -v c="$1" -v w="$2" -v b="$3" '$3 == w && $8 == "ok" && ($2 == c || $2 == b) {
+  awk -F'\t' -v c="$1" -v w="$2" -v b="$3" '$3 == w && $9 == "ok" && ($2 == c || $2 == b) {
       if ($2 == c) x[$1] = $4; else y[$1] = $4 }
     END { for (r in x) if (y[r] > 0) { q = x[r] / y[r]; if (n == 0 || q < lo) lo = q; if (n == 0 || q > hi) hi = q; n++ }
       if (n) printf "%.2f–%.2f", lo, hi; else printf "-" }' "$RAW"
+}
+splits() { # CONFIG WORKLOAD -> each round's connections per worker, "16/16 15/17 ..."
+  awk -F'\t' -v c="$1" -v w="$2" '$2 == c && $3 == w && $9 == "ok" && $8 != "" { gsub(/,/, "/", $8); s = s (s == "" ? "" : " ") $8 }
+    END { print (s == "" ? "-" : s) }' "$RAW"
 }
 fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else printf "-" }'; }
 describe() {
@@ -390,19 +400,23 @@ describe() {
   echo "$ROUNDS round(s), every row once per round in a rotated order, ${SECS}s per workload after ${WARMUP}s of warm-up;" \
     "req/s and CV are means over rounds, ratios are taken between those means (\"per round\": the lowest and" \
     "highest ratio within one round). CV: population stddev / mean of the requests each worker served" \
-    "in the measurement (from the app's own counters)."
+    "in the measurement (from the app's own counters). With keep-alive, the table also gives the" \
+    "connections each worker accepted (wrk opens $CONC and keeps them), one split per round."
   for w in $WORKLOADS; do
     echo
     echo "$(describe "$w"):"
     echo
-    echo "| config | req/s | ratio to node rr | per round | ratio to node none | per round | CV % | CV per round | errors | notes |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    # Keep-alive: which worker accepted each of wrk's connections decides the balance once.
+    extra_h="" extra_sep="" extra_none=""
+    [ "$w" = keepalive ] && extra_h=" connections per worker |" extra_sep=" ---: |" extra_none=" - |"
+    echo "| config | req/s | ratio to node rr | per round | ratio to node none | per round | CV % | CV per round |$extra_h errors | notes |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |$extra_sep ---: | --- |"
     rr_rps=$(aggregate node-rr "$w" | cut -d' ' -f1)
     none_rps=$(aggregate node-none "$w" | cut -d' ' -f1)
     for cfg in $CONFIGS; do
       agg=$(aggregate "$cfg" "$w")
       if [ -z "$agg" ]; then
-        echo "| $(label "$cfg") | - | - | - | - | - | - | - | - | $(status_of "$cfg" "$w") |"
+        echo "| $(label "$cfg") | - | - | - | - | - | - | - |$extra_none - | $(status_of "$cfg" "$w") |"
         continue
       fi
       read -r rps errors cv n <<<"$agg"
@@ -410,11 +424,13 @@ describe() {
       [ "$n" -lt "$ROUNDS" ] && notes="$n of $ROUNDS rounds"
       exits=$(awk -F'\t' -v c="$cfg" '$2 == c && $3 == "note"' "$RAW" | wc -l)
       [ "$exits" -gt 0 ] && notes="${notes:+$notes; }a worker exited in $exits round(s)"
-      printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %.0f | %s |\n' "$(label "$cfg")" "$rps" \
+      extra=""
+      [ "$w" = keepalive ] && extra=" $(splits "$cfg" "$w") |"
+      printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |%s %.0f | %s |\n' "$(label "$cfg")" "$rps" \
         "$(fmt_ratio "$rps" "${rr_rps:-0}")" "$(round_ratios "$cfg" "$w" node-rr)" \
         "$(fmt_ratio "$rps" "${none_rps:-0}")" "$(round_ratios "$cfg" "$w" node-none)" \
         "$(awk -v c="$cv" 'BEGIN { if (c == "-") print "-"; else printf "%.1f", c * 100 }')" \
-        "$(cv_range "$cfg" "$w")" "$errors" "$notes"
+        "$(cv_range "$cfg" "$w")" "$extra" "$errors" "$notes"
     done
   done
   echo

@@ -5,9 +5,10 @@
 //
 // Each worker answers every request with `Hello, World!` (keep-alive unless the client asks
 // for `Connection: close`) and an `X-Worker` header naming its `cluster.worker.id`, and counts
-// the requests it served. On SIGUSR2 it prints that count, `served worker=ID pid=PID
-// requests=N`, so a benchmark can read each worker's share of a measurement (the difference
-// between two such lines). Once listening it prints `listening worker=ID pid=PID`.
+// the requests and the connections it served. On SIGUSR2 it prints both, `served worker=ID
+// pid=PID requests=N connections=M`, so a benchmark can read each worker's share of a
+// measurement (the difference between two such lines). Once listening it prints `listening
+// worker=ID pid=PID`.
 //
 // Usage: node bench/node/cluster_http.js [ADDR] [WORKERS]
 //   defaults: 127.0.0.1:8989, os.availableParallelism() (WORKERS is only read by Node's primary)
@@ -41,13 +42,17 @@ if (cluster.isPrimary) {
     'X-Worker': String(id),
   };
   let served = 0;
+  let connections = 0;
   const server = http.createServer((req, res) => {
     served++;
     res.writeHead(200, headers);
     res.end(body);
   });
+  server.on('connection', () => {
+    connections++;
+  });
   process.on('SIGUSR2', () => {
-    console.log(`served worker=${id} pid=${process.pid} requests=${served}`);
+    console.log(`served worker=${id} pid=${process.pid} requests=${served} connections=${connections}`);
   });
   server.listen(port, host, () => {
     console.log(`listening worker=${id} pid=${process.pid}`);
