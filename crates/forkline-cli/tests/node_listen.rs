@@ -320,15 +320,15 @@ fn self_signed(dir: &TempDir) -> (PathBuf, PathBuf) {
     (key, cert)
 }
 
-/// A Node HTTPS client: `GET /` on 127.0.0.1:PORT until answers came from two worker ids (at
-/// most 200 requests, one connection each); prints each body after the TLS protocol used.
+/// A Node HTTPS client: `GET /` on 127.0.0.1:PORT, one connection each, until answers came
+/// from two worker ids or 20 s passed; prints each body after the TLS protocol used.
 const TLS_CLIENT: &str = r#"
 const https = require('https');
 const port = Number(process.argv[2]);
+const deadline = Date.now() + 20000;
 const ids = new Set();
-let sent = 0;
 function next() {
-  if (ids.size >= 2 || sent++ >= 200) return;
+  if (ids.size >= 2 || Date.now() > deadline) return;
   https.get({ host: '127.0.0.1', port, rejectUnauthorized: false, agent: false }, (res) => {
     const protocol = res.socket.getProtocol();
     let body = '';
@@ -802,4 +802,51 @@ fn node20_an_express_app_serves_from_both_workers_in_shared_mode() {
 #[test]
 fn node20_an_express_app_serves_from_both_workers_in_reuseport_mode() {
     express_app("reuseport");
+}
+
+/// `--listen unix:PATH` in reuseport mode, for a Node program without the channel
+/// (`--ipc none`, `listen({fd: 3})`): a Unix socket has no SO_REUSEPORT, so every worker gets
+/// the one socket (each slot's own bind found the path taken, and the second worker never
+/// started), and both serve.
+#[test]
+fn node20_a_unix_listen_address_is_one_socket_for_plain_workers_in_reuseport_mode() {
+    let dir = TempDir::new("listen-unix-plain");
+    let path = dir.path().join("plain.sock");
+    let script = dir.write("server.js", NODE_SERVER);
+    let mut command = forkline();
+    command
+        .args([
+            "run",
+            "-w",
+            "2",
+            "--mode",
+            "reuseport",
+            "--ipc",
+            "none",
+            "-l",
+        ])
+        .arg(format!("unix:{}", path.display()))
+        .arg("--")
+        .arg(Node::V20.binary())
+        .arg(&script);
+    let mut cluster = Running::spawn(command);
+    let mut ids = std::collections::BTreeSet::new();
+    until(STARTUP, || {
+        if let Ok(body) = get_unix(&path) {
+            ids.extend(field(&body, "id").map(str::to_string));
+        }
+        (ids.len() == 2).then_some(())
+    });
+    assert_eq!(
+        ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["0", "1"],
+        "{}",
+        cluster.output()
+    );
+    assert!(
+        !cluster.output().contains("could not start worker"),
+        "{}",
+        cluster.output()
+    );
+    cluster.stop_cleanly();
 }
