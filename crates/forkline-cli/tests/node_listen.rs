@@ -120,16 +120,6 @@ fn start(
     Running::spawn(command)
 }
 
-/// The extra flags of `mode`: in steer mode a worker is steered to once it listens
-/// (`--ready listen`), by then with every server it opens at start asked for.
-fn mode_flags(mode: &str) -> &'static [&'static str] {
-    if mode == "steer" {
-        &["--ready", "listen"]
-    } else {
-        &[]
-    }
-}
-
 /// The JSON a worker sent with `process.send`, from the primary's log line for it.
 fn sent_message(line: &str) -> Option<Value> {
     if !line.contains("message from worker") {
@@ -406,7 +396,7 @@ fn every_form(node: Node, mode: &str) {
         node,
         mode,
         &cwd,
-        mode_flags(mode),
+        &[],
         Path::new(LISTEN_FORMS),
         &[&specs.to_string()],
     );
@@ -571,7 +561,7 @@ fn bind_errors(node: Node, mode: &str) {
         node,
         mode,
         dir.path(),
-        mode_flags(mode),
+        &[],
         Path::new(LISTEN_FORMS),
         &[&specs.to_string()],
     );
@@ -703,14 +693,7 @@ fn own_primary_branch(node: Node, mode: &str) {
     let dir = TempDir::new(&format!("listen-own-primary-{}-{mode}", node.major()));
     let script = dir.write("app.js", OWN_PRIMARY_BRANCH);
     let port = free_port();
-    let mut cluster = start(
-        node,
-        mode,
-        dir.path(),
-        mode_flags(mode),
-        &script,
-        &[&port.to_string()],
-    );
+    let mut cluster = start(node, mode, dir.path(), &[], &script, &[&port.to_string()]);
     let what = format!("Node {} {mode}: the worker branch", node.major());
     both_answer(&cluster, node, &what, 0, || {
         get_tcp(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -777,8 +760,7 @@ fn express_app(mode: &str) {
     let script = dir.write("app.js", EXPRESS_APP);
     let port = free_port();
     let node_path = format!("NODE_PATH={}", modules.display());
-    let mut flags = vec!["-e", &node_path];
-    flags.extend_from_slice(mode_flags(mode));
+    let flags = vec!["-e", &node_path];
     let mut cluster = start(
         node,
         mode,
@@ -848,5 +830,83 @@ fn node20_a_unix_listen_address_is_one_socket_for_plain_workers_in_reuseport_mod
         "{}",
         cluster.output()
     );
+    cluster.stop_cleanly();
+}
+
+/// Node's primary gives every worker's TLS server the first worker's ticket keys (the `data`
+/// of its `queryServer`), so a session ticket one worker issued resumes on another: every
+/// worker reports the same keys.
+fn tls_ticket_keys_are_shared(node: Node, mode: &str) {
+    let dir = TempDir::new(&format!("listen-tickets-{}-{mode}", node.major()));
+    let (key, cert) = self_signed(&dir);
+    let tls = free_port();
+    let specs = json!([{"kind": "https", "port": tls, "key": key, "cert": cert}]);
+    let mut cluster = start(
+        node,
+        mode,
+        dir.path(),
+        &[],
+        Path::new(LISTEN_FORMS),
+        &[&specs.to_string()],
+    );
+    let reports = reports(&cluster, 1);
+    let keys = [0, 1].map(|id| reports[&(0, id)]["ticketKeys"].clone());
+    assert!(keys[0].as_str().is_some_and(|k| k.len() == 96), "{keys:?}");
+    assert_eq!(
+        keys[0],
+        keys[1],
+        "Node {} {mode}: ticket keys differ",
+        node.major()
+    );
+    cluster.stop_cleanly();
+}
+
+#[test]
+fn node20_tls_ticket_keys_are_the_first_workers_in_shared_mode() {
+    tls_ticket_keys_are_shared(Node::V20, "shared");
+}
+
+#[test]
+fn node18_tls_ticket_keys_are_the_first_workers_in_reuseport_mode() {
+    tls_ticket_keys_are_shared(Node::V18, "reuseport");
+}
+
+#[test]
+fn node22_tls_ticket_keys_are_the_first_workers_in_steer_mode() {
+    tls_ticket_keys_are_shared(Node::V22, "steer");
+}
+
+/// Steer mode as it starts by default (`--ready online`: a Node worker is ready before it
+/// listens): each server's socket enters the steering array when the worker says it listens
+/// on it, so an app with several servers is steered round-robin on every one.
+#[test]
+fn node20_steer_mode_takes_turns_on_every_server_of_an_app() {
+    let node = Node::V20;
+    let dir = TempDir::new("listen-steer-servers");
+    let ports = [(); 4].map(|()| free_port());
+    let specs = json!([
+        {"kind": "http", "port": ports[0]},
+        {"kind": "http", "port": ports[1]},
+        {"kind": "http", "port": ports[2], "host": "127.0.0.1"},
+        {"kind": "http", "port": ports[3]},
+        {"kind": "http", "port": 0},
+    ]);
+    let mut cluster = start(
+        node,
+        "steer",
+        dir.path(),
+        &[],
+        Path::new(LISTEN_FORMS),
+        &[&specs.to_string()],
+    );
+    let reports = reports(&cluster, 5);
+    let zero = listening(&reports, 4)[0]["port"].as_u64().unwrap() as u16;
+    if !steering_with_bpf(&cluster) {
+        return;
+    }
+    for port in ports.into_iter().chain([zero]) {
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        steered_evenly(&cluster, &format!("steered to {address}"), address);
+    }
     cluster.stop_cleanly();
 }

@@ -128,6 +128,9 @@ pub(crate) struct BoundListener {
     lifetime: Mutex<Lifetime>,
     /// Set when it is released: its accept loop stops.
     pub closed: tokio::sync::watch::Sender<bool>,
+    /// Node workers: the first `data` a worker's `queryServer` brought for it (a TLS server's
+    /// ticket keys), given to every worker that listens on it, as Node's primary does.
+    pub node_data: Mutex<serde_json::Value>,
 }
 
 /// Who holds a listener. It is released (its socket closed, its Unix file removed, so new
@@ -406,6 +409,7 @@ impl ListenerTable {
             steer,
             lifetime: Mutex::new(Lifetime::default()),
             closed: tokio::sync::watch::channel(false).0,
+            node_data: Mutex::new(serde_json::Value::Null),
         });
         table.insert(key, listener.clone());
         Ok(listener)

@@ -42,7 +42,15 @@ impl Channel<'_> {
         let Answer { listener, socket } = answer;
         listener.hold(self.worker.unique_id());
         self.keys.insert(listener.id, key.clone());
-        let data = message["data"].clone();
+        // The first worker's data (a TLS server's ticket keys) for every worker, as Node's
+        // primary gives it: a session ticket from one worker then resumes on another.
+        let data = {
+            let mut first = listener.node_data.lock().unwrap();
+            if first.is_null() {
+                *first = message["data"].clone();
+            }
+            first.clone()
+        };
         match socket {
             Some(socket) => {
                 let inner =
@@ -191,15 +199,12 @@ impl Channel<'_> {
         }
     }
 
-    /// The server a `listening` message is about: by its key, which is the query's — but for
-    /// `listen(0)` the message carries the port bound, where the key has 0.
+    /// The server a `listening` message is about (it carries no key: see `listening_keys`).
     fn server_of(&self, message: &Value) -> Option<Arc<BoundListener>> {
-        let mut query = message.clone();
-        if let Some(found) = self.servers.get(&server_key(&query)) {
-            return Some(found.clone());
-        }
-        query["port"] = json!(0);
-        self.servers.get(&server_key(&query)).cloned()
+        listening_keys(message)
+            .iter()
+            .find_map(|key| self.servers.get(key))
+            .cloned()
     }
 
     /// True when the worker's server of `listener` takes `newconn`s (the primary accepts).
@@ -223,6 +228,17 @@ pub(super) fn server_key(message: &Value) -> String {
         part("fd"),
         part("index")
     )
+}
+
+/// The keys a `listening` message may name its server by: Node sends the server's
+/// `queryServer` again with the port it got, so the port the query asked for was that one, 0
+/// (`listen(0)`), or none (`listen({fd})`).
+fn listening_keys(message: &Value) -> [String; 3] {
+    [message["port"].clone(), json!(0), Value::Null].map(|port| {
+        let mut asked = message.clone();
+        asked["port"] = port;
+        server_key(&asked)
+    })
 }
 
 /// `host:port` for a TCP or UDP listen: any address when none was given (IPv6 dual-stack for
@@ -278,6 +294,28 @@ mod tests {
         assert_eq!(host_port("::1", 3000, &query), "[::1]:3000");
         assert_eq!(port_of("127.0.0.1:3000"), 3000);
         assert_eq!(port_of("[::]:80"), 80);
+    }
+
+    #[test]
+    fn a_listening_finds_the_key_its_query_got() {
+        let queries = [
+            json!({"address": null, "port": 3000, "addressType": 4, "fd": null, "index": 0}),
+            json!({"address": "::1", "port": 0, "addressType": 6, "fd": null, "index": 1}),
+            json!({"address": "/run/app.sock", "port": -1, "addressType": -1, "index": 0}),
+            json!({"address": null, "port": null, "addressType": null, "fd": 3, "index": 0}),
+        ];
+        for (query, got) in queries.iter().zip([3000, 41023, -1, 8080]) {
+            let mut listening = query.clone();
+            listening["act"] = json!("listening");
+            listening["port"] = json!(got);
+            assert!(
+                listening_keys(&listening).contains(&server_key(query)),
+                "{query} {listening}"
+            );
+        }
+        let other =
+            json!({"address": null, "port": 3001, "addressType": 4, "fd": null, "index": 0});
+        assert_ne!(listening_keys(&queries[0])[0], server_key(&other));
     }
 
     #[test]
