@@ -105,8 +105,7 @@ pub(crate) async fn start(mut opts: ClusterOptions, expect_protocol: bool) -> Re
             if let Some(listener) = first_tcp {
                 proxy::start_kernel_steering(
                     serving.proxy(),
-                    serving.opts().proxy_in_kernel,
-                    serving.opts().balance,
+                    serving.opts(),
                     serving.stop_accepting().subscribe(),
                     listener,
                 );

@@ -367,12 +367,18 @@ pub(crate) fn start_stopped_checks(table: &Arc<ProxyTable>, mut stop: watch::Rec
 /// once which path connections take, and stops it when this primary stops accepting.
 pub(crate) fn start_kernel_steering(
     table: &Arc<ProxyTable>,
-    enabled: bool,
-    balance: Balance,
+    opts: &crate::primary::options::ClusterOptions,
     mut stop: watch::Receiver<bool>,
     listener: &crate::primary::traffic::listeners::BoundListener,
 ) {
-    if !enabled {
+    let balance = opts.balance;
+    if !opts.proxy_in_kernel {
+        return;
+    }
+    if opts.max_requests.is_some() {
+        tracing::info!(
+            "proxy: --max-requests counts the connections the primary relays; relaying every connection (no kernel steering)"
+        );
         return;
     }
     if balance != Balance::RoundRobin {
