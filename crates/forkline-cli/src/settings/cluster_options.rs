@@ -91,6 +91,7 @@ impl Settings {
             unix_owner: None,
             proxy_queue_timeout: self.proxy_queue_timeout,
             proxy_in_kernel: self.proxy_kernel,
+            trap_binds: self.trap_bind,
             handoff_timeout: self.handoff_timeout,
             ..ClusterOptions::default()
         }
@@ -157,6 +158,7 @@ mod tests {
             "proxy-kernel",
             opts.proxy_in_kernel == library.proxy_in_kernel,
         );
+        unless_set("trap-bind", opts.trap_binds == library.trap_binds);
         unless_set(
             "proxy-queue-timeout",
             opts.proxy_queue_timeout == library.proxy_queue_timeout,

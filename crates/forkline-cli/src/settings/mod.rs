@@ -99,6 +99,14 @@ pub struct Settings {
           value_parser = ["auto", "none", "node"])]
     pub ipc: String,
 
+    /// Shared, reuseport and steer modes: a worker's own bind() of a TCP --listen address gets
+    /// forkline's socket for it instead of EADDRINUSE (seccomp; the worker runs with
+    /// no_new_privs); false leaves binds alone
+    #[arg(long, env = "FORKLINE_TRAP_BIND", value_name = "BOOL", action = ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), default_value = "true")]
+    pub trap_bind: bool,
+
     /// Proxy mode: steer each new connection in the kernel straight to a ready worker's own
     /// listener (SK_LOOKUP; round-robin only), the relay taking only what it misses; false
     /// relays every connection (as where the kernel refuses BPF)

@@ -317,6 +317,19 @@ impl ClusterBuilder {
         self
     }
 
+    /// Shared, reuseport and steer modes, with plain programs (not the library's workers, not
+    /// Node's channel): trap each worker's `bind()` (a seccomp user-notification filter,
+    /// Linux 5.9+) and answer a bind of a TCP `listen` address with forkline's socket for that
+    /// worker — the shared one, or its own `SO_REUSEPORT` socket in the steered group — so a
+    /// program that binds its fixed port itself runs as N workers (default true). Other binds
+    /// go on untouched. Such workers run with `no_new_privs` (no setuid programs in them); a
+    /// bind made through io_uring is not trapped. Where the kernel refuses the filter, the
+    /// workers run untrapped, said once in the log.
+    pub fn trap_binds(mut self, on: bool) -> Self {
+        self.opts.trap_binds = on;
+        self
+    }
+
     /// Proxy mode: how long a client may wait for some worker to be up before it is closed
     /// (default 5 s).
     pub fn proxy_queue_timeout(mut self, timeout: Duration) -> Self {

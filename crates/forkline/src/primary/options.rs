@@ -304,6 +304,11 @@ pub struct ClusterOptions {
     /// taking what it misses (default true). Where the kernel refuses, every connection is
     /// relayed, said once in the log.
     pub proxy_in_kernel: bool,
+    /// Shared, reuseport and steer modes, plain programs: a worker's own `bind()` of a TCP
+    /// `--listen` address gets forkline's socket for it instead of EADDRINUSE (a seccomp
+    /// user-notification filter, Linux 5.9+; it sets `no_new_privs` on such workers). Default
+    /// true; where the kernel refuses, the program runs untrapped, said once in the log.
+    pub trap_binds: bool,
     /// Reuseport mode: how the queues of a closing worker's socket move to the other workers
     /// instead of being reset (default [`Migration::Auto`](crate::Migration::Auto)).
     pub reuseport_migration: crate::Migration,
@@ -378,6 +383,7 @@ impl Default for ClusterOptions {
             subreaper: false,
             node_ipc: false,
             proxy_in_kernel: true,
+            trap_binds: true,
             control: None,
             upgrade_timeout: Duration::from_secs(60),
             upgrade_env: Vec::new(),

@@ -8,7 +8,8 @@
 //! - `epoll`: the accept threads' exclusive epoll instances;
 //! - `bpf`: eBPF instructions, maps and program loading (reuseport steering and migration);
 //! - `keeper`: the keeper process, forked without exec, and its raw syscalls;
-//! - `pidfd`: process fds, and copying another process's fd (a proxied worker's listener).
+//! - `pidfd`: process fds, and copying another process's fd (a proxied worker's listener);
+//! - `seccomp`: trapping a worker's `bind` and answering it with forkline's socket.
 
 mod bpf;
 mod child;
@@ -17,6 +18,7 @@ mod fd_passing;
 mod fds;
 mod keeper;
 mod pidfd;
+pub(crate) mod seccomp;
 mod signals;
 
 pub(crate) use bpf::{

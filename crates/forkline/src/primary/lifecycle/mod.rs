@@ -1,7 +1,8 @@
 //! The life of worker processes: slot state, supervision, spawning, readiness, replacing,
 //! recycling, shutdown, the keeper and the orphan reaper, each worker's IPC channel, notify
-//! socket and output.
+//! socket and output, and the binds of plain programs that join forkline's socket.
 
+pub(crate) mod bind_trap;
 pub(crate) mod ipc;
 pub(crate) mod keeper;
 pub(crate) mod keeper_watch;

@@ -13,6 +13,7 @@ use tokio::process::Child;
 use crate::error::{Error, Result};
 use crate::primary::core::Core;
 use crate::primary::handle::WorkerHandle;
+use crate::primary::lifecycle::bind_trap;
 use crate::primary::lifecycle::output_buffer::OutputStream;
 use crate::primary::options::WorkerStdio;
 use crate::primary::traffic::listeners::BoundListener;
@@ -117,6 +118,12 @@ pub(crate) async fn spawn(core: &Core, worker: &WorkerHandle) -> Result<Spawned>
             command.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
     }
+    // Before the fds are placed: the trap reports on the fd it was given.
+    let trap = if bind_trap::wanted(core) {
+        bind_trap::prepare(core, &mut command)
+    } else {
+        None
+    };
     sys::prepare_child(&mut command, placed)?;
     let mut child = spawner::spawn(command).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::ExecNotFound(opts.exec.clone()),
@@ -124,6 +131,12 @@ pub(crate) async fn spawn(core: &Core, worker: &WorkerHandle) -> Result<Spawned>
         _ => Error::Io(e),
     })?;
     let pid = child.id().unwrap_or(0);
+    if let Some(listener) = trap.and_then(|ours| bind_trap::listener_from(core, ours)) {
+        task::spawn(
+            "bind-trap",
+            bind_trap::serve(core.arc(), worker.clone(), listener),
+        );
+    }
     // Everything in its group dies with the primary, however the primary dies.
     if let Some(keeper) = &core.keeper() {
         keeper.watch(pid);
