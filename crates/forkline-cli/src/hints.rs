@@ -29,8 +29,9 @@ pub fn at_start(mode: Mode, program: &Path, has_sockets: bool) {
     if !has_sockets {
         tracing::warn!(
             "hint: no --listen address: workers get no socket from forkline; a server that binds \
-             its own port fails with EADDRINUSE in every worker but the first (give -l ADDR, or \
-             ignore this for workers that serve no socket)"
+             its own port fails with EADDRINUSE in every worker but the first (give -l ADDR: its \
+             own bind of that address then gets forkline's socket; or ignore this for workers \
+             that serve no socket)"
         );
     }
     if mode == Mode::RoundRobin && has_sockets && built_without_library(program) == Some(true) {
