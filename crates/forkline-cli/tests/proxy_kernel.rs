@@ -54,6 +54,11 @@ struct Proxied {
 
 impl Proxied {
     fn start(tag: &str, env: &[(&str, &str)], args: &[&str]) -> Proxied {
+        Self::start_n(tag, 2, env, args)
+    }
+
+    /// [`start`](Self::start) with `workers` workers.
+    fn start_n(tag: &str, workers: usize, env: &[(&str, &str)], args: &[&str]) -> Proxied {
         require("python3");
         let dir = TempDir::new(tag);
         let server = dir.write("server.py", PYTHON_SERVER);
@@ -65,7 +70,8 @@ impl Proxied {
             .to_string();
         let port = free_port();
         let mut command = forkline();
-        command.args(["run", "--mode", "proxy", "-w", "2", "--ready", "listen"]);
+        command.args(["run", "--mode", "proxy", "--ready", "listen"]);
+        command.args(["-w", &workers.to_string()]);
         command.args(["--control", &control, "-l", &format!("127.0.0.1:{port}")]);
         command.args(args);
         command.arg("--").arg("python3").arg(&server);
@@ -79,7 +85,9 @@ impl Proxied {
             control,
             _dir: dir,
         };
-        let ready = until(STARTUP, || (proxied.status()["ready"] == 2).then_some(()));
+        let ready = until(STARTUP, || {
+            (proxied.status()["ready"] == workers).then_some(())
+        });
         assert!(ready.is_some(), "{}", proxied.cluster.output());
         proxied
     }
@@ -198,6 +206,17 @@ fn proxy_kernel_false_relays() {
     });
 }
 
+/// When process `pid` started (clock ticks since boot; `u64::MAX` if it is gone).
+fn started_at(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().nth(19)?.parse().ok()
+        })
+        .unwrap_or(u64::MAX)
+}
+
 /// What a load loop saw: answered, failed, and requests that got no answer within the client's
 /// timeout (hung).
 #[derive(Default)]
@@ -249,12 +268,15 @@ fn request(port: u16) -> std::io::Result<bool> {
     Ok(answer.starts_with("HTTP/1.0 200"))
 }
 
-/// A worker SIGKILLed every 200 ms for 5 s (`FORKLINE_CHAOS_SECS`) under load: no connection hangs (those a killed
-/// worker held die with it, the others are answered), and afterwards both workers serve again.
+/// The oldest of four workers SIGKILLed every 200 ms for 5 s (`FORKLINE_CHAOS_SECS`) under
+/// load: no connection hangs (those a killed worker held die with it, the others are answered),
+/// and afterwards the workers serve again.
 #[test]
 fn workers_killed_again_and_again_under_load_leave_no_connection_hanging() {
     isolated(|| {
-        let mut proxied = Proxied::start("proxy-chaos", &[], &[]);
+        // Four workers, the oldest killed at every turn; one that lived 100 ms is restarted
+        // at once (no crash-loop backoff), so there is always one to kill.
+        let mut proxied = Proxied::start_n("proxy-chaos", 4, &[], &["--min-uptime", "100ms"]);
         if !steered(&proxied) {
             return;
         }
@@ -268,13 +290,11 @@ fn workers_killed_again_and_again_under_load_leave_no_connection_hanging() {
         let end = Instant::now() + Duration::from_secs(secs);
         let mut kills = 0;
         while Instant::now() < end {
-            let status = proxied.status();
-            let pids: Vec<i64> = status["workers"]
-                .as_array()
-                .map(|w| w.iter().filter_map(|w| w["pid"].as_i64()).collect())
-                .unwrap_or_default();
-            if let Some(pid) = pids.get(kills % 2.max(pids.len())) {
-                if kill(Pid::from_raw(*pid as i32), Signal::SIGKILL).is_ok() {
+            let oldest = children_of(proxied.cluster.pid())
+                .into_iter()
+                .min_by_key(|pid| started_at(*pid));
+            if let Some(pid) = oldest {
+                if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
                     kills += 1;
                 }
             }
@@ -290,7 +310,7 @@ fn workers_killed_again_and_again_under_load_leave_no_connection_hanging() {
             tally.hung.load(Ordering::Relaxed),
         );
         eprintln!("{kills} kills: ok {ok} failed {failed} hung {hung}");
-        assert!(kills >= 5, "only {kills} kills");
+        assert!(kills >= 10, "only {kills} kills");
         assert_eq!(
             hung,
             0,
@@ -299,7 +319,7 @@ fn workers_killed_again_and_again_under_load_leave_no_connection_hanging() {
         );
         assert!(ok > 0);
         let both = until(STARTUP, || {
-            (proxied.status()["ready"] == 2 && proxied.answers(10).0.len() == 2).then_some(())
+            (proxied.status()["ready"] == 4 && proxied.answers(12).0.len() >= 2).then_some(())
         });
         assert!(both.is_some(), "{}", proxied.cluster.output());
         proxied.cluster.stop_cleanly();
