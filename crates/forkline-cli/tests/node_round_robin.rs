@@ -11,8 +11,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -222,46 +220,6 @@ fn a_server_closed_in_one_worker_sends_its_connections_to_the_other() {
     cluster.stop_cleanly();
 }
 
-/// What a load loop saw: answered, failed, and requests that got no answer within the client's
-/// timeout (hung).
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    hung: AtomicU64,
-}
-
-/// `threads` clients, each sending one request per connection until `stop`.
-fn load(
-    port: u16,
-    threads: usize,
-    stop: Arc<AtomicBool>,
-) -> (Arc<Tally>, Vec<std::thread::JoinHandle<()>>) {
-    let tally = Arc::new(Tally::default());
-    let handles = (0..threads)
-        .map(|_| {
-            let (tally, stop) = (tally.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match http_get(port) {
-                        Ok(r) if r.status == 200 => tally.ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            tally.hung.fetch_add(1, Ordering::Relaxed)
-                        }
-                        _ => tally.failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
-    (tally, handles)
-}
-
 /// A rolling reload under load (Node's `disconnect` to each old worker once its replacement
 /// settled) fails no request.
 #[test]
@@ -336,8 +294,7 @@ app.listen(Number(process.argv[2]));
 /// new and 50 more requests were answered: none failed or hung.
 fn reloads_without_a_failure(mut cluster: Running, dir: &TempDir, port: u16) {
     let before = pids_by_slot(port);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tally, clients) = load(port, 4, stop.clone());
+    let load = Load::start(port, 4, get_ok);
     let reloaded = control(dir, "reload", &[]);
     assert_eq!(reloaded.code, Some(0), "{}", reloaded.stderr);
     let after = until(STARTUP, || {
@@ -347,19 +304,11 @@ fn reloads_without_a_failure(mut cluster: Running, dir: &TempDir, port: u16) {
             .then_some(pids)
     });
     assert!(after.is_some(), "not replaced: {}", cluster.output());
-    let served_after = tally.ok.load(Ordering::Relaxed);
+    let served_after = load.tally().ok;
     until(STARTUP, || {
-        (tally.ok.load(Ordering::Relaxed) > served_after + 50).then_some(())
+        (load.tally().ok > served_after + 50).then_some(())
     });
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().unwrap();
-    }
-    let (ok, failed, hung) = (
-        tally.ok.load(Ordering::Relaxed),
-        tally.failed.load(Ordering::Relaxed),
-        tally.hung.load(Ordering::Relaxed),
-    );
+    let Tally { ok, failed, hung } = load.finish();
     eprintln!("reload under load: ok {ok} failed {failed} hung {hung}");
     assert!(ok > 100, "only {ok} answered");
     assert_eq!((failed, hung), (0, 0), "ok {ok}: {}", cluster.output());
@@ -389,30 +338,17 @@ fn killed_under_load(node: Node) {
     let port = free_port();
     let mut cluster = start_on(node, &dir, port, &[]);
     let before = pids_by_slot(port);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tally, clients) = load(port, 4, stop.clone());
-    until(STARTUP, || {
-        (tally.ok.load(Ordering::Relaxed) > 50).then_some(())
-    });
+    let load = Load::start(port, 4, get_ok);
+    until(STARTUP, || (load.tally().ok > 50).then_some(()));
     kill(Pid::from_raw(before["0"]), Signal::SIGKILL).unwrap();
     let replaced = until(STARTUP, || {
         let pids = pids_by_slot(port);
         (pids.get("0").is_some_and(|pid| *pid != before["0"])).then_some(())
     });
     assert!(replaced.is_some(), "{}", cluster.output());
-    let served = tally.ok.load(Ordering::Relaxed);
-    until(STARTUP, || {
-        (tally.ok.load(Ordering::Relaxed) > served + 50).then_some(())
-    });
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().unwrap();
-    }
-    let (ok, failed, hung) = (
-        tally.ok.load(Ordering::Relaxed),
-        tally.failed.load(Ordering::Relaxed),
-        tally.hung.load(Ordering::Relaxed),
-    );
+    let served = load.tally().ok;
+    until(STARTUP, || (load.tally().ok > served + 50).then_some(()));
+    let Tally { ok, failed, hung } = load.finish();
     eprintln!("killed under load: ok {ok} failed {failed} hung {hung}");
     assert_eq!(hung, 0, "ok {ok} failed {failed}: {}", cluster.output());
     // At most what the killed worker held: its open connections (4 clients).

@@ -13,8 +13,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -217,46 +215,6 @@ fn started_at(pid: u32) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// What a load loop saw: answered, failed, and requests that got no answer within the client's
-/// timeout (hung).
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    hung: AtomicU64,
-}
-
-/// `threads` clients, each sending one request per connection until `stop`.
-fn load(
-    port: u16,
-    threads: usize,
-    stop: Arc<AtomicBool>,
-) -> (Arc<Tally>, Vec<std::thread::JoinHandle<()>>) {
-    let tally = Arc::new(Tally::default());
-    let handles = (0..threads)
-        .map(|_| {
-            let (tally, stop) = (tally.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match request(port) {
-                        Ok(true) => tally.ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            tally.hung.fetch_add(1, Ordering::Relaxed)
-                        }
-                        _ => tally.failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
-    (tally, handles)
-}
-
 /// One `GET /` on a connection of its own; true for a 200. A client that gets nothing for
 /// 10 s counts the connection as hung (a read timeout).
 fn request(port: u16) -> std::io::Result<bool> {
@@ -280,8 +238,7 @@ fn workers_killed_again_and_again_under_load_leave_no_connection_hanging() {
         if !steered(&proxied) {
             return;
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tally, clients) = load(proxied.port, 4, stop.clone());
+        let load = Load::start(proxied.port, 4, request);
         // FORKLINE_CHAOS_SECS=20 for the figure; 5 s in the suite.
         let secs = std::env::var("FORKLINE_CHAOS_SECS")
             .ok()
@@ -300,15 +257,7 @@ fn workers_killed_again_and_again_under_load_leave_no_connection_hanging() {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        stop.store(true, Ordering::Relaxed);
-        for client in clients {
-            client.join().unwrap();
-        }
-        let (ok, failed, hung) = (
-            tally.ok.load(Ordering::Relaxed),
-            tally.failed.load(Ordering::Relaxed),
-            tally.hung.load(Ordering::Relaxed),
-        );
+        let Tally { ok, failed, hung } = load.finish();
         eprintln!("{kills} kills: ok {ok} failed {failed} hung {hung}");
         assert!(kills >= 10, "only {kills} kills");
         assert_eq!(
@@ -336,8 +285,7 @@ fn a_reload_under_load_fails_no_request() {
             return;
         }
         let before: Vec<String> = proxied.answers(10).0.into_keys().collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tally, clients) = load(proxied.port, 4, stop.clone());
+        let load = Load::start(proxied.port, 4, request);
         let mut command = forkline();
         command.args(["reload", "--control", &proxied.control]);
         let reloaded = run_to_end(command, STARTUP);
@@ -347,15 +295,7 @@ fn a_reload_under_load_fails_no_request() {
             (now.len() == 2 && now.iter().all(|p| !before.contains(p))).then_some(())
         });
         assert!(replaced.is_some(), "{}", proxied.cluster.output());
-        stop.store(true, Ordering::Relaxed);
-        for client in clients {
-            client.join().unwrap();
-        }
-        let (ok, failed, hung) = (
-            tally.ok.load(Ordering::Relaxed),
-            tally.failed.load(Ordering::Relaxed),
-            tally.hung.load(Ordering::Relaxed),
-        );
+        let Tally { ok, failed, hung } = load.finish();
         eprintln!("reload under load: ok {ok} failed {failed} hung {hung}");
         assert!(ok > 50, "only {ok} answered");
         assert_eq!(

@@ -94,6 +94,10 @@ mod netns;
 pub use free_port::free_port;
 #[allow(unused_imports)] // nor runs in a namespace of its own
 pub use netns::in_private_netns;
+#[allow(dead_code)] // only some tests put load on a cluster
+mod load;
+#[allow(unused_imports)]
+pub use load::{get_ok, Load, Tally};
 #[allow(dead_code)] // only the Node tests use it
 mod node;
 #[allow(unused_imports)] // only the Node tests run Node

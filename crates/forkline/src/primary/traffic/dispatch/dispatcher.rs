@@ -224,48 +224,30 @@ impl Dispatcher {
     /// the IPC socket: the connections in packets it never read are re-dispatched.
     pub(crate) fn remove_target(&self, worker: &WorkerHandle, leftover: Option<&OwnedFd>) {
         let orphans = leftover.map(unread_connections).unwrap_or_default();
-        if !orphans.is_empty() {
-            tracing::info!(
-                worker = worker.id(),
-                pid = worker.pid(),
-                count = orphans.len(),
-                "re-dispatching connections the worker never took"
-            );
-        }
-        worker.count_taken_back(orphans.len() as u64);
-        let mut state = self.state.lock().unwrap();
-        state.targets.remove(&worker.unique_id());
-        state.counters.redispatched += orphans.len() as u64;
-        for conn in orphans.into_iter().rev() {
-            state.pending.push_front(conn);
-        }
-        self.flush(&mut state);
-        drop(state);
-        self.changed.notify_waiters();
+        self.take_back(worker, || orphans);
     }
 
-    /// The connections a Node worker's channel task still holds for `worker`, which exited
-    /// (sent and not `accepted`, or not sent yet: the primary keeps its copy of each until the
-    /// worker answers), go to other workers. The target goes first, and `held` is called under
-    /// the lock every handoff is sent under, so it finds every connection sent to the task and
-    /// none can follow.
+    /// `worker` is gone (or its Node channel closed): its target goes, and the connections
+    /// `held` gives go to other workers first. `held` is called under the lock every handoff
+    /// is sent under, after the target went, so for a Node worker's channel task it finds every
+    /// connection sent to the task (sent and not `accepted`, or not sent yet: the primary keeps
+    /// its copy of each until the worker answers) and none can follow.
     pub(crate) fn take_back(&self, worker: &WorkerHandle, held: impl FnOnce() -> Vec<Conn>) {
         let mut state = self.state.lock().unwrap();
         state.targets.remove(&worker.unique_id());
         let conns = held();
-        if conns.is_empty() {
-            return;
-        }
-        tracing::info!(
-            worker = worker.id(),
-            pid = worker.pid(),
-            count = conns.len(),
-            "re-dispatching connections the worker never took"
-        );
-        worker.count_taken_back(conns.len() as u64);
-        state.counters.redispatched += conns.len() as u64;
-        for conn in conns.into_iter().rev() {
-            state.pending.push_front(conn);
+        if !conns.is_empty() {
+            tracing::info!(
+                worker = worker.id(),
+                pid = worker.pid(),
+                count = conns.len(),
+                "re-dispatching connections the worker never took"
+            );
+            worker.count_taken_back(conns.len() as u64);
+            state.counters.redispatched += conns.len() as u64;
+            for conn in conns.into_iter().rev() {
+                state.pending.push_front(conn);
+            }
         }
         self.flush(&mut state);
         drop(state);
