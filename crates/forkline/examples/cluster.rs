@@ -73,6 +73,7 @@ fn primary(addr: &str, workers: usize) -> i32 {
                 code,
                 signal,
                 exited_after_disconnect,
+                ..
             } => {
                 let code = code.map_or("null".to_string(), |c| c.to_string());
                 let signal = signal.map_or("null".to_string(), signal_name);

@@ -46,7 +46,7 @@ mod role;
 mod sys;
 pub mod worker;
 
-pub use control::{MigrationStatus, SlotStatus, Status, Steering};
+pub use control::{ExitReason, LastExit, MigrationStatus, SlotStatus, Status, Steering};
 pub use error::{Error, Result, UnknownName};
 pub use primary::{
     Backoff, Balance, Cluster, ClusterBuilder, ClusterOptions, Event, EventStream, ListenSpec,

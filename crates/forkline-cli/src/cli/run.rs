@@ -462,6 +462,7 @@ impl Monitor {
                 code,
                 signal,
                 exited_after_disconnect: false,
+                ..
             } => {
                 let failed = *code != Some(0) || signal.is_some();
                 self.last_exit_failed.insert(worker.id(), failed);

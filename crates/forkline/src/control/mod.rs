@@ -2,7 +2,8 @@
 //! to each other on a cluster's control socket, one JSON object per line each way. This module
 //! owns the protocol version ([`CONTROL_VERSION`]), the requests ([`Request`], sent as a
 //! [`RequestLine`]), the reply envelope ([`Reply`], [`Failure`]) and each request's answer
-//! ([`Status`] with one [`SlotStatus`] per slot, [`Scaled`], [`Upgraded`], [`Done`]), and the
+//! ([`Status`] with one [`SlotStatus`] per slot and its [`LastExit`], [`Scaled`], [`Upgraded`],
+//! [`Done`]), and the
 //! lines of a `logs` stream ([`LogsReply`], [`LogLine`]).
 //!
 //! The types serialize to exactly the JSON the protocol puts on the wire, and deserialize from
@@ -19,11 +20,13 @@
 //! assert_eq!(reply.into_result().unwrap().workers, 3);
 //! ```
 
+mod exit;
 mod logs;
 mod reply;
 mod request;
 mod status;
 
+pub use exit::{ExitReason, LastExit};
 pub use logs::{LogLine, LogsReply};
 pub use reply::{Done, Failure, Reply, Scaled, Sent, Upgraded};
 pub use request::{Request, RequestLine};

@@ -307,6 +307,7 @@ impl Core {
                     failures: record.failures,
                     crash_loop: record.crash_loop,
                     gave_up: record.gave_up,
+                    last_exit: record.last_exit,
                     restart_at: record.restart.map(|r| r.at),
                     connections: current.map_or(0, |w| w.connections_accepted()),
                 }

@@ -49,6 +49,8 @@ pub enum Event {
         signal: Option<i32>,
         /// True when the worker was disconnected or killed on purpose.
         exited_after_disconnect: bool,
+        /// Why it ended: what the primary stopped it for, or what it died of.
+        reason: crate::control::ExitReason,
     },
     /// A worker sent a message.
     Message {

@@ -135,6 +135,13 @@ pub(crate) struct WorkerShared {
     pub taken_back: AtomicU64,
     /// Why the primary killed it, if it did: what a restart after its exit is counted as.
     pub kill_reason: OnceLock<RestartReason>,
+    /// What the primary stopped or killed it for, once it decided to (the first reason wins):
+    /// the reason of its exit (`ExitReason::of_exit`).
+    pub stopped_for: OnceLock<crate::control::ExitReason>,
+    /// Why the recycler picked it (requests or memory), for when its replacement commits.
+    pub recycle_for: Mutex<Option<crate::control::ExitReason>>,
+    /// The kernel's count of OOM kills when it started (`/proc/vmstat`), to tell an OOM kill.
+    pub oom_kills_at_start: OnceLock<u64>,
     /// Its CPU time at the previous looks, for `WorkerStats::cpu_percent`.
     pub cpu: Mutex<CpuWindow>,
 }
@@ -192,9 +199,18 @@ impl WorkerHandle {
                 worker_end: OnceLock::new(),
                 taken_back: AtomicU64::new(0),
                 kill_reason: OnceLock::new(),
+                stopped_for: OnceLock::new(),
+                recycle_for: Mutex::new(None),
+                oom_kills_at_start: OnceLock::new(),
                 cpu: Mutex::new(CpuWindow::default()),
             }),
         }
+    }
+
+    /// The primary stops (or kills) it for `reason`; the first reason given is the one its exit
+    /// reports.
+    pub(crate) fn stop_for(&self, reason: crate::control::ExitReason) {
+        let _ = self.shared.stopped_for.set(reason);
     }
 
     /// The worker's stable slot id (0..N-1); a replacement gets the same id.

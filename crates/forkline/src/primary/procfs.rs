@@ -100,6 +100,17 @@ impl CpuWindow {
     }
 }
 
+/// The kernel's count of OOM kills since boot (`oom_kill` in `/proc/vmstat`), where it is kept.
+pub(crate) fn oom_kills() -> Option<u64> {
+    std::fs::read_to_string("/proc/vmstat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

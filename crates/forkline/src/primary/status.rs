@@ -46,6 +46,8 @@ pub(crate) struct SlotView {
     pub crash_loop: bool,
     /// True when the slot reached `max_restarts` and is no longer restarted.
     pub gave_up: bool,
+    /// How its last worker process ended.
+    pub last_exit: Option<crate::control::LastExit>,
     /// When the next restart is due, if one is scheduled.
     pub restart_at: Option<Instant>,
     /// Connections handed to the current worker (round-robin/proxy).
@@ -66,6 +68,7 @@ impl SlotView {
             replacement_pid: self.replacement_pid,
             crash_loop: self.crash_loop,
             gave_up: self.gave_up,
+            last_exit: self.last_exit,
             ..Default::default()
         }
     }

@@ -339,12 +339,14 @@ fn describe(event: &Event) -> Value {
             code,
             signal,
             exited_after_disconnect,
+            reason,
         } => {
             value["id"] = json!(worker.id());
             value["pid"] = json!(worker.pid());
             value["code"] = json!(code);
             value["signal"] = json!(signal);
             value["exited_after_disconnect"] = json!(exited_after_disconnect);
+            value["reason"] = json!(reason.name());
         }
         Event::Message { worker, payload } => {
             value["id"] = json!(worker.id());

@@ -110,6 +110,7 @@ async fn on_packet(
 /// A worker broke the protocol or its watchdog fired: log it, report it, kill its process
 /// group (the restart policy replaces it).
 pub(crate) fn worker_error(core: &Core, worker: &WorkerHandle, error: String) {
+    worker.stop_for(crate::control::ExitReason::Protocol);
     tracing::error!(
         worker = worker.id(),
         pid = worker.pid(),

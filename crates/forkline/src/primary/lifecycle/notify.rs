@@ -98,6 +98,7 @@ pub(crate) async fn serve(core: Arc<Core>, worker: WorkerHandle, socket: UnixDat
         }
         if let (Some(timeout), Some(last_ping)) = (timeout, last_ping) {
             if last_ping.elapsed() > timeout && !worker.is_dead() {
+                worker.stop_for(crate::control::ExitReason::Watchdog);
                 worker.notice(WorkerNotice::Failed(format!(
                     "watchdog: no WATCHDOG=1 for {timeout:?}"
                 )));

@@ -64,6 +64,7 @@ fn enforce_ready_timeout(core: &Core, worker: &WorkerHandle) {
             .shared
             .kill_reason
             .set(crate::primary::lifecycle::slots::RestartReason::ReadyTimeout);
+        worker.stop_for(crate::control::ExitReason::ReadyTimeout);
         let _ = worker.signal_group(Signal::SIGKILL);
     });
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
+use crate::control::ExitReason;
 use crate::primary::core::Core;
 use crate::primary::handle::{WorkerHandle, WorkerState};
 use crate::primary::procfs::resident_bytes;
@@ -43,7 +44,8 @@ pub(crate) async fn watch(core: Arc<Core>) {
             if opts.max_requests.is_some() {
                 let limit = worker.shared.request_limit.load(Ordering::Relaxed);
                 if worker.connections_accepted() >= limit {
-                    recycle(&core, worker, format!("handled {limit} connections"));
+                    let why = format!("handled {limit} connections");
+                    recycle(&core, worker, ExitReason::RecycleRequests, why);
                     continue;
                 }
             }
@@ -53,7 +55,8 @@ pub(crate) async fn watch(core: Arc<Core>) {
                 *count = if over { *count + 1 } else { 0 };
                 if *count >= MEMORY_STRIKES {
                     strikes.remove(&worker.unique_id());
-                    recycle(&core, worker, format!("resident memory above {max} bytes"));
+                    let why = format!("resident memory above {max} bytes");
+                    recycle(&core, worker, ExitReason::RecycleMemory, why);
                 }
             }
         }
@@ -69,8 +72,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Replaces `old` through the one replace path: the new worker must be ready and settle before
 /// the old one drains; if it fails, the old worker keeps serving and is tried again later.
-pub(crate) fn recycle(core: &Core, old: WorkerHandle, why: String) {
+pub(crate) fn recycle(core: &Core, old: WorkerHandle, reason: ExitReason, why: String) {
     tracing::info!(worker = old.id(), pid = old.pid(), %why, "recycling worker");
+    *old.shared.recycle_for.lock().unwrap() = Some(reason);
     // Never picked twice while its replacement is on trial.
     old.shared.recycling.store(true, Ordering::Release);
     let core = core.arc();

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::control::ExitReason;
 use crate::primary::core::Core;
 use crate::primary::event::{Event, ReplaceFailure, Replacement};
 use crate::primary::handle::WorkerHandle;
@@ -137,6 +138,15 @@ async fn commit(
     core.dispatcher().wake();
     core.proxy().sync();
     if let Some(old) = old {
+        old.stop_for(match purpose {
+            Replacement::Reload => ExitReason::Reload,
+            Replacement::Recycle => old
+                .shared
+                .recycle_for
+                .lock()
+                .unwrap()
+                .unwrap_or(ExitReason::RecycleRequests),
+        });
         core.dispatcher().stop_new(&old);
         core.proxy()
             .retire(&old, core.opts().graceful_timeout)

@@ -42,6 +42,7 @@ pub(crate) fn begin(core: &Core, grace: Duration) {
     core.stop_accepting().send_replace(true);
     core.changed().notify_waiters();
     for worker in &workers {
+        worker.stop_for(crate::control::ExitReason::Stop);
         core.dispatcher().stop_new(worker);
         if grace.is_zero() {
             kill(worker);

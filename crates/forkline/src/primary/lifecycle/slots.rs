@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::control::{ExitReason, LastExit};
 use crate::primary::options::{Backoff, RestartPolicy};
 
 /// A worker process, by its unique id (`WorkerHandle::unique_id`).
@@ -52,6 +53,8 @@ pub(crate) struct Slot {
     pub crash_loop: bool,
     /// True once the slot reached `max_restarts`.
     pub gave_up: bool,
+    /// How its last worker process ended.
+    pub last_exit: Option<LastExit>,
 }
 
 impl Slot {
@@ -180,6 +183,8 @@ pub(crate) struct Slots {
     /// Workers started in place of another, by `RestartReason` (its index in `ALL`), over the
     /// cluster's life: slots scaled away keep their share, so the totals never go down.
     restarts_by_reason: [u64; RestartReason::ALL.len()],
+    /// Worker exits by `ExitReason` (its index in `ALL`), over the cluster's life.
+    exits_by_reason: [u64; ExitReason::ALL.len()],
 }
 
 impl Slots {
@@ -193,7 +198,23 @@ impl Slots {
             stopping: false,
             next_ticket: 0,
             restarts_by_reason: [0; RestartReason::ALL.len()],
+            exits_by_reason: [0; ExitReason::ALL.len()],
         }
+    }
+
+    /// A worker of `slot` ended as `last` says: counted by reason, and kept as the slot's last
+    /// exit.
+    pub(crate) fn record_exit(&mut self, slot: usize, last: LastExit) {
+        self.exits_by_reason[last.reason.index()] += 1;
+        if let Some(entry) = self.slots.get_mut(&slot) {
+            entry.last_exit = Some(last);
+        }
+    }
+
+    /// Worker exits so far, by reason (the cluster's whole life).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))] // used by `/metrics`
+    pub(crate) fn exits_by_reason(&self) -> impl Iterator<Item = (ExitReason, u64)> + '_ {
+        ExitReason::ALL.into_iter().zip(self.exits_by_reason)
     }
 
     /// Workers started in place of another so far, by reason (the cluster's whole life).

@@ -131,6 +131,9 @@ pub(crate) async fn spawn(core: &Core, worker: &WorkerHandle) -> Result<Spawned>
         _ => Error::Io(e),
     })?;
     let pid = child.id().unwrap_or(0);
+    if let Some(count) = crate::primary::procfs::oom_kills() {
+        let _ = worker.shared.oom_kills_at_start.set(count);
+    }
     if let Some(listener) = trap.and_then(|ours| bind_trap::listener_from(core, ours)) {
         task::spawn(
             "bind-trap",

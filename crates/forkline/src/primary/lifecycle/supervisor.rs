@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
+use crate::control::{ExitReason, LastExit};
 use crate::primary::core::Core;
 use crate::primary::core::State;
 use crate::primary::event::Event;
@@ -161,9 +162,14 @@ fn record_exit(core: &Core, worker: &WorkerHandle, exit: ExitInfo) -> OnExit {
         .remove_target(worker, worker.shared.worker_end.get().map(|fd| &**fd));
     core.proxy().remove(worker);
     let planned = worker.exited_after_disconnect();
+    let reason = exit_reason(worker, exit, planned);
     let next = {
         let mut state = core.state();
         state.live.remove(&worker.unique_id());
+        state.slots.record_exit(
+            worker.id(),
+            LastExit::new(reason, pid, exit.code, exit.signal),
+        );
         let facts = ExitFacts {
             uptime: worker.uptime(),
             failed: exit.failed(),
@@ -179,10 +185,11 @@ fn record_exit(core: &Core, worker: &WorkerHandle, exit: ExitInfo) -> OnExit {
         .listeners()
         .release_after_exit(worker.unique_id(), worker.id(), restarting);
     core.forget_listeners(released);
+    let reason_name = reason.name();
     if !planned && exit.failed() {
-        tracing::warn!(worker = worker.id(), pid, code = ?exit.code, signal = ?exit.signal, "worker died");
+        tracing::warn!(worker = worker.id(), pid, code = ?exit.code, signal = ?exit.signal, reason = reason_name, "worker died");
     } else {
-        tracing::info!(worker = worker.id(), pid, code = ?exit.code, signal = ?exit.signal, "worker exited");
+        tracing::info!(worker = worker.id(), pid, code = ?exit.code, signal = ?exit.signal, reason = reason_name, "worker exited");
     }
     if worker.is_connected() {
         ipc::disconnected(core, worker);
@@ -192,9 +199,29 @@ fn record_exit(core: &Core, worker: &WorkerHandle, exit: ExitInfo) -> OnExit {
         code: exit.code,
         signal: exit.signal,
         exited_after_disconnect: planned,
+        reason,
     });
     core.changed().notify_waiters();
     next
+}
+
+/// Why `worker` ended (see `ExitReason::of_exit`): an OOM kill is a SIGKILL the primary did not
+/// send while the kernel's count of OOM kills went up.
+fn exit_reason(worker: &WorkerHandle, exit: ExitInfo, planned: bool) -> ExitReason {
+    let oom_killed = match (
+        worker.shared.oom_kills_at_start.get(),
+        crate::primary::procfs::oom_kills(),
+    ) {
+        (Some(before), Some(now)) => now > *before,
+        _ => false,
+    };
+    ExitReason::of_exit(
+        worker.shared.stopped_for.get().copied(),
+        planned,
+        exit.code,
+        exit.signal,
+        oom_killed,
+    )
 }
 
 /// What a restart after `worker`'s exit is counted as: why the primary killed it, if it did;
@@ -280,6 +307,7 @@ pub(crate) fn scale(core: &Core, workers: usize) -> Result<()> {
     }
     for worker in shrink {
         let slot = worker.id();
+        worker.stop_for(crate::control::ExitReason::Scale);
         stop_worker(core, &worker);
         release_slot_sockets(core, slot);
     }

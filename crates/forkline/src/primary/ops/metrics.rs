@@ -187,6 +187,17 @@ pub(crate) fn render(core: &Core) -> String {
         "Worker slots the cluster keeps",
         gauge(stats.target as u64),
     );
+    let mut exits = Labeled::new();
+    for (reason, n) in core.state().slots.exits_by_reason() {
+        exits = exits.with("reason", reason.name(), counter(n));
+    }
+    registry.register(
+        "worker_exits",
+        "Worker processes that ended, by reason: what the primary stopped them for (reload, \
+         recycle-requests, recycle-memory, scale, stop, watchdog, protocol, ready-timeout) or \
+         what they died of (exit, crash, signal, oom)",
+        exits,
+    );
     let mut restarts = Labeled::new();
     for (reason, n) in core.state().slots.restarts_by_reason() {
         restarts = restarts.with("reason", reason.name(), counter(n));

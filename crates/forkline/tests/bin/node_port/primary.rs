@@ -166,8 +166,9 @@ fn describe(event: &Event) -> String {
             code,
             signal,
             exited_after_disconnect,
+            reason,
         } => format!(
-            "exit {} code {code:?} signal {signal:?} exited_after_disconnect {exited_after_disconnect}",
+            "exit {} code {code:?} signal {signal:?} exited_after_disconnect {exited_after_disconnect} reason {reason}",
             who(worker)
         ),
         Event::Message { worker, payload } => format!("message {} {payload}", who(worker)),
