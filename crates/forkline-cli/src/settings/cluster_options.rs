@@ -59,6 +59,7 @@ impl Settings {
                 ..Backoff::default()
             },
             graceful_timeout: self.graceful_timeout,
+            shutdown_delay: self.shutdown_delay,
             handle_signals: true,
             mode: self.mode,
             balance: self.balance,
@@ -159,6 +160,10 @@ mod tests {
             opts.proxy_in_kernel == library.proxy_in_kernel,
         );
         unless_set("trap-bind", opts.trap_binds == library.trap_binds);
+        unless_set(
+            "shutdown-delay",
+            opts.shutdown_delay == library.shutdown_delay,
+        );
         unless_set(
             "proxy-queue-timeout",
             opts.proxy_queue_timeout == library.proxy_queue_timeout,

@@ -175,6 +175,14 @@ pub struct Settings {
     #[serde(with = "parse::text")]
     pub graceful_timeout: Duration,
 
+    /// On SIGTERM/SIGINT, stay a lame duck this long before the graceful stop: /readyz answers
+    /// 503 at once and the workers keep serving (instead of a Kubernetes preStop sleep); a
+    /// second SIGTERM ends it early
+    #[arg(long, env = "FORKLINE_SHUTDOWN_DELAY", value_name = "DURATION",
+          value_parser = parse::duration, default_value = "0s")]
+    #[serde(with = "parse::text")]
+    pub shutdown_delay: Duration,
+
     /// When a worker that exited is started again: always, on-failure or never
     #[arg(long, env = "FORKLINE_RESTART", value_name = "POLICY", value_parser = parse::restart,
           default_value = "always")]

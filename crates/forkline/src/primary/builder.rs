@@ -158,6 +158,16 @@ impl ClusterBuilder {
         self
     }
 
+    /// On SIGTERM or SIGINT (with the primary's signals handled), a lame-duck period before
+    /// the graceful stop (default zero): `/readyz` answers 503 at once so a load balancer
+    /// takes the instance out, the workers keep serving for `delay`, then the graceful stop
+    /// runs. A second SIGTERM/SIGINT ends the delay early; SIGQUIT stops at once. Use it
+    /// instead of a Kubernetes `preStop` sleep.
+    pub fn shutdown_delay(mut self, delay: Duration) -> Self {
+        self.opts.shutdown_delay = delay;
+        self
+    }
+
     /// Whether the primary handles TERM/INT/QUIT/HUP/TTIN/TTOU (default true).
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.opts.handle_signals = on;

@@ -70,6 +70,9 @@ struct Signals {
     limit_reached: Arc<Notify>,
     /// Set when the cluster stops accepting (shutdown began).
     stop_accepting: watch::Sender<bool>,
+    /// Set when a stop was asked for with a shutdown delay: the cluster is a lame duck (not
+    /// ready for new traffic, still serving) until the graceful stop begins.
+    lame_duck: watch::Sender<bool>,
     /// Set once the cluster has shut down.
     finished: watch::Sender<Option<Shutdown>>,
 }
@@ -122,6 +125,7 @@ impl Core {
                 changed: Notify::new(),
                 limit_reached: Arc::new(Notify::new()),
                 stop_accepting: watch::channel(false).0,
+                lame_duck: watch::channel(false).0,
                 finished: watch::channel(None).0,
             },
             notify_dir,
@@ -199,6 +203,10 @@ impl Core {
     }
 
     /// Set when the cluster stops accepting (shutdown began).
+    pub(super) fn lame_duck(&self) -> &watch::Sender<bool> {
+        &self.signals.lame_duck
+    }
+
     pub(super) fn stop_accepting(&self) -> &watch::Sender<bool> {
         &self.signals.stop_accepting
     }

@@ -223,6 +223,10 @@ pub struct ClusterOptions {
     pub backoff: Backoff,
     /// How long workers get to finish after being asked to stop, before SIGKILL.
     pub graceful_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long the cluster stays a lame duck before the graceful stop:
+    /// `/readyz` answers 503 at once, and the workers keep serving meanwhile (default zero:
+    /// the graceful stop begins at once).
+    pub shutdown_delay: Duration,
     /// Whether the primary handles SIGTERM/SIGINT/SIGQUIT/SIGHUP/SIGTTIN/SIGTTOU itself.
     pub handle_signals: bool,
     /// Default distribution mode for listeners.
@@ -351,6 +355,7 @@ impl Default for ClusterOptions {
             restart: RestartPolicy::default(),
             backoff: Backoff::default(),
             graceful_timeout: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
             handle_signals: true,
             // A bad value is reported when the builder validates (`mode_from_env` again).
             mode: mode_from_env().ok().flatten().unwrap_or_default(),

@@ -22,6 +22,31 @@ pub(crate) fn graceful(core: &Core) {
     begin(core, core.opts().graceful_timeout);
 }
 
+/// A stop asked for by SIGTERM/SIGINT: with a shutdown delay, the cluster first becomes a lame
+/// duck — not ready (`/readyz` 503), still serving — for the delay, then stops gracefully; a
+/// second ask during the delay stops gracefully at once.
+pub(crate) fn after_delay(core: &Core) {
+    let delay = core.opts().shutdown_delay;
+    if delay.is_zero() || core.lame_duck().send_replace(true) {
+        graceful(core);
+        return;
+    }
+    tracing::info!(
+        delay = ?delay,
+        "stopping after the shutdown delay: /readyz answers 503, the workers keep serving"
+    );
+    core.changed().notify_waiters();
+    let core = core.arc();
+    task::spawn("shutdown-delay", async move {
+        let mut stopping = core.stop_accepting().subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+        graceful(&core);
+    });
+}
+
 /// Stops at once: workers get SIGKILL.
 pub(crate) fn now(core: &Core) {
     begin(core, Duration::ZERO);

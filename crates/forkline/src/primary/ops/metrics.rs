@@ -56,9 +56,15 @@ pub(crate) fn serve(core: Arc<Core>, listener: tokio::net::TcpListener) {
 }
 
 /// 200 while at least one worker is ready, or, with `readyz_requires_all`, while every slot's
-/// worker is. A replacement on trial is not its slot's worker: during a reload the old workers
+/// worker is; 503 as soon as a stop was asked for (a lame duck, `shutdown_delay`, included). A replacement on trial is not its slot's worker: during a reload the old workers
 /// keep the cluster ready, and a replacement that fails changes nothing.
 async fn readyz(axum::extract::State(core): axum::extract::State<Arc<Core>>) -> impl IntoResponse {
+    if *core.lame_duck().borrow() || *core.stop_accepting().borrow() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping: not ready for new traffic\n".to_string(),
+        );
+    }
     let slots = core.slots();
     let ready = slots
         .iter()

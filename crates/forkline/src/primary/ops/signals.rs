@@ -24,8 +24,8 @@ pub(crate) fn handle(core: Arc<Core>) -> Result<()> {
     task::spawn("signals", async move {
         loop {
             tokio::select! {
-                _ = term.recv() => shutdown::graceful(&core),
-                _ = int.recv() => shutdown::graceful(&core),
+                _ = term.recv() => shutdown::after_delay(&core),
+                _ = int.recv() => shutdown::after_delay(&core),
                 _ = quit.recv() => shutdown::now(&core),
                 _ = hup.recv() => {
                     let core = core.arc();
