@@ -183,6 +183,14 @@ pub struct Settings {
     #[serde(with = "parse::text")]
     pub shutdown_delay: Duration,
 
+    /// Before a worker is killed for not answering (watchdog, graceful timeout), run CMD with
+    /// `sh -c`, {pid} and {slot} filled in (py-spy dump --pid {pid}, kill -QUIT {pid}): its
+    /// output, cut at 10 s, goes to the log and `forkline logs`, after the worker's wchan and
+    /// kernel stack
+    #[arg(long, env = "FORKLINE_ON_HANG", value_name = "CMD")]
+    #[serde(default, with = "parse::opt_text")]
+    pub on_hang: Option<String>,
+
     /// When a worker that exited is started again: always, on-failure or never
     #[arg(long, env = "FORKLINE_RESTART", value_name = "POLICY", value_parser = parse::restart,
           default_value = "always")]

@@ -168,6 +168,17 @@ impl ClusterBuilder {
         self
     }
 
+    /// A command (run with `sh -c`) before a worker is killed for not answering — its
+    /// watchdog went silent, or it outlived the graceful timeout — with `{pid}` and `{slot}`
+    /// filled in: `py-spy dump --pid {pid}`, `kill -QUIT {pid}` (Go, the JVM), `gdb -batch -p
+    /// {pid} -ex bt`. Its output, cut at 10 s, goes to the log and `forkline logs` as the
+    /// worker's lines, after the worker's `/proc/PID/wchan` and kernel stack (which are kept
+    /// even without a command).
+    pub fn on_hang(mut self, command: impl Into<String>) -> Self {
+        self.opts.on_hang = Some(command.into());
+        self
+    }
+
     /// Whether the primary handles TERM/INT/QUIT/HUP/TTIN/TTOU (default true).
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.opts.handle_signals = on;

@@ -227,6 +227,11 @@ pub struct ClusterOptions {
     /// `/readyz` answers 503 at once, and the workers keep serving meanwhile (default zero:
     /// the graceful stop begins at once).
     pub shutdown_delay: Duration,
+    /// A command run before a worker is killed for not answering (its watchdog went silent,
+    /// or it outlived the graceful timeout), `{pid}` and `{slot}` filled in: its output (at
+    /// most 10 s of it) goes to the log and `forkline logs`, after the worker's
+    /// `/proc/PID/wchan` and kernel stack.
+    pub on_hang: Option<String>,
     /// Whether the primary handles SIGTERM/SIGINT/SIGQUIT/SIGHUP/SIGTTIN/SIGTTOU itself.
     pub handle_signals: bool,
     /// Default distribution mode for listeners.
@@ -356,6 +361,7 @@ impl Default for ClusterOptions {
             backoff: Backoff::default(),
             graceful_timeout: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
+            on_hang: None,
             handle_signals: true,
             // A bad value is reported when the builder validates (`mode_from_env` again).
             mode: mode_from_env().ok().flatten().unwrap_or_default(),

@@ -3,6 +3,7 @@
 //! socket and output, and the binds of plain programs that join forkline's socket.
 
 pub(crate) mod bind_trap;
+pub(crate) mod forensics;
 pub(crate) mod ipc;
 pub(crate) mod keeper;
 pub(crate) mod keeper_watch;

@@ -86,6 +86,25 @@ fn kill(worker: &WorkerHandle) {
 async fn finish(core: Arc<Core>, grace: Duration) {
     let mut killed = Vec::new();
     if !wait_all_exited(&core, Instant::now() + grace).await {
+        // What each worker left was doing, all at once (each bounded in time).
+        let recorded: Vec<_> = core
+            .workers()
+            .into_iter()
+            .map(|worker| {
+                let core = core.clone();
+                tokio::spawn(async move {
+                    crate::primary::lifecycle::forensics::before_kill(
+                        &core,
+                        &worker,
+                        "graceful timeout",
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for done in recorded {
+            let _ = done.await;
+        }
         for worker in core.workers() {
             tracing::warn!(
                 worker = worker.id(),

@@ -22,7 +22,8 @@ use crate::primary::lifecycle::spawn::Channel;
 use crate::primary::options::check_steered_workers;
 use crate::primary::options::Readiness;
 use crate::primary::{
-    lifecycle::ipc, lifecycle::node_ipc, lifecycle::readiness, lifecycle::spawn, task,
+    lifecycle::forensics, lifecycle::ipc, lifecycle::node_ipc, lifecycle::readiness,
+    lifecycle::spawn, task,
 };
 
 /// How a new worker gets its slot.
@@ -115,7 +116,12 @@ async fn heed(core: &Core, worker: &WorkerHandle) -> std::convert::Infallible {
             WorkerNotice::Stopping => {
                 core.transition(worker, WorkerState::Draining);
             }
-            WorkerNotice::Failed(error) => ipc::worker_error(core, worker, error),
+            WorkerNotice::Failed(error) => {
+                if worker.shared.stopped_for.get() == Some(&ExitReason::Watchdog) {
+                    forensics::before_kill(core, worker, "watchdog").await;
+                }
+                ipc::worker_error(core, worker, error)
+            }
         }
     }
     std::future::pending().await
@@ -327,6 +333,7 @@ pub(crate) fn stop_worker(core: &Core, worker: &WorkerHandle) {
     let (core, worker) = (core.arc(), worker.clone());
     task::spawn("stop", async move {
         if !wait_exit(&core, &worker, Instant::now() + grace).await {
+            forensics::before_kill(&core, &worker, "graceful timeout").await;
             tracing::warn!(
                 worker = worker.id(),
                 pid = worker.pid(),
