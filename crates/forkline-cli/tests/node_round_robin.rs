@@ -27,6 +27,8 @@ const cluster = require('cluster');
 const server = http.createServer((req, res) =>
   res.end(`id=${cluster.worker.id} pid=${process.pid}\n`));
 server.listen(Number(process.argv[2]), '127.0.0.1');
+// A worker at its maxConnections answers every newconn with accepted: false.
+if (String(cluster.worker.id) === process.env.REFUSE_SLOT) server.maxConnections = 1;
 process.on('message', (m) => {
   if (m && m.close) server.close(() => process.send({ closed: cluster.worker.id }));
 });
@@ -217,6 +219,39 @@ fn a_server_closed_in_one_worker_sends_its_connections_to_the_other() {
     }
     // Worker 0 lives on (its channel is open), serving nothing.
     assert!(alive(pids["0"] as u32));
+    cluster.stop_cleanly();
+}
+
+/// A worker at its `maxConnections` (1, held by an idle client) refuses every connection
+/// (`accepted: false`): each goes to the other worker, never back to the refuser, and every
+/// request is answered.
+#[test]
+fn connections_a_worker_refuses_go_to_the_other() {
+    let dir = TempDir::new("node-rr-refuse");
+    let port = free_port();
+    let mut cluster = start(&dir, port, &["-e", "REFUSE_SLOT=1", "--ready", "listen"]);
+    // Both workers listen (the refuser too: ready on `listening`) before the requests.
+    let both = until(STARTUP, || {
+        let status = control(&dir, "status", &["--json"]).stdout;
+        status.contains("\"ready\":2").then_some(())
+    });
+    assert!(both.is_some(), "{}", cluster.output());
+    // Idle connections, handed out in turn: the refuser holds one (its maxConnections) and
+    // refuses from then on.
+    let idle: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let held = until(STARTUP, || {
+        let status: serde_json::Value =
+            serde_json::from_str(&control(&dir, "status", &["--json"]).stdout).ok()?;
+        (status["workers"][1]["connections"].as_u64()? >= 1).then_some(())
+    });
+    assert!(held.is_some(), "{}", cluster.output());
+    for _ in 0..20 {
+        let body = http_get(port).expect("an answer").body;
+        assert_eq!(field(&body, "id"), Some("0"), "{body}");
+    }
+    drop(idle);
     cluster.stop_cleanly();
 }
 

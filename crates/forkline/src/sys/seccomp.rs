@@ -230,17 +230,18 @@ pub(crate) fn receive(listener: BorrowedFd<'_>) -> io::Result<Notification> {
     Ok(notification)
 }
 
-/// True while call `id` is still waiting for its answer (its thread did not die or get a
-/// signal meanwhile): what was read of its memory is then what it asked.
+/// False when call `id` is no longer waiting for its answer (its thread died or got a signal
+/// meanwhile: ENOENT); what was read of its memory is otherwise what it asked.
 pub(crate) fn still_waiting(listener: BorrowedFd<'_>, id: u64) -> bool {
     // SAFETY: ID_VALID reads one u64 from memory we own for the call.
-    unsafe {
+    let rc = unsafe {
         libc::ioctl(
             listener.as_raw_fd(),
             SECCOMP_IOCTL_NOTIF_ID_VALID as _,
             &id as *const u64,
-        ) == 0
-    }
+        )
+    };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
 }
 
 /// Lets call `id` go on as if it had not been trapped.

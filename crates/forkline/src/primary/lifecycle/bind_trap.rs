@@ -43,6 +43,12 @@ pub(crate) fn prepare(core: &Core, command: &mut std::process::Command) -> Optio
         say_refused(core, "seccomp refused (FORKLINE_TEST_NO_SECCOMP)");
         return None;
     }
+    // Before 5.9 the kernel cannot put a socket on the program's fd (ADDFD with SETFD), and
+    // before 5.5 it cannot even let a call go on (CONTINUE): every bind would hang.
+    if !kernel_at_least(5, 9) {
+        say_refused(core, "Linux 5.9 or later is needed");
+        return None;
+    }
     match crate::sys::seqpacket_pair() {
         Ok((ours, theirs)) => {
             seccomp::trap_binds(command, theirs);
@@ -70,6 +76,24 @@ pub(crate) fn listener_from(core: &Core, ours: OwnedFd) -> Option<OwnedFd> {
             say_refused(core, &e.to_string());
             None
         }
+    }
+}
+
+/// True when the running kernel is `major.minor` or later (`uname -r`).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    release_at_least(&release, major, minor)
+}
+
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
     }
 }
 
@@ -115,8 +139,8 @@ pub(crate) async fn serve(core: Arc<Core>, worker: WorkerHandle, listener: Owned
             }
             match seccomp::receive(listener.get_ref().as_fd()) {
                 Ok(call) => answer(&core, &worker, listener.get_ref(), call),
-                // The caller died before it could be received.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                // The caller died before it could be received; or a signal came.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => {}
                 Err(_) => return,
             }
         }
@@ -152,24 +176,44 @@ fn waiting(listener: &OwnedFd) -> Waiting {
 }
 
 /// One trapped `bind(fd, addr, len)`: forkline's socket for a `--listen` address, else on.
+/// A call is never left unanswered: where letting it go on fails, it fails with ENOSYS.
 fn answer(core: &Core, worker: &WorkerHandle, listener: &OwnedFd, call: seccomp::Notification) {
-    let listener = listener.as_fd();
+    let fd = listener.as_fd();
+    decide(core, worker, fd, call);
+}
+
+/// Lets call `id` go on; where the kernel refuses that, fails it (ENOSYS) rather than leave it
+/// waiting.
+fn go_on(listener: std::os::fd::BorrowedFd<'_>, id: u64) {
+    if let Err(e) = seccomp::continue_call(listener, id) {
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            let _ = seccomp::answer(listener, id, Err(libc::ENOSYS));
+        }
+    }
+}
+
+fn decide(
+    core: &Core,
+    worker: &WorkerHandle,
+    listener: std::os::fd::BorrowedFd<'_>,
+    call: seccomp::Notification,
+) {
     let [fd, address, length, ..] = call.data.args;
     let asked = read_address(call.pid, address, length);
     if !seccomp::still_waiting(listener, call.id) {
         return;
     }
     let Some(asked) = asked else {
-        let _ = seccomp::continue_call(listener, call.id);
+        go_on(listener, call.id);
         return;
     };
     let Some(bound) = joined_listener(core.prebound(), asked) else {
-        let _ = seccomp::continue_call(listener, call.id);
+        go_on(listener, call.id);
         return;
     };
     let target = fd as RawFd;
     let Some(flags) = stream_socket_flags(call.pid, target) else {
-        let _ = seccomp::continue_call(listener, call.id);
+        go_on(listener, call.id);
         return;
     };
     let result = bound
@@ -278,6 +322,16 @@ fn stream_socket_flags(pid: u32, fd: RawFd) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(release_at_least("6.18.44-fc-v1300", 5, 9));
+        assert!(release_at_least("5.9.0", 5, 9));
+        assert!(release_at_least("5.15.0-91-generic", 5, 9));
+        assert!(!release_at_least("5.4.0-42-generic", 5, 9));
+        assert!(!release_at_least("4.19.0", 5, 9));
+        assert!(!release_at_least("", 5, 9));
+    }
 
     #[test]
     fn a_bind_joins_a_listen_address_on_its_port() {

@@ -75,6 +75,7 @@ pub(crate) fn begin(core: &Core, grace: Duration) {
             worker.disconnect();
         }
     }
+    core.proxy().sync();
     task::spawn("shutdown", finish(core.arc(), grace));
 }
 

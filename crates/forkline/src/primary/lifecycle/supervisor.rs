@@ -329,6 +329,8 @@ pub(crate) fn scale(core: &Core, workers: usize) -> Result<()> {
 pub(crate) fn stop_worker(core: &Core, worker: &WorkerHandle) {
     core.dispatcher().stop_new(worker);
     worker.disconnect();
+    // Draining now: out of the kernel's turns at once (proxy mode).
+    core.proxy().sync();
     let grace = core.opts().graceful_timeout;
     let (core, worker) = (core.arc(), worker.clone());
     task::spawn("stop", async move {

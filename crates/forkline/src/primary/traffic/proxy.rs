@@ -114,6 +114,20 @@ impl ProxyTable {
             port: v4.port(),
         })?;
         let _ = self.kernel.set((steering, v4.port()));
+        // Workers up already (a new primary after an upgrade starts steering only once its
+        // workers are ready): their listeners are taken now.
+        let up: Vec<(WorkerHandle, u16)> = self
+            .backends
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|b| b.up)
+            .map(|b| (b.handle.clone(), b.port))
+            .collect();
+        for (worker, port) in up {
+            self.take_listener(&worker, port);
+        }
+        self.sync();
         Ok(())
     }
 

@@ -25,7 +25,7 @@ pub(super) struct Handed {
     listener: u64,
     peer: Option<SocketAddr>,
     accepted: Instant,
-    refused: bool,
+    refused_by: Option<u64>,
     /// The primary's copy (another sits in the message in flight until the worker's ACK).
     fd: Arc<OwnedFd>,
 }
@@ -41,7 +41,7 @@ impl Handed {
             fd,
             peer: self.peer,
             accepted: self.accepted,
-            refused: self.refused,
+            refused_by: self.refused_by,
         })
     }
 }
@@ -67,7 +67,7 @@ impl Channel<'_> {
                 listener: conn.listener,
                 peer: conn.peer,
                 accepted: conn.accepted,
-                refused: conn.refused,
+                refused_by: conn.refused_by,
                 fd: fd.clone(),
             },
         );

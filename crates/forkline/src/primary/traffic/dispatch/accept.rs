@@ -382,7 +382,7 @@ impl Dispatcher {
                         fd,
                         peer,
                         accepted,
-                        refused: false,
+                        refused_by: None,
                     }),
                     Ok(None) => {
                         stopped = Some(Stopped::Drained);

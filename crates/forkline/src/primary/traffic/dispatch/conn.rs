@@ -13,7 +13,8 @@ pub(crate) struct Conn {
     /// When its batch was accepted (or, for one taken back from a worker, when it was taken
     /// back): where its handoff latency starts.
     pub(crate) accepted: Instant,
-    /// A Node worker whose server was open refused it (`accepted: false`, its
-    /// `maxConnections`): refused a second time, it is closed rather than passed around.
-    pub(crate) refused: bool,
+    /// The Node worker (its unique id) that refused it with its server open (`accepted:
+    /// false`, its `maxConnections`): it goes to another worker; refused by a second one too,
+    /// it is closed rather than passed around for ever.
+    pub(crate) refused_by: Option<u64>,
 }

@@ -254,18 +254,26 @@ impl Dispatcher {
         self.changed.notify_waiters();
     }
 
-    /// A Node worker answered `accepted: false` for `conn`: it goes to another worker — unless
-    /// the worker refused it with its server open (its `maxConnections`) and it was refused
-    /// before, when it is closed (its client sees the close, as with one Node process at its
-    /// `maxConnections`) rather than passed around for ever.
+    /// A Node worker answered `accepted: false` for `conn`: it goes to another worker (with its
+    /// server open, its `maxConnections`, not back to this one) — unless another worker refused
+    /// it so before, or no other worker serves its listener, when it is closed (its client sees
+    /// the close, as with one Node process at its `maxConnections`) rather than passed around.
     pub(crate) fn not_accepted(&self, worker: &WorkerHandle, mut conn: Conn, server_open: bool) {
+        let me = worker.unique_id();
         let mut state = self.state.lock().unwrap();
-        if let Some(target) = state.targets.get_mut(&worker.unique_id()) {
+        if let Some(target) = state.targets.get_mut(&me) {
             target.inflight = target.inflight.saturating_sub(1);
             target.last_ack = Instant::now();
         }
-        if !(server_open && conn.refused) {
-            conn.refused |= server_open;
+        let elsewhere = state
+            .targets
+            .iter()
+            .any(|(key, t)| *key != me && t.listeners.contains(&conn.listener));
+        let refused_twice = conn.refused_by.is_some_and(|by| by != me);
+        if !(server_open && (refused_twice || !elsewhere)) {
+            if server_open {
+                conn.refused_by = Some(me);
+            }
             worker.count_taken_back(1);
             state.counters.redispatched += 1;
             state.pending.push_front(conn);
@@ -364,7 +372,7 @@ impl Dispatcher {
                 fd,
                 peer,
                 accepted: now,
-                refused: false,
+                refused_by: None,
             });
         }
         self.flush(&mut state);
@@ -536,6 +544,7 @@ impl Dispatcher {
             let planned = planned.get(key).copied().unwrap_or(0);
             !t.full
                 && serves(t)
+                && conn.refused_by != Some(*key)
                 && t.inflight + planned < t.window
                 && !(t.probe_pending() || (t.stuck && planned > 0))
                 && t.handle.takes_connections()
@@ -772,7 +781,7 @@ mod tests {
             fd: std::fs::File::open("/dev/null").unwrap().into(),
             peer: peer.map(|p| p.parse().unwrap()),
             accepted: Instant::now(),
-            refused: false,
+            refused_by: None,
         };
         let mixed = [
             conn(Some("127.0.0.1:1000")),

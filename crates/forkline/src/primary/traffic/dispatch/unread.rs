@@ -70,7 +70,7 @@ pub(super) fn conns_in(packet: &[u8], fds: Vec<OwnedFd>) -> Option<Vec<Conn>> {
                 fd,
                 peer: peers.next().flatten(),
                 accepted: now,
-                refused: false,
+                refused_by: None,
             })
             .collect(),
     )
