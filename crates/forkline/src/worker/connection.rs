@@ -19,13 +19,19 @@ use super::{reader, Shared};
 pub struct Connection<S> {
     stream: Option<S>,
     counted: Option<Arc<Shared>>,
+    /// The worker, while the connection is one of its live ones.
+    live: Option<Arc<Shared>>,
 }
 
 impl<S> Connection<S> {
-    pub(crate) fn new(stream: S, shared: Option<Arc<Shared>>) -> Self {
+    /// `stream`, one of `worker`'s live connections, and counted for least-conn when
+    /// `counted` is given.
+    pub(crate) fn new(stream: S, worker: &Arc<Shared>, counted: Option<Arc<Shared>>) -> Self {
+        worker.live.fetch_add(1, Ordering::AcqRel);
         Self {
             stream: Some(stream),
-            counted: shared,
+            counted,
+            live: Some(worker.clone()),
         }
     }
 
@@ -36,6 +42,9 @@ impl<S> Connection<S> {
     }
 
     fn release(&mut self) {
+        if let Some(worker) = self.live.take() {
+            worker.connection_ended();
+        }
         if let Some(shared) = self.counted.take() {
             let _ = shared
                 .open

@@ -244,8 +244,11 @@ impl TcpListener {
     /// The next connection and its peer address; `Ok(None)` once the worker is disconnected.
     pub fn accept(&self) -> io::Result<Option<(Connection<std::net::TcpStream>, SocketAddr)>> {
         while let Some((fd, counts, peer)) = self.base.source.accept(&self.base.worker)? {
-            let stream =
-                Connection::new(std::net::TcpStream::from(fd), self.base.counted_tcp(counts));
+            let stream = Connection::new(
+                std::net::TcpStream::from(fd),
+                &self.base.worker.shared,
+                self.base.counted_tcp(counts),
+            );
             // A client that already reset has no peer address; skip it.
             if let Some(peer) = peer.or_else(|| stream.peer_addr().ok()) {
                 return Ok(Some((stream, peer)));
@@ -294,7 +297,11 @@ impl AsyncTcpListener {
             let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))?;
             if let Some(peer) = peer.or_else(|| stream.peer_addr().ok()) {
                 return Ok(Some((
-                    Connection::new(stream, self.base.counted_tcp(counts)),
+                    Connection::new(
+                        stream,
+                        &self.base.worker.shared,
+                        self.base.counted_tcp(counts),
+                    ),
                     peer,
                 )));
             }
@@ -341,6 +348,7 @@ impl UnixListener {
             .map(|(fd, counts, _)| {
                 Connection::new(
                     std::os::unix::net::UnixStream::from(fd),
+                    &self.base.worker.shared,
                     self.base.counted(counts, false),
                 )
             }))
@@ -374,6 +382,7 @@ impl AsyncUnixListener {
                     tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?;
                 Ok(Some(Connection::new(
                     stream,
+                    &self.base.worker.shared,
                     self.base.counted(counts, false),
                 )))
             }

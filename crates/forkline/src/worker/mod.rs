@@ -54,6 +54,12 @@ pub(crate) struct Shared {
     pub closing: AtomicBool,
     /// Open connections, reported for least-conn balancing.
     pub open: AtomicU64,
+    /// Connections accepted through forkline's listeners and still open (every one, counted
+    /// for least-conn or not).
+    pub live: AtomicU64,
+    /// The primary asked this worker to disconnect: the channel closes once `live` is 0 (its
+    /// servers' connections ended, as a Node worker's channel closes once its servers closed).
+    pub close_when_idle: AtomicBool,
     pub report_load: AtomicBool,
     /// Read end of a pipe that becomes readable on disconnect (wakes blocking accepts).
     pub wake_read: OwnedFd,
@@ -140,6 +146,8 @@ impl Worker {
             disconnected: watch::channel(false).0,
             closing: AtomicBool::new(false),
             open: AtomicU64::new(0),
+            live: AtomicU64::new(0),
+            close_when_idle: AtomicBool::new(false),
             report_load: AtomicBool::new(false),
             wake_read,
             wake_write: Mutex::new(Some(wake_write)),
@@ -333,6 +341,26 @@ impl Worker {
 }
 
 impl Shared {
+    /// One connection through forkline's listeners fewer: the last one of a disconnected
+    /// worker closes the channel.
+    pub(crate) fn connection_ended(&self) {
+        let before = self
+            .live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .unwrap_or(0);
+        if before <= 1 {
+            self.close_if_idle();
+        }
+    }
+
+    /// Closes the channel if the primary asked for a disconnect and no connection is left.
+    pub(crate) fn close_if_idle(&self) {
+        if self.close_when_idle.load(Ordering::Acquire) && self.live.load(Ordering::Acquire) == 0 {
+            self.closing.store(true, Ordering::Release);
+            self.channel.shutdown();
+        }
+    }
+
     /// Stops every listener: queues close once drained, blocking accepts wake up.
     pub(crate) fn mark_disconnected(&self) {
         self.disconnected.send_replace(true);

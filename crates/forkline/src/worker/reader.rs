@@ -222,13 +222,18 @@ fn route(shared: &Shared, packet: Packet, state: &mut ReaderState) -> Result<(),
             send_ack(shared, state, None)?;
             shared.mark_disconnected();
             state.messages = None;
-            // The primary sends nothing after `disconnect` (not one handoff: it stopped them
-            // first), and the listeners yield nothing new from here: the channel closes now,
-            // as a Node worker's does once its servers stop listening — the primary hears its
-            // `disconnect` then, while the worker lives on to finish the connections it holds.
-            // (The next read sees the end, and the reader stops without exiting the process.)
-            shared.closing.store(true, Ordering::Release);
-            shared.channel.shutdown();
+            if shared.closing.load(Ordering::Acquire) {
+                // The answer to this worker's own `disconnecting`: the primary sends nothing
+                // after it, so the channel closes now (the next read sees the end).
+                shared.channel.shutdown();
+            } else {
+                // The primary's own `disconnect`, its last packet: the listeners yield nothing
+                // new, and the channel closes once the connections they gave have ended — as a
+                // Node worker's closes once its servers closed (their connections ended) —
+                // while other work of the worker (a client connection, a timer) may go on.
+                shared.close_when_idle.store(true, Ordering::Release);
+                shared.close_if_idle();
+            }
         }
         ToWorker::Error { error } => return Err(Error::Protocol(error)),
         ToWorker::Welcome { .. } => return Err(Error::Protocol("unexpected welcome".into())),
