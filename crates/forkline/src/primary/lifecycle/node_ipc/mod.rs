@@ -46,7 +46,12 @@ const MAX_DRAINED: usize = 10_000;
 struct Outgoing {
     line: String,
     socket: Option<Arc<OwnedFd>>,
+    /// Times the worker answered NACK (the fd did not arrive: it is at its fd limit).
+    nacks: u8,
 }
+
+/// NACKs after which a handle is given up (Node's own `MAX_HANDLE_RETRANSMISSIONS`).
+const MAX_NACKS: u8 = 3;
 
 /// One Node worker's channel, as the primary serves it.
 struct Channel<'a> {
@@ -296,6 +301,7 @@ impl Channel<'_> {
         let outgoing = Outgoing {
             line: message.to_string(),
             socket,
+            nacks: 0,
         };
         if self.in_flight.is_some() {
             self.queued.push_back(outgoing);
@@ -306,7 +312,12 @@ impl Channel<'_> {
 
     /// Writes at once, ahead of the queue (an acknowledgement is never queued).
     async fn write_now(&mut self, line: String, socket: Option<Arc<OwnedFd>>) {
-        self.write(Outgoing { line, socket }).await;
+        self.write(Outgoing {
+            line,
+            socket,
+            nacks: 0,
+        })
+        .await;
     }
 
     async fn write(&mut self, outgoing: Outgoing) {
@@ -350,10 +361,26 @@ impl Channel<'_> {
         }
     }
 
-    /// The worker did not get the socket in flight: it is sent again.
+    /// The worker did not get the socket in flight: it is sent again, up to [`MAX_NACKS`]
+    /// times; then it is given up (a connection goes to another worker) and the queue moves on.
     async fn refused(&mut self) {
-        if let Some(again) = self.in_flight.take() {
+        let Some(mut again) = self.in_flight.take() else {
+            return;
+        };
+        again.nacks += 1;
+        if again.nacks < MAX_NACKS {
             self.write(again).await;
+            return;
         }
+        tracing::warn!(
+            worker = self.worker.id(),
+            pid = self.worker.pid(),
+            "node channel: the worker refused a socket {MAX_NACKS} times (at its fd limit?); given up"
+        );
+        if let Some(socket) = again.socket.take() {
+            drop(again);
+            self.give_up_handoff(&socket);
+        }
+        self.acknowledged().await;
     }
 }

@@ -97,6 +97,23 @@ impl Channel<'_> {
         }
     }
 
+    /// A `newconn` whose socket the worker kept refusing: the connection goes to another
+    /// worker (for any other socket, nothing to do).
+    pub(super) fn give_up_handoff(&mut self, socket: &Arc<OwnedFd>) {
+        let Some(seq) = self
+            .handed
+            .iter()
+            .find(|(_, handed)| Arc::ptr_eq(&handed.fd, socket))
+            .map(|(seq, _)| *seq)
+        else {
+            return;
+        };
+        // As a refusal: not back to this worker, closed if no other one serves.
+        if let Some(conn) = self.handed.remove(&seq).and_then(Handed::into_conn) {
+            self.core.dispatcher().not_accepted(self.worker, conn, true);
+        }
+    }
+
     /// The channel is closed or the worker gone: what it was sent and did not accept, and what
     /// waits for it in `queue`, goes to other workers (once the dispatcher stopped sending).
     pub(super) fn give_back_all(&mut self, queue: &mut UnboundedReceiver<Handoff>) {
