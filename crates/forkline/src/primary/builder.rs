@@ -329,7 +329,7 @@ impl ClusterBuilder {
     }
 
     /// Proxy mode: steer each new connection in the kernel straight to a ready worker's own
-    /// listener (default true; `SK_LOOKUP`, Linux 5.9+ and `CAP_BPF`, round-robin only). The
+    /// listener (default true; `SK_LOOKUP`, Linux 5.12+ and `CAP_BPF`, round-robin only). The
     /// primary takes each worker's listener on its `$PORT` (`pidfd_getfd`) once it accepts,
     /// and relays only what the kernel does not steer; where BPF is refused, every connection
     /// is relayed, as with `false`. [`Cluster::steering`](crate::Cluster::steering) says which.

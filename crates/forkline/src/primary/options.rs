@@ -309,7 +309,7 @@ pub struct ClusterOptions {
     /// time (round-robin mode).
     pub node_ipc: bool,
     /// Proxy mode: steer each new connection in the kernel straight to a ready worker's own
-    /// listener (`SK_LOOKUP`, Linux 5.9+, with `CAP_BPF`; round-robin only), the relay only
+    /// listener (`SK_LOOKUP`, Linux 5.12+, with `CAP_BPF`; round-robin only), the relay only
     /// taking what it misses (default true). Where the kernel refuses, every connection is
     /// relayed, said once in the log.
     pub proxy_in_kernel: bool,
