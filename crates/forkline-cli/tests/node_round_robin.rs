@@ -222,6 +222,33 @@ fn a_server_closed_in_one_worker_sends_its_connections_to_the_other() {
     cluster.stop_cleanly();
 }
 
+/// When every worker has closed its server, the primary closes the listener too: the port is
+/// free (a connect is refused), as with Node's own primary, rather than accepting connections
+/// nobody will serve.
+#[test]
+fn the_port_is_freed_once_every_worker_closed_its_server() {
+    let dir = TempDir::new("node-rr-close-all");
+    let port = free_port();
+    let mut cluster = start(&dir, port, &[]);
+    pids_by_slot(port);
+    let sent = control(&dir, "send", &["all", r#"{"close":true}"#]);
+    assert_eq!(sent.code, Some(0), "{}", sent.stderr);
+    let freed = until(STARTUP, || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .err()
+            .filter(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    assert!(freed.is_some(), "{}", cluster.output());
+    assert!(
+        cluster
+            .output()
+            .contains("no worker listens any more; socket closed"),
+        "{}",
+        cluster.output()
+    );
+    cluster.stop_cleanly();
+}
+
 /// A worker at its `maxConnections` (1, held by an idle client) refuses every connection
 /// (`accepted: false`): each goes to the other worker, never back to the refuser, and every
 /// request is answered.

@@ -256,6 +256,12 @@ impl BoundListener {
         self.lifetime.lock().unwrap().pinned = true;
     }
 
+    /// Worker `seq` closed its server on it: true when nothing holds it any more.
+    fn unheld_after_close(&self, seq: u64) -> bool {
+        let mut lifetime = self.lifetime.lock().unwrap();
+        lifetime.holders.remove(&seq) && lifetime.holders.is_empty() && !lifetime.pinned
+    }
+
     /// Worker `seq` of `slot` exited (and the slot restarts, or not): true when nothing holds
     /// the listener any more and nothing is on the way to.
     fn unheld_after_exit(&self, seq: u64, slot: usize, restarting: bool) -> bool {
@@ -434,6 +440,13 @@ impl ListenerTable {
             }
         }
         self.release_where(|l| l.unheld_after_exit(seq, slot, restarting))
+    }
+
+    /// Worker `seq` closed its server on listener `id` (a Node worker's `close`): it holds it no
+    /// more, and a listener nobody holds (nor pinned) is released — its port free again, as
+    /// Node's primary frees a handle its last worker removed.
+    pub(crate) fn release_closed(&self, seq: u64, id: u64) -> Vec<Arc<BoundListener>> {
+        self.release_where(|l| l.id == id && l.unheld_after_close(seq))
     }
 
     /// `slot` went away (scale-down): releases the listeners that waited for its next worker.

@@ -196,6 +196,13 @@ impl Channel<'_> {
         if let Some(listener) = self.servers.remove(key) {
             self.keys.remove(&listener.id);
             self.core.dispatcher().leave(self.worker, listener.id);
+            if !self.servers.values().any(|l| l.id == listener.id) {
+                let released = self
+                    .core
+                    .listeners()
+                    .release_closed(self.worker.unique_id(), listener.id);
+                self.core.forget_listeners(released);
+            }
         }
     }
 
