@@ -39,16 +39,31 @@ const NR_BIND: u32 = libc::SYS_bind as u32;
 const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_JEQ_K: u16 = 0x15;
 const BPF_RET_K: u16 = 0x06;
-/// Offsets in `struct seccomp_data`.
+/// Offsets in `struct seccomp_data`: the syscall number, the architecture, and the low word
+/// of the third argument (bind's address length; little-endian).
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
+#[cfg(target_endian = "little")]
+const DATA_ARG2_LOW: u32 = 16 + 2 * 8;
+#[cfg(target_endian = "big")]
+const DATA_ARG2_LOW: u32 = 16 + 2 * 8 + 4;
+/// `sizeof(struct sockaddr_in)`, `sizeof(struct sockaddr_in6)` and `sizeof(struct
+/// sockaddr_storage)` (what some programs pass for either).
+const SOCKADDR_IN: u32 = 16;
+const SOCKADDR_IN6: u32 = 28;
+const SOCKADDR_STORAGE: u32 = 128;
 
-/// The filter: on this architecture, `bind` is a notification; everything else is allowed.
-const FILTER: [libc::sock_filter; 6] = [
+/// The filter: on this architecture, a `bind` with an IPv4 or IPv6 address's length is a
+/// notification; everything else (other binds: Unix, netlink; other calls) is allowed at once.
+const FILTER: [libc::sock_filter; 10] = [
     stmt(BPF_LD_W_ABS, DATA_ARCH),
-    jump(AUDIT_ARCH, 0, 3),
+    jump(AUDIT_ARCH, 0, 7),
     stmt(BPF_LD_W_ABS, DATA_NR),
-    jump(NR_BIND, 0, 1),
+    jump(NR_BIND, 0, 5),
+    stmt(BPF_LD_W_ABS, DATA_ARG2_LOW),
+    jump(SOCKADDR_IN, 2, 0),
+    jump(SOCKADDR_IN6, 1, 0),
+    jump(SOCKADDR_STORAGE, 0, 1),
     stmt(BPF_RET_K, SECCOMP_RET_USER_NOTIF),
     stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
 ];

@@ -275,13 +275,24 @@ impl ProxyTable {
         };
         self.sync();
         let direct = self.kernel.get().map(|(_, public)| *public);
-        let busy = || {
-            active.load(Ordering::Acquire) > 0
-                || direct.is_some_and(|public| lookup::serving(worker.pid(), port, public))
+        let pid = worker.pid();
+        // `/proc/net/tcp` is read off the runtime's threads (it walks every TCP socket).
+        let serving = move |public: u16| async move {
+            tokio::task::spawn_blocking(move || lookup::serving(pid, port, public))
+                .await
+                .unwrap_or(false)
         };
         let deadline = tokio::time::Instant::now() + grace;
-        while busy() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        while tokio::time::Instant::now() < deadline {
+            let busy = active.load(Ordering::Acquire) > 0
+                || match direct {
+                    Some(public) => serving(public).await,
+                    None => false,
+                };
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.remove(worker);
     }
