@@ -32,6 +32,10 @@ use crate::primary::traffic::counters::{AcceptErrorKind, Traffic};
 use crate::primary::traffic::lookup::{self, KernelSteering};
 use crate::protocol::SocketKind;
 
+/// How long a retiring kernel-steered worker is given for handshakes steered to it before it
+/// left the turns to complete, before its queue is looked at.
+const HANDSHAKE_SETTLE: Duration = Duration::from_millis(250);
+
 /// How long a connect to a worker's port may take before trying another worker.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Relay buffer per direction.
@@ -283,6 +287,11 @@ impl ProxyTable {
                 .unwrap_or(false)
         };
         let deadline = tokio::time::Instant::now() + grace;
+        if direct.is_some() {
+            // A handshake steered to it just before it left the turns completes a round trip
+            // later (a SYN_RECV cannot be told apart by listener in /proc/net/tcp).
+            tokio::time::sleep(HANDSHAKE_SETTLE.min(grace)).await;
+        }
         while tokio::time::Instant::now() < deadline {
             let busy = active.load(Ordering::Acquire) > 0
                 || match direct {

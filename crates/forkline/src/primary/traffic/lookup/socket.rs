@@ -93,9 +93,8 @@ pub(crate) fn serving(pid: u32, port: u16, public: u16) -> bool {
 }
 
 /// From the text of `/proc/net/tcp`: whether the listener of `127.0.0.1:port` has connections
-/// waiting to be accepted (its `rx_queue`) or on their way there (a handshake to the public
-/// port under way: `SYN_RECV`, no inode yet), and the inodes of the open connections whose
-/// local port is `public`.
+/// waiting to be accepted (its `rx_queue`), and the inodes of the open connections whose local
+/// port is `public`.
 fn sockets_in(table: &str, port: u16, public: u16) -> (bool, Vec<u64>) {
     let mut queued = false;
     let mut open = Vec::new();
@@ -117,8 +116,6 @@ fn sockets_in(table: &str, port: u16, public: u16) -> (bool, Vec<u64>) {
                 .split_once(':')
                 .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
             queued |= waiting.is_some_and(|n| n > 0);
-        } else if *state == "03" && local_port == public {
-            queued = true;
         } else if *state != "0A" && local_port == public {
             if let Ok(inode) = inode.parse::<u64>() {
                 if inode != 0 {
