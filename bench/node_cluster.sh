@@ -10,8 +10,13 @@
 #   forkline-shared  forkline run --ipc node --mode shared -w W -- ...   (a reference row)
 # Under forkline every process of the app is a worker and its server.listen(ADDR) asks forkline
 # for the socket over Node's own cluster channel. forkline-rr is listed as "not available"
-# (and skipped in later rounds) only when the forkline built refuses it with exit 2, i.e.
-# before round-robin for Node workers exists; any other failure to come up is "did not start".
+# (and skipped in later rounds) only when the forkline built refuses it with exit 2, i.e. a
+# build from before round-robin for Node workers; any other failure to come up is "did not
+# start". Each forkline row is checked against `forkline status --json` once it is up: its
+# mode must be the one asked for (else the row fails: "wrong mode"), steer mode's `steering`
+# is reported (a BPF fallback is said loudly), and around each forkline-rr measurement the
+# primary's handed_off_total must grow (the primary accepted and handed the connections over
+# with Node's `newconn`; else the row fails: "not round-robin").
 #
 # Workloads (BENCH_WORKLOADS), each against every row:
 #   keepalive   wrk -t2 -c32 -dSECS, HTTP keep-alive
@@ -26,7 +31,9 @@
 # per-worker counts, whose CV (population stddev / mean, over W workers) is the balance.
 # Report: a markdown table per workload with req/s (mean over rounds), the ratio to the Node rr
 # row and to the Node none row (each of the means, and the lowest–highest ratio within one
-# round), per-worker CV, errors; written to $BENCH_OUT/node_cluster-<node version>-<stamp>.md,
+# round), per-worker CV, errors, and notes (what `forkline status` said of a forkline row; for
+# forkline-rr, the connections its primary handed off against those the workers counted);
+# written to $BENCH_OUT/node_cluster-<node version>-<stamp>.md,
 # raw rows to ...tsv, server logs and wrk outputs to node_cluster-logs-<stamp>/.
 #
 # Knobs (environment): BENCH_NODE=node (the Node binary, any path: the axis for Node 18/20/22;
@@ -36,10 +43,13 @@
 #   BENCH_WORKLOADS="keepalive close" BENCH_BUILD=1 (cargo build -p forkline-cli)
 #   BENCH_PROFILE=release (or debug: the build of target/ that runs) CARGO_TARGET_DIR
 #   BENCH_INSTALL=1 (scripts/need.sh installs wrk etc. when missing) BENCH_OUT=bench/out
-#   BENCH_REQUIRE_RR=0 (1: forkline-rr "not available" fails the run; for after the merge)
+#   BENCH_REQUIRE_RR=1 (the default: a forkline-rr row that did not run — not available, did not
+#   start, not round-robin, or served nothing — fails the run, smoke or full, after the report;
+#   0: it is only said loudly)
 #   BENCH_SMOKE=1: a check, not a measurement: one round, every row and workload, 1 s each, no
-#   warm-up; it fails when a row was skipped (other than forkline-rr not available, said
-#   loudly), did not start, or served no request in a workload.
+#   warm-up; it fails when a row was skipped (forkline-rr not available only with
+#   BENCH_REQUIRE_RR=1, the default), did not start, ran in the wrong mode, or served no
+#   request in a workload.
 # All traffic goes to 127.0.0.1. Every wait is bounded; every server is stopped by its
 # process group, and what is left of its session is killed by pid (also on exit or ^C).
 set -euo pipefail
@@ -58,7 +68,7 @@ CONC=${BENCH_CONCURRENCY:-32}
 CONFIGS=${BENCH_CONFIGS:-"node-rr node-none forkline-rr forkline-steer forkline-shared"}
 WORKLOADS=${BENCH_WORKLOADS:-"keepalive close"}
 NODE=${BENCH_NODE:-node}
-REQUIRE_RR=${BENCH_REQUIRE_RR:-0}
+REQUIRE_RR=${BENCH_REQUIRE_RR:-1}
 PROFILE=${BENCH_PROFILE:-release}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 FL=${TARGET%/}/$PROFILE/forkline
@@ -79,7 +89,7 @@ if [ "${BENCH_BUILD:-1}" = 1 ]; then
 fi
 # shellcheck source=scripts/need.sh
 . scripts/need.sh
-NEED_INSTALL=${BENCH_INSTALL:-1} need_ensure wrk ss pgrep setsid || die "cannot run without the above"
+NEED_INSTALL=${BENCH_INSTALL:-1} need_ensure wrk curl ss pgrep setsid python3 || die "cannot run without the above"
 NODE_BIN=$(command -v "$NODE" 2>/dev/null) || die "no Node binary '$NODE' (BENCH_NODE)"
 NODE_VERSION=$("$NODE_BIN" --version 2>/dev/null) || die "$NODE_BIN --version failed"
 [ -f "$APP" ] || die "no $APP"
@@ -197,6 +207,13 @@ http_probe() {
   curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$1/" 2>/dev/null | grep -q '^200$'
 }
 
+# status_field PORT KEY: one field of the forkline cluster on PORT's `forkline status --json`
+# (empty for null, or when it does not answer).
+status_field() {
+  timeout 5 "$FL" status --control "$LOGS/control-$1.sock" --json 2>/dev/null |
+    python3 -c 'import json, sys; v = json.load(sys.stdin).get(sys.argv[1]); print("" if v is None else v)' "$2" 2>/dev/null || true
+}
+
 # True while the server's first process (Node's or forkline's primary) runs (not a zombie).
 leader_alive() {
   local st
@@ -263,12 +280,14 @@ served_in() {
 
 # ---------------------------------------------------------------------------------------------
 # One row in one round: start, wait, warm up, measure each workload, stop. Appends to $RAW
-#   round cfg workload rps errors cv_fraction requests(,) connections(,) status
-# (requests and connections served by each worker in the measurement, comma-separated).
+#   round cfg workload rps errors cv_fraction requests(,) connections(,) status handed_off
+# (requests and connections served by each worker in the measurement, comma-separated;
+# handed_off: connections forkline's primary handed over during it, forkline-rr only).
 NOT_AVAILABLE=""
-declare -A SKIP=()
+declare -A SKIP=() SEEN=()
 run_row() {
   local cfg=$1 round=$2 port logf url w out rps errors pids cv counts conns status rc
+  local want mode steering wrong="" h0 h1 handed
   port=$(free_port)
   logf=$LOGS/$cfg-r$round.log
   url=http://127.0.0.1:$port/
@@ -292,6 +311,22 @@ run_row() {
     return 0
   fi
   mapfile -t pids < <(worker_pids "$logf")
+  # A forkline row: is it running in the mode it was asked for?
+  if [[ $cfg == forkline-* ]]; then
+    want=${cfg#forkline-}
+    [ "$want" = rr ] && want="round-robin"
+    mode=$(status_field "$port" mode)
+    steering=$(status_field "$port" steering)
+    SEEN[$cfg]="mode ${mode:-?}${steering:+, steering $steering}"
+    log "  forkline status: ${SEEN[$cfg]}"
+    if [ "$mode" != "$want" ]; then
+      wrong="wrong mode: forkline status says '${mode:-no answer}', not $want"
+      log "  !!! $cfg: $wrong"
+    fi
+    if [ "$cfg" = forkline-steer ] && [ -n "$steering" ] && [ "$steering" != bpf-round-robin ]; then
+      log "  !!! $cfg: steer mode is NOT BPF-steered here: steering=$steering (BPF refused?)"
+    fi
+  fi
   if [ "$WARMUP" != 0 ]; then
     timeout $((WARMUP + 10)) wrk -t2 -c"$CONC" -d"${WARMUP}s" "$url" >/dev/null 2>&1 || true
   fi
@@ -308,9 +343,15 @@ run_row() {
     local args=(-t2 -c"$CONC" -d"${SECS}s")
     [ "$w" = close ] && args+=(-H 'Connection: close')
     local snap0 snap1
+    handed=""
+    [ "$cfg" = forkline-rr ] && h0=$(status_field "$port" handed_off_total)
     snap0=$(snapshot "$logf" "${pids[@]}")
     out=$(timeout $((SECS + 30)) wrk "${args[@]}" "$url" 2>&1 || true)
     snap1=$(snapshot "$logf" "${pids[@]}")
+    if [ "$cfg" = forkline-rr ]; then
+      h1=$(status_field "$port" handed_off_total)
+      [ -n "$h0" ] && [ -n "$h1" ] && handed=$((h1 - h0))
+    fi
     printf '== %s round %s\n%s\n' "$w" "$round" "$out" >>"$LOGS/wrk-$cfg.txt"
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     # Socket errors (connect/read/write/timeout) plus non-2xx/3xx responses.
@@ -323,8 +364,13 @@ run_row() {
       m = s / n; if (m == 0) exit; for (i = 1; i <= n; i++) v += (x[i] - m) ^ 2; printf "%.6f", sqrt(v / n) / m }')
     status=ok
     if [ -z "$rps" ]; then status="wrk failed"; rps=""; fi
-    log "  $w: ${rps:--} req/s, requests per worker ${counts:-?} (CV $(awk -v c="$cv" 'BEGIN { if (c == "") print "-"; else printf "%.1f%%", c * 100 }')), connections ${conns:-?}, errors $errors"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$cfg" "$w" "$rps" "$errors" "$cv" "$counts" "$conns" "$status" >>"$RAW"
+    [ -n "$wrong" ] && status=$wrong
+    if [ "$cfg" = forkline-rr ] && [ "$status" = ok ] && [ "${handed:-0}" -le 0 ]; then
+      status="not round-robin: the primary handed off ${handed:-?} connections"
+      log "  !!! $cfg $w: $status"
+    fi
+    log "  $w: ${rps:--} req/s, requests per worker ${counts:-?} (CV $(awk -v c="$cv" 'BEGIN { if (c == "") print "-"; else printf "%.1f%%", c * 100 }')), connections ${conns:-?}, errors $errors${handed:+, handed off by the primary $handed}"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$cfg" "$w" "$rps" "$errors" "$cv" "$counts" "$conns" "$status" "$handed" >>"$RAW"
   done
   if [ "${#pids[@]}" -lt "$WORKERS" ] || [ "$(worker_pids "$logf" | wc -l)" -ne "${#pids[@]}" ]; then
     log "  $cfg: a worker exited or restarted during the measurement (see $logf)"
@@ -383,6 +429,10 @@ splits() { # CONFIG WORKLOAD -> each round's connections per worker, "16/16 15/1
   awk -F'\t' -v c="$1" -v w="$2" '$2 == c && $3 == w && $9 == "ok" && $8 != "" { gsub(/,/, "/", $8); s = s (s == "" ? "" : " ") $8 }
     END { print (s == "" ? "-" : s) }' "$RAW"
 }
+handed_share() { # CONFIG WORKLOAD -> "H of C": connections the primary handed off, of those the workers counted (all rounds)
+  awk -F'\t' -v c="$1" -v w="$2" '$2 == c && $3 == w && $9 == "ok" { h += $10; n = split($8, x, ","); for (i = 1; i <= n; i++) k += x[i] }
+    END { printf "%d of %d", h, k }' "$RAW"
+}
 fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else printf "-" }'; }
 describe() {
   case "$1" in
@@ -424,6 +474,8 @@ describe() {
       [ "$n" -lt "$ROUNDS" ] && notes="$n of $ROUNDS rounds"
       exits=$(awk -F'\t' -v c="$cfg" '$2 == c && $3 == "note"' "$RAW" | wc -l)
       [ "$exits" -gt 0 ] && notes="${notes:+$notes; }a worker exited in $exits round(s)"
+      [ -n "${SEEN[$cfg]:-}" ] && notes="${notes:+$notes; }status: ${SEEN[$cfg]}"
+      [ "$cfg" = forkline-rr ] && notes="${notes:+$notes; }handed off by the primary: $(handed_share "$cfg" "$w") connections the workers counted"
       extra=""
       [ "$w" = keepalive ] && extra=" $(splits "$cfg" "$w") |"
       printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |%s %.0f | %s |\n' "$(label "$cfg")" "$rps" \
@@ -442,18 +494,37 @@ cat "$RESULTS"
 log "written $RESULTS"
 [ -z "$NOT_AVAILABLE" ] || log "forkline-rr NOT AVAILABLE in this build: $NOT_AVAILABLE"
 
-# A failed row never stops a full run (its table says why); a smoke run fails on it.
+# A failed row never stops a full run (its table says why); a smoke run fails on it, and any
+# run on a forkline-rr row (when it is one of BENCH_CONFIGS) that did not run, unless
+# BENCH_REQUIRE_RR=0.
 failed=0
-if [ -n "${SKIP[forkline-rr]:-}" ] && [ "$REQUIRE_RR" = 1 ]; then
-  log "forkline-rr is required (BENCH_REQUIRE_RR=1) but ${SKIP[forkline-rr]}"; failed=1
+if [[ " $CONFIGS " == *" forkline-rr "* ]]; then
+  rr_missing=""
+  if [ -n "${SKIP[forkline-rr]:-}" ]; then
+    rr_missing=${SKIP[forkline-rr]}
+  else
+    for w in $WORKLOADS; do
+      agg=$(aggregate forkline-rr "$w")
+      if [ -z "$agg" ] || ! awk -v r="${agg%% *}" 'BEGIN { exit !(r > 0) }'; then
+        rr_missing="${rr_missing:+$rr_missing; }$w: $(status_of forkline-rr "$w")"
+      fi
+    done
+  fi
+  if [ -n "$rr_missing" ]; then
+    log "!!! the forkline round-robin row did not run: $rr_missing"
+    if [ "$REQUIRE_RR" = 1 ]; then
+      log "forkline-rr is required (BENCH_REQUIRE_RR=1, the default; 0 lets the run pass without it)"; failed=1
+    fi
+  fi
 fi
 if [ "$SMOKE" = 1 ]; then
   for cfg in "${!SKIP[@]}"; do
-    [ -n "$NOT_AVAILABLE" ] && [ "$cfg" = forkline-rr ] && continue
+    [ "$cfg" = forkline-rr ] && continue # said above; fails unless BENCH_REQUIRE_RR=0
     log "smoke: $cfg was skipped: ${SKIP[$cfg]}"; failed=1
   done
   for cfg in "${RUNNABLE[@]}"; do
     [ -n "${SKIP[$cfg]:-}" ] && continue
+    [ "$cfg" = forkline-rr ] && continue # said above; fails unless BENCH_REQUIRE_RR=0
     for w in $WORKLOADS; do
       agg=$(aggregate "$cfg" "$w")
       if [ -z "$agg" ] || ! awk -v r="${agg%% *}" 'BEGIN { exit !(r > 0) }'; then
