@@ -7,7 +7,7 @@
 #   scripts/bench-smoke.sh                 # all of them
 #   scripts/bench-smoke.sh run placement   # some of them: run compare_builds cpu_per_conn
 #                                          #   kill_under_load node_cluster placement proxy_http
-#                                          #   scaling
+#                                          #   scaling self_bind
 #
 # It builds what the scripts run in the debug profile (the build `cargo test` leaves behind
 # mostly; BENCH_PROFILE=release to smoke the release build instead), and installs what they
@@ -19,7 +19,7 @@ ROOT=$PWD
 # shellcheck source=scripts/need.sh
 . scripts/need.sh
 
-ALL=(run compare_builds cpu_per_conn kill_under_load node_cluster placement proxy_http scaling)
+ALL=(run compare_builds cpu_per_conn kill_under_load node_cluster placement proxy_http scaling self_bind)
 if [ $# -gt 0 ]; then SELECTED=("$@"); else SELECTED=("${ALL[@]}"); fi
 for name in "${SELECTED[@]}"; do
   case " ${ALL[*]} " in *" $name "*) ;; *) echo "bench-smoke: unknown script '$name' (${ALL[*]})" >&2; exit 2 ;; esac
@@ -54,6 +54,7 @@ smoke_run() {
         limit rr rr-nocoalesce shared reuseport rr-2acc rr-base ops-off ops-on ;;
     kill_under_load) python3 bench/kill_under_load.py ;;
     node_cluster) bash bench/node_cluster.sh ;;
+    self_bind) bash bench/self_bind.sh ;;
     placement) bash bench/placement.sh ;;
     proxy_http) bash bench/proxy_http.sh ;;
     scaling) bash bench/scaling.sh ;;
