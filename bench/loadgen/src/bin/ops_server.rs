@@ -55,6 +55,7 @@ fn primary(addr: &str, workers: usize) -> i32 {
             code,
             signal,
             exited_after_disconnect: false,
+            ..
         } => say(format_args!(
             "[Primary] worker {} died with code: {code:?}, and {signal:?}",
             worker.pid()
