@@ -61,6 +61,7 @@ impl Settings {
             graceful_timeout: self.graceful_timeout,
             shutdown_delay: self.shutdown_delay,
             on_hang: self.on_hang.clone(),
+            cpu_affinity: self.cpu_affinity,
             handle_signals: true,
             mode: self.mode,
             balance: self.balance,

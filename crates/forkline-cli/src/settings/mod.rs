@@ -191,6 +191,13 @@ pub struct Settings {
     #[serde(default, with = "parse::opt_text")]
     pub on_hang: Option<String>,
 
+    /// Pin the worker of slot i to one CPU, the i-th of those forkline may use (round-robin
+    /// over them); a replacement runs on its slot's CPU
+    #[arg(long, env = "FORKLINE_CPU_AFFINITY", value_name = "BOOL", action = ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), default_value = "false")]
+    pub cpu_affinity: bool,
+
     /// When a worker that exited is started again: always, on-failure or never
     #[arg(long, env = "FORKLINE_RESTART", value_name = "POLICY", value_parser = parse::restart,
           default_value = "always")]

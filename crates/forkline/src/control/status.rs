@@ -95,6 +95,9 @@ pub struct SlotStatus {
     pub crash_loop: bool,
     /// True once the slot reached `max_restarts` and is no longer restarted.
     pub gave_up: bool,
+    /// The CPU the slot's worker is pinned to (`cpu_affinity`; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<usize>,
     /// How the slot's last worker process ended (none has yet: absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<super::LastExit>,

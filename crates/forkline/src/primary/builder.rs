@@ -179,6 +179,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Pin the worker of slot i to one CPU (default false): the i-th of the CPUs the primary
+    /// may run on, round-robin over them; a replacement or restart runs on its slot's CPU.
+    /// [`Cluster::status`](crate::Cluster::status) shows each slot's CPU.
+    pub fn cpu_affinity(mut self, on: bool) -> Self {
+        self.opts.cpu_affinity = on;
+        self
+    }
+
     /// Whether the primary handles TERM/INT/QUIT/HUP/TTIN/TTOU (default true).
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.opts.handle_signals = on;

@@ -232,6 +232,9 @@ pub struct ClusterOptions {
     /// most 10 s of it) goes to the log and `forkline logs`, after the worker's
     /// `/proc/PID/wchan` and kernel stack.
     pub on_hang: Option<String>,
+    /// Pin the worker of slot i to one CPU: the i-th of the CPUs the primary may run on
+    /// (round-robin over them); a replacement runs on its slot's CPU (default false).
+    pub cpu_affinity: bool,
     /// Whether the primary handles SIGTERM/SIGINT/SIGQUIT/SIGHUP/SIGTTIN/SIGTTOU itself.
     pub handle_signals: bool,
     /// Default distribution mode for listeners.
@@ -362,6 +365,7 @@ impl Default for ClusterOptions {
             graceful_timeout: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
             on_hang: None,
+            cpu_affinity: false,
             handle_signals: true,
             // A bad value is reported when the builder validates (`mode_from_env` again).
             mode: mode_from_env().ok().flatten().unwrap_or_default(),

@@ -87,3 +87,49 @@ fn arrange_child(
     }
     Ok(())
 }
+
+/// Arranges for `cmd`'s child, between fork and exec, to run on CPU `cpu` only
+/// (`sched_setaffinity`); what it starts inherits that.
+pub(crate) fn pin_to_cpu(cmd: &mut std::process::Command, cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is past CPU_SETSIZE"),
+        ));
+    }
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes one bit within it (checked
+    // against CPU_SETSIZE above).
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    };
+    // SAFETY: the closure makes one async-signal-safe syscall on a set it owns (copied in by
+    // value); it does not allocate or lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`), in order.
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set for the kernel to fill; its exact size is
+    // passed.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        set
+    };
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads one bit of the set, within CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}

@@ -25,7 +25,7 @@ pub(crate) use bpf::{
     attach_reuseport_prog, attach_to_netns, bpf_prog_load, BpfInsn, BpfMap, MappedWords, BPF_ANY,
     BPF_F_MMAPABLE,
 };
-pub(crate) use child::{place_fds, prepare_child};
+pub(crate) use child::{allowed_cpus, pin_to_cpu, place_fds, prepare_child};
 pub(crate) use epoll::ExclusiveEpoll;
 pub(crate) use fd_passing::{
     peek_packet, peer_hung_up, recv_packet, send_packet, seqpacket_pair, MAX_FDS_PER_PACKET,

@@ -118,6 +118,9 @@ pub(crate) async fn spawn(core: &Core, worker: &WorkerHandle) -> Result<Spawned>
             command.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
     }
+    if let Some(cpu) = slot_cpu(core, worker.id()) {
+        sys::pin_to_cpu(&mut command, cpu)?;
+    }
     // Before the fds are placed: the trap reports on the fd it was given.
     let trap = if bind_trap::wanted(core) {
         bind_trap::prepare(core, &mut command)
@@ -258,4 +261,14 @@ pub(crate) fn fd_name(core: &Core, index: usize, listener: &BoundListener) -> St
         .or(given)
         .cloned()
         .unwrap_or_else(|| crate::primary::options::fd_name_for(&listener.local))
+}
+
+/// The CPU the worker of `slot` is pinned to, with `cpu_affinity`: the slot-th of the CPUs the
+/// primary may run on, round-robin over them.
+pub(crate) fn slot_cpu(core: &Core, slot: usize) -> Option<usize> {
+    if !core.opts().cpu_affinity {
+        return None;
+    }
+    let cpus = sys::allowed_cpus().ok()?;
+    (!cpus.is_empty()).then(|| cpus[slot % cpus.len()])
 }

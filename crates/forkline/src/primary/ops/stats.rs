@@ -43,6 +43,9 @@ pub(crate) fn snapshot(core: &Core, traffic: &Traffic) -> Status {
                     .unwrap_or(0),
                 connections_served: current.as_ref().map_or(0, |w| w.connections_served()),
                 rss_bytes: slot.pid.and_then(resident_bytes),
+                cpu: slot
+                    .pid
+                    .and_then(|_| crate::primary::lifecycle::spawn::slot_cpu(core, slot.slot)),
                 cpu_seconds: cpu_ticks.map(|t| t as f64 / ticks_per_second()),
                 cpu_percent,
                 ..slot.status()
