@@ -111,6 +111,45 @@ pub(crate) fn oom_kills() -> Option<u64> {
         .ok()
 }
 
+/// The children of process `pid`, from every thread's `/proc/PID/task/TID/children` (a child
+/// belongs to the thread that forked it); empty where the files are missing.
+pub(crate) fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        // A thread that ended since the listing has no file any more: skipped.
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|child| child.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The sockets process `pid` holds: each fd's number and its socket's inode (`socket:[INODE]`).
+pub(crate) fn socket_inodes(pid: u32) -> Vec<(std::os::fd::RawFd, u64)> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse().ok()?;
+            let link = std::fs::read_link(entry.path()).ok()?;
+            let inode = link
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((fd, inode))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,6 @@
 //! program's fd, and returns 0, so its `listen()` succeeds on it; any other bind goes on
 //! untouched. Where the kernel refuses the filter, the program runs untrapped, said once.
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
@@ -138,7 +137,7 @@ pub(crate) async fn serve(core: Arc<Core>, worker: WorkerHandle, listener: Owned
                 Waiting::Closed => return,
             }
             match seccomp::receive(listener.get_ref().as_fd()) {
-                Ok(call) => answer(&core, &worker, listener.get_ref(), call),
+                Ok(call) => answer(&core, &worker, listener.get_ref().as_fd(), call),
                 // The caller died before it could be received; or a signal came.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => {}
                 Err(_) => return,
@@ -175,13 +174,6 @@ fn waiting(listener: &OwnedFd) -> Waiting {
     }
 }
 
-/// One trapped `bind(fd, addr, len)`: forkline's socket for a `--listen` address, else on.
-/// A call is never left unanswered: where letting it go on fails, it fails with ENOSYS.
-fn answer(core: &Core, worker: &WorkerHandle, listener: &OwnedFd, call: seccomp::Notification) {
-    let fd = listener.as_fd();
-    decide(core, worker, fd, call);
-}
-
 /// Lets call `id` go on; where the kernel refuses that, fails it (ENOSYS) rather than leave it
 /// waiting.
 fn go_on(listener: std::os::fd::BorrowedFd<'_>, id: u64) {
@@ -192,7 +184,9 @@ fn go_on(listener: std::os::fd::BorrowedFd<'_>, id: u64) {
     }
 }
 
-fn decide(
+/// One trapped `bind(fd, addr, len)`: forkline's socket for a `--listen` address, else on.
+/// A call is never left unanswered: where letting it go on fails, it fails with ENOSYS.
+fn answer(
     core: &Core,
     worker: &WorkerHandle,
     listener: std::os::fd::BorrowedFd<'_>,
@@ -218,7 +212,7 @@ fn decide(
     };
     let result = bound
         .socket_for(worker.id())
-        .map_err(|e| crate::primary::lifecycle::ipc::errno_of(&io_error(e)).unwrap_or(libc::EINVAL))
+        .map_err(|e| crate::primary::lifecycle::ipc::bind_errno(&e))
         .and_then(|socket| {
             let nonblocking = flags & libc::O_NONBLOCK != 0;
             socket2::SockRef::from(socket.as_ref())
@@ -243,13 +237,6 @@ fn decide(
             tracing::warn!(worker = worker.id(), address = %asked, errno, "the worker's bind could not be given forkline's socket");
             let _ = seccomp::answer(listener, call.id, Err(errno));
         }
-    }
-}
-
-fn io_error(error: crate::error::Error) -> io::Error {
-    match error {
-        crate::error::Error::Listen { source, .. } | crate::error::Error::Io(source) => source,
-        other => io::Error::other(other.to_string()),
     }
 }
 

@@ -5,13 +5,13 @@
 //! as lines of that worker's in the log and in `forkline logs`.
 
 use std::process::Stdio;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
 use crate::primary::core::Core;
 use crate::primary::handle::WorkerHandle;
-use crate::primary::lifecycle::output_buffer::{OutputLine, OutputStream};
+use crate::primary::lifecycle::output_buffer::OutputStream;
 
 /// How long the `on_hang` command may run before it is killed.
 pub(crate) const ON_HANG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,13 +109,7 @@ async fn run(command: &str, limit: Duration) -> std::io::Result<(String, bool)> 
 /// One line of forensics: in the log, and as the worker's line in `forkline logs`.
 fn keep(core: &Core, worker: &WorkerHandle, line: String) {
     tracing::warn!(worker = worker.id(), pid = worker.pid(), "{line}");
-    core.output().push(OutputLine {
-        time: SystemTime::now(),
-        slot: worker.id(),
-        pid: worker.pid(),
-        stream: OutputStream::Stderr,
-        line,
-    });
+    core.output().push_for(worker, OutputStream::Stderr, line);
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::primary::core::Core;
 use crate::primary::event::Event;
 use crate::primary::handle::{ExitInfo, Outgoing, WorkerHandle, WorkerShared, WorkerState};
-use crate::primary::lifecycle::output_buffer::{OutputLine, OutputStream};
+use crate::primary::lifecycle::output_buffer::OutputStream;
 use crate::primary::options::{Balance, Readiness};
 use crate::primary::traffic::dispatch::dispatcher::Dispatcher;
 use crate::primary::traffic::listeners::ListenKey;
@@ -128,13 +128,8 @@ pub(crate) fn worker_error(core: &Core, worker: &WorkerHandle, error: String) {
 /// line naming the worker, a line in `forkline logs`, and `Event::Message`.
 pub(crate) fn message_from_worker(core: &Core, worker: &WorkerHandle, payload: serde_json::Value) {
     tracing::info!(worker = worker.id(), pid = worker.pid(), message = %payload, "message from worker");
-    core.output().push(OutputLine {
-        time: std::time::SystemTime::now(),
-        slot: worker.id(),
-        pid: worker.pid(),
-        stream: OutputStream::Message,
-        line: payload.to_string(),
-    });
+    core.output()
+        .push_for(worker, OutputStream::Message, payload.to_string());
     core.events().emit(Event::Message {
         worker: worker.clone(),
         payload,
@@ -404,6 +399,17 @@ async fn listen(
         readiness::set_ready(core, worker);
     }
     Ok(())
+}
+
+/// The errno a bind error stands for (what a Node worker's `queryServer` or a trapped
+/// `bind()` is answered with); EINVAL when it carries none.
+pub(crate) fn bind_errno(error: &Error) -> i32 {
+    match error {
+        Error::Listen { source, .. } | Error::Io(source) => {
+            errno_of(source).unwrap_or(libc::EINVAL)
+        }
+        _ => libc::EINVAL,
+    }
 }
 
 /// The OS error number behind a bind error, or the one its kind stands for (a live Unix socket

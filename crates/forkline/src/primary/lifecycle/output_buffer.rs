@@ -83,6 +83,23 @@ impl OutputBuffer {
         }
     }
 
+    /// Keeps a line of `worker`'s written now on `stream` (what the primary says for it: a
+    /// message it sent, forensics).
+    pub(crate) fn push_for(
+        &self,
+        worker: &crate::primary::handle::WorkerHandle,
+        stream: OutputStream,
+        line: String,
+    ) {
+        self.push(OutputLine {
+            time: SystemTime::now(),
+            slot: worker.id(),
+            pid: worker.pid(),
+            stream,
+            line,
+        });
+    }
+
     /// Keeps `line`, dropping the oldest lines past the capacity, and announces it.
     pub(crate) fn push(&self, line: OutputLine) {
         if self.capacity == 0 {

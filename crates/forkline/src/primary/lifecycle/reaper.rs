@@ -201,18 +201,7 @@ fn has_children_files() -> bool {
 /// This process's children, from every thread's `children` file (a child belongs to the thread
 /// that forked it, or to whichever thread orphans were reparented to).
 fn children_from_task_files() -> io::Result<Vec<u32>> {
-    let mut children = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task")?.flatten() {
-        // A thread that ended since the listing has no file any more: skip it.
-        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
-            continue;
-        };
-        children.extend(
-            list.split_whitespace()
-                .filter_map(|pid| pid.parse::<u32>().ok()),
-        );
-    }
-    Ok(children)
+    Ok(crate::primary::procfs::children(std::process::id()))
 }
 
 /// This process's children, from every process's `stat` (PPid == `me`).

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::Channel;
-use crate::error::Error;
 use crate::primary::event::Event;
 use crate::primary::lifecycle::{ipc, readiness};
 use crate::primary::options::Readiness;
@@ -136,7 +135,7 @@ impl Channel<'_> {
                     }
                     Err(e) => {
                         tracing::error!(worker = self.worker.id(), %address, error = %e, "listen failed");
-                        return Err(errno_of(&e));
+                        return Err(ipc::bind_errno(&e));
                     }
                 }
             }
@@ -156,7 +155,7 @@ impl Channel<'_> {
         }
         let socket = listener
             .socket_for(self.worker.id())
-            .map_err(|e| errno_of(&e))?;
+            .map_err(|e| ipc::bind_errno(&e))?;
         socket2::SockRef::from(socket.as_ref())
             .set_nonblocking(true)
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
@@ -275,16 +274,6 @@ fn sockname(local: &str) -> Option<Value> {
     let address: std::net::SocketAddr = local.parse().ok()?;
     let family = if address.is_ipv4() { "IPv4" } else { "IPv6" };
     Some(json!({"address": address.ip().to_string(), "family": family, "port": address.port()}))
-}
-
-/// The errno of a bind error, as Node wants it (positive here; sent negated).
-fn errno_of(error: &Error) -> i32 {
-    match error {
-        Error::Listen { source, .. } | Error::Io(source) => {
-            ipc::errno_of(source).unwrap_or(libc::EINVAL)
-        }
-        _ => libc::EINVAL,
-    }
 }
 
 #[cfg(test)]

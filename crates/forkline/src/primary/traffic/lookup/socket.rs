@@ -18,21 +18,9 @@ pub(crate) fn take_listener(pid: u32, port: u16) -> io::Result<OwnedFd> {
             format!("nothing listens on 127.0.0.1:{port}"),
         )
     })?;
-    let wanted = format!("socket:[{inode}]");
     for process in family(pid) {
-        let Ok(entries) = std::fs::read_dir(format!("/proc/{process}/fd")) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(link) = std::fs::read_link(entry.path()) else {
-                continue;
-            };
-            if link.as_os_str() != wanted.as_str() {
-                continue;
-            }
-            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
+        let held = crate::primary::procfs::socket_inodes(process);
+        if let Some((fd, _)) = held.into_iter().find(|(_, held)| *held == inode) {
             let pidfd = crate::sys::pidfd_open(process)?;
             return crate::sys::pidfd_getfd(pidfd.as_fd(), fd);
         }
@@ -76,19 +64,9 @@ pub(crate) fn serving(pid: u32, port: u16, public: u16) -> bool {
         return true;
     }
     family(pid).into_iter().any(|process| {
-        std::fs::read_dir(format!("/proc/{process}/fd"))
+        crate::primary::procfs::socket_inodes(process)
             .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| std::fs::read_link(entry.path()).ok())
-            .filter_map(|link| {
-                let link = link.to_str()?.to_string();
-                link.strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .parse()
-                    .ok()
-            })
-            .any(|inode: u64| open.contains(&inode))
+            .any(|(_, inode)| open.contains(&inode))
     })
 }
 
@@ -127,26 +105,17 @@ fn sockets_in(table: &str, port: u16, public: u16) -> (bool, Vec<u64>) {
     (queued, open)
 }
 
-/// The worker and its descendants, breadth first (threads' children included), at most
-/// [`MAX_PROCESSES`].
+/// The worker and its descendants, breadth first, at most [`MAX_PROCESSES`].
 fn family(pid: u32) -> Vec<u32> {
     let mut found = vec![pid];
     let mut at = 0;
     while at < found.len() && found.len() < MAX_PROCESSES {
-        let parent = found[at];
-        at += 1;
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-                if !found.contains(&child) && found.len() < MAX_PROCESSES {
-                    found.push(child);
-                }
+        for child in crate::primary::procfs::children(found[at]) {
+            if !found.contains(&child) && found.len() < MAX_PROCESSES {
+                found.push(child);
             }
         }
+        at += 1;
     }
     found
 }
