@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
 
 const STARTUP: Duration = Duration::from_secs(30);
 
@@ -48,13 +47,7 @@ fn two_workers_are_pinned_to_two_cpus_and_a_restart_keeps_its_slots() {
         .arg(dir.path().join("control.sock"))
         .args(["--", "sh", "-c", "exec sleep 60"]);
     let mut cluster = Running::spawn(command);
-    let status = || -> Option<Value> {
-        let mut command = forkline();
-        command
-            .args(["status", "--json", "--control"])
-            .arg(dir.path().join("control.sock"));
-        serde_json::from_str(&run_to_end(command, STARTUP).stdout).ok()
-    };
+    let status = || Some(status_json(&dir.path().join("control.sock")));
     let slots = until(STARTUP, || {
         let s = status()?;
         let workers = s["workers"].as_array()?.clone();

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
@@ -39,14 +38,7 @@ impl Cluster {
             .arg(dir.path().join("control.sock"))
             .args(["--", "sh", "-c", script]);
         let running = Running::spawn(command);
-        let logged = running
-            .stderr
-            .wait_for(STARTUP, |l| l.contains("metrics at /metrics"))
-            .unwrap_or_else(|| panic!("no metrics address\n{}", running.output()));
-        let metrics = logged
-            .rsplit_once("address=")
-            .map(|(_, a)| a.trim().to_string())
-            .expect("address=HOST:PORT");
+        let metrics = metrics_address(&running);
         Cluster {
             running,
             dir,
@@ -66,23 +58,15 @@ impl Cluster {
 
     /// The slots of `forkline status --json`.
     fn slots(&self) -> Vec<Value> {
-        let status: Value =
-            serde_json::from_str(&self.control(&["status", "--json"]).stdout).unwrap_or_default();
+        let status = status_json(&self.dir.path().join("control.sock"));
         status["workers"].as_array().cloned().unwrap_or_default()
     }
 
     /// `forkline_worker_exits_total{reason="REASON"}` now.
     fn exits(&self, reason: &str) -> u64 {
-        let Ok(mut stream) = std::net::TcpStream::connect(&self.metrics) else {
-            return 0;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let _ = write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-        );
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
+        let text = get_path(&self.metrics, "/metrics")
+            .map(|(_, text)| text)
+            .unwrap_or_default();
         let line = format!("forkline_worker_exits_total{{reason=\"{reason}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&line))

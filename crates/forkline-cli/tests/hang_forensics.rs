@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
 
 const STARTUP: Duration = Duration::from_secs(30);
 
@@ -96,11 +95,7 @@ fn a_stopped_workers_watchdog_runs_the_on_hang_command_before_the_kill() {
     assert!(!alive(pid as u32));
     let kept = logs(&dir);
     assert!(kept.contains(&said), "{kept}");
-    let mut command = forkline();
-    command
-        .args(["status", "--json", "--control"])
-        .arg(dir.path().join("control.sock"));
-    let status: Value = serde_json::from_str(&run_to_end(command, STARTUP).stdout).unwrap();
+    let status = status_json(&dir.path().join("control.sock"));
     assert_eq!(
         status["workers"][0]["last_exit"]["reason"], "watchdog",
         "{status}"

@@ -24,23 +24,13 @@ const STARTUP: Duration = Duration::from_secs(30);
 
 /// An HTTP server that binds `127.0.0.1:$PORT` itself and answers with its pid and the local
 /// port of the connection (the public port when the kernel steered it, its own when relayed).
-const PYTHON_SERVER: &str = r#"
-import os, http.server, socketserver
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
-    def do_GET(self):
-        body = f"pid={os.getpid()} local={self.connection.getsockname()[1]}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    request_queue_size = 128
-    daemon_threads = True
-Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
+fn python_server() -> String {
+    python_http_server(
+        "",
+        r#"f"pid={os.getpid()} local={self.connection.getsockname()[1]}\n""#,
+        r#"Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()"#,
+    )
+}
 
 /// A proxy cluster of two Python workers on a free public port.
 struct Proxied {
@@ -59,7 +49,7 @@ impl Proxied {
     fn start_n(tag: &str, workers: usize, env: &[(&str, &str)], args: &[&str]) -> Proxied {
         require("python3");
         let dir = TempDir::new(tag);
-        let server = dir.write("server.py", PYTHON_SERVER);
+        let server = dir.write("server.py", &python_server());
         let control = dir
             .path()
             .join("control.sock")
@@ -92,10 +82,7 @@ impl Proxied {
 
     /// `forkline status --json`.
     fn status(&self) -> Value {
-        let mut command = forkline();
-        command.args(["status", "--control", &self.control, "--json"]);
-        let out = run_to_end(command, Duration::from_secs(60));
-        serde_json::from_str(&out.stdout).unwrap_or(Value::Null)
+        status_json(std::path::Path::new(&self.control))
     }
 
     /// `n` requests one after the other: the answers by pid, and the local ports seen.

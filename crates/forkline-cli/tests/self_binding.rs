@@ -18,33 +18,21 @@ const STARTUP: Duration = Duration::from_secs(30);
 
 /// An HTTP server that binds `127.0.0.1:PORT` (its argument) itself, as most apps do, and one
 /// more socket of its own on an ephemeral port; it answers with its pid, slot and that port.
-const PYTHON_APP: &str = r#"
-import os, sys, socket, http.server, socketserver
-other = socket.socket()
-other.bind(("127.0.0.1", 0))
-other_port = other.getsockname()[1]
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
-    def do_GET(self):
-        body = f"pid={os.getpid()} id={os.environ['FORKLINE_WORKER_ID']} other={other_port}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-server = Server(("127.0.0.1", int(sys.argv[1])), Handler)
+fn python_app() -> String {
+    python_http_server(
+        "other = socket.socket()\nother.bind((\"127.0.0.1\", 0))\nother_port = other.getsockname()[1]",
+        r#"f"pid={os.getpid()} id={os.environ['FORKLINE_WORKER_ID']} other={other_port}\n""#,
+        r#"server = Server(("127.0.0.1", int(sys.argv[1])), Handler)
 print(f"serving pid={os.getpid()}", flush=True)
-server.serve_forever()
-"#;
+server.serve_forever()"#,
+    )
+}
 
 /// `forkline run -w 2 --mode MODE -l 127.0.0.1:PORT FLAGS -- python3 app.py PORT` (through
 /// `sh -c` without `exec` when `shell`).
 fn start(dir: &TempDir, mode: &str, port: u16, flags: &[&str], shell: bool) -> Running {
     require("python3");
-    let app = dir.write("app.py", PYTHON_APP);
+    let app = dir.write("app.py", &python_app());
     let control = dir.path().join("control.sock");
     let mut command = forkline();
     command
@@ -154,7 +142,7 @@ fn untrapped(tag: &str, env: Option<(&str, &str)>, flags: &[&str], said: bool) {
     let port = free_port();
     require("python3");
     let mut cluster = {
-        let app = dir.write("app.py", PYTHON_APP);
+        let app = dir.write("app.py", &python_app());
         let mut command = forkline();
         command
             .args(["run", "-w", "2", "--mode", "shared"])

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,30 +12,21 @@ use nix::sys::signal::Signal;
 const STARTUP: Duration = Duration::from_secs(30);
 
 /// An HTTP server on the socket forkline passed as fd 3.
-const PYTHON_SERVER: &str = r#"
-import os, socket, http.server, socketserver
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
-    def do_GET(self):
-        body = f"pid={os.getpid()}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
+fn python_server() -> String {
+    python_http_server(
+        "",
+        r#"f"pid={os.getpid()}\n""#,
+        r#"server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
 server.socket = socket.socket(fileno=3)
-server.serve_forever()
-"#;
+server.serve_forever()"#,
+    )
+}
 
 /// A cluster with `--shutdown-delay DELAY`, its port and its metrics address.
 fn start(tag: &str, delay: &str) -> (Running, u16, String, TempDir) {
     require("python3");
     let dir = TempDir::new(tag);
-    let server = dir.write("server.py", PYTHON_SERVER);
+    let server = dir.write("server.py", &python_server());
     let port = free_port();
     let mut command = forkline();
     command
@@ -61,14 +51,7 @@ fn start(tag: &str, delay: &str) -> (Running, u16, String, TempDir) {
         .arg("python3")
         .arg(&server);
     let cluster = Running::spawn(command);
-    let logged = cluster
-        .stderr
-        .wait_for(STARTUP, |l| l.contains("metrics at /metrics"))
-        .unwrap_or_else(|| panic!("no metrics address\n{}", cluster.output()));
-    let metrics = logged
-        .rsplit_once("address=")
-        .map(|(_, a)| a.trim().to_string())
-        .expect("address=HOST:PORT");
+    let metrics = metrics_address(&cluster);
     let ready = until(STARTUP, || (readyz(&metrics) == Some(200)).then_some(()));
     assert!(ready.is_some(), "{}", cluster.output());
     answers_from_workers(port, 2, STARTUP);
@@ -77,16 +60,7 @@ fn start(tag: &str, delay: &str) -> (Running, u16, String, TempDir) {
 
 /// The status code of `GET /readyz`.
 fn readyz(metrics: &str) -> Option<u16> {
-    let mut stream = std::net::TcpStream::connect(metrics).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    get_path(metrics, "/readyz").map(|(code, _)| code)
 }
 
 /// SIGTERM with a 2 s delay: `/readyz` is 503 at once, every request during the delay is

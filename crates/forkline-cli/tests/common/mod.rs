@@ -94,6 +94,10 @@ mod netns;
 pub use free_port::free_port;
 #[allow(unused_imports)] // nor runs in a namespace of its own
 pub use netns::in_private_netns;
+#[allow(dead_code)] // not every test asks these of a cluster
+mod cluster;
+#[allow(unused_imports)]
+pub use cluster::{get_path, metrics_address, python_http_server, status_json};
 #[allow(dead_code)] // only some tests put load on a cluster
 mod load;
 #[allow(unused_imports)]
